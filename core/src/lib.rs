@@ -1,0 +1,56 @@
+//! # omega-tv-sync
+//!
+//! Delta sync of learned viewing *patterns* between a TV set-top box and the
+//! Constellation server, in `#![no_std]` Rust with no heap.
+//!
+//! A pattern is a 384-dimensional all-MiniLM-L6-v2 embedding with a success
+//! rate, a sample count and a category ([`Pattern`]). The device uploads only
+//! the patterns that changed since the server last acknowledged them and pass
+//! the [`QualityFilter`], as quantised, entropy-coded deltas; it downloads the
+//! global patterns and [`TrendSignal`]s that changed since its global version.
+//!
+//! The data flow, one module per stage:
+//!
+//! ```text
+//! types (validated values) -> codec (integer codes, entropy coding)
+//!        -> wire (frames) -> [Transport] -> server -> wire -> codec -> types
+//! ```
+//!
+//! ## Memory
+//! Nothing here allocates. Every variable-length value has a compile-time
+//! bound, listed with its default in `docs/memory.md` and on the type that
+//! holds it. Buffers are passed in by the caller.
+//!
+//! ## Features
+//! | feature | effect |
+//! |---|---|
+//! | `std` | implements `std::error::Error` for [`Error`] |
+//! | `defmt` | internal logging through defmt; `Format` impls |
+//! | `log` | internal logging through the `log` crate |
+//!
+//! `defmt` and `log` are mutually exclusive. The default build has none of
+//! them and is `no_std`.
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+#[macro_use]
+mod fmt;
+
+mod error;
+mod filter;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use filter::QualityFilter;
+pub use types::{
+    Category, ContentId, DeviceId, Embedding, GlobalPattern, Name, Pattern, PatternId, Region,
+    TrendSignal, DIM,
+};

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the checks need beyond the Rust toolchain: the Cortex-M target,
+# the ARM C cross compiler and newlib (zstd-sys), and QEMU. Idempotent; run as
+# root (or with sudo available) on Debian.
+set -uo pipefail
+
+TARGET=thumbv7em-none-eabihf
+
+if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+    echo "setup: installing Rust target $TARGET"
+    rustup target add "$TARGET" || echo "setup: WARNING: could not install $TARGET" >&2
+fi
+
+need=()
+command -v arm-none-eabi-gcc >/dev/null || need+=(gcc-arm-none-eabi)
+[ -e /usr/lib/arm-none-eabi/include/string.h ] || need+=(libnewlib-arm-none-eabi)
+command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
+if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "setup: installing ${need[*]}"
+    $SUDO apt-get update -qq >/dev/null 2>&1 || true
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+        || echo "setup: WARNING: could not install ${need[*]}" >&2
+fi
+exit 0
