@@ -46,10 +46,12 @@ mod fmt;
 
 mod error;
 mod filter;
+pub mod transport;
 pub mod types;
 
 pub use error::{Error, Result};
 pub use filter::QualityFilter;
+pub use transport::{Method, Request, Response, Transport};
 pub use types::{
     Category, ContentId, DeviceId, Embedding, GlobalPattern, Name, Pattern, PatternId, Region,
     TrendSignal, DIM,

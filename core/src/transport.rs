@@ -1,0 +1,63 @@
+//! The one trait every transport implements.
+//!
+//! The sync logic builds request bytes and consumes response bytes; it never
+//! knows whether they travel over hyper on Linux, reqwless on embassy-net, or
+//! a loopback in a unit test.
+
+/// HTTP method of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Method {
+    /// `GET`
+    Get,
+    /// `POST`
+    Post,
+}
+
+/// One request, borrowed from the caller: nothing is copied or allocated.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Method.
+    pub method: Method,
+    /// Path and query, starting with `/`, e.g. `/api/v1/sync`.
+    pub path: &'a str,
+    /// Extra headers as (name, value) pairs; the transport adds `Host`,
+    /// `Content-Length` and, for a non-empty body, `Content-Type:
+    /// application/octet-stream` unless given here.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Body bytes (empty for `GET`).
+    pub body: &'a [u8],
+}
+
+/// What came back. The body itself was written into the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Bytes of body written to the start of the response buffer.
+    pub body_len: usize,
+    /// `Retry-After` in seconds, when the server sent one (429/503).
+    pub retry_after_s: Option<u32>,
+}
+
+/// Sends one request and writes the response body into `response_buf`.
+///
+/// Implementations must not truncate: a body larger than `response_buf` is
+/// an error of the transport's own type (the sync client then treats the
+/// exchange as failed and retries the same request later, so nothing is
+/// lost). Timeouts are the transport's business (the std transport defaults
+/// to 30 s).
+#[allow(async_fn_in_trait)] // Executors on the device are single-threaded; no Send bound wanted.
+pub trait Transport {
+    /// The transport's error: connection, timeout, or a response that does
+    /// not fit the buffer.
+    type Error: core::fmt::Debug;
+
+    /// Performs the exchange.
+    async fn send(
+        &mut self,
+        request: Request<'_>,
+        response_buf: &mut [u8],
+    ) -> Result<Response, Self::Error>;
+}
