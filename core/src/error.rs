@@ -35,6 +35,8 @@ pub enum Error {
     InvalidRegion,
     /// A slice does not have the length the operation needs.
     WrongLength,
+    /// A length on the wire exceeds its documented maximum.
+    Oversize,
 
     // ---- input: codec and frames ----
     /// An integer code, or a code plus a delta, is outside `i16`.
@@ -89,6 +91,7 @@ impl Error {
             Error::InvalidChar => "invalid_char",
             Error::InvalidRegion => "invalid_region",
             Error::WrongLength => "wrong_length",
+            Error::Oversize => "oversize",
             Error::CodeOutOfRange => "code_out_of_range",
             Error::CorruptStream => "corrupt_stream",
             Error::Truncated => "truncated",

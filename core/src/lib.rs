@@ -48,6 +48,7 @@ mod error;
 mod filter;
 pub mod transport;
 pub mod types;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use filter::QualityFilter;
