@@ -1,0 +1,15 @@
+//! Link settings: the Cortex-M4 build gets `link.x` (QEMU mps2-an386 memory
+//! map); a host build links without the C runtime's start files, since the
+//! binary brings its own `_start`.
+use std::env;
+
+fn main() {
+    let target = env::var("TARGET").unwrap_or_default();
+    let dir = env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    println!("cargo:rerun-if-changed=link.x");
+    if target.starts_with("thumb") {
+        println!("cargo:rustc-link-arg=-T{dir}/link.x");
+    } else if target.contains("linux") {
+        println!("cargo:rustc-link-arg=-nostartfiles");
+    }
+}
