@@ -1,6 +1,5 @@
 //! Link settings: the Cortex-M4 build gets `link.x` (QEMU mps2-an386 memory
-//! map); a host build links without the C runtime's start files, since the
-//! binary brings its own `_start`.
+//! map); a host build links the C library, whose start-up calls `main`.
 use std::env;
 
 fn main() {
@@ -10,6 +9,8 @@ fn main() {
     if target.starts_with("thumb") {
         println!("cargo:rustc-link-arg=-T{dir}/link.x");
     } else if target.contains("linux") {
-        println!("cargo:rustc-link-arg=-nostartfiles");
+        // The C runtime calls our `main`; puts, exit, and memcpy & co. for
+        // the core and zstd's C code come from the C library.
+        println!("cargo:rustc-link-lib=c");
     }
 }

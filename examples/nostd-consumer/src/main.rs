@@ -15,8 +15,8 @@
 //!     -kernel target/thumbv7em-none-eabihf/release/omega-tv-sync-nostd-consumer
 //! ```
 //!
-//! On a host target it builds with its own `_start` (not run: it only proves
-//! the `no_std` build links).
+//! On a hosted target (the fallback when the Cortex-M target is missing) the
+//! C runtime calls its `main`; it runs the same checks.
 #![no_std]
 #![no_main]
 
@@ -148,17 +148,21 @@ mod zstd {
     }
 
     /// zstd's C code references the C heap; these static contexts never
-    /// call it. A firmware without a C heap provides these three.
+    /// call it. A firmware without a C heap provides these three (a hosted
+    /// build takes the C library's).
+    #[cfg(target_os = "none")]
     #[no_mangle]
     extern "C" fn malloc(_size: usize) -> *mut u8 {
         core::ptr::null_mut()
     }
 
+    #[cfg(target_os = "none")]
     #[no_mangle]
     extern "C" fn calloc(_n: usize, _size: usize) -> *mut u8 {
         core::ptr::null_mut()
     }
 
+    #[cfg(target_os = "none")]
     #[no_mangle]
     extern "C" fn free(_ptr: *mut u8) {}
 }
@@ -261,26 +265,34 @@ mod sys {
 
 #[cfg(not(all(target_arch = "arm", target_os = "none")))]
 mod sys {
-    //! Host build: a `_start` without the C runtime. Only built, not run.
-    extern "C" {
-        fn _exit(code: i32) -> !;
-        fn puts(s: *const u8) -> i32;
+    //! Hosted build: the C runtime starts the program and calls `main`.
+    mod libc {
+        extern "C" {
+            pub fn exit(code: i32) -> !;
+            pub fn write(fd: i32, buf: *const u8, len: usize) -> isize;
+        }
     }
 
     #[no_mangle]
-    extern "C" fn _start() -> ! {
-        exit(super::run())
+    extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+        super::run()
     }
 
+    /// The host's precompiled `core` is built for unwinding and refers to
+    /// this symbol; with `panic = "abort"` it is never called.
+    #[no_mangle]
+    extern "C" fn rust_eh_personality() {}
+
     pub fn print(s: &[u8]) {
-        // SAFETY: `s` is NUL-terminated (see `say!`).
+        let text = s.strip_suffix(&[0]).unwrap_or(s);
+        // SAFETY: `text` is valid for reads of its length.
         unsafe {
-            puts(s.as_ptr());
+            libc::write(1, text.as_ptr(), text.len());
         }
     }
 
     pub fn exit(code: i32) -> ! {
-        // SAFETY: ends the process.
-        unsafe { _exit(code) }
+        // SAFETY: ends the process (flushing stdout).
+        unsafe { libc::exit(code) }
     }
 }
