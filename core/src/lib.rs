@@ -27,6 +27,7 @@
 //! | `std` | implements `std::error::Error` for [`Error`] |
 //! | `defmt` | internal logging through defmt; `Format` impls |
 //! | `log` | internal logging through the `log` crate |
+//! | `flash` | [`persist`]: power-loss-safe snapshot storage on NOR flash (sequential-storage) |
 //!
 //! `defmt` and `log` are mutually exclusive. The default build has none of
 //! them and is `no_std`.
@@ -46,6 +47,8 @@ mod fmt;
 
 mod error;
 mod filter;
+#[cfg(feature = "flash")]
+pub mod persist;
 pub mod transport;
 pub mod types;
 
