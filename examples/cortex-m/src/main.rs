@@ -64,6 +64,7 @@ fn main() -> ! {
     workload::run(&mut checks);
     hprintln!("stack_peak_bytes={}", stack::peak_bytes());
     hprintln!("stack_size_bytes={}", stack::size_bytes());
+    workload::print_sizes();
     hprintln!(
         "cortex-m: {} passed, {} failed",
         checks.passed,

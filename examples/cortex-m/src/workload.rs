@@ -23,6 +23,18 @@ use expected::{NEAREST, NEXT_COS, ROWS};
 /// `ROWS` real pattern embeddings, little-endian f32, row-major.
 static PATTERNS: &[u8; ROWS * DIM * 4] = include_bytes!(concat!(env!("OUT_DIR"), "/patterns.bin"));
 
+/// Prints the target's sizes of the core's per-pattern values (for
+/// `docs/memory.md`).
+pub fn print_sizes() {
+    cortex_m_semihosting::hprintln!(
+        "size_of Pattern={} Embedding={} DeviceId={} record_postcard_max={}",
+        core::mem::size_of::<Pattern>(),
+        core::mem::size_of::<Embedding>(),
+        core::mem::size_of::<DeviceId>(),
+        Record::POSTCARD_MAX_SIZE
+    );
+}
+
 /// Runs every step.
 pub fn run(c: &mut Checks) {
     embeddings(c);
