@@ -37,18 +37,20 @@
 //! the socket's inactivity timeout is set to the same value. On expiry the
 //! connection is aborted and [`Error::Timeout`] returned.
 //!
-//! ## TLS
-//! With the `tls` feature, [`TlsEmbassyTransport`] runs the same exchange
-//! inside TLS 1.3 with a pre-shared key (embedded-tls, `TLS_AES_128_GCM_SHA256`).
-//! PSK needs no certificate parsing on the device. See its docs for the
-//! extra buffers.
+//! ## TLS: not implemented yet
+//! Only plain HTTP exists today. The intended design: a `tls` feature with
+//! TLS 1.3 and a pre-shared key through embedded-tls 0.18 (the version
+//! reqwless 0.14 uses; `TLS_AES_128_GCM_SHA256`, no certificate parsing on
+//! the device). [`exchange`] is already generic over the connection, so the
+//! TLS transport wraps the `TcpSocket` in an `embedded_tls::TlsConnection`
+//! (two more caller buffers for TLS records, 16,640 B each for full-size
+//! records) and calls the same function.
 //!
 //! ## Features
 //! | feature | effect |
 //! |---|---|
-//! | `tls` | [`TlsEmbassyTransport`] (embedded-tls, PSK) |
 //! | `defmt` | `defmt::Format` for [`Error`] |
-//! | `log` | logging through the `log` crate |
+//! | `log` | a `debug!` line per exchange through the `log` crate |
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -58,7 +60,6 @@
 )]
 
 mod http;
-// TLS_MOD
 
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpEndpoint, Stack};
@@ -66,7 +67,6 @@ use embassy_time::{with_timeout, Duration};
 use omega_tv_sync::{Request, Response, Transport};
 
 pub use http::{exchange, parse_retry_after};
-// TLS_USE
 
 /// Recommended size of each TCP buffer (`tcp_rx`, `tcp_tx`).
 pub const RECOMMENDED_TCP_BUFFER: usize = 1024;
@@ -94,8 +94,6 @@ pub enum Error {
     ConnectionClosed,
     /// The exchange took longer than [`Config::timeout`].
     Timeout,
-    /// The TLS handshake or a TLS record failed (feature `tls`).
-    Tls,
 
     // ---- resource ----
     /// The response head (status line + headers) does not fit the header
@@ -125,7 +123,6 @@ impl core::fmt::Display for Error {
             Error::Network(k) => write!(f, "network error: {k:?}"),
             Error::ConnectionClosed => f.write_str("connection closed early"),
             Error::Timeout => f.write_str("timed out"),
-            Error::Tls => f.write_str("tls error"),
             Error::HeaderTooLarge => f.write_str("response head larger than the header buffer"),
             Error::ResponseTooLarge { limit } => {
                 write!(f, "response body larger than the {limit} B buffer")
@@ -239,6 +236,13 @@ impl<'d, 'b> EmbassyTransport<'d, 'b> {
         }
         .await;
         close(&mut socket, result.is_ok()).await;
+        #[cfg(feature = "log")]
+        log::debug!(
+            "{:?} {} -> {:?}",
+            request.method,
+            request.path,
+            result.as_ref().map(|r| (r.status, r.body_len))
+        );
         result
     }
 }
