@@ -27,11 +27,14 @@
 //! | `std` | implements `std::error::Error` for [`Error`] |
 //! | `defmt` | internal logging through defmt; `Format` impls |
 //! | `log` | internal logging through the `log` crate |
+//! | `zstd` | module `compress`: per-frame zstd in caller-provided static workspaces (builds the zstd C library) |
+//! | `flash` | [`persist`]: power-loss-safe snapshot storage on NOR flash (sequential-storage) |
 //!
 //! `defmt` and `log` are mutually exclusive. The default build has none of
 //! them and is `no_std`.
 #![no_std]
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere except the FFI module `compress`.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
     not(test),
@@ -44,8 +47,13 @@ extern crate std;
 #[macro_use]
 mod fmt;
 
+#[cfg(feature = "zstd")]
+#[allow(unsafe_code)]
+pub mod compress;
 mod error;
 mod filter;
+#[cfg(feature = "flash")]
+pub mod persist;
 pub mod transport;
 pub mod types;
 pub mod wire;
