@@ -477,3 +477,44 @@ pub fn generate(items: &[Row], opts: &Options) -> Fitted {
     let prep = prepare(items, opts.basis, opts.n_train, opts.seed);
     fit(&prep, opts.step, opts.alpha)
 }
+
+/// A shipped codebook: its name, its file under `core/codebooks/`, and the
+/// options that generate it (from `data/minilm/items_public.f32`).
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Profile name, as passed to `gen-codebook --profile`.
+    pub name: &'static str,
+    /// File name under `core/codebooks/`.
+    pub file: &'static str,
+    /// Generation options.
+    pub opts: Options,
+}
+
+/// The shipped profiles. `step` and `alpha` were chosen with
+/// `gen-codebook --tune` on synthetic validation patterns (see `docs/codec.md`).
+pub fn profiles() -> [Profile; 2] {
+    [
+        Profile {
+            name: "minilm-v1",
+            file: "minilm-v1.bin",
+            opts: Options {
+                basis: true,
+                step: 1.0 / 512.0,
+                alpha: 0.25,
+                n_train: 8000,
+                seed: 1,
+            },
+        },
+        Profile {
+            name: "minilm-small-v1",
+            file: "minilm-small-v1.bin",
+            opts: Options {
+                basis: false,
+                step: 0.95 / 512.0,
+                alpha: 0.0,
+                n_train: 8000,
+                seed: 1,
+            },
+        },
+    ]
+}

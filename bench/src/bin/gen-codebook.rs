@@ -1,8 +1,8 @@
 //! Generates a codebook blob from the catalogue items, reproducibly.
 //!
 //! ```text
-//! gen-codebook --items data/minilm/items_public.f32 --out core/codebooks/minilm-v1.bin \
-//!     [--small] [--step 0.00195] [--alpha 0.25] [--n-train 8000] [--seed 1]
+//! gen-codebook --items data/minilm/items_public.f32 --profile minilm-v1 --out core/codebooks/minilm-v1.bin
+//! gen-codebook --items ITEMS --out FILE [--small] [--step S] [--alpha A] [--n-train N] [--seed S]
 //! gen-codebook --items data/minilm/items_public.f32 --tune [--small]
 //! ```
 //!
@@ -39,6 +39,14 @@ fn main() {
             "--items" => items = Some(PathBuf::from(val())),
             "--out" => out = Some(PathBuf::from(val())),
             "--small" => opts.basis = false,
+            "--profile" => {
+                let name = val();
+                opts = fit::profiles()
+                    .into_iter()
+                    .find(|p| p.name == name)
+                    .unwrap_or_else(|| die(&format!("unknown profile {name}")))
+                    .opts;
+            }
             "--tune" => tune = true,
             "--step" => opts.step = parse(&val()),
             "--alpha" => opts.alpha = parse(&val()),
