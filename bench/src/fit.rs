@@ -397,6 +397,9 @@ fn codes_of(cb: &Codebook<'_>, x: &Row) -> Codes {
     cb.quantize(&e)
 }
 
+/// Best shape of a family: (bits, beta, indices, tables).
+type FamilyChoice = (f64, f64, Vec<u8>, Vec<Vec<u16>>);
+
 /// Fits steps, indices and tables for given step parameters.
 pub fn fit(prep: &Prepared, step: f64, alpha: f64) -> Fitted {
     let n = prep.train.len() as f64;
@@ -444,7 +447,7 @@ pub fn fit(prep: &Prepared, step: f64, alpha: f64) -> Fitted {
         })
         .collect();
     let fam = |vals: &[[i32; DIM]]| {
-        let mut best: Option<(f64, f64, Vec<u8>, Vec<Vec<u16>>)> = None;
+        let mut best: Option<FamilyChoice> = None;
         for &beta in &BETAS {
             let tables = family_tables(beta);
             let (idx, bits) = fit_indices(vals, &CostModel::new(&tables), 3);

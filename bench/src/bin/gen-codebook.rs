@@ -79,7 +79,7 @@ fn main() {
 fn run_tune(items: &[[f32; 384]], opts: &Options) {
     let prep = fit::prepare(items, opts.basis, opts.n_train, opts.seed);
     // Validation: other synthetic patterns, another seed.
-    let mut synth = Synth::new(items, opts.seed ^ 0x5eed_0f_7a11d);
+    let mut synth = Synth::new(items, opts.seed ^ 0x05ee_d0f7_a11d);
     let val = synth.patterns(2000);
     let val_new: Vec<_> = val.iter().map(|p| synth.drift(p)).collect();
     let rk: Vec<_> = val.iter().map(|p| rank(p, items)).collect();
