@@ -47,6 +47,7 @@ extern crate std;
 #[macro_use]
 mod fmt;
 
+pub mod codec;
 #[cfg(feature = "zstd")]
 #[allow(unsafe_code)]
 pub mod compress;
