@@ -129,6 +129,7 @@ pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
             txn.publish(c)?;
         }
         txn.set_meta(Meta::AggregateCursor, plan.cursor)?;
+        txn.drop_device_changes(plan.cursor)?;
         txn.set_meta(Meta::GlobalId, u64::from(plan.next_id))?;
         if retention > 0 {
             let current = txn.meta(Meta::GlobalVersion)?;
