@@ -147,6 +147,22 @@ pub fn check_sync_version(v: Option<&[u8]>) -> Result<u64, ApiError> {
         })
 }
 
+/// Decompresses a zstd upload body; the records may take at most
+/// `MAX_UPLOAD_FRAME` bytes (a larger output is `decompression`, 400).
+fn decompress(body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    use omega_tv_sync::compress::{Decompressor, DCTX_WORKSPACE_WORDS};
+    thread_local! {
+        static WORKSPACE: std::cell::RefCell<Vec<u64>> =
+            std::cell::RefCell::new(vec![0u64; DCTX_WORKSPACE_WORDS]);
+    }
+    let mut out = vec![0u8; MAX_UPLOAD_FRAME];
+    let n = WORKSPACE
+        .with_borrow_mut(|ws| Decompressor::new(ws)?.decompress(body, &mut out))
+        .map_err(|e| ApiError::core(e, "zstd body"))?;
+    out.truncate(n);
+    Ok(out)
+}
+
 /// Validates an upload body sent by `device` holding global version
 /// `header_version`.
 pub fn validate(
@@ -163,6 +179,13 @@ pub fn validate(
         ));
     }
     let frame = FrameReader::parse(body).map_err(|e| ApiError::core(e, "frame"))?;
+    let plain: Vec<u8>;
+    let frame = if frame.is_compressed() {
+        plain = decompress(frame.body())?;
+        FrameReader::from_body(frame.kind(), frame.codebook_id(), &plain)
+    } else {
+        frame
+    };
     if frame.kind() != Kind::Upload {
         return Err(ApiError::new(
             400,

@@ -378,3 +378,43 @@ async fn version_health_and_pacing() {
     }
     srv.shutdown().await;
 }
+
+/// Re-frames `frame` with its body zstd-compressed (flag bit 0).
+fn compressed(frame: &[u8]) -> Vec<u8> {
+    use omega_tv_sync::compress::{Compressor, CCTX_WORKSPACE_WORDS};
+    use omega_tv_sync::wire::{FLAG_ZSTD, HEADER_LEN};
+    let body = &frame[HEADER_LEN..frame.len() - 4];
+    let mut ws = vec![0u64; CCTX_WORKSPACE_WORDS];
+    let mut z = vec![0u8; body.len() + 1024];
+    let n = Compressor::new(&mut ws).unwrap().compress(body, &mut z).unwrap();
+    let mut out = frame[..HEADER_LEN].to_vec();
+    out[4] |= FLAG_ZSTD;
+    out.extend_from_slice(&z[..n]);
+    out.extend_from_slice(&[0; 4]);
+    patch_crc(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_uploads_are_accepted() {
+    let (_dir, db) = temp_db();
+    let srv = start(&db).await;
+    let addr = srv.local_addr();
+    let v = patterns();
+    let items = [Up::abs("p1", quantize(&v[0])), Up::abs("p2", quantize(&v[1]))];
+    let body = compressed(&upload(1, 0, &items));
+    let r = post_sync(addr, "tv-z", "0", &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let st = srv.device_state("tv-z").unwrap();
+    assert_eq!(st.patterns.len(), 2);
+    assert_eq!(st.patterns[0].codes, items[0].codes.to_vec());
+    // Garbage behind the flag: a 400, nothing stored.
+    let mut bad = upload(2, 0, &[Up::abs("p3", quantize(&v[2]))]);
+    bad[4] |= omega_tv_sync::wire::FLAG_ZSTD;
+    patch_crc(&mut bad);
+    let r = post_sync(addr, "tv-z", "0", &bad);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "decompression");
+    assert_eq!(srv.device_state("tv-z").unwrap().patterns.len(), 2);
+    srv.shutdown().await;
+}
