@@ -44,6 +44,7 @@ extern crate std;
 #[macro_use]
 mod fmt;
 
+pub mod codec;
 mod error;
 mod filter;
 pub mod transport;
