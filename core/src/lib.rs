@@ -38,7 +38,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", test))]
 extern crate std;
 
 #[macro_use]
@@ -47,6 +47,7 @@ mod fmt;
 pub mod codec;
 mod error;
 mod filter;
+pub mod sync;
 pub mod transport;
 pub mod types;
 pub mod wire;
