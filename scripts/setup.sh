@@ -8,7 +8,10 @@ TARGET=thumbv7em-none-eabihf
 
 if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
     echo "setup: installing Rust target $TARGET"
-    rustup target add "$TARGET" || echo "setup: WARNING: could not install $TARGET" >&2
+    if ! rustup target add "$TARGET" >/dev/null 2>&1; then
+        echo "!!!!!!!! setup: could NOT install the Rust target $TARGET !!!!!!!!" >&2
+        echo "!!!!!!!! .ci/run will build the no_std consumer for the host instead !!!!!!!!" >&2
+    fi
 fi
 
 need=()

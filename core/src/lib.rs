@@ -27,11 +27,13 @@
 //! | `std` | implements `std::error::Error` for [`Error`] |
 //! | `defmt` | internal logging through defmt; `Format` impls |
 //! | `log` | internal logging through the `log` crate |
+//! | `zstd` | module `compress`: per-frame zstd in caller-provided static workspaces (builds the zstd C library) |
 //!
 //! `defmt` and `log` are mutually exclusive. The default build has none of
 //! them and is `no_std`.
 #![no_std]
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere except the FFI module `compress`.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
     not(test),
@@ -45,6 +47,9 @@ extern crate std;
 mod fmt;
 
 pub mod codec;
+#[cfg(feature = "zstd")]
+#[allow(unsafe_code)]
+pub mod compress;
 mod error;
 mod filter;
 pub mod sync;
