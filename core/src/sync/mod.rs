@@ -58,6 +58,9 @@ pub struct Config {
     pub backoff: Backoff,
     /// Seed of the jitter generator: make it differ between devices.
     pub jitter_seed: u64,
+    /// Ask for zstd-compressed responses (flag bit 1 of the upload); the
+    /// responses must then be applied with `apply_zstd` (feature `zstd`).
+    pub accept_zstd: bool,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             },
             backoff: Backoff::default(),
             jitter_seed: seed,
+            accept_zstd: false,
         }
     }
 }
@@ -374,6 +378,9 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         order.sort_unstable();
 
         let mut w = FrameWriter::new(buf, Kind::Upload, self.cb.id())?;
+        if self.cfg.accept_zstd {
+            w.accept_zstd();
+        }
         w.push(&Record::UploadHead(UploadHead {
             seq: self.seq,
             since: self.global_version,
@@ -455,6 +462,44 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         now_ms: u64,
         sink: &mut S,
     ) -> Result<Outcome> {
+        self.apply_opened(sent, response, body, now_ms, sink, || {
+            let f = FrameReader::parse(body)?;
+            if f.is_compressed() {
+                return Err(Error::BadFlags);
+            }
+            Ok(f)
+        })
+    }
+
+    /// [`apply`](Self::apply) for a device that asked for compressed
+    /// responses (`Config::accept_zstd`): a compressed body is decompressed
+    /// with `zstd` into `scratch`, which must hold `caps.max_bytes`.
+    #[cfg(feature = "zstd")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_zstd<S: GlobalSink>(
+        &mut self,
+        sent: &[u8],
+        response: Response,
+        body: &[u8],
+        zstd: &mut crate::compress::Decompressor<'_>,
+        scratch: &mut [u8],
+        now_ms: u64,
+        sink: &mut S,
+    ) -> Result<Outcome> {
+        self.apply_opened(sent, response, body, now_ms, sink, move || {
+            FrameReader::parse(body)?.decompress(zstd, scratch)
+        })
+    }
+
+    fn apply_opened<'x, S: GlobalSink>(
+        &mut self,
+        sent: &[u8],
+        response: Response,
+        body: &[u8],
+        now_ms: u64,
+        sink: &mut S,
+        open: impl FnOnce() -> Result<FrameReader<'x>>,
+    ) -> Result<Outcome> {
         let Some(inflight) = self.inflight else {
             return Err(Error::ProtocolViolation);
         };
@@ -462,7 +507,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             return Err(Error::WrongLength);
         }
         match response.status {
-            200 => match self.apply_frame(sent, inflight, body, now_ms, sink) {
+            200 => match open().and_then(|f| self.apply_frame(sent, inflight, f, now_ms, sink)) {
                 Ok(summary) => Ok(Outcome::Synced(summary)),
                 Err(e) => {
                     self.fail(now_ms, 0);
@@ -499,12 +544,11 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         &mut self,
         sent: &[u8],
         inflight: InFlight,
-        body: &[u8],
+        resp: FrameReader<'_>,
         now_ms: u64,
         sink: &mut S,
     ) -> Result<Summary> {
         let req = FrameReader::parse(sent)?;
-        let resp = FrameReader::parse(body)?;
         if resp.kind() != Kind::Download {
             return Err(Error::UnknownKind);
         }

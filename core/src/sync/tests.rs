@@ -719,3 +719,59 @@ fn last_seq_parsing() {
     assert_eq!(fmt_u64(0, &mut b), "0");
     assert_eq!(fmt_u64(u64::MAX, &mut b), "18446744073709551615");
 }
+
+#[cfg(feature = "zstd")]
+#[test]
+fn compressed_responses_apply_like_plain_ones() {
+    use crate::compress::{Compressor, Decompressor, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_WORDS};
+    let v = vectors();
+    let mut cfg = Config::new(DeviceId::new("tv-z").unwrap());
+    cfg.accept_zstd = true;
+    let mut c: Client = SyncClient::new(minilm_v1().unwrap(), cfg);
+    for i in 0..12 {
+        c.upsert(&pattern(&std::format!("pattern-{i}"), &v[i], 0.9, 30), 0)
+            .unwrap();
+    }
+    let mut peer = Peer {
+        trends: (1..40).collect(),
+        ..Peer::default()
+    };
+    let mut tx = [0u8; 8192];
+    let n = c.prepare(0, &mut tx).unwrap();
+    assert!(FrameReader::parse(&tx[..n]).unwrap().accepts_zstd());
+    let mut rx = std::vec![0u8; 16384];
+    let (st, len) = peer.handle(&tx[..n], &mut rx);
+    // Re-frame the peer's answer compressed.
+    let plain = FrameReader::parse(&rx[..len]).unwrap();
+    let mut zbuf = std::vec![0u8; 16384];
+    let mut w = FrameWriter::new(&mut zbuf, Kind::Download, plain.codebook_id()).unwrap();
+    for r in plain.records() {
+        w.push(&r.unwrap()).unwrap();
+    }
+    let mut cws = std::vec![0u64; CCTX_WORKSPACE_WORDS];
+    let mut comp = Compressor::new(&mut cws).unwrap();
+    let mut scratch = std::vec![0u8; 16384];
+    let z = w.finish_zstd(&mut comp, &mut scratch).unwrap().to_vec();
+    assert!(FrameReader::parse(&z).unwrap().is_compressed());
+    assert!(z.len() < len);
+    let resp = Response {
+        status: st,
+        body_len: z.len(),
+        retry_after_s: None,
+    };
+    // Plain apply refuses it and keeps the request in flight ...
+    assert_eq!(
+        c.apply(&tx[..n], resp, &z, 0, &mut ()),
+        Err(Error::BadFlags)
+    );
+    // ... apply_zstd takes it.
+    let mut dws = std::vec![0u64; DCTX_WORKSPACE_WORDS];
+    let mut d = Decompressor::new(&mut dws).unwrap();
+    let out = c
+        .apply_zstd(&tx[..n], resp, &z, &mut d, &mut scratch, 0, &mut ())
+        .unwrap();
+    assert!(
+        matches!(out, Outcome::Synced(s) if s.acked == 12 && s.trends == 39),
+        "{out:?}"
+    );
+}
