@@ -1,1 +1,379 @@
-//! Placeholder: filled in by the issue that builds this crate.
+//! # Constellation
+//!
+//! The server omega-tv-sync devices sync with: it stores each device's
+//! patterns exactly once per upload, detects stale bases, aggregates the
+//! fleet's patterns into global patterns and trend signals, and serves the
+//! global changes, paged to each device's capacity. `docs/protocol.md` is the
+//! contract.
+//!
+//! ```text
+//! http (routes, headers, errors) -> sync (validate -> apply -> respond)
+//!      -> store (trait; redb backend with group commit)
+//! aggregate (off the request path: device changes -> global changelog), trends
+//! ```
+//!
+//! Start it in-process with [`Server::start`], or run the `constellation
+//! serve` binary.
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod aggregate;
+pub mod codes;
+pub mod download;
+pub mod http;
+pub mod metrics;
+pub mod store;
+pub mod sync;
+pub mod trends;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use codes::Codebooks;
+use metrics::{Gauges, Metrics};
+use store::{Meta, Store, StoreError, StoreResult};
+
+pub use aggregate::AggregateConfig;
+pub use trends::TrendConfig;
+
+/// Everything a server instance is configured with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The redb file; `None` keeps everything in memory (not durable).
+    pub db: Option<PathBuf>,
+    /// Address to listen on (loopback by default; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Codebooks accepted in frames; the first is the one globals are published in.
+    pub codebooks: Codebooks,
+    /// `next_sync_s` is drawn uniformly from this range (seconds).
+    pub sync_interval: RangeInclusive<u32>,
+    /// A device whose last sync (without `more`) is more recent than this
+    /// gets `429`; 0 turns the limit off (the default).
+    pub min_sync_interval_s: u32,
+    /// Writes queued before new syncs are answered `503`.
+    pub queue_limit: usize,
+    /// Most syncs in one group commit.
+    pub max_batch: usize,
+    /// `Retry-After` for `503`, in seconds.
+    pub overload_retry_after_s: u32,
+    /// `Cache-Control: max-age` of global feed pages, in seconds.
+    pub feed_max_age_s: u32,
+    /// Serve `GET /api/v1/devices/{id}/patterns` (raw device state: keep off
+    /// in production).
+    pub admin: bool,
+    /// Aggregation into global patterns.
+    pub aggregate: AggregateConfig,
+    /// Trend signals.
+    pub trends: TrendConfig,
+}
+
+impl Config {
+    /// Defaults: in memory, `127.0.0.1:8080`, no codebook, 300..=900 s.
+    pub fn new() -> Self {
+        Config {
+            db: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            codebooks: Codebooks::empty(),
+            sync_interval: 300..=900,
+            min_sync_interval_s: 0,
+            queue_limit: 4096,
+            max_batch: 1024,
+            overload_retry_after_s: 5,
+            feed_max_age_s: 10,
+            admin: false,
+            aggregate: AggregateConfig::default(),
+            trends: TrendConfig::default(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A failure to start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The store could not be opened.
+    Store(StoreError),
+    /// The listener could not be bound.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Store(e) => write!(f, "{e}"),
+            StartError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Shared state of a running server.
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The configuration.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Metrics,
+    rng: AtomicU64,
+    pub(crate) aggregator: tokio::sync::Mutex<aggregate::Aggregator>,
+    limiter: Mutex<std::collections::HashMap<String, (Instant, bool)>>,
+}
+
+impl AppState {
+    fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x5eed, |d| d.as_nanos() as u64);
+        AppState {
+            store,
+            config,
+            metrics: Metrics::default(),
+            rng: AtomicU64::new(seed),
+            aggregator: Default::default(),
+            limiter: Mutex::new(Default::default()),
+        }
+    }
+
+    /// A uniform random number in `range` (splitmix64; not cryptographic).
+    pub fn random_in(&self, range: &RangeInclusive<u32>) -> u32 {
+        let (lo, hi) = (*range.start(), *range.end());
+        if hi <= lo {
+            return lo;
+        }
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        lo + (z % (u64::from(hi - lo) + 1)) as u32
+    }
+
+    /// Seconds the device must still wait, when it syncs too often.
+    pub(crate) fn rate_limited(&self, device: &str) -> Option<u32> {
+        let min = self.config.min_sync_interval_s;
+        if min == 0 {
+            return None;
+        }
+        let map = self.limiter.lock().ok()?;
+        let (at, more) = map.get(device)?;
+        let elapsed = at.elapsed();
+        let min = Duration::from_secs(u64::from(min));
+        (!more && elapsed < min).then(|| (min - elapsed).as_secs().max(1) as u32)
+    }
+
+    pub(crate) fn note_sync(&self, device: &str, more: bool) {
+        if self.config.min_sync_interval_s == 0 {
+            return;
+        }
+        if let Ok(mut map) = self.limiter.lock() {
+            if map.len() > 1_000_000 {
+                map.clear();
+            }
+            map.insert(device.to_string(), (Instant::now(), more));
+        }
+    }
+
+    /// Current gauges.
+    pub fn gauges(&self) -> Gauges {
+        let (commits, commit_items) = self.store.commit_stats();
+        Gauges {
+            global_version: store::read(&*self.store, |t| t.meta(Meta::GlobalVersion)).unwrap_or(0),
+            queue_depth: self.store.queue_depth() as u64,
+            commits,
+            commit_items,
+        }
+    }
+}
+
+/// A device pattern as the server stores it (admin read-back).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DevicePattern {
+    /// Pattern id.
+    pub id: String,
+    /// Revision.
+    pub revision: u32,
+    /// Codebook id of `codes`.
+    pub codebook: u32,
+    /// Success rate.
+    pub success_rate: f32,
+    /// Samples.
+    pub sample_count: u32,
+    /// Category.
+    pub category: String,
+    /// Absolute integer codes.
+    pub codes: Vec<i16>,
+}
+
+/// A device's stored state (admin read-back).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceState {
+    /// Device id.
+    pub device: String,
+    /// Last applied sequence (`None`: the device never synced).
+    pub last_seq: Option<u64>,
+    /// Uploads applied.
+    pub syncs: u64,
+    /// Its patterns, by id.
+    pub patterns: Vec<DevicePattern>,
+}
+
+/// Reads back one device's stored state.
+pub fn device_state(store: &dyn Store, device: &str) -> StoreResult<DeviceState> {
+    store::read(store, |t| {
+        let rec = t.device(device)?;
+        let patterns = t
+            .device_patterns(device)?
+            .into_iter()
+            .map(|(id, p)| DevicePattern {
+                id,
+                revision: p.revision,
+                codebook: p.codebook,
+                success_rate: p.success_rate,
+                sample_count: p.sample_count,
+                category: p.category,
+                codes: p.codes.to_vec(),
+            })
+            .collect();
+        Ok(DeviceState {
+            device: device.to_string(),
+            last_seq: rec.as_ref().map(|r| r.last_seq),
+            syncs: rec.as_ref().map_or(0, |r| r.syncs),
+            patterns,
+        })
+    })
+}
+
+/// The server, as a library.
+pub struct Server;
+
+impl Server {
+    /// Opens the store, binds the listener and starts serving and
+    /// aggregating. Must be called inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        let (store, redb): (Arc<dyn Store>, Option<Arc<store::redb::RedbStore>>) = match &config.db
+        {
+            Some(path) => {
+                let s = Arc::new(
+                    store::redb::RedbStore::open(
+                        path,
+                        store::redb::RedbOptions {
+                            queue_limit: config.queue_limit,
+                            max_batch: config.max_batch,
+                        },
+                    )
+                    .map_err(StartError::Store)?,
+                );
+                (s.clone(), Some(s))
+            }
+            None => (Arc::new(store::mem::MemStore::new()), None),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(StartError::Io)?;
+        let local_addr = listener.local_addr().map_err(StartError::Io)?;
+        let state = Arc::new(AppState::new(store, config));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let app = http::router(state.clone());
+        let mut serve_stop = stop_rx.clone();
+        let serve = tokio::spawn(async move {
+            let r = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = serve_stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "server stopped");
+            }
+        });
+        let aggregator = tokio::spawn(aggregate::run(state.clone(), stop_rx));
+        tracing::info!(addr = %local_addr, db = ?state.config.db, "constellation listening");
+        Ok(ServerHandle {
+            local_addr,
+            state,
+            redb,
+            stop: stop_tx,
+            tasks: vec![serve, aggregator],
+        })
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    state: Arc<AppState>,
+    redb: Option<Arc<store::redb::RedbStore>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Shared state (store, metrics, config).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// A device's stored patterns, revisions and sequence.
+    pub fn device_state(&self, device: &str) -> StoreResult<DeviceState> {
+        device_state(&*self.state.store, device)
+    }
+
+    /// The current global version.
+    pub fn global_version(&self) -> StoreResult<u64> {
+        store::read(&*self.state.store, |t| t.meta(Meta::GlobalVersion))
+    }
+
+    /// Runs one aggregation pass now (aggregation also runs on its own every
+    /// `aggregate.interval`); returns the changelog entries published.
+    pub async fn aggregate_now(&self) -> StoreResult<usize> {
+        aggregate::run_once(&self.state).await
+    }
+
+    /// Metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics.render(self.state.gauges())
+    }
+
+    /// Stops serving, waits for in-flight work and closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(r) = &self.redb {
+            r.close();
+        }
+    }
+}

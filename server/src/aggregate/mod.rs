@@ -1,0 +1,401 @@
+//! Aggregation of device patterns into global patterns, off the request path.
+//!
+//! A background task reads the device-pattern changes committed since its
+//! cursor, and for each changed pattern:
+//! 1. takes back its previous contribution, if any;
+//! 2. if the pattern still exists and passes the quality filter
+//!    (`success_rate >= min_success_rate`, `sample_count >= min_samples`),
+//!    reconstructs its embedding from the stored codes and merges it into the
+//!    most similar global pattern of its category (cosine of the weighted
+//!    centroid `>= similarity`), or starts a new one. Its weight is
+//!    `min(sample_count, max_weight_samples) * success_rate`: clipped, so no
+//!    single device dominates.
+//!
+//! A global pattern is published (a changelog upsert) once at least `k`
+//! distinct devices contribute, republished when its quantised codes,
+//! contributor count or rounded rate change, and withdrawn (a tombstone) when
+//! it drops below `k`. Everything of a pass (contributions, aggregates,
+//! changelog entries with their versions, the cursor) is committed in one
+//! transaction by the single writer, so versions are commit-ordered.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use omega_tv_sync::{Embedding, DIM};
+use tokio::sync::watch;
+
+use crate::codes::Codes;
+use crate::store::{
+    self, Contribution, GlobalAggregate, GlobalChange, Meta, StoreError, StoreResult, StoredPattern,
+};
+use crate::trends::TrendTracker;
+use crate::AppState;
+
+/// Aggregation settings.
+#[derive(Clone, Debug)]
+pub struct AggregateConfig {
+    /// Distinct devices needed before a global pattern is published.
+    pub k: u32,
+    /// Cosine similarity at or above which a pattern joins a global one.
+    pub similarity: f32,
+    /// Quality filter: least success rate.
+    pub min_success_rate: f32,
+    /// Quality filter: least samples.
+    pub min_samples: u32,
+    /// Samples above this count no further in a contribution's weight.
+    pub max_weight_samples: u32,
+    /// Pause between passes.
+    pub interval: Duration,
+    /// Most device-pattern changes per pass.
+    pub batch: usize,
+    /// Tombstones more than this many versions old are dropped (devices
+    /// behind them get a snapshot); 0 keeps every tombstone.
+    pub retention_versions: u64,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            k: 5,
+            similarity: 0.92,
+            min_success_rate: 0.7,
+            min_samples: 10,
+            max_weight_samples: 1000,
+            interval: Duration::from_secs(1),
+            batch: 4096,
+            retention_versions: 0,
+        }
+    }
+}
+
+/// In-memory mirror of the aggregation state (reloaded after a failed write).
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    loaded: bool,
+    aggs: HashMap<u32, GlobalAggregate>,
+    next_id: u32,
+    trends: TrendTracker,
+}
+
+/// Runs aggregation passes every `interval` until `stop` turns true.
+pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(state.config.aggregate.interval) => {}
+        }
+        if let Err(e) = run_once(&state).await {
+            tracing::warn!(error = %e, "aggregation pass failed");
+        }
+    }
+}
+
+/// One pass; returns the changelog entries published.
+pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
+    let mut guard = state.aggregator.lock().await;
+    let agg = std::mem::take(&mut *guard);
+    let st = state.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut agg = agg;
+        let r = compute(&st, &mut agg);
+        (agg, r)
+    })
+    .await;
+    let (mut agg, plan) = joined.map_err(|e| StoreError::Backend(e.to_string()))?;
+    let plan = match plan {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            *guard = agg;
+            return Ok(0);
+        }
+        Err(e) => {
+            *guard = Aggregator::default();
+            return Err(e);
+        }
+    };
+    let n = plan.changes.len();
+    let retention = state.config.aggregate.retention_versions;
+    let r = store::write(&*state.store, move |txn| {
+        for (d, p, c) in &plan.contributions {
+            txn.put_contribution(d, p, c.as_ref())?;
+        }
+        for (id, a) in &plan.aggregates {
+            txn.put_aggregate(*id, a.as_ref())?;
+        }
+        for c in &plan.changes {
+            txn.publish(c)?;
+        }
+        txn.set_meta(Meta::AggregateCursor, plan.cursor)?;
+        txn.set_meta(Meta::GlobalId, u64::from(plan.next_id))?;
+        if retention > 0 {
+            let current = txn.meta(Meta::GlobalVersion)?;
+            let horizon = txn.meta(Meta::Horizon)?;
+            let target = current.saturating_sub(retention);
+            if target > horizon && target - horizon >= retention.div_ceil(10) {
+                txn.prune_tombstones(target)?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match r {
+        Ok(()) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            state.metrics.aggregation_runs.fetch_add(1, Relaxed);
+            state.metrics.published.fetch_add(n as u64, Relaxed);
+            agg.loaded = true;
+            *guard = agg;
+            Ok(n)
+        }
+        Err(e) => {
+            *guard = Aggregator::default();
+            Err(e)
+        }
+    }
+}
+
+type ContributionUpdate = (String, String, Option<Contribution>);
+
+struct Plan {
+    contributions: Vec<ContributionUpdate>,
+    aggregates: Vec<(u32, Option<GlobalAggregate>)>,
+    changes: Vec<GlobalChange>,
+    cursor: u64,
+    next_id: u32,
+}
+
+fn unit(sum: &[f32]) -> Option<Vec<f32>> {
+    let n = sum
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    (n > 1e-9).then(|| sum.iter().map(|x| (f64::from(*x) / n) as f32).collect())
+}
+
+fn fingerprint(codes: &Codes, contributors: usize, rate: f32) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    codes.hash(&mut h);
+    contributors.hash(&mut h);
+    ((rate * 100.0).round() as i32).hash(&mut h);
+    h.finish() | 1
+}
+
+fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> {
+    let cfg = &state.config.aggregate;
+    if !agg.loaded {
+        let (aggs, next_id) = store::read(&*state.store, |t| {
+            Ok((t.aggregates()?, t.meta(Meta::GlobalId)?))
+        })?;
+        agg.aggs = aggs.into_iter().collect();
+        agg.next_id = u32::try_from(next_id).unwrap_or(u32::MAX);
+        agg.loaded = true;
+    }
+    type Snapshot = (
+        u64,
+        Vec<(String, String, Option<StoredPattern>, Option<Contribution>)>,
+    );
+    let (cursor, items): Snapshot = store::read(&*state.store, |t| {
+        let cursor = t.meta(Meta::AggregateCursor)?;
+        let changes = t.device_changes_after(cursor, cfg.batch.max(1))?;
+        let last = changes.last().map_or(cursor, |c| c.seq);
+        let mut seen = BTreeSet::new();
+        let mut items = Vec::new();
+        for c in changes {
+            if !seen.insert((c.device.clone(), c.pattern.clone())) {
+                continue;
+            }
+            let p = t.pattern(&c.device, &c.pattern)?;
+            let old = t.contribution(&c.device, &c.pattern)?;
+            items.push((c.device, c.pattern, p, old));
+        }
+        Ok((last, items))
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (now_f, unix_s) = (now.as_secs_f64(), now.as_secs());
+    if items.is_empty() {
+        let trends = agg.trends.due(now_f, unix_s, &state.config.trends);
+        if trends.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Plan {
+            contributions: Vec::new(),
+            aggregates: Vec::new(),
+            changes: trends,
+            cursor,
+            next_id: agg.next_id,
+        }));
+    }
+    let mut touched: BTreeSet<u32> = BTreeSet::new();
+    let mut contributions = Vec::with_capacity(items.len());
+    for (device, pattern, p, old) in items {
+        let old_samples = old.as_ref().map_or(0, |o| o.sample_count);
+        if let Some(o) = &old {
+            if let Some(a) = agg.aggs.get_mut(&o.global) {
+                for (s, v) in a.sum.iter_mut().zip(&o.vector) {
+                    *s -= o.weight * v;
+                }
+                a.weight = (a.weight - f64::from(o.weight)).max(0.0);
+                a.rate_sum = (a.rate_sum - f64::from(o.weight * o.success_rate)).max(0.0);
+                a.samples = a.samples.saturating_sub(u64::from(o.sample_count));
+                if let Some(n) = a.devices.get_mut(&device) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        a.devices.remove(&device);
+                    }
+                }
+                touched.insert(o.global);
+            }
+        }
+        let Some(p) = p else {
+            contributions.push((device, pattern, None));
+            continue;
+        };
+        if p.success_rate < cfg.min_success_rate || p.sample_count < cfg.min_samples {
+            contributions.push((device, pattern, None));
+            continue;
+        }
+        let Some(book) = state.config.codebooks.get(p.codebook) else {
+            contributions.push((device, pattern, None));
+            continue;
+        };
+        let Ok(e) = book.reconstruct(&p.codes) else {
+            contributions.push((device, pattern, None));
+            continue;
+        };
+        let v: Vec<f32> = e.as_array().to_vec();
+        let mut best: Option<(f32, u32)> = None;
+        for (id, a) in &agg.aggs {
+            if a.category != p.category || a.weight <= 0.0 {
+                continue;
+            }
+            let n = a.sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if n <= 1e-9 {
+                continue;
+            }
+            let cos = a.sum.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>() / n;
+            if cos >= cfg.similarity && best.is_none_or(|(c, _)| cos > c) {
+                best = Some((cos, *id));
+            }
+        }
+        let id = match best {
+            Some((_, id)) => id,
+            None => {
+                agg.next_id = agg.next_id.saturating_add(1);
+                agg.aggs
+                    .insert(agg.next_id, GlobalAggregate::new(&p.category));
+                agg.next_id
+            }
+        };
+        let weight = p.sample_count.min(cfg.max_weight_samples.max(1)) as f32 * p.success_rate;
+        if let Some(a) = agg.aggs.get_mut(&id) {
+            for (s, x) in a.sum.iter_mut().zip(&v) {
+                *s += weight * x;
+            }
+            a.weight += f64::from(weight);
+            a.rate_sum += f64::from(weight * p.success_rate);
+            a.samples += u64::from(p.sample_count);
+            *a.devices.entry(device.clone()).or_insert(0) += 1;
+        }
+        touched.insert(id);
+        // Trend activity: the samples gained since the last contribution.
+        let gained = p.sample_count.saturating_sub(old_samples);
+        if gained > 0 {
+            let content = match &state.config.trends.catalogue {
+                Some(c) => c.nearest(&v).map(str::to_string),
+                None => None,
+            }
+            .unwrap_or_else(|| format!("global-{id}"));
+            agg.trends.observe(
+                &p.category,
+                &content,
+                f64::from(gained),
+                now_f,
+                &state.config.trends,
+            );
+        }
+        contributions.push((
+            device,
+            pattern,
+            Some(Contribution {
+                global: id,
+                weight,
+                success_rate: p.success_rate,
+                sample_count: p.sample_count,
+                vector: v,
+            }),
+        ));
+    }
+    let primary = state.config.codebooks.primary().cloned();
+    let mut changes = Vec::new();
+    let mut aggregates = Vec::new();
+    for id in touched {
+        let Some(a) = agg.aggs.get_mut(&id) else {
+            continue;
+        };
+        let devices = a.devices.len();
+        let rate = if a.weight > 0.0 {
+            (a.rate_sum / a.weight).clamp(0.0, 1.0) as f32
+        } else {
+            0.0
+        };
+        let publishable = devices >= cfg.k.max(1) as usize && a.weight > 0.0;
+        let mut upsert = None;
+        if publishable {
+            if let (Some(book), Some(u)) = (&primary, unit(&a.sum)) {
+                let arr: Option<[f32; DIM]> = u.try_into().ok();
+                if let Some(e) = arr.and_then(|arr| Embedding::normalize(arr).ok()) {
+                    let codes = book.quantize(&e);
+                    let fp = fingerprint(&codes, devices, rate);
+                    let mut buf = vec![0u8; omega_tv_sync::wire::MAX_CODE_LEN];
+                    if let Ok(n) = book.encode(&codes, &mut buf) {
+                        buf.truncate(n);
+                        upsert = Some((fp, book.id(), buf));
+                    }
+                }
+            }
+        }
+        match upsert {
+            Some((fp, codebook, code)) => {
+                if !a.published || a.fingerprint != fp {
+                    changes.push(GlobalChange::Upsert {
+                        id,
+                        success_rate: rate,
+                        sample_count: u32::try_from(a.samples).unwrap_or(u32::MAX),
+                        contributors: u32::try_from(devices).unwrap_or(u32::MAX),
+                        category: a.category.clone(),
+                        codebook,
+                        code,
+                    });
+                    a.published = true;
+                    a.fingerprint = fp;
+                }
+            }
+            None => {
+                if a.published {
+                    changes.push(GlobalChange::Remove { id });
+                    a.published = false;
+                    a.fingerprint = 0;
+                }
+            }
+        }
+        if a.devices.is_empty() && !a.published {
+            agg.aggs.remove(&id);
+            aggregates.push((id, None));
+        } else {
+            aggregates.push((id, Some(a.clone())));
+        }
+    }
+    changes.extend(agg.trends.due(now_f, unix_s, &state.config.trends));
+    Ok(Some(Plan {
+        contributions,
+        aggregates,
+        changes,
+        cursor,
+        next_id: agg.next_id,
+    }))
+}

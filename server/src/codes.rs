@@ -1,0 +1,133 @@
+//! The codebooks the server accepts, behind one small trait.
+//!
+//! The sync path stays in the integer domain: it decodes coded bytes into
+//! [`Codes`] (absolute, or a delta added to the stored codes) and stores the
+//! codes. Floats appear only off the request path, in aggregation
+//! ([`CodeSpace::reconstruct`]) and when a global pattern is published
+//! ([`CodeSpace::quantize`]).
+
+use std::sync::Arc;
+
+use omega_tv_sync::{Embedding, Result, DIM};
+
+/// Integer codes of one embedding: one `i16` per basis component.
+pub type Codes = [i16; DIM];
+
+/// What the server needs from a codebook.
+pub trait CodeSpace: Send + Sync + 'static {
+    /// The id carried in every frame.
+    fn id(&self) -> u32;
+    /// Decodes `bytes` (absolute when `base` is `None`, else a delta added to
+    /// `base`) into `out`.
+    fn decode(&self, bytes: &[u8], base: Option<&Codes>, out: &mut Codes) -> Result<()>;
+    /// Encodes `codes` absolutely into `out`; returns the bytes written.
+    fn encode(&self, codes: &Codes, out: &mut [u8]) -> Result<usize>;
+    /// The (unit-norm) embedding the codes stand for.
+    fn reconstruct(&self, codes: &Codes) -> Result<Embedding>;
+    /// The codes of an embedding.
+    fn quantize(&self, e: &Embedding) -> Codes;
+}
+
+/// The set of codebooks a server accepts, looked up by id.
+#[derive(Clone, Default)]
+pub struct Codebooks {
+    books: Vec<Arc<dyn CodeSpace>>,
+}
+
+impl std::fmt::Debug for Codebooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.books.iter().map(|b| format!("{:08x}", b.id())))
+            .finish()
+    }
+}
+
+impl Codebooks {
+    /// An empty set (every frame is `unknown_codebook`).
+    pub fn empty() -> Self {
+        Codebooks { books: Vec::new() }
+    }
+
+    /// Adds a codebook (replacing one with the same id).
+    pub fn with(mut self, book: Arc<dyn CodeSpace>) -> Self {
+        self.books.retain(|b| b.id() != book.id());
+        self.books.push(book);
+        self
+    }
+
+    /// The codebook with `id`.
+    pub fn get(&self, id: u32) -> Option<&Arc<dyn CodeSpace>> {
+        self.books.iter().find(|b| b.id() == id)
+    }
+
+    /// The first codebook: the one global patterns are published in.
+    pub fn primary(&self) -> Option<&Arc<dyn CodeSpace>> {
+        self.books.first()
+    }
+}
+
+/// The codebooks this build ships: accepted in frames, the first used to
+/// publish global patterns.
+pub fn default_codebooks() -> Codebooks {
+    Codebooks::empty()
+}
+
+/// Plain codes for unit tests: each code as 2 bytes little-endian, step 2^-9,
+/// identity basis. Not a wire format the devices speak.
+#[cfg(test)]
+pub(crate) mod plain {
+    use super::*;
+    use omega_tv_sync::Error;
+
+    /// Id of the plain test codebook.
+    pub const ID: u32 = 0x7e57_0001;
+
+    pub struct Plain;
+
+    impl Plain {
+        /// Decodes absolute plain bytes (test helper).
+        pub fn decode_into(&self, bytes: &[u8], out: &mut Codes) {
+            let _ = self.decode(bytes, None, out);
+        }
+    }
+
+    impl CodeSpace for Plain {
+        fn id(&self) -> u32 {
+            ID
+        }
+        fn decode(&self, bytes: &[u8], base: Option<&Codes>, out: &mut Codes) -> Result<()> {
+            if bytes.len() != DIM * 2 {
+                return Err(Error::Truncated);
+            }
+            for (i, c) in bytes.chunks_exact(2).enumerate() {
+                let v = i16::from_le_bytes([c[0], c[1]]);
+                out[i] = match base {
+                    None => v,
+                    Some(b) => b[i].checked_add(v).ok_or(Error::CodeOutOfRange)?,
+                };
+            }
+            Ok(())
+        }
+        fn encode(&self, codes: &Codes, out: &mut [u8]) -> Result<usize> {
+            let dst = out.get_mut(..DIM * 2).ok_or(Error::BufferTooSmall)?;
+            for (c, v) in dst.chunks_exact_mut(2).zip(codes) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+            Ok(DIM * 2)
+        }
+        fn reconstruct(&self, codes: &Codes) -> Result<Embedding> {
+            let mut v = [0f32; DIM];
+            for (x, c) in v.iter_mut().zip(codes) {
+                *x = f32::from(*c) / 512.0;
+            }
+            Embedding::normalize(v)
+        }
+        fn quantize(&self, e: &Embedding) -> Codes {
+            let mut c = [0i16; DIM];
+            for (q, x) in c.iter_mut().zip(e.as_array()) {
+                *q = (x * 512.0).round() as i16;
+            }
+            c
+        }
+    }
+}

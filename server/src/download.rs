@@ -1,0 +1,364 @@
+//! Download pages: the global changes after a version, fitted to a device's
+//! caps, with the sync's acks and conflicts in front.
+//!
+//! Entries go out oldest first and are never skipped: a page ends at the
+//! first entry that does not fit (`more = true`, `global_version` = the last
+//! entry included). A device that asks for no global patterns
+//! (`max_globals = 0`) or no trends (`max_trends = 0`) has those entries
+//! passed over, and its cursor still moves past them.
+
+use omega_tv_sync::wire::{
+    Ack, Caps, Conflict, DownloadHead, FrameWriter, GlobalRemove, GlobalUpsert, ServerState,
+    TrendRecord, MAX_DOWNLOAD_FRAME, MIN_DOWNLOAD_FRAME,
+};
+use omega_tv_sync::wire::{Kind, Record};
+use omega_tv_sync::{Category, ContentId, Error, PatternId, Region, TrendSignal};
+
+use crate::store::{GlobalChange, Meta, ReadTxn, StoreError, StoreResult};
+
+/// A per-pattern answer that goes in front of the global records.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// The update was stored at `revision` (0 after a removal).
+    Ack {
+        /// Pattern id.
+        id: String,
+        /// New revision.
+        revision: u32,
+    },
+    /// The update's base was stale; nothing changed.
+    Conflict {
+        /// Pattern id.
+        id: String,
+        /// The server's revision (0: none).
+        server_rev: u32,
+        /// The server's state, absolute coded, when it has one.
+        state: Option<ConflictState>,
+    },
+}
+
+/// The server's state sent with a conflict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConflictState {
+    /// Success rate.
+    pub success_rate: f32,
+    /// Samples.
+    pub sample_count: u32,
+    /// Category.
+    pub category: String,
+    /// Absolute code bytes.
+    pub code: Vec<u8>,
+}
+
+/// What a page request asks for.
+#[derive(Clone, Debug)]
+pub struct PageRequest<'a> {
+    /// Upload sequence answered (0 for a feed page).
+    pub seq: u64,
+    /// The device's global version.
+    pub since: u64,
+    /// Its caps.
+    pub caps: Caps,
+    /// Codebook id of the frame (global codes in another codebook are passed over).
+    pub codebook: u32,
+    /// Acks and conflicts, in upload order.
+    pub answers: &'a [Answer],
+    /// Pacing for a last page.
+    pub next_sync_s: u32,
+    /// The horizon a snapshot in progress began at.
+    pub snapshot_horizon: Option<u64>,
+}
+
+/// A built page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    /// The download frame.
+    pub frame: Vec<u8>,
+    /// Its head's global version.
+    pub global_version: u64,
+    /// More changes wait.
+    pub more: bool,
+    /// The page starts a snapshot.
+    pub reset: bool,
+    /// The horizon the device's snapshot runs under (`None`: not in a snapshot).
+    pub snapshot_horizon: Option<u64>,
+    /// Global and trend records included.
+    pub changes: usize,
+}
+
+/// The response buffer size for `caps`.
+pub fn frame_limit(caps: &Caps) -> usize {
+    (caps.max_bytes as usize).clamp(MIN_DOWNLOAD_FRAME, MAX_DOWNLOAD_FRAME)
+}
+
+fn core_err(e: Error) -> StoreError {
+    StoreError::Backend(format!("building download: {}", e.code()))
+}
+
+enum Owned {
+    Upsert(u32, u64, f32, u32, u32, Category, Vec<u8>),
+    Remove(u32, u64),
+    Trend(u64, TrendSignal),
+}
+
+impl Owned {
+    fn record(&self) -> Record<'_> {
+        match self {
+            Owned::Upsert(id, version, rate, n, c, cat, code) => {
+                Record::GlobalUpsert(GlobalUpsert {
+                    id: *id,
+                    version: *version,
+                    success_rate: *rate,
+                    sample_count: *n,
+                    contributors: *c,
+                    category: cat.clone(),
+                    code,
+                })
+            }
+            Owned::Remove(id, version) => Record::GlobalRemove(GlobalRemove {
+                id: *id,
+                version: *version,
+            }),
+            Owned::Trend(version, signal) => Record::Trend(TrendRecord {
+                version: *version,
+                signal: signal.clone(),
+            }),
+        }
+    }
+}
+
+fn owned(version: u64, change: GlobalChange, codebook: u32) -> Option<Owned> {
+    Some(match change {
+        GlobalChange::Upsert {
+            id,
+            success_rate,
+            sample_count,
+            contributors,
+            category,
+            codebook: cb,
+            code,
+        } => {
+            if cb != codebook {
+                return None;
+            }
+            Owned::Upsert(
+                id,
+                version,
+                success_rate,
+                sample_count,
+                contributors,
+                Category::new(&category).ok()?,
+                code,
+            )
+        }
+        GlobalChange::Remove { id } => Owned::Remove(id, version),
+        GlobalChange::Trend {
+            content_id,
+            score,
+            region,
+            category,
+            calculated_at,
+        } => Owned::Trend(
+            version,
+            TrendSignal::new(
+                ContentId::new(&content_id).ok()?,
+                score,
+                Region::from_bytes(region).ok()?,
+                Category::new(&category).ok()?,
+                calculated_at,
+            )
+            .ok()?,
+        ),
+    })
+}
+
+fn answer_records<'a>(
+    answers: &'a [Answer],
+    with_state: &[bool],
+) -> StoreResult<Vec<AnswerRec<'a>>> {
+    answers
+        .iter()
+        .zip(with_state)
+        .map(|(a, &ws)| {
+            Ok(match a {
+                Answer::Ack { id, revision } => AnswerRec::Ack(Ack {
+                    id: PatternId::new(id).map_err(core_err)?,
+                    revision: *revision,
+                }),
+                Answer::Conflict {
+                    id,
+                    server_rev,
+                    state,
+                } => AnswerRec::Conflict {
+                    id: PatternId::new(id).map_err(core_err)?,
+                    server_rev: *server_rev,
+                    state: match state {
+                        Some(s) if ws => Some((
+                            s.success_rate,
+                            s.sample_count,
+                            Category::new(&s.category).map_err(core_err)?,
+                            s.code.as_slice(),
+                        )),
+                        _ => None,
+                    },
+                },
+            })
+        })
+        .collect()
+}
+
+enum AnswerRec<'a> {
+    Ack(Ack),
+    Conflict {
+        id: PatternId,
+        server_rev: u32,
+        state: Option<(f32, u32, Category, &'a [u8])>,
+    },
+}
+
+impl AnswerRec<'_> {
+    fn record(&self) -> Record<'_> {
+        match self {
+            AnswerRec::Ack(a) => Record::Ack(a.clone()),
+            AnswerRec::Conflict {
+                id,
+                server_rev,
+                state,
+            } => Record::Conflict(Conflict {
+                id: id.clone(),
+                server_rev: *server_rev,
+                state: state.as_ref().map(|(r, n, c, code)| ServerState {
+                    success_rate: *r,
+                    sample_count: *n,
+                    category: c.clone(),
+                    code,
+                }),
+            }),
+        }
+    }
+}
+
+/// Builds one download page from the changelog visible in `txn`.
+pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult<Page> {
+    let limit = frame_limit(&req.caps);
+    let current = txn.meta(Meta::GlobalVersion)?;
+    let horizon = txn.meta(Meta::Horizon)?;
+    let since = req.since;
+    let stale = since > current || (since != 0 && since < horizon);
+    let continuing = req.snapshot_horizon == Some(horizon) && since < horizon;
+    let reset = stale && !continuing;
+    let snapshot_horizon = if reset || continuing {
+        Some(horizon)
+    } else {
+        None
+    };
+    let from = if reset { 0 } else { since };
+
+    // Pass 1: a measuring frame with the largest possible head decides what fits.
+    let mut buf = vec![0u8; limit];
+    let mut w = FrameWriter::new(&mut buf, Kind::Download, req.codebook).map_err(core_err)?;
+    w.push(&Record::DownloadHead(DownloadHead {
+        seq: u64::MAX,
+        global_version: u64::MAX,
+        more: true,
+        reset: true,
+        next_sync_s: u32::MAX,
+    }))
+    .map_err(core_err)?;
+    let mut with_state = vec![true; req.answers.len()];
+    for (i, a) in req.answers.iter().enumerate() {
+        let recs = answer_records(std::slice::from_ref(a), &[true])?;
+        let rec = recs.first().map(|r| r.record());
+        let Some(rec) = rec else { continue };
+        match w.push(&rec) {
+            Ok(()) => {}
+            Err(Error::BufferTooSmall) => {
+                with_state[i] = false;
+                let recs = answer_records(std::slice::from_ref(a), &[false])?;
+                if let Some(r) = recs.first() {
+                    w.push(&r.record()).map_err(core_err)?;
+                }
+            }
+            Err(e) => return Err(core_err(e)),
+        }
+    }
+    let (mut globals, mut trends) = (0u32, 0u32);
+    let mut included: Vec<Owned> = Vec::new();
+    let mut last = since.min(current);
+    if reset {
+        last = 0;
+    }
+    let mut more = false;
+    txn.log_after(from, &mut |version, change| {
+        if reset && change.is_tombstone() {
+            last = version;
+            return Ok(true);
+        }
+        let is_trend = matches!(change, GlobalChange::Trend { .. });
+        let (count, cap) = if is_trend {
+            (&mut trends, req.caps.max_trends)
+        } else {
+            (&mut globals, req.caps.max_globals)
+        };
+        if cap == 0 {
+            last = version;
+            return Ok(true);
+        }
+        if *count >= u32::from(cap) {
+            more = true;
+            return Ok(false);
+        }
+        let Some(o) = owned(version, change, req.codebook) else {
+            last = version;
+            return Ok(true);
+        };
+        match w.push(&o.record()) {
+            Ok(()) => {
+                *count += 1;
+                included.push(o);
+                last = version;
+                Ok(true)
+            }
+            Err(Error::BufferTooSmall) if included.is_empty() && req.answers.is_empty() => {
+                // Cannot fit even alone: pass over it rather than stall forever.
+                tracing::warn!(version, "changelog entry larger than the device's frame");
+                last = version;
+                Ok(true)
+            }
+            Err(Error::BufferTooSmall) => {
+                more = true;
+                Ok(false)
+            }
+            Err(e) => Err(core_err(e)),
+        }
+    })?;
+    let global_version = if more { last } else { current };
+
+    // Pass 2: the real frame with the same records.
+    let mut out = vec![0u8; limit];
+    let mut w = FrameWriter::new(&mut out, Kind::Download, req.codebook).map_err(core_err)?;
+    w.push(&Record::DownloadHead(DownloadHead {
+        seq: req.seq,
+        global_version,
+        more,
+        reset,
+        next_sync_s: if more { 0 } else { req.next_sync_s },
+    }))
+    .map_err(core_err)?;
+    for r in answer_records(req.answers, &with_state)? {
+        w.push(&r.record()).map_err(core_err)?;
+    }
+    for o in &included {
+        w.push(&o.record()).map_err(core_err)?;
+    }
+    let n = w.finish().map_err(core_err)?.len();
+    out.truncate(n);
+    Ok(Page {
+        frame: out,
+        global_version,
+        more,
+        reset,
+        snapshot_horizon: if more { snapshot_horizon } else { None },
+        changes: included.len(),
+    })
+}

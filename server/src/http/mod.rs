@@ -1,0 +1,299 @@
+//! Routes: the sync endpoint, the cacheable global feed, health, version,
+//! metrics and the optional admin read-back.
+
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use omega_tv_sync::wire::{Caps, MAX_DOWNLOAD_FRAME, MAX_UPLOAD_FRAME};
+use serde::Deserialize;
+
+use crate::download::{self, PageRequest};
+use crate::store::{self, Meta, StoreError};
+use crate::sync::{self, ApiError};
+use crate::AppState;
+
+type St = State<Arc<AppState>>;
+
+/// The router of a server.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut r = Router::new()
+        .route("/api/v1/sync", post(sync_handler))
+        .route("/api/v1/sync/version", get(version))
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/global", get(feed))
+        .route("/metrics", get(metrics));
+    if state.config.admin {
+        r = r.route("/api/v1/devices/{id}/patterns", get(device_patterns));
+    }
+    r.layer(DefaultBodyLimit::disable()).with_state(state)
+}
+
+fn octet(resp_body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(resp_body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+fn is_octet_stream(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .is_some_and(|m| m.eq_ignore_ascii_case("application/octet-stream"))
+}
+
+async fn sync_handler(State(st): St, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let r = sync_inner(&st, &headers, body).await;
+    st.metrics.observe_latency(started.elapsed());
+    match r {
+        Ok(resp) => resp,
+        Err(e) => {
+            st.metrics
+                .syncs_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            st.metrics.error(e.code);
+            if e.status >= 500 {
+                tracing::warn!(code = e.code, detail = %e.detail, "sync failed");
+            } else {
+                tracing::debug!(code = e.code, detail = %e.detail, "sync rejected");
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn sync_inner(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let device = sync::check_device_id(headers.get("x-device-id").map(|v| v.as_bytes()))?;
+    let version = sync::check_sync_version(headers.get("x-sync-version").map(|v| v.as_bytes()))?;
+    if !is_octet_stream(headers) {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/octet-stream",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            413,
+            "body_too_large",
+            format!("body exceeds {MAX_UPLOAD_FRAME} bytes"),
+        )
+    };
+    if let Some(n) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if n > MAX_UPLOAD_FRAME as u64 {
+            return Err(too_large());
+        }
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_UPLOAD_FRAME)
+        .await
+        .map_err(|e| {
+            let mut src: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = src {
+                if s.to_string().contains("length limit") {
+                    return too_large();
+                }
+                src = s.source();
+            }
+            ApiError::new(400, "truncated", format!("reading the body: {e}"))
+        })?;
+    st.metrics.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
+    let up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
+    if let Some(wait) = st.rate_limited(&up.device) {
+        return Err(error::rate_limited(wait));
+    }
+    let next = st.random_in(&st.config.sync_interval);
+    let codebooks = st.config.codebooks.clone();
+    let device = up.device.clone();
+    let result = store::write(&*st.store, move |txn| {
+        sync::apply(txn, &up, &codebooks, next)
+    })
+    .await;
+    let applied = match result {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return Err(e),
+        Err(StoreError::Overloaded) => {
+            let wait = st.random_in(&(1..=st.config.overload_retry_after_s.max(1)));
+            return Err(error::overloaded(wait));
+        }
+        Err(e) => return Err(error::internal(e.to_string())),
+    };
+    if applied.replayed {
+        st.metrics.retries_replayed.fetch_add(1, Relaxed);
+    } else {
+        st.metrics.syncs_applied.fetch_add(1, Relaxed);
+        st.metrics.acks.fetch_add(applied.acked as u64, Relaxed);
+        st.metrics
+            .conflicts
+            .fetch_add(applied.conflicts as u64, Relaxed);
+        st.note_sync(&device, applied.more);
+    }
+    st.metrics
+        .bytes_out
+        .fetch_add(applied.response.len() as u64, Relaxed);
+    tracing::debug!(
+        device = %device,
+        replayed = applied.replayed,
+        acked = applied.acked,
+        conflicts = applied.conflicts,
+        changes = applied.changes,
+        "sync"
+    );
+    let mut resp = octet(applied.response);
+    if applied.replayed {
+        resp.headers_mut()
+            .insert("x-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+async fn version(State(st): St) -> Response {
+    match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
+        Ok(v) => Json(serde_json::json!({ "version": v })).into_response(),
+        Err(e) => error::internal(e.to_string()).into_response(),
+    }
+}
+
+async fn health(State(st): St) -> Response {
+    match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
+        Ok(_) => Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "error", "detail": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(st): St) -> Response {
+    let mut r = Response::new(Body::from(st.metrics.render(st.gauges())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Query of `GET /api/v1/global`.
+#[derive(Debug, Deserialize)]
+pub struct FeedQuery {
+    /// Changes after this version (default 0).
+    pub since: Option<u64>,
+    /// Most records per page, globals and trends each (default 256).
+    pub limit: Option<u16>,
+    /// Frame size limit (default and most: `MAX_DOWNLOAD_FRAME`).
+    pub max_bytes: Option<u32>,
+    /// The horizon a snapshot in progress began at (from `X-Snapshot-Horizon`).
+    pub horizon: Option<u64>,
+}
+
+async fn feed(State(st): St, Query(q): Query<FeedQuery>, headers: HeaderMap) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let since = q.since.unwrap_or(0);
+    let limit = q.limit.unwrap_or(256);
+    let max_bytes = q.max_bytes.unwrap_or(MAX_DOWNLOAD_FRAME as u32);
+    let Some(book) = st.config.codebooks.primary() else {
+        return ApiError::new(503, "unknown_codebook", "no codebook configured").into_response();
+    };
+    let codebook = book.id();
+    let caps = Caps {
+        max_globals: limit,
+        max_trends: limit,
+        max_bytes,
+    };
+    let cur = store::read(&*st.store, |t| {
+        Ok((t.meta(Meta::GlobalVersion)?, t.meta(Meta::Horizon)?))
+    });
+    let (current, horizon) = match cur {
+        Ok(x) => x,
+        Err(e) => return error::internal(e.to_string()).into_response(),
+    };
+    // The page is a pure function of these; the changelog only grows past `current`.
+    let etag = format!(
+        "\"{current}-{horizon}-{since}-{limit}-{}-{}-{codebook:08x}\"",
+        download::frame_limit(&caps),
+        q.horizon.map_or(String::from("n"), |h| h.to_string()),
+    );
+    let cache = format!("public, max-age={}", st.config.feed_max_age_s);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        st.metrics.feed_not_modified.fetch_add(1, Relaxed);
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&cache) {
+            r.headers_mut().insert(header::CACHE_CONTROL, v);
+        }
+        return r;
+    }
+    let next = *st.config.sync_interval.start();
+    let page = store::read(&*st.store, |t| {
+        download::build(
+            t,
+            &PageRequest {
+                seq: 0,
+                since,
+                caps,
+                codebook,
+                answers: &[],
+                next_sync_s: next,
+                snapshot_horizon: q.horizon,
+            },
+        )
+    });
+    let page = match page {
+        Ok(p) => p,
+        Err(e) => return error::internal(e.to_string()).into_response(),
+    };
+    st.metrics.feed_pages.fetch_add(1, Relaxed);
+    st.metrics
+        .bytes_out
+        .fetch_add(page.frame.len() as u64, Relaxed);
+    let mut r = octet(page.frame);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Some(hz) = page.snapshot_horizon {
+        if let Ok(v) = HeaderValue::from_str(&hz.to_string()) {
+            h.insert("x-snapshot-horizon", v);
+        }
+    }
+    r
+}
+
+async fn device_patterns(State(st): St, Path(id): Path<String>) -> Response {
+    if let Err(e) = sync::check_device_id(Some(id.as_bytes())) {
+        return e.into_response();
+    }
+    match crate::device_state(&*st.store, &id) {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => error::internal(e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,137 @@
+//! `constellation`: the server binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use constellation::{Config, Server};
+
+/// Constellation, the omega-tv-sync server.
+#[derive(Parser, Debug)]
+#[command(name = "constellation", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve the sync API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The redb database file (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Distinct devices needed to publish a global pattern.
+    #[arg(long, default_value_t = 5)]
+    k: u32,
+    /// Range `next_sync_s` is drawn from, seconds, as `MIN..MAX` (inclusive).
+    #[arg(long, default_value = "300..900", value_parser = parse_range)]
+    sync_interval: (u32, u32),
+    /// Minimum seconds between two syncs of one device (429 otherwise); 0 = off.
+    #[arg(long, default_value_t = 0)]
+    min_sync_interval: u32,
+    /// Cosine similarity at which a device pattern joins a global pattern.
+    #[arg(long, default_value_t = 0.92)]
+    similarity: f32,
+    /// Milliseconds between aggregation passes.
+    #[arg(long, default_value_t = 1000)]
+    aggregate_interval_ms: u64,
+    /// Keep tombstones for this many versions (0 = forever).
+    #[arg(long, default_value_t = 0)]
+    retention_versions: u64,
+    /// Writes queued before syncs are answered 503.
+    #[arg(long, default_value_t = 4096)]
+    queue_limit: usize,
+    /// Serve GET /api/v1/devices/{id}/patterns (raw device state).
+    #[arg(long)]
+    admin: bool,
+    /// Catalogue vectors (little-endian f32 rows) for trend attribution.
+    #[arg(long, requires = "catalogue_meta")]
+    catalogue: Option<PathBuf>,
+    /// Catalogue metadata TSV with a `movie_name` column.
+    #[arg(long)]
+    catalogue_meta: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
+fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| "expected MIN..MAX".to_string())?;
+    let a: u32 = a.trim().parse().map_err(|e| format!("{e}"))?;
+    let b: u32 = b
+        .trim_start_matches('=')
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    if a > b {
+        return Err("MIN must not exceed MAX".into());
+    }
+    Ok((a, b))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let Cmd::Serve(args) = cli.cmd;
+    tracing_subscriber::fmt()
+        .with_max_level(args.log_level)
+        .with_target(false)
+        .init();
+    let mut config = Config::new();
+    config.db = Some(args.db.clone());
+    config.listen = args.listen;
+    config.codebooks = constellation::codes::default_codebooks();
+    config.sync_interval = args.sync_interval.0..=args.sync_interval.1;
+    config.min_sync_interval_s = args.min_sync_interval;
+    config.queue_limit = args.queue_limit;
+    config.admin = args.admin;
+    config.aggregate.k = args.k;
+    config.aggregate.similarity = args.similarity;
+    config.aggregate.interval = Duration::from_millis(args.aggregate_interval_ms.max(1));
+    config.aggregate.retention_versions = args.retention_versions;
+    if let (Some(v), Some(m)) = (&args.catalogue, &args.catalogue_meta) {
+        match constellation::trends::Catalogue::load(v, m) {
+            Ok(c) => config.trends.catalogue = Some(Arc::new(c)),
+            Err(e) => {
+                eprintln!("constellation: cannot load the catalogue: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("constellation: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let handle = match Server::start(config).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("constellation: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        // The line tests and scripts wait for.
+        println!("listening on {}", handle.local_addr());
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        handle.shutdown().await;
+        std::process::ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,218 @@
+//! Counters and a latency histogram, rendered in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the sync latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+
+/// The server's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Uploads applied (not replays, not rejected).
+    pub syncs_applied: AtomicU64,
+    /// Retries answered from the idempotency record.
+    pub retries_replayed: AtomicU64,
+    /// Sync requests rejected (any 4xx/5xx).
+    pub syncs_rejected: AtomicU64,
+    /// Pattern updates and removals stored.
+    pub acks: AtomicU64,
+    /// Conflicts returned.
+    pub conflicts: AtomicU64,
+    /// Request body bytes received on the sync endpoint.
+    pub bytes_in: AtomicU64,
+    /// Response body bytes sent on the sync and feed endpoints.
+    pub bytes_out: AtomicU64,
+    /// Feed pages served (200) and not-modified answers (304).
+    pub feed_pages: AtomicU64,
+    /// Feed requests answered 304.
+    pub feed_not_modified: AtomicU64,
+    /// Aggregation passes completed.
+    pub aggregation_runs: AtomicU64,
+    /// Global changelog entries published by aggregation.
+    pub published: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+/// Gauges read at render time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    /// Current global version.
+    pub global_version: u64,
+    /// Write queue depth.
+    pub queue_depth: u64,
+    /// Group commits so far.
+    pub commits: u64,
+    /// Work items committed so far.
+    pub commit_items: u64,
+}
+
+impl Metrics {
+    /// Counts a rejected request by error code.
+    pub fn error(&self, code: &'static str) {
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry(code).or_insert(0) += 1;
+        }
+    }
+
+    /// Errors counted for `code`.
+    pub fn errors_for(&self, code: &str) -> u64 {
+        self.errors
+            .lock()
+            .ok()
+            .and_then(|m| m.get(code).copied())
+            .unwrap_or(0)
+    }
+
+    /// Records one sync's latency.
+    pub fn observe_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (b, le) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            if s <= le {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Renders everything in the Prometheus text exposition format.
+    pub fn render(&self, g: Gauges) -> String {
+        let mut s = String::with_capacity(4096);
+        let c = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        c(
+            &mut s,
+            "constellation_syncs_total",
+            "Uploads applied.",
+            ld(&self.syncs_applied),
+        );
+        c(
+            &mut s,
+            "constellation_retries_replayed_total",
+            "Retried uploads answered with the stored response.",
+            ld(&self.retries_replayed),
+        );
+        c(
+            &mut s,
+            "constellation_syncs_rejected_total",
+            "Sync requests rejected.",
+            ld(&self.syncs_rejected),
+        );
+        c(
+            &mut s,
+            "constellation_acks_total",
+            "Pattern changes stored.",
+            ld(&self.acks),
+        );
+        c(
+            &mut s,
+            "constellation_conflicts_total",
+            "Stale-base conflicts returned.",
+            ld(&self.conflicts),
+        );
+        c(
+            &mut s,
+            "constellation_bytes_in_total",
+            "Sync body bytes received.",
+            ld(&self.bytes_in),
+        );
+        c(
+            &mut s,
+            "constellation_bytes_out_total",
+            "Response body bytes sent.",
+            ld(&self.bytes_out),
+        );
+        c(
+            &mut s,
+            "constellation_feed_pages_total",
+            "Global feed pages served.",
+            ld(&self.feed_pages),
+        );
+        c(
+            &mut s,
+            "constellation_feed_not_modified_total",
+            "Global feed requests answered 304.",
+            ld(&self.feed_not_modified),
+        );
+        c(
+            &mut s,
+            "constellation_aggregation_runs_total",
+            "Aggregation passes.",
+            ld(&self.aggregation_runs),
+        );
+        c(
+            &mut s,
+            "constellation_published_total",
+            "Global changelog entries published.",
+            ld(&self.published),
+        );
+        c(
+            &mut s,
+            "constellation_group_commits_total",
+            "Write transactions committed.",
+            g.commits,
+        );
+        c(
+            &mut s,
+            "constellation_group_commit_items_total",
+            "Work items committed (items / commits = mean group size).",
+            g.commit_items,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP constellation_errors_total Rejected requests by error code.\n# TYPE constellation_errors_total counter"
+        );
+        if let Ok(m) = self.errors.lock() {
+            for (code, v) in m.iter() {
+                let _ = writeln!(s, "constellation_errors_total{{code=\"{code}\"}} {v}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP constellation_global_version Current global version.\n# TYPE constellation_global_version gauge\nconstellation_global_version {}",
+            g.global_version
+        );
+        let _ = writeln!(
+            s,
+            "# HELP constellation_write_queue_depth Writes waiting for a group commit.\n# TYPE constellation_write_queue_depth gauge\nconstellation_write_queue_depth {}",
+            g.queue_depth
+        );
+        let name = "constellation_sync_duration_seconds";
+        let _ = writeln!(
+            s,
+            "# HELP {name} Sync request latency, validation to response.\n# TYPE {name} histogram"
+        );
+        for (b, le) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            let _ = writeln!(s, "{name}_bucket{{le=\"{le}\"}} {}", ld(b));
+        }
+        let count = ld(&self.latency_count);
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "{name}_sum {}",
+            ld(&self.latency_sum_us) as f64 / 1_000_000.0
+        );
+        let _ = writeln!(s, "{name}_count {count}");
+        s
+    }
+}
+
+/// Reads a counter's value out of rendered text (for tests and tools).
+pub fn scrape(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name).then(|| v.parse().ok())?
+    })
+}

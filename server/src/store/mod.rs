@@ -1,0 +1,412 @@
+//! Storage: the records the server keeps, and the traits a backend implements.
+//!
+//! The boundaries are SQL-friendly: per-device state keyed by device id
+//! (`devices`, `patterns` keyed by device id and pattern id), an
+//! aggregation-input log of device-pattern changes ordered by commit, and the
+//! global changelog ordered by version. The embedded default backend is
+//! [`redb`](self::redb); a PostgreSQL backend implements the same traits.
+//!
+//! Writes go through [`Store::submit`]: a backend runs each submitted
+//! [`Work`] inside a write transaction shared with whatever other work is
+//! pending (group commit), makes it durable, and only then calls the work's
+//! [`Finish`] with the outcome.
+
+pub mod mem;
+pub mod redb;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codes::Codes;
+use omega_tv_sync::DIM;
+
+/// A storage failure (I/O, corruption, a full queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The backend failed; the text says how.
+    Backend(String),
+    /// A stored record does not decode.
+    Corrupt(&'static str),
+    /// The write queue is full: the server is overloaded.
+    Overloaded,
+    /// The writer stopped.
+    Closed,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Backend(s) => write!(f, "storage: {s}"),
+            StoreError::Corrupt(what) => write!(f, "corrupt stored {what}"),
+            StoreError::Overloaded => f.write_str("write queue full"),
+            StoreError::Closed => f.write_str("writer stopped"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Keys of the `meta` counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Meta {
+    /// The current global version (0: nothing published yet).
+    GlobalVersion,
+    /// Tombstones below this version were dropped; a device whose cursor is
+    /// older (and not 0) needs a reset.
+    Horizon,
+    /// Last sequence number given to a device-pattern change.
+    ChangeSeq,
+    /// Last device-pattern change the aggregator has consumed.
+    AggregateCursor,
+    /// Last global pattern id handed out.
+    GlobalId,
+}
+
+impl Meta {
+    /// The key it is stored under.
+    pub fn key(self) -> &'static str {
+        match self {
+            Meta::GlobalVersion => "global_version",
+            Meta::Horizon => "horizon",
+            Meta::ChangeSeq => "change_seq",
+            Meta::AggregateCursor => "aggregate_cursor",
+            Meta::GlobalId => "global_id",
+        }
+    }
+}
+
+/// A device's idempotency record: what it last sent and what it got back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Sequence number of the last applied upload.
+    pub last_seq: u64,
+    /// SHA-256 of that upload's body.
+    pub body_sha256: [u8; 32],
+    /// The response sent for it, byte for byte.
+    pub response: Vec<u8>,
+    /// The horizon in force when this device's snapshot (reset) began; while
+    /// it is unchanged, later pages continue the snapshot instead of
+    /// restarting it.
+    pub snapshot_horizon: Option<u64>,
+    /// Uploads applied (not replays).
+    pub syncs: u64,
+}
+
+/// A device pattern as the server holds it: absolute integer codes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredPattern {
+    /// Revision, bumped by one on every applied update (starts at 1).
+    pub revision: u32,
+    /// Codebook the codes belong to.
+    pub codebook: u32,
+    /// Success rate in `[0, 1]`.
+    pub success_rate: f32,
+    /// Samples behind the pattern.
+    pub sample_count: u32,
+    /// Category.
+    pub category: String,
+    /// Absolute codes.
+    pub codes: Box<Codes>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PatternRow {
+    revision: u32,
+    codebook: u32,
+    success_rate: f32,
+    sample_count: u32,
+    category: String,
+    codes: Vec<i16>,
+}
+
+impl StoredPattern {
+    /// Serialises for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let row = PatternRow {
+            revision: self.revision,
+            codebook: self.codebook,
+            success_rate: self.success_rate,
+            sample_count: self.sample_count,
+            category: self.category.clone(),
+            codes: self.codes.to_vec(),
+        };
+        postcard::to_stdvec(&row).unwrap_or_default()
+    }
+
+    /// Reads what [`to_bytes`](Self::to_bytes) wrote.
+    pub fn from_bytes(b: &[u8]) -> StoreResult<Self> {
+        let row: PatternRow =
+            postcard::from_bytes(b).map_err(|_| StoreError::Corrupt("pattern"))?;
+        let codes: Codes = row
+            .codes
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("pattern codes"))?;
+        Ok(StoredPattern {
+            revision: row.revision,
+            codebook: row.codebook,
+            success_rate: row.success_rate,
+            sample_count: row.sample_count,
+            category: row.category,
+            codes: Box::new(codes),
+        })
+    }
+}
+
+/// One entry of the global changelog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum GlobalChange {
+    /// A global pattern was published or changed.
+    Upsert {
+        /// Global pattern id.
+        id: u32,
+        /// Success rate in `[0, 1]`.
+        success_rate: f32,
+        /// Samples behind it.
+        sample_count: u32,
+        /// Distinct contributing devices.
+        contributors: u32,
+        /// Category.
+        category: String,
+        /// Codebook of `code`.
+        codebook: u32,
+        /// Absolute coded embedding, ready for the wire.
+        code: Vec<u8>,
+    },
+    /// A global pattern was withdrawn (a tombstone).
+    Remove {
+        /// Global pattern id.
+        id: u32,
+    },
+    /// A trend signal.
+    Trend {
+        /// Content id.
+        content_id: String,
+        /// Momentum against baseline.
+        score: f32,
+        /// Region code (two upper-case letters).
+        region: [u8; 2],
+        /// Category.
+        category: String,
+        /// Server Unix time (s) it was computed at.
+        calculated_at: u64,
+    },
+}
+
+impl GlobalChange {
+    /// The compaction key: the changelog keeps only the newest entry per key.
+    pub fn item_key(&self) -> String {
+        match self {
+            GlobalChange::Upsert { id, .. } | GlobalChange::Remove { id } => format!("g/{id}"),
+            GlobalChange::Trend {
+                content_id,
+                region,
+                category,
+                ..
+            } => format!(
+                "t/{}/{}/{}",
+                String::from_utf8_lossy(region),
+                category,
+                content_id
+            ),
+        }
+    }
+
+    /// True for a tombstone.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self, GlobalChange::Remove { .. })
+    }
+
+    /// Serialises for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Reads what [`to_bytes`](Self::to_bytes) wrote.
+    pub fn from_bytes(b: &[u8]) -> StoreResult<Self> {
+        postcard::from_bytes(b).map_err(|_| StoreError::Corrupt("changelog entry"))
+    }
+}
+
+/// A device-pattern change, input to aggregation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceChange {
+    /// Commit-ordered sequence number.
+    pub seq: u64,
+    /// Device id.
+    pub device: String,
+    /// Pattern id.
+    pub pattern: String,
+}
+
+/// A device pattern's contribution to a global pattern (aggregation state).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// The global pattern it was merged into.
+    pub global: u32,
+    /// Its weight (clipped).
+    pub weight: f32,
+    /// Its success rate.
+    pub success_rate: f32,
+    /// Its samples.
+    pub sample_count: u32,
+    /// Its direction (unit norm), as merged.
+    pub vector: Vec<f32>,
+}
+
+/// A global pattern's aggregation state (never sent to devices).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GlobalAggregate {
+    /// Category.
+    pub category: String,
+    /// Weighted sum of contributing directions.
+    pub sum: Vec<f32>,
+    /// Sum of weights.
+    pub weight: f64,
+    /// Weighted sum of success rates.
+    pub rate_sum: f64,
+    /// Sum of samples.
+    pub samples: u64,
+    /// Contributions per device id (distinct devices = its length).
+    pub devices: std::collections::BTreeMap<String, u32>,
+    /// Whether it is currently published.
+    pub published: bool,
+    /// Fingerprint of what was last published (codes, contributors, rate).
+    pub fingerprint: u64,
+}
+
+impl GlobalAggregate {
+    /// An empty aggregate of `category`.
+    pub fn new(category: &str) -> Self {
+        GlobalAggregate {
+            category: category.to_string(),
+            sum: vec![0.0; DIM],
+            weight: 0.0,
+            rate_sum: 0.0,
+            samples: 0,
+            devices: Default::default(),
+            published: false,
+            fingerprint: 0,
+        }
+    }
+}
+
+/// Read access, shared by read and write transactions.
+pub trait ReadTxn {
+    /// A device's idempotency record.
+    fn device(&self, id: &str) -> StoreResult<Option<DeviceRecord>>;
+    /// One stored pattern.
+    fn pattern(&self, device: &str, pattern: &str) -> StoreResult<Option<StoredPattern>>;
+    /// Every stored pattern of a device, by pattern id.
+    fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>>;
+    /// A `meta` counter (0 when unset).
+    fn meta(&self, key: Meta) -> StoreResult<u64>;
+    /// Visits the changelog entries with version `> after` in version order
+    /// until `visit` returns `false`.
+    fn log_after(
+        &self,
+        after: u64,
+        visit: &mut dyn FnMut(u64, GlobalChange) -> StoreResult<bool>,
+    ) -> StoreResult<()>;
+    /// Up to `limit` device-pattern changes with sequence `> after`.
+    fn device_changes_after(&self, after: u64, limit: usize) -> StoreResult<Vec<DeviceChange>>;
+    /// A device pattern's current contribution to a global pattern.
+    fn contribution(&self, device: &str, pattern: &str) -> StoreResult<Option<Contribution>>;
+    /// A global pattern's aggregation state.
+    fn aggregate(&self, id: u32) -> StoreResult<Option<GlobalAggregate>>;
+    /// Every global pattern's aggregation state.
+    fn aggregates(&self) -> StoreResult<Vec<(u32, GlobalAggregate)>>;
+    /// Number of devices with an idempotency record.
+    fn device_count(&self) -> StoreResult<u64>;
+}
+
+/// Write access inside one (group) transaction.
+pub trait WriteTxn: ReadTxn {
+    /// Stores a device's idempotency record.
+    fn put_device(&mut self, id: &str, rec: &DeviceRecord) -> StoreResult<()>;
+    /// Stores a pattern and records the change for aggregation.
+    fn put_pattern(&mut self, device: &str, pattern: &str, p: &StoredPattern) -> StoreResult<()>;
+    /// Removes a pattern and records the change for aggregation.
+    fn remove_pattern(&mut self, device: &str, pattern: &str) -> StoreResult<()>;
+    /// Sets a `meta` counter.
+    fn set_meta(&mut self, key: Meta, value: u64) -> StoreResult<()>;
+    /// Appends `change` to the changelog under the next global version,
+    /// dropping the previous entry of the same item; returns the version.
+    fn publish(&mut self, change: &GlobalChange) -> StoreResult<u64>;
+    /// Drops tombstones with a version below `horizon` and raises the horizon.
+    fn prune_tombstones(&mut self, horizon: u64) -> StoreResult<()>;
+    /// Stores or clears a contribution.
+    fn put_contribution(
+        &mut self,
+        device: &str,
+        pattern: &str,
+        c: Option<&Contribution>,
+    ) -> StoreResult<()>;
+    /// Stores or clears a global pattern's aggregation state.
+    fn put_aggregate(&mut self, id: u32, a: Option<&GlobalAggregate>) -> StoreResult<()>;
+}
+
+/// Called once the transaction a [`Work`] ran in has committed durably
+/// (`Ok`), or failed (`Err`; nothing of it was stored).
+pub type Finish = Box<dyn FnOnce(StoreResult<()>) + Send>;
+
+/// A unit of work for the writer: runs inside the shared write transaction
+/// and returns its [`Finish`], plus `Err` when it failed part-way (the whole
+/// transaction is then abandoned).
+pub type Work = Box<dyn FnOnce(&mut dyn WriteTxn) -> (Finish, StoreResult<()>) + Send>;
+
+/// A storage backend.
+pub trait Store: Send + Sync + 'static {
+    /// Queues `work` for the next group commit. `Err(Overloaded)` when the
+    /// queue is full (the work is dropped unrun).
+    fn submit(&self, work: Work) -> StoreResult<()>;
+    /// Runs `f` in a read transaction over the latest committed state.
+    fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()>;
+    /// Work items queued and not yet committed.
+    fn queue_depth(&self) -> usize;
+    /// Group commits and work items committed so far.
+    fn commit_stats(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+/// Runs `f` in the next group commit and returns its result once durable.
+pub async fn write<S, R, F>(store: &S, f: F) -> StoreResult<R>
+where
+    S: Store + ?Sized,
+    R: Send + 'static,
+    F: FnOnce(&mut dyn WriteTxn) -> StoreResult<R> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<StoreResult<R>>();
+    let work: Work = Box::new(move |txn: &mut dyn WriteTxn| {
+        let r = f(txn);
+        let status = match &r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        let finish: Finish = Box::new(move |committed: StoreResult<()>| {
+            let out = match committed {
+                Ok(()) => r,
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(out);
+        });
+        (finish, status)
+    });
+    store.submit(work)?;
+    rx.await.map_err(|_| StoreError::Closed)?
+}
+
+/// Runs `f` in a read transaction and returns its value.
+pub fn read<S, R>(store: &S, mut f: impl FnMut(&dyn ReadTxn) -> StoreResult<R>) -> StoreResult<R>
+where
+    S: Store + ?Sized,
+{
+    let mut out = None;
+    store.read(&mut |txn| {
+        out = Some(f(txn)?);
+        Ok(())
+    })?;
+    out.ok_or(StoreError::Closed)
+}

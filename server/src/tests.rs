@@ -1,0 +1,370 @@
+//! Unit tests of the sync logic over the in-memory store and a plain test codebook.
+
+use std::sync::Arc;
+
+use omega_tv_sync::wire::{
+    Caps, Coding, FrameReader, FrameWriter, Kind, PatternRemoval, PatternUpdate, Record,
+    UploadHead, MAX_UPLOAD_FRAME,
+};
+use omega_tv_sync::{Category, PatternId, DIM};
+
+use crate::codes::plain::{Plain, ID};
+use crate::codes::{Codebooks, Codes};
+use crate::download::{self, PageRequest};
+use crate::store::mem::MemStore;
+use crate::store::{self, GlobalChange, Meta, Store, WriteTxn};
+use crate::sync;
+
+fn books() -> Codebooks {
+    Codebooks::empty().with(Arc::new(Plain))
+}
+
+fn codes(seed: i16) -> Codes {
+    let mut c = [0i16; DIM];
+    for (i, x) in c.iter_mut().enumerate() {
+        *x = seed.wrapping_mul(7).wrapping_add(i as i16 % 13);
+    }
+    c
+}
+
+fn enc(c: &Codes) -> Vec<u8> {
+    c.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn caps() -> Caps {
+    Caps {
+        max_globals: 32,
+        max_trends: 32,
+        max_bytes: 64 * 1024,
+    }
+}
+
+enum U<'a> {
+    Abs(&'a str, u32, &'a Codes),
+    Delta(&'a str, u32, &'a Codes),
+    Rm(&'a str, u32),
+}
+
+fn frame(seq: u64, since: u64, items: &[U<'_>]) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_UPLOAD_FRAME];
+    let mut w = FrameWriter::new(&mut buf, Kind::Upload, ID).unwrap();
+    w.push(&Record::UploadHead(UploadHead {
+        seq,
+        since,
+        caps: caps(),
+    }))
+    .unwrap();
+    let owned: Vec<(String, u32, Coding, Vec<u8>, bool)> = items
+        .iter()
+        .map(|u| match u {
+            U::Abs(id, b, c) => (id.to_string(), *b, Coding::Absolute, enc(c), false),
+            U::Delta(id, b, c) => (id.to_string(), *b, Coding::Delta, enc(c), false),
+            U::Rm(id, b) => (id.to_string(), *b, Coding::Absolute, Vec::new(), true),
+        })
+        .collect();
+    for (id, base_rev, coding, code, rm) in &owned {
+        let rec = if *rm {
+            Record::Removal(PatternRemoval {
+                id: PatternId::new(id).unwrap(),
+                base_rev: *base_rev,
+            })
+        } else {
+            Record::Pattern(PatternUpdate {
+                id: PatternId::new(id).unwrap(),
+                base_rev: *base_rev,
+                success_rate: 0.8,
+                sample_count: 20,
+                category: Category::new("drama").unwrap(),
+                coding: *coding,
+                code,
+            })
+        };
+        w.push(&rec).unwrap();
+    }
+    w.finish().unwrap().to_vec()
+}
+
+/// Applies `body` for `dev-1` and returns the result.
+fn sync_once(store: &MemStore, body: &[u8]) -> Result<sync::Applied, sync::ApiError> {
+    let since = match FrameReader::parse(body)
+        .ok()
+        .and_then(|f| f.records().next())
+    {
+        Some(Ok(Record::UploadHead(h))) => h.since,
+        _ => 0,
+    };
+    let up = sync::validate("dev-1".into(), since, body, &books())?;
+    let slot = Arc::new(std::sync::Mutex::new(None));
+    let s2 = slot.clone();
+    store
+        .submit(Box::new(move |txn: &mut dyn WriteTxn| {
+            let r = sync::apply(txn, &up, &books(), 600);
+            let status = r.as_ref().map(|_| ()).map_err(|e| e.clone());
+            *s2.lock().unwrap() = Some(r);
+            let f: store::Finish = Box::new(|_| {});
+            (f, status)
+        }))
+        .unwrap();
+    let r = slot.lock().unwrap().take().unwrap();
+    r.unwrap()
+}
+
+fn acks(resp: &[u8]) -> Vec<Record<'_>> {
+    let f = FrameReader::parse(resp).unwrap();
+    f.records().map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn retry_is_replayed_and_applied_once() {
+    let s = MemStore::new();
+    let a = codes(1);
+    let body = frame(1, 0, &[U::Abs("p1", 0, &a)]);
+    let first = sync_once(&s, &body).unwrap();
+    assert!(!first.replayed);
+    assert_eq!(first.acked, 1);
+    let again = sync_once(&s, &body).unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.response, first.response);
+    let st = crate::device_state(&s, "dev-1").unwrap();
+    assert_eq!(st.patterns.len(), 1);
+    assert_eq!(st.patterns[0].revision, 1);
+    assert_eq!(st.syncs, 1);
+    // One change recorded for aggregation, not two.
+    let n = store::read(&s, |t| t.meta(Meta::ChangeSeq)).unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn reused_and_stale_sequences_are_rejected() {
+    let s = MemStore::new();
+    let a = codes(1);
+    let b = codes(2);
+    sync_once(&s, &frame(5, 0, &[U::Abs("p1", 0, &a)])).unwrap();
+    let e = sync_once(&s, &frame(5, 0, &[U::Abs("p1", 0, &b)])).unwrap_err();
+    assert_eq!(
+        (e.status, e.code, e.last_seq),
+        (409, "sequence_reused", Some(5))
+    );
+    let e = sync_once(&s, &frame(4, 0, &[U::Abs("p1", 0, &b)])).unwrap_err();
+    assert_eq!(
+        (e.status, e.code, e.last_seq),
+        (409, "stale_sequence", Some(5))
+    );
+    let st = crate::device_state(&s, "dev-1").unwrap();
+    assert_eq!(st.patterns[0].codes, a.to_vec());
+}
+
+#[test]
+fn delta_applies_to_stored_codes_and_stale_base_conflicts() {
+    let s = MemStore::new();
+    let a = codes(1);
+    sync_once(&s, &frame(1, 0, &[U::Abs("p1", 0, &a)])).unwrap();
+    let mut d = [0i16; DIM];
+    d[3] = 5;
+    d[100] = -2;
+    let r = sync_once(&s, &frame(2, 0, &[U::Delta("p1", 1, &d)])).unwrap();
+    assert_eq!(r.acked, 1);
+    let st = crate::device_state(&s, "dev-1").unwrap();
+    assert_eq!(st.patterns[0].revision, 2);
+    assert_eq!(st.patterns[0].codes[3], a[3] + 5);
+    assert_eq!(st.patterns[0].codes[100], a[100] - 2);
+    // A second session still on revision 1: conflict with the server's state.
+    let r = sync_once(&s, &frame(3, 0, &[U::Delta("p1", 1, &d)])).unwrap();
+    assert_eq!((r.acked, r.conflicts), (0, 1));
+    let recs = acks(&r.response);
+    match &recs[1] {
+        Record::Conflict(c) => {
+            assert_eq!(c.server_rev, 2);
+            let state = c.state.as_ref().unwrap();
+            let mut back = [0i16; DIM];
+            Plain.decode_into(state.code, &mut back);
+            assert_eq!(back.to_vec(), st.patterns[0].codes);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let st2 = crate::device_state(&s, "dev-1").unwrap();
+    assert_eq!(st2.patterns, st.patterns);
+}
+
+#[test]
+fn bad_delta_stores_nothing() {
+    let s = MemStore::new();
+    let mut big = [0i16; DIM];
+    big[0] = i16::MAX;
+    sync_once(
+        &s,
+        &frame(1, 0, &[U::Abs("p1", 0, &big), U::Abs("p2", 0, &big)]),
+    )
+    .unwrap();
+    let mut d = [0i16; DIM];
+    d[0] = 1; // overflows i16 on p2
+    let e = sync_once(
+        &s,
+        &frame(2, 0, &[U::Delta("p1", 1, &[0; DIM]), U::Delta("p2", 1, &d)]),
+    )
+    .unwrap_err();
+    assert_eq!((e.status, e.code), (400, "code_out_of_range"));
+    let st = crate::device_state(&s, "dev-1").unwrap();
+    assert!(st.patterns.iter().all(|p| p.revision == 1));
+    assert_eq!(st.last_seq, Some(1));
+}
+
+#[test]
+fn removal_acks_revision_zero() {
+    let s = MemStore::new();
+    let a = codes(1);
+    sync_once(&s, &frame(1, 0, &[U::Abs("p1", 0, &a)])).unwrap();
+    let r = sync_once(&s, &frame(2, 0, &[U::Rm("p1", 1)])).unwrap();
+    assert_eq!(r.acked, 1);
+    assert!(crate::device_state(&s, "dev-1")
+        .unwrap()
+        .patterns
+        .is_empty());
+    match &acks(&r.response)[1] {
+        Record::Ack(a) => assert_eq!(a.revision, 0),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn validation_errors_have_codes() {
+    let b = books();
+    let a = codes(1);
+    let good = frame(1, 0, &[U::Abs("p1", 0, &a)]);
+    let e = sync::validate("d".into(), 3, &good, &b).unwrap_err();
+    assert_eq!(e.code, "header_mismatch");
+    let e = sync::validate("d".into(), 0, &good[..good.len() - 1], &b).unwrap_err();
+    assert_eq!(e.code, "checksum");
+    let e = sync::validate("d".into(), 0, &good[..5], &b).unwrap_err();
+    assert_eq!(e.code, "truncated");
+    let e = sync::validate("d".into(), 0, &good, &Codebooks::empty()).unwrap_err();
+    assert_eq!((e.status, e.code), (422, "unknown_codebook"));
+    let e = sync::validate("d".into(), 0, &vec![0u8; MAX_UPLOAD_FRAME + 1], &b).unwrap_err();
+    assert_eq!((e.status, e.code), (413, "body_too_large"));
+    let dup = frame(1, 0, &[U::Abs("p1", 0, &a), U::Abs("p1", 0, &a)]);
+    assert_eq!(
+        sync::validate("d".into(), 0, &dup, &b).unwrap_err().code,
+        "duplicate_pattern"
+    );
+    assert_eq!(
+        sync::check_device_id(None).unwrap_err().code,
+        "missing_device_id"
+    );
+    assert_eq!(
+        sync::check_device_id(Some(b"a b")).unwrap_err().code,
+        "invalid_device_id"
+    );
+    assert_eq!(
+        sync::check_sync_version(Some(b"-1")).unwrap_err().code,
+        "invalid_sync_version"
+    );
+}
+
+fn publish_n(s: &MemStore, n: u32) {
+    let e = enc(&codes(3));
+    s.submit(Box::new(move |txn: &mut dyn WriteTxn| {
+        let mut r = Ok(());
+        for i in 0..n {
+            if let Err(e2) = txn.publish(&GlobalChange::Upsert {
+                id: i + 1,
+                success_rate: 0.9,
+                sample_count: 100,
+                contributors: 5,
+                category: "drama".into(),
+                codebook: ID,
+                code: e.clone(),
+            }) {
+                r = Err(e2);
+            }
+        }
+        let f: store::Finish = Box::new(|_| {});
+        (f, r)
+    }))
+    .unwrap();
+}
+
+fn page(s: &MemStore, since: u64, max_globals: u16, snap: Option<u64>) -> download::Page {
+    store::read(s, |t| {
+        download::build(
+            t,
+            &PageRequest {
+                seq: 0,
+                since,
+                caps: Caps {
+                    max_globals,
+                    max_trends: 8,
+                    max_bytes: 1 << 20,
+                },
+                codebook: ID,
+                answers: &[],
+                next_sync_s: 300,
+                snapshot_horizon: snap,
+            },
+        )
+    })
+    .unwrap()
+}
+
+fn versions(p: &download::Page) -> Vec<u64> {
+    acks(&p.frame)
+        .iter()
+        .filter_map(|r| match r {
+            Record::GlobalUpsert(g) => Some(g.version),
+            Record::GlobalRemove(g) => Some(g.version),
+            Record::Trend(t) => Some(t.version),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn pages_return_exactly_the_changes_after_since() {
+    let s = MemStore::new();
+    publish_n(&s, 10);
+    let p = page(&s, 4, 100, None);
+    assert_eq!(versions(&p), (5..=10).collect::<Vec<_>>());
+    assert!(!p.more);
+    assert_eq!(p.global_version, 10);
+    let p = page(&s, 0, 3, None);
+    assert_eq!(versions(&p), vec![1, 2, 3]);
+    assert!(p.more);
+    assert_eq!(p.global_version, 3);
+    let p = page(&s, 3, 3, None);
+    assert_eq!(versions(&p), vec![4, 5, 6]);
+    // Compaction: a newer version of item 2 replaces its old entry.
+    publish_n(&s, 2);
+    let p = page(&s, 0, 100, None);
+    assert_eq!(versions(&p), vec![3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+}
+
+#[test]
+fn stale_cursor_gets_a_paged_snapshot() {
+    let s = MemStore::new();
+    publish_n(&s, 6);
+    s.submit(Box::new(|txn: &mut dyn WriteTxn| {
+        let r = txn
+            .publish(&GlobalChange::Remove { id: 1 })
+            .and_then(|_| txn.publish(&GlobalChange::Remove { id: 2 }))
+            .and_then(|_| txn.prune_tombstones(8));
+        let f: store::Finish = Box::new(|_| {});
+        (f, r)
+    }))
+    .unwrap();
+    // Live: 3,4,5,6 (ids 3..6); tombstones 7,8: 7 pruned (< 8), 8 kept.
+    let p = page(&s, 2, 2, None);
+    assert!(p.reset);
+    assert_eq!(versions(&p), vec![3, 4]);
+    assert!(p.more);
+    let h = p.snapshot_horizon;
+    assert_eq!(h, Some(8));
+    let p2 = page(&s, p.global_version, 2, h);
+    assert!(!p2.reset);
+    assert_eq!(versions(&p2), vec![5, 6]);
+    let p3 = page(&s, p2.global_version, 2, h);
+    assert_eq!(versions(&p3), vec![8]);
+    assert!(!p3.more);
+    // Without the horizon the continuation would restart the snapshot.
+    assert!(page(&s, 4, 2, None).reset);
+    // A fresh device (0) never needs a reset.
+    assert!(!page(&s, 0, 100, None).reset);
+}
