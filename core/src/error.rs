@@ -11,7 +11,8 @@ pub type Result<T> = core::result::Result<T, Error>;
 /// *input* errors (the value or frame is bad: drop it or report it),
 /// *resource* errors (a caller-provided buffer or a compile-time capacity is too
 /// small: retry with more room, or send the rest next time), and *peer* errors
-/// (the other side speaks a different format or codebook).
+/// (the other side speaks a different format or codebook), plus the
+/// *storage* errors of the `flash` feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -88,6 +89,12 @@ pub enum Error {
     Compression,
     /// zstd failed to decompress (corrupt input, or output too large).
     Decompression,
+
+    // ---- storage (feature `flash`) ----
+    /// The flash driver reported an error (read, write or erase failed).
+    Flash,
+    /// The snapshot region holds data that could not be repaired.
+    StorageCorrupt,
 }
 
 impl Error {
@@ -125,6 +132,8 @@ impl Error {
             Error::CapacityExceeded => "capacity_exceeded",
             Error::Compression => "compression",
             Error::Decompression => "decompression",
+            Error::Flash => "flash",
+            Error::StorageCorrupt => "storage_corrupt",
         }
     }
 

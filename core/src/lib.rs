@@ -28,6 +28,7 @@
 //! | `defmt` | internal logging through defmt; `Format` impls |
 //! | `log` | internal logging through the `log` crate |
 //! | `zstd` | module `compress`: per-frame zstd in caller-provided static workspaces (builds the zstd C library) |
+//! | `flash` | [`persist`]: power-loss-safe snapshot storage on NOR flash (sequential-storage) |
 //!
 //! `defmt` and `log` are mutually exclusive. The default build has none of
 //! them and is `no_std`.
@@ -53,6 +54,8 @@ pub mod compress;
 mod error;
 mod filter;
 pub mod sync;
+#[cfg(feature = "flash")]
+pub mod persist;
 pub mod transport;
 pub mod types;
 pub mod wire;

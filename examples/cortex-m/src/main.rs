@@ -1,0 +1,88 @@
+//! Cortex-M4F firmware that runs the omega-tv-sync core on real vectors
+//! under QEMU (`mps2-an386`), checks every result, and exits through
+//! semihosting: 0 when everything matched, 1 on the first mismatch.
+//!
+//! `cargo run --release` in this folder builds and runs it (see
+//! `.cargo/config.toml`). It prints one line per check, then
+//! `stack_peak_bytes=N`: the stack high-water mark of the whole run,
+//! measured by cortex-m-rt's `paint-stack` (the stack is filled with
+//! `0xCCCC_CCCC` at reset; the deepest overwritten word is the peak).
+//!
+//! The workload, in [`workload`]:
+//! 1. validates 16 real MiniLM pattern embeddings compiled in, checks their
+//!    cosines and nearest neighbours against f64 values computed at build
+//!    time, and checks that corrupted copies are rejected;
+//! 2. builds patterns and runs the quality filter;
+//! 3. round-trips a record through postcard in a `MaxSize` buffer;
+//! 4. saves and loads sync-state snapshots through the `flash` feature on a
+//!    RAM-backed NOR flash;
+//! 5. **the sync cycle** (update patterns, prepare an upload frame, decode a
+//!    recorded server response, apply it; zstd on and off): the slot is
+//!    [`workload::sync_cycle`], filled in when the codec, frames and sync
+//!    client exist.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+// Links the single-core critical-section implementation semihosting uses.
+use cortex_m as _;
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprintln};
+
+#[cfg(feature = "zstd")]
+mod libc_stubs;
+mod ramflash;
+mod stack;
+mod workload;
+
+/// Counts checks and prints each one.
+pub struct Checks {
+    passed: u32,
+    failed: u32,
+}
+
+impl Checks {
+    /// Records one check.
+    pub fn check(&mut self, what: &str, ok: bool) {
+        if ok {
+            self.passed += 1;
+            hprintln!("ok   {}", what);
+        } else {
+            self.failed += 1;
+            hprintln!("FAIL {}", what);
+        }
+    }
+}
+
+#[entry]
+fn main() -> ! {
+    let mut checks = Checks {
+        passed: 0,
+        failed: 0,
+    };
+    workload::run(&mut checks);
+    hprintln!("stack_peak_bytes={}", stack::peak_bytes());
+    hprintln!("stack_size_bytes={}", stack::size_bytes());
+    workload::print_sizes();
+    hprintln!(
+        "cortex-m: {} passed, {} failed",
+        checks.passed,
+        checks.failed
+    );
+    if checks.failed == 0 && checks.passed > 0 {
+        debug::exit(debug::EXIT_SUCCESS);
+    } else {
+        debug::exit(debug::EXIT_FAILURE);
+    }
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("PANIC {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    #[allow(clippy::empty_loop)]
+    loop {}
+}

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Runs the firmware-style client (embassy executor + embassy-net on a TAP
+# device + the omega-tv-sync-embassy transport) against a server, entirely
+# inside a private network namespace, and checks the outcome.
+#
+# What it does:
+#   1. builds the `embassy-client` example (and the default server) binaries;
+#   2. creates network namespace $NETNS with its loopback up and a TAP device
+#      $TAP carrying $HOST_ADDR/24 (the kernel's end of the link; the client's
+#      embassy-net stack is the other end, with $DEVICE_ADDR/24);
+#   3. starts the server inside the namespace, bound to $HOST_ADDR:$PORT;
+#   4. runs the client inside the namespace for a bounded number of rounds
+#      ($ROUNDS) and a bounded time ($CLIENT_TIMEOUT seconds);
+#   5. passes only if the client exits 0 (every check passed);
+#   6. always stops the server and deletes the namespace (trap), which also
+#      removes the TAP device.
+# No route leaves the namespace: it has no other interface, so traffic never
+# reaches the host or any network.
+#
+# Needs root and /dev/net/tun. Where /dev/net/tun is absent it prints a loud
+# SKIPPED banner and exits 0; with REQUIRE_TUN=1 it fails instead.
+#
+# Variables (defaults in brackets):
+#   SERVER_CMD      server command line, run inside the namespace; `{ADDR}` is
+#                   replaced by $HOST_ADDR:$PORT
+#                   [target/debug/embassy-test-server {ADDR} 64 60]
+#                   (the Constellation server takes its place once it exists)
+#   CLIENT_CMD      client command line [target/debug/embassy-client]
+#   ROUNDS          client rounds [3]
+#   CLIENT_TIMEOUT  hard bound on the client run, seconds [60]
+#   NETNS TAP HOST_ADDR DEVICE_ADDR PORT   [omega-sync-$$ omtap0 10.77.0.1 10.77.0.2 8080]
+#   CARGO_PROFILE   debug or release [debug]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NETNS=${NETNS:-omega-sync-$$}
+TAP=${TAP:-omtap0}
+HOST_ADDR=${HOST_ADDR:-10.77.0.1}
+DEVICE_ADDR=${DEVICE_ADDR:-10.77.0.2}
+PORT=${PORT:-8080}
+ROUNDS=${ROUNDS:-3}
+CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-60}
+CARGO_PROFILE=${CARGO_PROFILE:-debug}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN="$TARGET_DIR/$CARGO_PROFILE"
+SERVER_CMD=${SERVER_CMD:-"$BIN/embassy-test-server {ADDR} 64 60"}
+CLIENT_CMD=${CLIENT_CMD:-"$BIN/embassy-client"}
+
+banner() { printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n!!! %s\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' "$*" >&2; }
+
+if [ ! -c /dev/net/tun ]; then
+    banner "netns-sync: SKIPPED: /dev/net/tun is absent, the embassy-net TAP test cannot run here"
+    [ "${REQUIRE_TUN:-0}" = 1 ] && exit 1
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    banner "netns-sync: needs root (network namespaces and TAP devices)"
+    exit 1
+fi
+
+release_flag=()
+[ "$CARGO_PROFILE" = release ] && release_flag=(--release)
+cargo build -q "${release_flag[@]}" -p omega-tv-sync-examples --bin embassy-client --bin embassy-test-server
+
+server_pid=""
+cleanup() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    ip netns del "$NETNS" 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+ip netns add "$NETNS"
+nsx() { ip netns exec "$NETNS" "$@"; }
+nsx ip link set lo up
+nsx ip tuntap add dev "$TAP" mode tap
+nsx ip addr add "$HOST_ADDR/24" dev "$TAP"
+nsx ip link set "$TAP" up
+
+server_cmd=${SERVER_CMD//\{ADDR\}/$HOST_ADDR:$PORT}
+echo "netns-sync: namespace $NETNS, $TAP $HOST_ADDR/24 <-> device $DEVICE_ADDR/24"
+echo "netns-sync: server: $server_cmd"
+# shellcheck disable=SC2086 # the command line is meant to be split
+ip netns exec "$NETNS" $server_cmd &
+server_pid=$!
+
+# Wait (bounded) until the server listens.
+for _ in $(seq 1 100); do
+    if nsx ss -ltn 2>/dev/null | grep -q "$HOST_ADDR:$PORT"; then break; fi
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "netns-sync: FAILED: server exited before listening" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+
+set +e
+# shellcheck disable=SC2086
+timeout "$CLIENT_TIMEOUT" ip netns exec "$NETNS" $CLIENT_CMD \
+    --tap "$TAP" --addr "$DEVICE_ADDR/24" --server "$HOST_ADDR:$PORT" --rounds "$ROUNDS"
+rc=$?
+set -e
+if [ "$rc" -ne 0 ]; then
+    echo "netns-sync: FAILED: client exited with $rc" >&2
+    exit 1
+fi
+echo "netns-sync: passed"
