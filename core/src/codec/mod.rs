@@ -472,6 +472,29 @@ impl<'a> Codebook<'a> {
         total
     }
 
+    /// The cheapest scale class for `vals`, by hill climbing from the middle
+    /// class (the cost is close to convex in the class: each class scales
+    /// every component's spread by a quarter octave).
+    fn choose_class(&self, family: usize, vals: &[i32; DIM]) -> u32 {
+        let mid = self.n_classes / 2;
+        let mut best = (self.class_cost(family, vals, mid, u32::MAX), mid);
+        for dir in [-1i32, 1] {
+            let mut c = mid as i32 + dir;
+            while c >= 0 && (c as u32) < self.n_classes {
+                let k = self.class_cost(family, vals, c as u32, best.0);
+                if k >= best.0 {
+                    break;
+                }
+                best = (k, c as u32);
+                c += dir;
+            }
+            if best.1 != mid {
+                break;
+            }
+        }
+        best.1
+    }
+
     /// Entropy-codes `codes` into `out` and returns the number of bytes
     /// written (at most [`MAX_CODED_LEN`]).
     ///
@@ -495,14 +518,7 @@ impl<'a> Codebook<'a> {
                 1
             }
         };
-        let mut best = (u32::MAX, 0);
-        for class in 0..self.n_classes {
-            let c = self.class_cost(family, &vals, class, best.0);
-            if c < best.0 {
-                best = (c, class);
-            }
-        }
-        let class = best.1;
+        let class = self.choose_class(family, &vals);
         let half = self.half as i32;
         let idx = self.indices(family);
         let mut enc = Encoder::new(out);

@@ -1,0 +1,278 @@
+//! Codec tests on the shipped codebooks and the real MiniLM vectors.
+
+use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, MAX_CODED_LEN};
+use omega_tv_sync::{Embedding, Error, DIM};
+use std::path::Path;
+
+fn rows(name: &str) -> Vec<[f32; DIM]> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/minilm")
+        .join(name);
+    let b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    b.chunks_exact(4 * DIM)
+        .map(|c| {
+            let mut r = [0f32; DIM];
+            for (x, b) in r.iter_mut().zip(c.chunks_exact(4)) {
+                *x = f32::from_le_bytes(b.try_into().unwrap());
+            }
+            r
+        })
+        .collect()
+}
+
+fn books() -> [Codebook<'static>; 2] {
+    [minilm_v1().unwrap(), minilm_small_v1().unwrap()]
+}
+
+/// SplitMix64, for reproducible random inputs.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn codes(&mut self, spread: u32) -> Codes {
+        let mut c = [0i16; DIM];
+        for x in c.iter_mut() {
+            *x = match spread {
+                0 => self.next() as i16,
+                s => ((self.next() % (2 * s as u64 + 1)) as i64 - s as i64) as i16,
+            };
+        }
+        c
+    }
+}
+
+fn round_trip(cb: &Codebook<'_>, c: &Codes, base: Option<&Codes>) -> usize {
+    let mut buf = [0u8; MAX_CODED_LEN];
+    let n = cb
+        .encode(c, base, &mut buf)
+        .expect("MAX_CODED_LEN always suffices");
+    assert!(n <= MAX_CODED_LEN);
+    let mut back = [0i16; DIM];
+    cb.decode(&buf[..n], base, &mut back).unwrap();
+    assert_eq!(&back, c);
+    n
+}
+
+#[test]
+fn shipped_codebooks_validate() {
+    let [a, b] = books();
+    assert_ne!(a.id(), b.id());
+    assert!(a.has_basis() && !b.has_basis());
+    assert!(b.flash_bytes() * 10 < a.flash_bytes());
+}
+
+#[test]
+fn corrupt_codebook_is_rejected() {
+    let blob = include_bytes!("../codebooks/minilm-small-v1.bin");
+    let mut copy = blob.to_vec();
+    for pos in (0..copy.len()).step_by(97).chain([copy.len() - 1]) {
+        copy[pos] ^= 0x20;
+        assert_eq!(
+            Codebook::from_bytes(&copy).err(),
+            Some(Error::BadCodebook),
+            "byte {pos}"
+        );
+        copy[pos] ^= 0x20;
+    }
+    assert!(Codebook::from_bytes(&copy).is_ok());
+    for len in [0, 10, 20, copy.len() / 2, copy.len() - 1] {
+        assert_eq!(
+            Codebook::from_bytes(&copy[..len]).err(),
+            Some(Error::BadCodebook)
+        );
+    }
+    copy.push(0);
+    assert_eq!(Codebook::from_bytes(&copy).err(), Some(Error::BadCodebook));
+}
+
+#[test]
+fn random_and_extreme_codes_round_trip() {
+    let mut rng = Rng(7);
+    let extremes: Vec<Codes> = vec![
+        [i16::MIN; DIM],
+        [i16::MAX; DIM],
+        [0; DIM],
+        core::array::from_fn(|i| if i % 2 == 0 { i16::MIN } else { i16::MAX }),
+        core::array::from_fn(|i| if i % 3 == 0 { -1 } else { 1 }),
+    ];
+    for cb in books() {
+        let mut worst = 0;
+        for a in &extremes {
+            worst = worst.max(round_trip(&cb, a, None));
+            for b in &extremes {
+                // Includes deltas of +65535 and -65535.
+                worst = worst.max(round_trip(&cb, a, Some(b)));
+            }
+        }
+        for i in 0..300 {
+            let spread = [0, 1, 5, 40, 300, 3000, 20000][i % 7];
+            let a = rng.codes(spread);
+            let b = rng.codes(spread);
+            worst = worst.max(round_trip(&cb, &a, None));
+            worst = worst.max(round_trip(&cb, &a, Some(&b)));
+        }
+        assert!(worst <= MAX_CODED_LEN, "{worst} > {MAX_CODED_LEN}");
+    }
+}
+
+#[test]
+fn small_buffer_is_a_resource_error() {
+    let cb = minilm_v1().unwrap();
+    let mut buf = [0u8; 16];
+    let r = cb.encode(&[1000; DIM], None, &mut buf);
+    assert_eq!(r, Err(Error::BufferTooSmall));
+    assert!(Error::BufferTooSmall.is_resource());
+}
+
+#[test]
+fn out_of_range_delta_is_rejected() {
+    let cb = minilm_small_v1().unwrap();
+    let mut buf = [0u8; MAX_CODED_LEN];
+    let n = cb
+        .encode(&[i16::MAX; DIM], Some(&[0; DIM]), &mut buf)
+        .unwrap();
+    let mut out = [7i16; DIM];
+    // Same delta on a base that overflows.
+    let r = cb.decode(&buf[..n], Some(&[1; DIM]), &mut out);
+    assert_eq!(r, Err(Error::CodeOutOfRange));
+    assert_eq!(out, [7; DIM], "out is untouched on error");
+}
+
+/// Coded real patterns, absolute and delta, for the robustness tests.
+fn real_streams(cb: &Codebook<'_>) -> Vec<(Vec<u8>, Option<Codes>)> {
+    let pats = rows("patterns_public.f32");
+    let mut v = Vec::new();
+    for w in pats.windows(2).take(12) {
+        let a = cb.quantize(&Embedding::new(w[0]).unwrap());
+        let b = cb.quantize(&Embedding::new(w[1]).unwrap());
+        let mut buf = [0u8; MAX_CODED_LEN];
+        let n = cb.encode(&a, None, &mut buf).unwrap();
+        v.push((buf[..n].to_vec(), None));
+        let n = cb.encode(&b, Some(&a), &mut buf).unwrap();
+        v.push((buf[..n].to_vec(), Some(a)));
+    }
+    v
+}
+
+#[test]
+fn every_truncation_fails() {
+    for cb in books() {
+        for (bytes, base) in real_streams(&cb) {
+            let mut out = [0i16; DIM];
+            assert!(cb.decode(&bytes, base.as_ref(), &mut out).is_ok());
+            for len in 0..bytes.len() {
+                let r = cb.decode(&bytes[..len], base.as_ref(), &mut out);
+                assert!(r.is_err(), "truncation to {len} of {} decoded", bytes.len());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(
+                cb.decode(&longer, base.as_ref(), &mut out),
+                Err(Error::TrailingBytes)
+            );
+        }
+    }
+}
+
+#[test]
+fn single_byte_corruptions_never_panic_and_are_mostly_detected() {
+    for cb in books() {
+        let (mut total, mut detected) = (0usize, 0usize);
+        for (bytes, base) in real_streams(&cb) {
+            let mut out = [0i16; DIM];
+            let mut b = bytes.clone();
+            for pos in 0..b.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    b[pos] ^= flip;
+                    total += 1;
+                    if cb.decode(&b, base.as_ref(), &mut out).is_err() {
+                        detected += 1;
+                    }
+                    b[pos] ^= flip;
+                }
+            }
+        }
+        // The final-state check catches almost everything; a corruption in the
+        // last few symbols can still decode to other valid codes.
+        assert!(
+            detected * 100 >= total * 95,
+            "only {detected} of {total} corruptions detected"
+        );
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut rng = Rng(99);
+    for cb in books() {
+        let mut out = [0i16; DIM];
+        let mut ok = 0;
+        for i in 0..3000 {
+            let len = (rng.next() % 400) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let base = [i16::MIN + (i as i16 % 7); DIM];
+            for b in [None, Some(&base)] {
+                if cb.decode(&bytes, b, &mut out).is_ok() {
+                    ok += 1;
+                }
+            }
+        }
+        assert!(ok < 10, "{ok} random inputs decoded");
+    }
+}
+
+#[test]
+fn real_patterns_reconstruct_closely() {
+    let pats = rows("patterns_public.f32");
+    for cb in books() {
+        let mut min = 1f32;
+        for p in pats.iter().take(300) {
+            let e = Embedding::new(*p).unwrap();
+            let r = cb.reconstruct(&cb.quantize(&e)).unwrap();
+            min = min.min(r.dot(&e));
+        }
+        assert!(min >= 0.9999, "cos min {min}");
+    }
+}
+
+/// 100 successive syncs of one pattern drifting with real items: the server
+/// applies each closed-loop delta to its stored integer codes, so it always
+/// holds exactly the device's codes and quality does not decay.
+#[test]
+fn closed_loop_deltas_do_not_drift() {
+    let pats = rows("patterns_public.f32");
+    let items = rows("items_public.f32");
+    let cb = minilm_v1().unwrap();
+    for start in [0usize, 1, 2] {
+        let mut truth = pats[start];
+        let mut acked = cb.quantize(&Embedding::new(truth).unwrap());
+        let mut server = acked;
+        let mut sum_cos = 0.0f64;
+        let mut buf = [0u8; MAX_CODED_LEN];
+        for step in 0..100 {
+            let item = &items[(start * 131 + step * 17) % items.len()];
+            let k = 5.0 + (step % 16) as f32;
+            let mut v = [0f32; DIM];
+            for ((o, &a), &b) in v.iter_mut().zip(truth.iter()).zip(item.iter()) {
+                *o = k * a + b;
+            }
+            let e = Embedding::normalize(v).unwrap();
+            truth = *e.as_array();
+            let q = cb.quantize(&e);
+            let n = cb.encode(&q, Some(&acked), &mut buf).unwrap();
+            let mut next = [0i16; DIM];
+            cb.decode(&buf[..n], Some(&server), &mut next).unwrap();
+            server = next;
+            acked = q;
+            assert_eq!(server, q, "server state equals the device's codes");
+            sum_cos += f64::from(cb.reconstruct(&server).unwrap().dot(&e));
+        }
+        let mean = sum_cos / 100.0;
+        assert!(mean >= 0.9999, "closed loop mean cos {mean}");
+    }
+}
