@@ -53,9 +53,9 @@ pub mod codec;
 pub mod compress;
 mod error;
 mod filter;
-pub mod sync;
 #[cfg(feature = "flash")]
 pub mod persist;
+pub mod sync;
 pub mod transport;
 pub mod types;
 pub mod wire;
