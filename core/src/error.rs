@@ -66,6 +66,19 @@ pub enum Error {
     // ---- peer ----
     /// A frame was coded with a codebook this side does not have.
     UnknownCodebook,
+    /// A response answers another request than the one in flight, or breaks
+    /// the protocol (an ack for a pattern that was not sent).
+    ProtocolViolation,
+    /// The server refused the request with a 4xx other than 409/429: the
+    /// request is dropped, the patterns stay dirty.
+    Rejected,
+
+    // ---- state ----
+    /// An exchange is in flight: resend its request (or apply its response)
+    /// before preparing a new one.
+    Busy,
+    /// No pattern with that id.
+    NotFound,
 
     // ---- resource ----
     /// A caller-provided buffer is too small for the output.
@@ -111,6 +124,10 @@ impl Error {
             Error::Malformed => "malformed",
             Error::BadCodebook => "bad_codebook",
             Error::UnknownCodebook => "unknown_codebook",
+            Error::ProtocolViolation => "protocol_violation",
+            Error::Rejected => "rejected",
+            Error::Busy => "busy",
+            Error::NotFound => "not_found",
             Error::BufferTooSmall => "buffer_too_small",
             Error::CapacityExceeded => "capacity_exceeded",
             Error::Compression => "compression",

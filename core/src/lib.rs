@@ -41,7 +41,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", test))]
 extern crate std;
 
 #[macro_use]
@@ -55,6 +55,7 @@ mod error;
 mod filter;
 #[cfg(feature = "flash")]
 pub mod persist;
+pub mod sync;
 pub mod transport;
 pub mod types;
 pub mod wire;

@@ -5,7 +5,8 @@
 //! 0       2     magic "OT" (0x4F 0x54)
 //! 2       1     format version (FORMAT_VERSION = 1)
 //! 3       1     kind (1 upload, 2 download, 3 snapshot)
-//! 4       1     flags (bit 0: body is zstd-compressed; others reserved, 0)
+//! 4       1     flags (bit 0: body is zstd-compressed; bit 1: sender accepts
+//!               zstd responses; others reserved, 0)
 //! 5       4     codebook id, u32 little-endian
 //! 9       n     body: records, each a tag byte + postcard encoding
 //! 9+n     4     CRC-32 (IEEE) of bytes 0..9+n, little-endian
@@ -41,6 +42,9 @@ pub const TRAILER_LEN: usize = 4;
 pub const OVERHEAD: usize = HEADER_LEN + TRAILER_LEN;
 /// Flag bit: the body is one zstd frame of the records.
 pub const FLAG_ZSTD: u8 = 0x01;
+/// Flag bit, uploads only: the device can decompress a zstd response body
+/// (the server compresses a response only when this is set and it helps).
+pub const FLAG_ACCEPT_ZSTD: u8 = 0x02;
 
 /// Most pattern records (updates + removals) in one upload frame.
 pub const MAX_UPLOAD_PATTERNS: usize = 64;

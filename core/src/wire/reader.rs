@@ -3,8 +3,8 @@
 use super::records::{RawPatternRemoval, RawPatternUpdate};
 use super::{
     crc32, tag, Ack, Conflict, DownloadHead, GlobalRemove, GlobalUpsert, Kind, Record, TrendRecord,
-    UploadHead, FLAG_ZSTD, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_UPLOAD_PATTERNS, OVERHEAD,
-    TRAILER_LEN,
+    UploadHead, FLAG_ACCEPT_ZSTD, FLAG_ZSTD, FORMAT_VERSION, HEADER_LEN, MAGIC,
+    MAX_UPLOAD_PATTERNS, OVERHEAD, TRAILER_LEN,
 };
 use crate::{Error, Result};
 
@@ -38,7 +38,7 @@ impl<'b> FrameReader<'b> {
         }
         let kind = Kind::from_u8(head[3]).ok_or(Error::UnknownKind)?;
         let flags = head[4];
-        if flags & !FLAG_ZSTD != 0 {
+        if flags & !(FLAG_ZSTD | FLAG_ACCEPT_ZSTD) != 0 {
             return Err(Error::BadFlags);
         }
         let codebook_id = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
@@ -68,6 +68,31 @@ impl<'b> FrameReader<'b> {
     /// its records can be read.
     pub fn is_compressed(&self) -> bool {
         self.flags & FLAG_ZSTD != 0
+    }
+
+    /// True when the sender (a device) can take a zstd-compressed response.
+    pub fn accepts_zstd(&self) -> bool {
+        self.flags & FLAG_ACCEPT_ZSTD != 0
+    }
+
+    /// A reader over the decompressed records: the body is decompressed into
+    /// `scratch` when it is compressed ([`Error::Decompression`] when it is
+    /// corrupt or does not fit), else this same frame is returned.
+    #[cfg(feature = "zstd")]
+    pub fn decompress<'s>(
+        &self,
+        zstd: &mut crate::compress::Decompressor<'_>,
+        scratch: &'s mut [u8],
+    ) -> Result<FrameReader<'s>>
+    where
+        'b: 's,
+    {
+        if !self.is_compressed() {
+            return Ok(*self);
+        }
+        let n = zstd.decompress(self.body, scratch)?;
+        let body = scratch.get(..n).ok_or(Error::Decompression)?;
+        Ok(FrameReader::from_body(self.kind, self.codebook_id, body))
     }
 
     /// The body bytes (records, or a zstd frame of them).

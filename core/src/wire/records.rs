@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::types::{check_rate, Category, PatternId, TrendSignal};
 use crate::{Error, Result};
 
-/// Largest coded embedding a record may carry, in bytes (48 bits per
-/// dimension). Larger is [`Error::Oversize`] on decode and on encode.
-pub const MAX_CODE_LEN: usize = 2304;
+/// Largest coded embedding a record may carry, in bytes: the codec's proven
+/// worst case ([`MAX_CODED_LEN`](crate::codec::MAX_CODED_LEN), 1686). Larger
+/// is [`Error::Oversize`] on decode and on encode.
+pub const MAX_CODE_LEN: usize = crate::codec::MAX_CODED_LEN;
 
 /// Bytes a `varint(len) + bytes` field of at most [`MAX_CODE_LEN`] bytes takes.
 const CODE_FIELD_MAX: usize = varint_len(MAX_CODE_LEN) + MAX_CODE_LEN;

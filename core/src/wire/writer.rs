@@ -3,7 +3,9 @@
 use serde::Serialize;
 
 use super::records::check_code;
-use super::{crc32, Kind, Record, FORMAT_VERSION, HEADER_LEN, MAGIC, TRAILER_LEN};
+use super::{
+    crc32, Kind, Record, FLAG_ACCEPT_ZSTD, FORMAT_VERSION, HEADER_LEN, MAGIC, TRAILER_LEN,
+};
 use crate::types::check_rate;
 use crate::{Error, Result};
 
@@ -96,6 +98,38 @@ impl<'b> FrameWriter<'b> {
     /// Bytes still free for records.
     pub fn remaining(&self) -> usize {
         self.buf.len() - TRAILER_LEN - self.len
+    }
+
+    /// Marks an upload as coming from a device that can decompress a zstd
+    /// response body.
+    pub fn accept_zstd(&mut self) {
+        self.buf[4] |= FLAG_ACCEPT_ZSTD;
+    }
+
+    /// Like [`finish`](Self::finish), but first compresses the body with
+    /// `zstd` (through `scratch`, which needs the body's size) and keeps the
+    /// compressed form only when it is smaller.
+    #[cfg(feature = "zstd")]
+    pub fn finish_zstd(
+        mut self,
+        zstd: &mut crate::compress::Compressor<'_>,
+        scratch: &mut [u8],
+    ) -> Result<&'b [u8]> {
+        let body_len = self.len - HEADER_LEN;
+        if self.records > 0 && body_len > 1 {
+            let limit = (body_len - 1).min(scratch.len());
+            let body = &self.buf[HEADER_LEN..self.len];
+            match zstd.compress(body, &mut scratch[..limit]) {
+                Ok(m) if m < body_len => {
+                    self.buf[HEADER_LEN..HEADER_LEN + m].copy_from_slice(&scratch[..m]);
+                    self.len = HEADER_LEN + m;
+                    self.buf[4] |= super::FLAG_ZSTD;
+                }
+                Ok(_) | Err(Error::Compression) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.finish()
     }
 
     /// Appends the CRC and returns the finished frame. A frame without its

@@ -1,0 +1,180 @@
+//! The state that survives a reboot, as one bounded frame.
+//!
+//! A snapshot is a frame of kind `Snapshot` (magic, version, codebook id,
+//! CRC-32) whose one record holds, in postcard:
+//!
+//! ```text
+//! device_id: str<=64, seq: u64, global_version: u64, count: u16,
+//! then `count` times:
+//!   id: str<=16, rev: u32, acked_valid: bool, success_rate: f32,
+//!   sample_count: u32, category: str<=16, acked: 384 x i16 (zigzag varints)
+//! ```
+//!
+//! It keeps what the server acknowledged; the device's newer, unacknowledged
+//! changes are the application's to upsert again after a reboot (it owns its
+//! patterns), and they are then uploaded as deltas on the acknowledged base.
+//! A request in flight at power loss is not kept: its sequence number is
+//! reused with a different body, which the server answers with 409 and the
+//! client continues after the server's sequence (nothing is lost; a
+//! pattern the server applied but the device never saw acknowledged comes
+//! back as a conflict and is merged).
+
+use postcard::experimental::max_size::MaxSize;
+use serde::{Deserialize, Serialize};
+
+use super::{Config, Slot, SyncClient};
+use crate::codec::{Codebook, Codes};
+use crate::types::{Category, DeviceId, PatternId};
+use crate::wire::{FrameReader, Kind, Record, OVERHEAD};
+use crate::{Error, Result, DIM};
+
+#[derive(Serialize, Deserialize)]
+struct Head<'a> {
+    device_id: &'a str,
+    seq: u64,
+    global_version: u64,
+    count: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SlotHead<'a> {
+    id: &'a str,
+    rev: u32,
+    acked_valid: bool,
+    success_rate: f32,
+    sample_count: u32,
+    category: &'a str,
+}
+
+const HEAD_MAX: usize = DeviceId::POSTCARD_MAX_SIZE + 10 + 10 + 3;
+const SLOT_MAX: usize =
+    PatternId::POSTCARD_MAX_SIZE + 5 + 1 + 4 + 5 + Category::POSTCARD_MAX_SIZE + DIM * 3;
+
+/// Largest snapshot of a client with `n` slots, in bytes (frame included):
+/// `13 + 1 + 88 + n * 1201` (each code is a zigzag varint of at most 3
+/// bytes). For 64 patterns: 76,966 bytes; real states take about half
+/// (most codes fit in 1–2 bytes).
+pub const fn max_snapshot_len(n: usize) -> usize {
+    OVERHEAD + 1 + HEAD_MAX + n * SLOT_MAX
+}
+
+impl<'cb, const N: usize> SyncClient<'cb, N> {
+    /// Largest snapshot of this client type ([`max_snapshot_len`]`(N)`).
+    pub const MAX_SNAPSHOT_LEN: usize = max_snapshot_len(N);
+
+    /// Writes the persistent state into `buf` (at most
+    /// [`Self::MAX_SNAPSHOT_LEN`] bytes) and returns its length. Call it after
+    /// every applied exchange, before the next one.
+    pub fn snapshot(&self, buf: &mut [u8]) -> Result<usize> {
+        use crate::wire::{crc32, tag, FORMAT_VERSION, HEADER_LEN, MAGIC, TRAILER_LEN};
+        let start = HEADER_LEN + 1;
+        let end_limit = buf
+            .len()
+            .checked_sub(TRAILER_LEN)
+            .ok_or(Error::BufferTooSmall)?;
+        let body = buf.get_mut(start..end_limit).ok_or(Error::BufferTooSmall)?;
+        let mut at = 0usize;
+        fn put<T: Serialize>(v: &T, body: &mut [u8], at: &mut usize) -> Result<()> {
+            let dst = body.get_mut(*at..).ok_or(Error::BufferTooSmall)?;
+            *at += postcard::to_slice(v, dst)?.len();
+            Ok(())
+        }
+        let head = Head {
+            device_id: self.cfg.device_id.as_str(),
+            seq: self.seq,
+            global_version: self.global_version,
+            count: self.slots.len() as u16,
+        };
+        put(&head, body, &mut at)?;
+        for s in self.slots.iter() {
+            let sh = SlotHead {
+                id: s.id.as_str(),
+                rev: s.rev,
+                acked_valid: s.acked_valid,
+                success_rate: s.success_rate,
+                sample_count: s.sample_count,
+                category: s.category.as_str(),
+            };
+            put(&sh, body, &mut at)?;
+            for c in s.acked.iter() {
+                put(c, body, &mut at)?;
+            }
+        }
+        let end = start + at;
+        buf[0..2].copy_from_slice(&MAGIC);
+        buf[2] = FORMAT_VERSION;
+        buf[3] = Kind::Snapshot as u8;
+        buf[4] = 0;
+        buf[5..9].copy_from_slice(&self.cb.id().to_le_bytes());
+        buf[HEADER_LEN] = tag::SNAPSHOT;
+        let crc = crc32(&buf[..end]);
+        buf[end..end + TRAILER_LEN].copy_from_slice(&crc.to_le_bytes());
+        Ok(end + TRAILER_LEN)
+    }
+
+    /// Rebuilds a client from a snapshot. The device id in the snapshot must
+    /// be `config.device_id` and the codebook the one it was made with
+    /// ([`Error::UnknownCodebook`]); a corrupt snapshot is an error, never a
+    /// partial state.
+    pub fn restore(codebook: Codebook<'cb>, config: Config, bytes: &[u8]) -> Result<Self> {
+        let f = FrameReader::parse(bytes)?;
+        if f.kind() != Kind::Snapshot {
+            return Err(Error::UnknownKind);
+        }
+        if f.codebook_id() != codebook.id() {
+            return Err(Error::UnknownCodebook);
+        }
+        let mut recs = f.records();
+        let body = match recs.next() {
+            Some(Ok(Record::Snapshot(b))) => b,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Error::Malformed),
+        };
+        let (head, mut rest) = postcard::take_from_bytes::<Head>(body)?;
+        if head.device_id != config.device_id.as_str() {
+            return Err(Error::ProtocolViolation);
+        }
+        if usize::from(head.count) > N {
+            return Err(Error::CapacityExceeded);
+        }
+        let mut client = SyncClient::new(codebook, config);
+        client.seq = head.seq.max(1);
+        client.global_version = head.global_version;
+        for _ in 0..head.count {
+            let (sh, r) = postcard::take_from_bytes::<SlotHead>(rest)?;
+            rest = r;
+            let mut acked: Codes = [0; DIM];
+            for c in acked.iter_mut() {
+                let (v, r) = postcard::take_from_bytes::<i16>(rest)?;
+                *c = v;
+                rest = r;
+            }
+            crate::types::check_rate(sh.success_rate)?;
+            let slot = Slot {
+                id: PatternId::new(sh.id)?,
+                current: acked,
+                acked,
+                rev: sh.rev,
+                acked_valid: sh.acked_valid,
+                success_rate: sh.success_rate,
+                sample_count: sh.sample_count,
+                category: Category::new(sh.category)?,
+                // A base the device could not delta against must be re-sent.
+                dirty: !sh.acked_valid,
+                removed: false,
+                changed_at: 0,
+            };
+            if client.slots.iter().any(|s| s.id == slot.id) {
+                return Err(Error::Malformed);
+            }
+            client
+                .slots
+                .push(slot)
+                .map_err(|_| Error::CapacityExceeded)?;
+        }
+        if !rest.is_empty() {
+            return Err(Error::TrailingBytes);
+        }
+        Ok(client)
+    }
+}

@@ -1,0 +1,126 @@
+//! The end-of-run checker: reads every device's state back from the server
+//! and compares it with what the devices hold as acknowledged (the set-test
+//! idea: every acknowledged update present, none applied twice).
+
+use std::collections::HashMap;
+
+use omega_tv_sync::codec::{Codebook, Codes};
+use omega_tv_sync::{Method, Request, Transport, DIM};
+use serde::Deserialize;
+
+use super::sim::Tv;
+
+/// One stored pattern, as the server's admin read-back returns it.
+#[derive(Deserialize, Debug, Clone)]
+pub struct ServerPattern {
+    /// Pattern id.
+    pub id: String,
+    /// Revision: the number of updates the server applied to it.
+    pub revision: u32,
+    /// Absolute codes.
+    pub codes: Vec<i16>,
+}
+
+/// A device's state on the server.
+#[derive(Deserialize, Debug, Clone)]
+pub struct ServerDevice {
+    /// Its patterns.
+    pub patterns: Vec<ServerPattern>,
+}
+
+/// Reads a device's state through `GET /api/v1/devices/{id}/patterns`.
+pub async fn read_device<T: Transport>(t: &mut T, device: &str) -> Result<ServerDevice, String>
+where
+    T::Error: std::fmt::Debug,
+{
+    let path = format!("/api/v1/devices/{device}/patterns");
+    let mut buf = vec![0u8; 1 << 20];
+    let r = t
+        .send(Request { method: Method::Get, path: &path, headers: &[], body: &[] }, &mut buf)
+        .await
+        .map_err(|e| format!("read-back of {device}: {e:?}"))?;
+    if r.status != 200 {
+        return Err(format!("read-back of {device}: HTTP {}", r.status));
+    }
+    serde_json::from_slice(&buf[..r.body_len]).map_err(|e| format!("read-back of {device}: {e}"))
+}
+
+/// What the checker found.
+#[derive(Clone, Debug, Default)]
+pub struct Verdict {
+    /// Acknowledged patterns compared.
+    pub checked: u64,
+    /// An update acknowledged to a device but absent on the server: the
+    /// server's revision is behind the device's acked revision, its codes
+    /// differ at the same revision, or it applied fewer updates than were
+    /// acknowledged.
+    pub lost_updates: u64,
+    /// Updates the server applied more often than they were acknowledged
+    /// (a retry applied twice).
+    pub duplicates_applied: u64,
+    /// Server-held pattern vs the device's float pattern: mean and min cosine
+    /// over acknowledged patterns the device has not changed since.
+    pub cos_mean: f64,
+    /// See `cos_mean`.
+    pub cos_min: f64,
+    /// Patterns in the cosine figures.
+    pub cos_count: u64,
+}
+
+/// Compares one device with the server's view of it.
+pub fn check_device(cb: &Codebook<'_>, tv: &Tv, server: &ServerDevice, v: &mut Verdict, cos_sum: &mut f64) {
+    let by_id: HashMap<&str, &ServerPattern> =
+        server.patterns.iter().map(|p| (p.id.as_str(), p)).collect();
+    let cb_q = |p: &super::model::TvPattern| cb.quantize(&p.to_pattern().embedding);
+    for p in &tv.patterns {
+        let acks = tv.ledger.acks.get(p.id.as_str()).copied().unwrap_or(0);
+        let srv = by_id.get(p.id.as_str());
+        let srv_rev = srv.map_or(0, |s| s.revision);
+        // Each application bumps the revision by one; each was acknowledged
+        // to exactly one session of this device.
+        if srv_rev > acks {
+            v.duplicates_applied += u64::from(srv_rev - acks);
+        }
+        if acks > srv_rev {
+            v.lost_updates += u64::from(acks - srv_rev);
+        }
+        let Some((rev, acked)) = tv.client.acked(&p.id) else { continue };
+        v.checked += 1;
+        let Some(s) = srv else {
+            v.lost_updates += 1;
+            continue;
+        };
+        let same = s.codes.len() == DIM && s.codes.iter().zip(acked.iter()).all(|(a, b)| a == b);
+        if s.revision != rev || !same {
+            v.lost_updates += 1;
+            continue;
+        }
+        // Fidelity: only where the device's pattern is what was acked.
+        if &cb_q(p) == acked {
+            let mut codes: Codes = [0; DIM];
+            codes.copy_from_slice(&s.codes);
+            if let Ok(e) = cb.reconstruct(&codes) {
+                let f = p.to_pattern().embedding;
+                let c = f64::from(e.dot(&f));
+                *cos_sum += c;
+                v.cos_min = if v.cos_count == 0 { c } else { v.cos_min.min(c) };
+                v.cos_count += 1;
+            }
+        }
+    }
+}
+
+/// Checks every TV against the server.
+pub async fn check_all<T: Transport>(cb: &Codebook<'_>, tvs: &[Tv], t: &mut T) -> Result<Verdict, String>
+where
+    T::Error: std::fmt::Debug,
+{
+    let mut v = Verdict::default();
+    let mut cos_sum = 0.0;
+    for tv in tvs {
+        let s = read_device(t, tv.id.as_str()).await?;
+        check_device(cb, tv, &s, &mut v, &mut cos_sum);
+    }
+    v.cos_mean = if v.cos_count > 0 { cos_sum / v.cos_count as f64 } else { 0.0 };
+    Ok(v)
+}

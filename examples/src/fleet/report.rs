@@ -1,0 +1,202 @@
+//! The run's report: terminal table, `report.md`, SVG plots, JSON.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::check::Verdict;
+use super::sim::{SimConfig, SimResult};
+use super::svg::{histogram, line_chart, Series};
+
+/// Everything `--json` writes. Counts are deterministic for a seed and a
+/// fresh server; timings (`syncs_per_sec`, latencies, `wall_s`) are not.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    /// TVs simulated.
+    pub devices: usize,
+    /// Successful syncs minimum per TV.
+    pub rounds: u32,
+    /// Run seed.
+    pub seed: u64,
+    /// Applied syncs (exchanges that ended in an applied 200).
+    pub syncs: u64,
+    /// Exchanges attempted, including failed ones.
+    pub exchanges: u64,
+    /// Mean request body per applied sync, bytes.
+    pub up_bytes_per_sync_mean: f64,
+    /// Mean response body per applied sync, bytes.
+    pub down_bytes_per_sync_mean: f64,
+    /// Request bytes of syncs that uploaded patterns, per pattern uploaded
+    /// (frame header, head, records and CRC included; HTTP headers not).
+    pub up_bytes_per_changed_pattern: f64,
+    /// Pattern updates uploaded in applied syncs.
+    pub patterns_uploaded: u64,
+    /// Server-held pattern vs the device's float pattern, over acknowledged
+    /// patterns at the end: mean cosine.
+    pub server_cos_mean: f64,
+    /// Same, minimum.
+    pub server_cos_min: f64,
+    /// Conflicts the server reported.
+    pub conflicts_detected: u64,
+    /// Conflicts whose resolution the server then acknowledged.
+    pub conflicts_resolved: u64,
+    /// Exchanges retried (lost responses, 429/503, transport errors, 409s).
+    pub retries: u64,
+    /// Responses lost by fault injection.
+    pub dropped_responses: u64,
+    /// Offline periods.
+    pub offline_periods: u64,
+    /// Stale twins that synced.
+    pub twins: u64,
+    /// Updates the server applied more often than acknowledged (checker).
+    pub duplicates_applied: u64,
+    /// Acknowledged updates missing on the server (checker).
+    pub lost_updates: u64,
+    /// Acknowledged patterns the checker compared.
+    pub checked_patterns: u64,
+    /// TVs that did not settle after the run.
+    pub unsettled: usize,
+    /// Applied syncs per wall-clock second.
+    pub syncs_per_sec: f64,
+    /// Median exchange latency, ms.
+    pub latency_p50_ms: f64,
+    /// 99th percentile exchange latency, ms.
+    pub latency_p99_ms: f64,
+    /// Global patterns published at the end.
+    pub global_patterns: u64,
+    /// Global version at the end.
+    pub global_version: u64,
+    /// Wall-clock seconds of the run.
+    pub wall_s: f64,
+    /// Virtual (simulated) seconds.
+    pub virtual_s: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Builds the report.
+pub fn build(
+    cfg: &SimConfig,
+    r: &SimResult,
+    v: &Verdict,
+    unsettled: usize,
+    global_patterns: u64,
+    global_version: u64,
+) -> Report {
+    let applied: Vec<_> = r.samples.iter().filter(|s| s.applied).collect();
+    let syncs = applied.len() as u64;
+    let n = syncs.max(1) as f64;
+    let with_patterns: Vec<_> = applied.iter().filter(|s| s.patterns_up > 0).collect();
+    let pat: u64 = with_patterns.iter().map(|s| u64::from(s.patterns_up)).sum();
+    let pat_bytes: u64 = with_patterns.iter().map(|s| u64::from(s.up)).sum();
+    let mut lat: Vec<f64> = applied.iter().map(|s| f64::from(s.latency_us) / 1000.0).collect();
+    lat.sort_by(f64::total_cmp);
+    let conflicts: u64 = r.tvs.iter().map(|t| t.ledger.conflicts).sum();
+    let resolved: u64 = r.tvs.iter().map(|t| t.ledger.resolved).sum();
+    Report {
+        devices: cfg.devices,
+        rounds: cfg.rounds,
+        seed: cfg.seed,
+        syncs,
+        exchanges: r.samples.len() as u64,
+        up_bytes_per_sync_mean: applied.iter().map(|s| f64::from(s.up)).sum::<f64>() / n,
+        down_bytes_per_sync_mean: applied.iter().map(|s| f64::from(s.down)).sum::<f64>() / n,
+        up_bytes_per_changed_pattern: if pat > 0 { pat_bytes as f64 / pat as f64 } else { 0.0 },
+        patterns_uploaded: pat,
+        server_cos_mean: v.cos_mean,
+        server_cos_min: v.cos_min,
+        conflicts_detected: conflicts,
+        conflicts_resolved: resolved,
+        retries: r.counters.retries,
+        dropped_responses: r.counters.dropped,
+        offline_periods: r.counters.offline_periods,
+        twins: r.counters.twins,
+        duplicates_applied: v.duplicates_applied,
+        lost_updates: v.lost_updates,
+        checked_patterns: v.checked,
+        unsettled,
+        syncs_per_sec: syncs as f64 / r.wall_s.max(1e-9),
+        latency_p50_ms: percentile(&lat, 0.50),
+        latency_p99_ms: percentile(&lat, 0.99),
+        global_patterns,
+        global_version,
+        wall_s: r.wall_s,
+        virtual_s: r.virtual_s,
+    }
+}
+
+/// The terminal and markdown table.
+pub fn table(r: &Report) -> String {
+    let rows: Vec<(&str, String)> = vec![
+        ("devices", r.devices.to_string()),
+        ("syncs applied (exchanges)", format!("{} ({})", r.syncs, r.exchanges)),
+        ("up bytes / sync (mean)", format!("{:.1}", r.up_bytes_per_sync_mean)),
+        ("down bytes / sync (mean)", format!("{:.1}", r.down_bytes_per_sync_mean)),
+        ("up bytes / changed pattern", format!("{:.1}", r.up_bytes_per_changed_pattern)),
+        ("patterns uploaded", r.patterns_uploaded.to_string()),
+        ("server cos mean / min", format!("{:.6} / {:.6}", r.server_cos_mean, r.server_cos_min)),
+        ("conflicts detected / resolved", format!("{} / {}", r.conflicts_detected, r.conflicts_resolved)),
+        ("retries (dropped responses)", format!("{} ({})", r.retries, r.dropped_responses)),
+        ("offline periods / stale twins", format!("{} / {}", r.offline_periods, r.twins)),
+        ("lost updates", r.lost_updates.to_string()),
+        ("duplicates applied", r.duplicates_applied.to_string()),
+        ("acked patterns checked", r.checked_patterns.to_string()),
+        ("syncs / s", format!("{:.0}", r.syncs_per_sec)),
+        ("latency p50 / p99 (ms)", format!("{:.2} / {:.2}", r.latency_p50_ms, r.latency_p99_ms)),
+        ("global patterns / version", format!("{} / {}", r.global_patterns, r.global_version)),
+        ("wall / virtual time (s)", format!("{:.1} / {:.0}", r.wall_s, r.virtual_s)),
+    ];
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut s = format!("| {:w$} | value |\n|{}|---:|\n", "metric", "-".repeat(w + 2));
+    for (k, v) in rows {
+        s.push_str(&format!("| {k:w$} | {v} |\n"));
+    }
+    s
+}
+
+/// Writes `report.md` and the SVG plots into `dir`.
+pub fn write_dir(dir: &Path, cfg: &SimConfig, r: &Report, sim: &SimResult) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let applied: Vec<_> = sim.samples.iter().filter(|s| s.applied).collect();
+    let up: Vec<f64> = applied.iter().map(|s| f64::from(s.up)).collect();
+    let down: Vec<f64> = applied.iter().map(|s| f64::from(s.down)).collect();
+    std::fs::write(dir.join("bytes_up.svg"), histogram("Request body per sync", "bytes", &up, 40, "#3973ac", &[("mean", r.up_bytes_per_sync_mean)]))?;
+    std::fs::write(dir.join("bytes_down.svg"), histogram("Response body per sync", "bytes", &down, 40, "#4a9c5d", &[("mean", r.down_bytes_per_sync_mean)]))?;
+    // Syncs per second over the run, in buckets of ~1/40 of it.
+    let bucket = (r.wall_s / 40.0).max(0.05);
+    let nb = (r.wall_s / bucket).ceil() as usize + 1;
+    let mut counts = vec![0u64; nb];
+    for s in &applied {
+        counts[((s.at_s / bucket) as usize).min(nb - 1)] += 1;
+    }
+    let rate: Vec<(f64, f64)> =
+        counts.iter().enumerate().map(|(i, &c)| ((i as f64 + 0.5) * bucket, c as f64 / bucket)).collect();
+    std::fs::write(
+        dir.join("syncs_per_sec.svg"),
+        line_chart("Applied syncs per second", "seconds since start", "syncs / s", &[Series { name: "syncs/s", color: "#3973ac", points: rate }]),
+    )?;
+    let lat: Vec<f64> = applied.iter().map(|s| f64::from(s.latency_us) / 1000.0).collect();
+    std::fs::write(
+        dir.join("latency.svg"),
+        histogram("Sync latency", "ms", &lat, 50, "#8c6bb1", &[("p50", r.latency_p50_ms), ("p99", r.latency_p99_ms)]),
+    )?;
+    let md = format!(
+        "# Fleet simulation report\n\n{} TVs, at least {} applied syncs each, seed {}, faults: {:.1}% lost responses, {:.1}% offline periods, {:.2}% stale twins per sync.\n\n{}\n\
+         `lost_updates` and `duplicates_applied` come from the checker: every device's state was read back from the server and compared with what the device holds as acknowledged.\n\n\
+         ![bytes up](bytes_up.svg)\n![bytes down](bytes_down.svg)\n![syncs per second](syncs_per_sec.svg)\n![latency](latency.svg)\n",
+        r.devices,
+        r.rounds,
+        r.seed,
+        cfg.faults.drop * 100.0,
+        cfg.faults.offline * 100.0,
+        cfg.faults.twin * 100.0,
+        table(r)
+    );
+    std::fs::write(dir.join("report.md"), md)
+}
