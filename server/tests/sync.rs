@@ -386,7 +386,10 @@ fn compressed(frame: &[u8]) -> Vec<u8> {
     let body = &frame[HEADER_LEN..frame.len() - 4];
     let mut ws = vec![0u64; CCTX_WORKSPACE_WORDS];
     let mut z = vec![0u8; body.len() + 1024];
-    let n = Compressor::new(&mut ws).unwrap().compress(body, &mut z).unwrap();
+    let n = Compressor::new(&mut ws)
+        .unwrap()
+        .compress(body, &mut z)
+        .unwrap();
     let mut out = frame[..HEADER_LEN].to_vec();
     out[4] |= FLAG_ZSTD;
     out.extend_from_slice(&z[..n]);
@@ -401,7 +404,10 @@ async fn compressed_uploads_are_accepted() {
     let srv = start(&db).await;
     let addr = srv.local_addr();
     let v = patterns();
-    let items = [Up::abs("p1", quantize(&v[0])), Up::abs("p2", quantize(&v[1]))];
+    let items = [
+        Up::abs("p1", quantize(&v[0])),
+        Up::abs("p2", quantize(&v[1])),
+    ];
     let body = compressed(&upload(1, 0, &items));
     let r = post_sync(addr, "tv-z", "0", &body);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

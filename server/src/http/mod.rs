@@ -129,6 +129,7 @@ async fn sync_inner(
     let next = st.random_in(&st.config.sync_interval);
     let codebooks = st.config.codebooks.clone();
     let device = up.device.clone();
+    let accept_zstd = up.accept_zstd;
     let result = store::write(&*st.store, move |txn| {
         sync::apply(txn, &up, &codebooks, next)
     })
@@ -152,9 +153,14 @@ async fn sync_inner(
             .fetch_add(applied.conflicts as u64, Relaxed);
         st.note_sync(&device, applied.more);
     }
+    let response = if accept_zstd {
+        sync::compress_response(&applied.response)
+    } else {
+        applied.response
+    };
     st.metrics
         .bytes_out
-        .fetch_add(applied.response.len() as u64, Relaxed);
+        .fetch_add(response.len() as u64, Relaxed);
     tracing::debug!(
         device = %device,
         replayed = applied.replayed,
@@ -163,7 +169,7 @@ async fn sync_inner(
         changes = applied.changes,
         "sync"
     );
-    let mut resp = octet(applied.response);
+    let mut resp = octet(response);
     if applied.replayed {
         resp.headers_mut()
             .insert("x-replayed", HeaderValue::from_static("true"));
