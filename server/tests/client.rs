@@ -135,16 +135,16 @@ async fn a_cloned_box_resequences_and_resolves_conflicts() {
     let mut a: SyncClient<'static, N> = SyncClient::new(book, ClientConfig::new(id.clone()));
     let mut ta = HttpTransport::new(&srv.url()).unwrap();
     let mut sa = Sink::default();
-    for i in 0..4 {
-        a.upsert(&pattern(i, &v[i], 20), now).unwrap();
+    for (i, e) in v.iter().take(4).enumerate() {
+        a.upsert(&pattern(i, e, 20), now).unwrap();
     }
     settle(&mut a, &mut ta, &mut sa, &mut now).await;
     // The clone starts from the same state (a restored backup), then both move on.
     let mut b: SyncClient<'static, N> = SyncClient::new(book, ClientConfig::new(id.clone()));
     let mut tb = HttpTransport::new(&srv.url()).unwrap();
     let mut sb = Sink::default();
-    for i in 0..4 {
-        b.upsert(&pattern(i, &v[i], 20), now).unwrap();
+    for (i, e) in v.iter().take(4).enumerate() {
+        b.upsert(&pattern(i, e, 20), now).unwrap();
     }
     a.upsert(&pattern(0, &v[100], 40), now).unwrap();
     settle(&mut a, &mut ta, &mut sa, &mut now).await;
