@@ -424,3 +424,58 @@ async fn compressed_uploads_are_accepted() {
     assert_eq!(srv.device_state("tv-z").unwrap().patterns.len(), 2);
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_answers_503_with_retry_after() {
+    let (_dir, db) = temp_db();
+    let mut cfg = config(&db);
+    cfg.queue_limit = 1;
+    cfg.overload_retry_after_s = 3;
+    let srv = constellation::Server::start(cfg).await.unwrap();
+    let addr = srv.local_addr();
+    // Hold the writer inside a transaction, and fill the one queue slot.
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let store = srv.state().store.clone();
+    let hold: constellation::store::Work = Box::new(move |_txn| {
+        let _ = release_rx.recv_timeout(std::time::Duration::from_secs(30));
+        let f: constellation::store::Finish = Box::new(|_| {});
+        (f, Ok(()))
+    });
+    store.submit(hold).unwrap();
+    // Bounded wait until the writer has taken it and the slot is free again.
+    let mut filled = false;
+    for _ in 0..1000 {
+        let filler: constellation::store::Work = Box::new(|_txn| {
+            let f: constellation::store::Finish = Box::new(|_| {});
+            (f, Ok(()))
+        });
+        if store.submit(filler).is_ok() && store.queue_depth() == 1 {
+            filled = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(filled, "queue slot filled");
+    let v = patterns();
+    let body = upload(1, 0, &[Up::abs("p1", quantize(&v[0]))]);
+    let r = post_sync(addr, "tv-busy", "0", &body);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "overloaded");
+    let after: u32 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3).contains(&after));
+    // Released, the same request applies.
+    release_tx.send(()).unwrap();
+    let mut ok = false;
+    for _ in 0..1000 {
+        let r = post_sync(addr, "tv-busy", "0", &body);
+        if r.status == 200 {
+            ok = true;
+            break;
+        }
+        assert_eq!(r.status, 503);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(ok);
+    assert_eq!(srv.device_state("tv-busy").unwrap().patterns.len(), 1);
+    srv.shutdown().await;
+}
