@@ -111,45 +111,57 @@ pub struct StoredPattern {
     pub codes: Box<Codes>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct PatternRow {
-    revision: u32,
-    codebook: u32,
-    success_rate: f32,
-    sample_count: u32,
-    category: String,
-    codes: Vec<i16>,
-}
-
 impl StoredPattern {
-    /// Serialises for storage.
+    /// Serialises for storage: revision, codebook, rate, samples (4 bytes
+    /// each, little-endian), category (length byte + bytes), then the 384
+    /// codes as little-endian `i16` (a plain copy, no varints: the sync path
+    /// reads and writes these on every update).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let row = PatternRow {
-            revision: self.revision,
-            codebook: self.codebook,
-            success_rate: self.success_rate,
-            sample_count: self.sample_count,
-            category: self.category.clone(),
-            codes: self.codes.to_vec(),
-        };
-        postcard::to_stdvec(&row).unwrap_or_default()
+        let cat = self.category.as_bytes();
+        let cat = &cat[..cat.len().min(255)];
+        let mut out = Vec::with_capacity(17 + cat.len() + 2 * DIM);
+        out.extend_from_slice(&self.revision.to_le_bytes());
+        out.extend_from_slice(&self.codebook.to_le_bytes());
+        out.extend_from_slice(&self.success_rate.to_le_bytes());
+        out.extend_from_slice(&self.sample_count.to_le_bytes());
+        out.push(cat.len() as u8);
+        out.extend_from_slice(cat);
+        for c in self.codes.iter() {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        out
     }
 
     /// Reads what [`to_bytes`](Self::to_bytes) wrote.
     pub fn from_bytes(b: &[u8]) -> StoreResult<Self> {
-        let row: PatternRow =
-            postcard::from_bytes(b).map_err(|_| StoreError::Corrupt("pattern"))?;
-        let codes: Codes = row
-            .codes
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("pattern codes"))?;
+        let bad = StoreError::Corrupt("pattern");
+        let u32_at = |i: usize| -> StoreResult<u32> {
+            let s = b.get(i..i + 4).ok_or(bad.clone())?;
+            Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        };
+        let revision = u32_at(0)?;
+        let codebook = u32_at(4)?;
+        let success_rate = f32::from_bits(u32_at(8)?);
+        let sample_count = u32_at(12)?;
+        let n = usize::from(*b.get(16).ok_or(bad.clone())?);
+        let category = std::str::from_utf8(b.get(17..17 + n).ok_or(bad.clone())?)
+            .map_err(|_| bad.clone())?
+            .to_string();
+        let raw = b.get(17 + n..).ok_or(bad.clone())?;
+        if raw.len() != 2 * DIM {
+            return Err(bad);
+        }
+        let mut codes: Box<Codes> = Box::new([0; DIM]);
+        for (c, x) in codes.iter_mut().zip(raw.chunks_exact(2)) {
+            *c = i16::from_le_bytes([x[0], x[1]]);
+        }
         Ok(StoredPattern {
-            revision: row.revision,
-            codebook: row.codebook,
-            success_rate: row.success_rate,
-            sample_count: row.sample_count,
-            category: row.category,
-            codes: Box::new(codes),
+            revision,
+            codebook,
+            success_rate,
+            sample_count,
+            category,
+            codes,
         })
     }
 }
