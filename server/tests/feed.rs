@@ -160,6 +160,13 @@ async fn pages_follow_caps_and_the_feed_is_cacheable() {
     assert_eq!(got, full);
     let _ = v;
 
+    // A bad query is a JSON 400.
+    let r = feed(addr, "since=abc");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("invalid_query"))
+    );
+
     // ETag / If-None-Match.
     let r = feed(addr, "since=0");
     let etag = r.header("etag").expect("etag").to_string();

@@ -217,8 +217,19 @@ pub struct FeedQuery {
     pub horizon: Option<u64>,
 }
 
-async fn feed(State(st): St, Query(q): Query<FeedQuery>, headers: HeaderMap) -> Response {
+async fn feed(
+    State(st): St,
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => {
+            st.metrics.error("invalid_query");
+            return ApiError::new(400, "invalid_query", e.body_text()).into_response();
+        }
+    };
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(256);
     let max_bytes = q.max_bytes.unwrap_or(MAX_DOWNLOAD_FRAME as u32);
