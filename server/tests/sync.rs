@@ -479,3 +479,23 @@ async fn a_full_write_queue_answers_503_with_retry_after() {
     assert_eq!(srv.device_state("tv-busy").unwrap().patterns.len(), 1);
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_process_on_the_same_file() {
+    let (_dir, db) = temp_db();
+    let srv = start(&db).await;
+    let v = patterns();
+    let body = upload(1, 0, &[Up::abs("p1", quantize(&v[0]))]);
+    assert_eq!(post_sync(srv.local_addr(), "tv-r", "0", &body).status, 200);
+    let before = srv.device_state("tv-r").unwrap();
+    srv.shutdown().await;
+    let srv = start(&db).await;
+    assert_eq!(srv.device_state("tv-r").unwrap(), before);
+    // The retry after the restart is a replay.
+    let r = post_sync(srv.local_addr(), "tv-r", "0", &body);
+    assert_eq!((r.status, r.header("x-replayed")), (200, Some("true")));
+    let m = raw(srv.local_addr(), "GET", "/metrics", &[], &[]);
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(text.contains("constellation_sync_duration_seconds_bucket{le=\"+Inf\"} 1"));
+    srv.shutdown().await;
+}
