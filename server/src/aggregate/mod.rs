@@ -76,8 +76,43 @@ impl Default for AggregateConfig {
 pub struct Aggregator {
     loaded: bool,
     aggs: HashMap<u32, GlobalAggregate>,
+    /// Unit centroids of the aggregates with weight, per category: the
+    /// candidates a changed pattern is compared with.
+    units: HashMap<String, HashMap<u32, Vec<f32>>>,
     next_id: u32,
     trends: TrendTracker,
+}
+
+impl Aggregator {
+    /// Refreshes the cached unit centroid of aggregate `id`.
+    fn refresh(&mut self, id: u32) {
+        let Some(a) = self.aggs.get(&id) else {
+            for m in self.units.values_mut() {
+                m.remove(&id);
+            }
+            return;
+        };
+        let m = self.units.entry(a.category.clone()).or_default();
+        match unit(&a.sum).filter(|_| a.weight > 0.0) {
+            Some(u) => {
+                m.insert(id, u);
+            }
+            None => {
+                m.remove(&id);
+            }
+        }
+    }
+}
+
+/// Dot product with eight independent accumulators (vectorises).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum()
 }
 
 /// Runs aggregation passes every `interval` until `stop` turns true.
@@ -196,6 +231,11 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
             Ok((t.aggregates()?, t.meta(Meta::GlobalId)?))
         })?;
         agg.aggs = aggs.into_iter().collect();
+        agg.units.clear();
+        let ids: Vec<u32> = agg.aggs.keys().copied().collect();
+        for id in ids {
+            agg.refresh(id);
+        }
         agg.next_id = u32::try_from(next_id).unwrap_or(u32::MAX);
         agg.loaded = true;
     }
@@ -256,6 +296,7 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
                 }
                 touched.insert(o.global);
             }
+            agg.refresh(o.global);
         }
         let Some(p) = p else {
             contributions.push((device, pattern, None));
@@ -275,17 +316,14 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
         };
         let v: Vec<f32> = e.as_array().to_vec();
         let mut best: Option<(f32, u32)> = None;
-        for (id, a) in &agg.aggs {
-            if a.category != p.category || a.weight <= 0.0 {
-                continue;
-            }
-            let n = a.sum.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if n <= 1e-9 {
-                continue;
-            }
-            let cos = a.sum.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>() / n;
-            if cos >= cfg.similarity && best.is_none_or(|(c, _)| cos > c) {
-                best = Some((cos, *id));
+        if let Some(cands) = agg.units.get(&p.category) {
+            for (id, u) in cands {
+                let cos = dot(u, &v);
+                if cos >= cfg.similarity
+                    && best.is_none_or(|(c, b)| cos > c || (cos == c && *id < b))
+                {
+                    best = Some((cos, *id));
+                }
             }
         }
         let id = match best {
@@ -307,6 +345,7 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
             a.samples += u64::from(p.sample_count);
             *a.devices.entry(device.clone()).or_insert(0) += 1;
         }
+        agg.refresh(id);
         touched.insert(id);
         // Trend activity: the samples gained since the last contribution.
         let gained = p.sample_count.saturating_sub(old_samples);
@@ -391,6 +430,7 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
         }
         if a.devices.is_empty() && !a.published {
             agg.aggs.remove(&id);
+            agg.refresh(id);
             aggregates.push((id, None));
         } else {
             aggregates.push((id, Some(a.clone())));
