@@ -73,6 +73,8 @@ pub struct Verdict {
     pub cos_min: f64,
     /// Patterns in the cosine figures.
     pub cos_count: u64,
+    /// Acknowledged states later replaced by another session's update.
+    pub superseded: u64,
 }
 
 /// Compares one device with the server's view of it.
@@ -107,8 +109,15 @@ pub fn check_device(
             continue;
         };
         let same = s.codes.len() == DIM && s.codes.iter().zip(acked.iter()).all(|(a, b)| a == b);
-        if s.revision != rev || !same {
+        // Behind the device, or different at the same revision: lost. Ahead
+        // of it: a later update from another session of the same device id
+        // superseded it (that update's ack is in the ledger's count above).
+        if s.revision < rev || (s.revision == rev && !same) {
             v.lost_updates += 1;
+            continue;
+        }
+        if s.revision > rev {
+            v.superseded += 1;
             continue;
         }
         // Fidelity: only where the device's pattern is what was acked.

@@ -26,9 +26,13 @@ pub struct Report {
     pub up_bytes_per_sync_mean: f64,
     /// Mean response body per applied sync, bytes.
     pub down_bytes_per_sync_mean: f64,
-    /// Request bytes of syncs that uploaded patterns, per pattern uploaded
-    /// (frame header, head, records and CRC included; HTTP headers not).
+    /// Steady state: request bytes of syncs that uploaded patterns, per
+    /// pattern uploaded (frame header, head, records and CRC included; HTTP
+    /// headers not), excluding each TV's first sync after boot.
     pub up_bytes_per_changed_pattern: f64,
+    /// The same over each TV's first sync, which uploads every pattern it
+    /// boots with as absolute codes.
+    pub up_bytes_per_boot_pattern: f64,
     /// Pattern updates uploaded in applied syncs.
     pub patterns_uploaded: u64,
     /// Server-held pattern vs the device's float pattern, over acknowledged
@@ -94,9 +98,17 @@ pub fn build(
     let applied: Vec<_> = r.samples.iter().filter(|s| s.applied).collect();
     let syncs = applied.len() as u64;
     let n = syncs.max(1) as f64;
-    let with_patterns: Vec<_> = applied.iter().filter(|s| s.patterns_up > 0).collect();
-    let pat: u64 = with_patterns.iter().map(|s| u64::from(s.patterns_up)).sum();
-    let pat_bytes: u64 = with_patterns.iter().map(|s| u64::from(s.up)).sum();
+    let per_pattern = |boot: bool| {
+        let (mut bytes, mut n) = (0u64, 0u64);
+        for s in applied.iter().filter(|s| s.patterns_up > 0 && s.boot == boot) {
+            bytes += u64::from(s.up);
+            n += u64::from(s.patterns_up);
+        }
+        (if n > 0 { bytes as f64 / n as f64 } else { 0.0 }, n)
+    };
+    let (steady, steady_n) = per_pattern(false);
+    let (boot, boot_n) = per_pattern(true);
+    let pat = steady_n + boot_n;
     let mut lat: Vec<f64> = applied
         .iter()
         .map(|s| f64::from(s.latency_us) / 1000.0)
@@ -112,11 +124,8 @@ pub fn build(
         exchanges: r.samples.len() as u64,
         up_bytes_per_sync_mean: applied.iter().map(|s| f64::from(s.up)).sum::<f64>() / n,
         down_bytes_per_sync_mean: applied.iter().map(|s| f64::from(s.down)).sum::<f64>() / n,
-        up_bytes_per_changed_pattern: if pat > 0 {
-            pat_bytes as f64 / pat as f64
-        } else {
-            0.0
-        },
+        up_bytes_per_changed_pattern: steady,
+        up_bytes_per_boot_pattern: boot,
         patterns_uploaded: pat,
         server_cos_mean: v.cos_mean,
         server_cos_min: v.cos_min,
@@ -160,6 +169,10 @@ pub fn table(r: &Report) -> String {
         (
             "up bytes / changed pattern",
             format!("{:.1}", r.up_bytes_per_changed_pattern),
+        ),
+        (
+            "up bytes / pattern at boot (absolute)",
+            format!("{:.1}", r.up_bytes_per_boot_pattern),
         ),
         ("patterns uploaded", r.patterns_uploaded.to_string()),
         (

@@ -69,6 +69,9 @@ pub struct SyncSample {
     pub latency_us: u32,
     /// The exchange completed with a 200 that the TV applied.
     pub applied: bool,
+    /// Part of the TV's first sync after boot, which uploads every pattern
+    /// it starts with (absolute codes); reported apart from steady state.
+    pub boot: bool,
 }
 
 /// A simulated TV.
@@ -236,6 +239,7 @@ async fn attempt(
         patterns_up: ex.patterns_up as u16,
         latency_us: ex.latency_us.min(u64::from(u32::MAX)) as u32,
         applied: false,
+        boot: false,
     };
     let step = match r {
         Ok(Outcome::Synced(_)) => {
@@ -350,7 +354,7 @@ where
             let mut t = Faulty {
                 inner: transport(),
                 drop_p: faults.drop,
-                rng: Rng::new(cfg.seed ^ 0xD0D0, (i as u64) << 20 | u64::from(tv.synced)),
+                rng: Rng::new(cfg.seed ^ 0xD0D0, (i as u64) << 32 | u64::from(tv.attempts)),
                 last: Exchange::default(),
             };
             let twin_roll = fault_rng.f64();
@@ -366,7 +370,8 @@ where
                 let mut tx = tv.tx.take().unwrap_or_else(|| vec![0u8; TX_BYTES]);
                 tv.attempts += 1;
                 let tvr = &mut *tv;
-                let (step, s) = attempt(
+                let boot = tvr.synced == 0;
+                let (step, mut s) = attempt(
                     &mut tvr.client,
                     &mut t,
                     &mut tx,
@@ -376,6 +381,7 @@ where
                     t0,
                 )
                 .await;
+                s.boot = boot;
                 smp.push(s);
                 let mut twin = None;
                 match step {
