@@ -11,7 +11,11 @@ fn args(seed: u64) -> fleet::Args {
     a.sim.seed = seed;
     a.sim.concurrency = 8;
     // Far higher fault rates than the default run, so a small fleet meets them.
-    a.sim.faults = Faults { drop: 0.08, offline: 0.05, twin: 0.05 };
+    a.sim.faults = Faults {
+        drop: 0.08,
+        offline: 0.05,
+        twin: 0.05,
+    };
     a.quiet = true;
     a
 }
@@ -32,14 +36,29 @@ async fn small_fleet_loses_nothing_and_applies_nothing_twice() {
     // The faults really happened, and were survived.
     assert!(r.dropped_responses > 0, "responses were dropped");
     assert!(r.retries >= r.dropped_responses);
-    assert!(r.checked_patterns > 100, "the checker compared {} patterns", r.checked_patterns);
-    assert!(r.server_cos_min >= 0.9999, "server cos min {}", r.server_cos_min);
+    assert!(
+        r.checked_patterns > 100,
+        "the checker compared {} patterns",
+        r.checked_patterns
+    );
+    assert!(
+        r.server_cos_min >= 0.9999,
+        "server cos min {}",
+        r.server_cos_min
+    );
     assert_eq!(r.conflicts_detected, r.conflicts_resolved);
     // The report files exist and hold what the run measured.
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
     assert_eq!(json["syncs"].as_u64(), Some(r.syncs));
-    for f in ["report.md", "bytes_up.svg", "bytes_down.svg", "syncs_per_sec.svg", "latency.svg"] {
+    for f in [
+        "report.md",
+        "bytes_up.svg",
+        "bytes_down.svg",
+        "syncs_per_sec.svg",
+        "latency.svg",
+    ] {
         let body = std::fs::read_to_string(dir.path().join("out").join(f)).unwrap();
         assert!(body.len() > 200, "{f} is written");
     }

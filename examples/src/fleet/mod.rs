@@ -172,19 +172,55 @@ async fn get_text(t: &mut HttpTransport, path: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&buf[..r.body_len]).into_owned())
 }
 
-/// Reads the global version and the number of published global patterns.
+/// Reads the global version, then counts the live global patterns by paging
+/// through the public feed (`GET /api/v1/global`) from version 0: the
+/// changelog is compacted, so every live pattern appears once as an upsert.
 async fn global_summary(t: &mut HttpTransport) -> Result<(u64, u64), String> {
+    use omega_tv_sync::wire::{FrameReader, Record};
     let v: serde_json::Value = serde_json::from_str(&get_text(t, "/api/v1/sync/version").await?)
         .map_err(|e| format!("version: {e}"))?;
     let version = v["version"].as_u64().ok_or("version: not a number")?;
-    let metrics = get_text(t, "/metrics").await?;
-    let patterns = metrics
-        .lines()
-        .find(|l| l.starts_with("constellation_global_patterns "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64;
-    Ok((version, patterns))
+    let (mut since, mut live) = (0u64, std::collections::BTreeSet::new());
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..100_000 {
+        let path = format!("/api/v1/global?since={since}&limit=256");
+        let r = t
+            .send(
+                Request {
+                    method: Method::Get,
+                    path: &path,
+                    headers: &[],
+                    body: &[],
+                },
+                &mut buf,
+            )
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("GET {path}: HTTP {}", r.status));
+        }
+        let f = FrameReader::parse(&buf[..r.body_len]).map_err(|e| format!("feed page: {e}"))?;
+        let mut more = false;
+        for rec in f.records() {
+            match rec.map_err(|e| format!("feed record: {e}"))? {
+                Record::DownloadHead(h) => {
+                    more = h.more && h.global_version > since;
+                    since = h.global_version;
+                }
+                Record::GlobalUpsert(g) => {
+                    live.insert(g.id);
+                }
+                Record::GlobalRemove(g) => {
+                    live.remove(&g.id);
+                }
+                _ => {}
+            }
+        }
+        if !more {
+            return Ok((version, live.len() as u64));
+        }
+    }
+    Err("the global feed did not end".into())
 }
 
 /// Runs the whole job: server, simulation, settle, checker, report.

@@ -100,7 +100,10 @@ pub fn build(
     let n = syncs.max(1) as f64;
     let per_pattern = |boot: bool| {
         let (mut bytes, mut n) = (0u64, 0u64);
-        for s in applied.iter().filter(|s| s.patterns_up > 0 && s.boot == boot) {
+        for s in applied
+            .iter()
+            .filter(|s| s.patterns_up > 0 && s.boot == boot)
+        {
             bytes += u64::from(s.up);
             n += u64::from(s.patterns_up);
         }
