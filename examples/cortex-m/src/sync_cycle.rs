@@ -1,0 +1,372 @@
+//! The device's full sync cycle on the target, for each codebook profile,
+//! with zstd off and (feature `zstd`) on:
+//!
+//! 1. upsert [`PATTERNS`] patterns from the compiled-in real vectors;
+//! 2. `prepare` an upload frame, compared byte for byte with the one the
+//!    host's client prepared at build time (`build.rs`): quantisation and
+//!    entropy coding are bit-exact across platforms;
+//! 3. a corrupted copy of the recorded response is refused and changes
+//!    nothing (the request stays in flight);
+//! 4. `apply` (or `apply_zstd` through a static `Decompressor` workspace)
+//!    the recorded server response: acks, a conflict with the server's
+//!    state, a global removal, global upserts, trends;
+//! 5. check the acked state (revisions, codes against the target's own
+//!    quantisation, sequence, cursor, next sync time) and what reached the
+//!    sink;
+//! 6. snapshot (compared with the host's), restore, and save/load it
+//!    through the `flash` feature (chunked: it is larger than a flash page).
+
+use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook};
+use omega_tv_sync::sync::{GlobalSink, Outcome, Summary, SyncClient};
+use omega_tv_sync::{persist, Error, GlobalPattern, Response, TrendSignal};
+use static_cell::StaticCell;
+
+use crate::ramflash::{RamFlash, PAGE, PAGES};
+use crate::scenario::*;
+use crate::workload::block_on;
+use crate::Checks;
+
+/// The client type of the scenario.
+pub type Client = SyncClient<'static, N>;
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("OUT_DIR"), "/", $name))
+    };
+}
+
+/// What the host recorded for one profile and one zstd setting.
+struct Fixture {
+    upload: &'static [u8],
+    response: &'static [u8],
+    snapshot: &'static [u8],
+}
+
+static V1_PLAIN: Fixture = Fixture {
+    upload: fixture!("upload-v1-plain.bin"),
+    response: fixture!("response-v1-plain.bin"),
+    snapshot: fixture!("snapshot-v1-plain.bin"),
+};
+static SMALL_PLAIN: Fixture = Fixture {
+    upload: fixture!("upload-small-plain.bin"),
+    response: fixture!("response-small-plain.bin"),
+    snapshot: fixture!("snapshot-small-plain.bin"),
+};
+#[cfg(feature = "zstd")]
+static V1_ZSTD: Fixture = Fixture {
+    upload: fixture!("upload-v1-zstd.bin"),
+    response: fixture!("response-v1-zstd.bin"),
+    snapshot: fixture!("snapshot-v1-zstd.bin"),
+};
+#[cfg(feature = "zstd")]
+static SMALL_ZSTD: Fixture = Fixture {
+    upload: fixture!("upload-small-zstd.bin"),
+    response: fixture!("response-small-zstd.bin"),
+    snapshot: fixture!("snapshot-small-zstd.bin"),
+};
+
+/// Upload buffer: holds the upload of [`PATTERNS`] patterns.
+const TX: usize = 8 * 1024;
+/// Response buffer (`caps.max_bytes` of the default config).
+const RX: usize = 16 * 1024;
+
+/// Caller-owned memory of the cycle, all static.
+pub struct Memory {
+    client: Option<Client>,
+    restored: Option<Client>,
+    tx: [u8; TX],
+    rx: [u8; RX],
+    snapshot: [u8; Client::MAX_SNAPSHOT_LEN],
+    flash: [u8; PAGE * PAGES],
+    #[cfg(feature = "zstd")]
+    dctx: [u64; omega_tv_sync::compress::DCTX_WORKSPACE_WORDS],
+}
+
+static MEMORY: StaticCell<Memory> = StaticCell::new();
+
+/// Counts what the response brought down and checks the global patterns.
+struct Sink {
+    rows: &'static [u8],
+    upserts: usize,
+    upserts_ok: bool,
+    removed: Option<(u32, u64)>,
+    trends: usize,
+    trends_ok: bool,
+}
+
+impl GlobalSink for Sink {
+    fn global_upsert(&mut self, g: &GlobalPattern) {
+        let k = self.upserts;
+        self.upserts += 1;
+        let Some(&(gid, r)) = GLOBAL_ROWS.get(k) else {
+            self.upserts_ok = false;
+            return;
+        };
+        // The reconstruction is close to the row the server quantised.
+        let cos = row(self.rows, r).map(|e| e.dot(&g.embedding)).unwrap_or(0.0);
+        self.upserts_ok &= g.id == gid && g.version == VERSIONS[1 + k] && cos > 0.97;
+    }
+
+    fn global_remove(&mut self, id: u32, version: u64) {
+        self.removed = Some((id, version));
+    }
+
+    fn trend(&mut self, signal: &TrendSignal, version: u64) {
+        let k = self.trends;
+        self.trends += 1;
+        self.trends_ok &= trend(k).is_ok_and(|t| &t == signal) && version == VERSIONS[3 + k];
+    }
+}
+
+/// Runs every profile with zstd off, and on with feature `zstd`.
+pub fn run(c: &mut Checks, rows: &'static [u8]) {
+    let m = MEMORY.init_with(|| Memory {
+        client: None,
+        restored: None,
+        tx: [0; TX],
+        rx: [0; RX],
+        snapshot: [0; Client::MAX_SNAPSHOT_LEN],
+        flash: [0xff; PAGE * PAGES],
+        #[cfg(feature = "zstd")]
+        dctx: [0; omega_tv_sync::compress::DCTX_WORKSPACE_WORDS],
+    });
+    let profiles: [(&str, fn() -> Result<Codebook<'static>, Error>, &Fixture); 2] = [
+        ("minilm_v1", minilm_v1, &V1_PLAIN),
+        ("minilm_small_v1", minilm_small_v1, &SMALL_PLAIN),
+    ];
+    for (name, cb, fx) in profiles {
+        match cb() {
+            Ok(cb) => {
+                cortex_m_semihosting::hprintln!(
+                    "sync cycle: {} ({} B codebook), zstd off",
+                    name,
+                    cb.flash_bytes()
+                );
+                cycle(c, m, cb, fx, false, rows);
+            }
+            Err(_) => c.check("codebook loads", false),
+        }
+    }
+    #[cfg(feature = "zstd")]
+    {
+        let zprofiles: [(&str, fn() -> Result<Codebook<'static>, Error>, &Fixture); 2] = [
+            ("minilm_v1", minilm_v1, &V1_ZSTD),
+            ("minilm_small_v1", minilm_small_v1, &SMALL_ZSTD),
+        ];
+        for (name, cb, fx) in zprofiles {
+            match cb() {
+                Ok(cb) => {
+                    cortex_m_semihosting::hprintln!("sync cycle: {}, zstd on", name);
+                    cycle(c, m, cb, fx, true, rows);
+                }
+                Err(_) => c.check("codebook loads", false),
+            }
+        }
+    }
+}
+
+fn cycle(
+    c: &mut Checks,
+    m: &mut Memory,
+    cb: Codebook<'static>,
+    fx: &Fixture,
+    zstd: bool,
+    rows: &'static [u8],
+) {
+    let Ok(cfg) = config(zstd) else {
+        c.check("config", false);
+        return;
+    };
+    let Memory {
+        client,
+        restored,
+        tx,
+        rx,
+        snapshot,
+        flash,
+        #[cfg(feature = "zstd")]
+        dctx,
+    } = m;
+    #[cfg(not(feature = "zstd"))]
+    let dctx = ();
+    let client = client.insert(SyncClient::new(cb, cfg.clone()));
+
+    // 1. Patterns from the real vectors.
+    let mut upserted = 0;
+    for i in 0..PATTERNS {
+        if pattern(rows, i).is_ok_and(|p| client.upsert(&p, NOW_MS).is_ok()) {
+            upserted += 1;
+        }
+    }
+    c.check(
+        "  upsert 8 real patterns, all pending",
+        upserted == PATTERNS && client.pending() == PATTERNS,
+    );
+
+    // 2. The upload frame, byte-exact with the host's.
+    let n = match client.prepare(NOW_MS, tx) {
+        Ok(n) => n,
+        Err(_) => {
+            c.check("  prepare", false);
+            return;
+        }
+    };
+    c.check(
+        "  upload frame equals the host's byte for byte",
+        tx[..n] == *fx.upload,
+    );
+    let sent = &tx[..n];
+    let resp = Response {
+        status: 200,
+        body_len: fx.response.len(),
+        retry_after_s: None,
+    };
+
+    // 3. A corrupted response changes nothing.
+    let len = fx.response.len();
+    rx[..len].copy_from_slice(fx.response);
+    rx[len / 2] ^= 0x20;
+    let bad = client.apply(sent, resp, &rx[..len], NOW_MS, &mut ());
+    c.check(
+        "  corrupted response refused, request still in flight",
+        bad == Err(Error::Checksum) && client.in_flight() == Some(n) && client.seq() == 1,
+    );
+
+    // 4. The recorded response.
+    let mut sink = Sink {
+        rows,
+        upserts: 0,
+        upserts_ok: true,
+        removed: None,
+        trends: 0,
+        trends_ok: true,
+    };
+    let outcome = apply(c, (dctx, rx), client, sent, resp, fx.response, zstd, &mut sink);
+    let want = Summary {
+        uploaded: PATTERNS as u16,
+        acked: PATTERNS as u16 - 1,
+        conflicts: 1,
+        globals: 3,
+        trends: 2,
+        more: false,
+    };
+    c.check(
+        "  response applied: 7 acks, 1 conflict, 3 global changes, 2 trends",
+        outcome == Some(Outcome::Synced(want)),
+    );
+
+    // 5. The acked state.
+    let mut acks_ok = true;
+    for i in (0..PATTERNS).filter(|&i| i != CONFLICT) {
+        let mine = row(rows, i).map(|e| cb.quantize(&e));
+        acks_ok &= matches!(
+            (id(i), mine),
+            (Ok(id), Ok(q)) if client.acked(&id) == Some((ACK_REV, &q))
+        );
+    }
+    c.check(
+        "  acked codes = the target's own quantisation, revision 1",
+        acks_ok,
+    );
+    let srv = row(rows, SERVER_ROW).map(|e| cb.quantize(&e));
+    let conflict_ok = matches!(
+        (id(CONFLICT), srv),
+        (Ok(id), Ok(q)) if client.acked(&id) == Some((SERVER_REV, &q))
+    );
+    c.check(
+        "  conflict: server's codes adopted at its revision, merge pending",
+        conflict_ok && client.pending() == 1,
+    );
+    c.check(
+        "  sequence 2, cursor 42, next sync in 600 s",
+        client.seq() == 2
+            && client.global_version() == GLOBAL_VERSION
+            && client.in_flight().is_none()
+            && client.next_sync_at() == NOW_MS + u64::from(NEXT_SYNC_S) * 1000,
+    );
+    c.check(
+        "  sink: 1 removal, 2 global patterns (cos > 0.97 to their rows), 2 trends",
+        sink.removed == Some((GLOBAL_REMOVED, VERSIONS[0]))
+            && sink.upserts == 2
+            && sink.upserts_ok
+            && sink.trends == 2
+            && sink.trends_ok,
+    );
+
+    // 6. Snapshot, restore, flash.
+    let sn = client.snapshot(snapshot).unwrap_or(0);
+    c.check(
+        "  snapshot equals the host's byte for byte",
+        sn > 0 && snapshot[..sn] == *fx.snapshot,
+    );
+    let restored = match SyncClient::restore(cb, cfg, &snapshot[..sn]) {
+        Ok(r) => restored.insert(r),
+        Err(_) => {
+            c.check("  restore", false);
+            return;
+        }
+    };
+    let same = restored.seq() == client.seq()
+        && restored.global_version() == client.global_version()
+        && client.ids().all(|id| restored.acked(id) == client.acked(id));
+    c.check("  restored: same sequence, cursor, acked state", same);
+
+    let mut flash = RamFlash::new(flash);
+    let range = 0..(PAGE * PAGES) as u32;
+    let mut work = [0u8; persist::work_len::<RamFlash>()];
+    let saved = block_on(persist::save(
+        &mut flash,
+        range.clone(),
+        &mut work,
+        &snapshot[..sn],
+    ));
+    rx[..sn].fill(0);
+    let loaded = block_on(persist::load(&mut flash, range, &mut work, rx));
+    c.check(
+        "  snapshot (several flash pages) saved and loaded back",
+        sn > PAGE && saved.is_ok() && loaded == Ok(Some(sn)) && rx[..sn] == snapshot[..sn],
+    );
+}
+
+#[cfg(feature = "zstd")]
+type Dctx<'a> = &'a mut [u64];
+#[cfg(not(feature = "zstd"))]
+type Dctx<'a> = ();
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    c: &mut Checks,
+    (dctx, scratch): (Dctx<'_>, &mut [u8]),
+    client: &mut Client,
+    sent: &[u8],
+    resp: Response,
+    body: &[u8],
+    zstd: bool,
+    sink: &mut Sink,
+) -> Option<Outcome> {
+    if !zstd {
+        let _ = (dctx, scratch);
+        return client.apply(sent, resp, body, NOW_MS, sink).ok();
+    }
+    #[cfg(feature = "zstd")]
+    {
+        use omega_tv_sync::compress::Decompressor;
+        // Plain apply refuses a compressed body and keeps the request.
+        c.check(
+            "  compressed response refused by plain apply",
+            client.apply(sent, resp, body, NOW_MS, sink) == Err(Error::BadFlags),
+        );
+        let Ok(mut d) = Decompressor::new(dctx) else {
+            c.check("  zstd workspace", false);
+            return None;
+        };
+        client
+            .apply_zstd(sent, resp, body, &mut d, scratch, NOW_MS, sink)
+            .ok()
+    }
+    #[cfg(not(feature = "zstd"))]
+    {
+        c.check("zstd cycle needs feature zstd", false);
+        None
+    }
+}
