@@ -63,7 +63,12 @@ pub fn row(rows: &[u8], i: usize) -> Result<Embedding, Error> {
 
 /// Id of pattern `i` (`p-00` ...).
 pub fn id(i: usize) -> Result<PatternId, Error> {
-    let s = [b'p', b'-', b'0' + (i / 10 % 10) as u8, b'0' + (i % 10) as u8];
+    let s = [
+        b'p',
+        b'-',
+        b'0' + (i / 10 % 10) as u8,
+        b'0' + (i % 10) as u8,
+    ];
     PatternId::new(core::str::from_utf8(&s).map_err(|_| Error::InvalidChar)?)
 }
 

@@ -74,3 +74,20 @@ pub fn repaint() {
         p += 4;
     }
 }
+
+/// Current stack depth in bytes (top of the stack minus the stack pointer).
+pub fn depth() -> usize {
+    let (_, start) = bounds();
+    start.saturating_sub(cortex_m::register::msp::read() as usize)
+}
+
+/// Runs `f` on a freshly painted stack and returns its result with the
+/// stack bytes it used beyond the caller's depth (its own frames and
+/// everything it calls).
+#[inline(never)]
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    repaint();
+    let base = depth();
+    let r = f();
+    (r, peak_bytes().saturating_sub(base))
+}

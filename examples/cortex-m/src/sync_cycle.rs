@@ -19,10 +19,11 @@
 use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook};
 use omega_tv_sync::sync::{GlobalSink, Outcome, Summary, SyncClient};
 use omega_tv_sync::{persist, Error, GlobalPattern, Response, TrendSignal};
-use static_cell::StaticCell;
+use static_cell::{ConstStaticCell, StaticCell};
 
 use crate::ramflash::{RamFlash, PAGE, PAGES};
 use crate::scenario::*;
+use crate::stack::measure;
 use crate::workload::block_on;
 use crate::Checks;
 
@@ -70,10 +71,9 @@ const TX: usize = 8 * 1024;
 /// Response buffer (`caps.max_bytes` of the default config).
 const RX: usize = 16 * 1024;
 
-/// Caller-owned memory of the cycle, all static.
+/// Caller-owned buffers of the cycle, all static (constant-initialised:
+/// no stack temporary).
 pub struct Memory {
-    client: Option<Client>,
-    restored: Option<Client>,
     tx: [u8; TX],
     rx: [u8; RX],
     snapshot: [u8; Client::MAX_SNAPSHOT_LEN],
@@ -82,7 +82,18 @@ pub struct Memory {
     dctx: [u64; omega_tv_sync::compress::DCTX_WORKSPACE_WORDS],
 }
 
-static MEMORY: StaticCell<Memory> = StaticCell::new();
+static MEMORY: ConstStaticCell<Memory> = ConstStaticCell::new(Memory {
+    tx: [0; TX],
+    rx: [0; RX],
+    snapshot: [0; Client::MAX_SNAPSHOT_LEN],
+    flash: [0xff; PAGE * PAGES],
+    #[cfg(feature = "zstd")]
+    dctx: [0; omega_tv_sync::compress::DCTX_WORKSPACE_WORDS],
+});
+/// The client; created once, then [`SyncClient::reset`] in place per cycle.
+static CLIENT: StaticCell<Client> = StaticCell::new();
+/// The client restored from the snapshot ([`SyncClient::restore_into`]).
+static RESTORED: StaticCell<Client> = StaticCell::new();
 
 /// Counts what the response brought down and checks the global patterns.
 struct Sink {
@@ -103,7 +114,9 @@ impl GlobalSink for Sink {
             return;
         };
         // The reconstruction is close to the row the server quantised.
-        let cos = row(self.rows, r).map(|e| e.dot(&g.embedding)).unwrap_or(0.0);
+        let cos = row(self.rows, r)
+            .map(|e| e.dot(&g.embedding))
+            .unwrap_or(0.0);
         self.upserts_ok &= g.id == gid && g.version == VERSIONS[1 + k] && cos > 0.97;
     }
 
@@ -119,17 +132,16 @@ impl GlobalSink for Sink {
 }
 
 /// Runs every profile with zstd off, and on with feature `zstd`.
+#[inline(never)]
 pub fn run(c: &mut Checks, rows: &'static [u8]) {
-    let m = MEMORY.init_with(|| Memory {
-        client: None,
-        restored: None,
-        tx: [0; TX],
-        rx: [0; RX],
-        snapshot: [0; Client::MAX_SNAPSHOT_LEN],
-        flash: [0xff; PAGE * PAGES],
-        #[cfg(feature = "zstd")]
-        dctx: [0; omega_tv_sync::compress::DCTX_WORKSPACE_WORDS],
-    });
+    let m = MEMORY.take();
+    let (Ok(cb0), Ok(cfg0)) = (minilm_small_v1(), config(false)) else {
+        c.check("codebook and config", false);
+        return;
+    };
+    let mut cs = CoreStack::default();
+    let client = CLIENT.init_with(|| SyncClient::new(cb0, cfg0.clone()));
+    let restored = RESTORED.init_with(|| SyncClient::new(cb0, cfg0));
     let profiles: [(&str, fn() -> Result<Codebook<'static>, Error>, &Fixture); 2] = [
         ("minilm_v1", minilm_v1, &V1_PLAIN),
         ("minilm_small_v1", minilm_small_v1, &SMALL_PLAIN),
@@ -142,7 +154,7 @@ pub fn run(c: &mut Checks, rows: &'static [u8]) {
                     name,
                     cb.flash_bytes()
                 );
-                cycle(c, m, cb, fx, false, rows);
+                cycle(c, &mut cs, m, client, restored, cb, fx, false, rows);
             }
             Err(_) => c.check("codebook loads", false),
         }
@@ -157,17 +169,52 @@ pub fn run(c: &mut Checks, rows: &'static [u8]) {
             match cb() {
                 Ok(cb) => {
                     cortex_m_semihosting::hprintln!("sync cycle: {}, zstd on", name);
-                    cycle(c, m, cb, fx, true, rows);
+                    cycle(c, &mut cs, m, client, restored, cb, fx, true, rows);
                 }
                 Err(_) => c.check("codebook loads", false),
             }
         }
     }
+    cortex_m_semihosting::hprintln!(
+        "core_stack_bytes upsert={} prepare={} apply={} apply_zstd={} snapshot={} restore_into={} flash_save_load={}",
+        cs.upsert,
+        cs.prepare,
+        cs.apply,
+        cs.apply_zstd,
+        cs.snapshot,
+        cs.restore,
+        cs.flash
+    );
 }
 
+/// Largest stack use of each core call, over all cycles (bytes beyond the
+/// caller's frame, measured by [`crate::stack::measure`]).
+#[derive(Default)]
+pub struct CoreStack {
+    /// `upsert` (quantise one pattern).
+    pub upsert: usize,
+    /// `prepare` (encode and frame).
+    pub prepare: usize,
+    /// `apply` (decode, check, apply, reconstruct globals for the sink).
+    pub apply: usize,
+    /// `apply_zstd` (the same after decompressing).
+    pub apply_zstd: usize,
+    /// `snapshot`.
+    pub snapshot: usize,
+    /// `restore_into`.
+    pub restore: usize,
+    /// `persist::save` + `persist::load` of the snapshot.
+    pub flash: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn cycle(
     c: &mut Checks,
+    cs: &mut CoreStack,
     m: &mut Memory,
+    client: &mut Client,
+    restored: &mut Client,
     cb: Codebook<'static>,
     fx: &Fixture,
     zstd: bool,
@@ -178,8 +225,6 @@ fn cycle(
         return;
     };
     let Memory {
-        client,
-        restored,
         tx,
         rx,
         snapshot,
@@ -189,12 +234,15 @@ fn cycle(
     } = m;
     #[cfg(not(feature = "zstd"))]
     let dctx = ();
-    let client = client.insert(SyncClient::new(cb, cfg.clone()));
+    client.reset(cb, cfg.clone());
 
     // 1. Patterns from the real vectors.
     let mut upserted = 0;
     for i in 0..PATTERNS {
-        if pattern(rows, i).is_ok_and(|p| client.upsert(&p, NOW_MS).is_ok()) {
+        let Ok(p) = pattern(rows, i) else { continue };
+        let (r, used) = measure(|| client.upsert(&p, NOW_MS));
+        cs.upsert = cs.upsert.max(used);
+        if r.is_ok() {
             upserted += 1;
         }
     }
@@ -204,7 +252,9 @@ fn cycle(
     );
 
     // 2. The upload frame, byte-exact with the host's.
-    let n = match client.prepare(NOW_MS, tx) {
+    let (r, used) = measure(|| client.prepare(NOW_MS, tx));
+    cs.prepare = cs.prepare.max(used);
+    let n = match r {
         Ok(n) => n,
         Err(_) => {
             c.check("  prepare", false);
@@ -241,7 +291,17 @@ fn cycle(
         trends: 0,
         trends_ok: true,
     };
-    let outcome = apply(c, (dctx, rx), client, sent, resp, fx.response, zstd, &mut sink);
+    let outcome = apply(
+        c,
+        cs,
+        (dctx, rx),
+        client,
+        sent,
+        resp,
+        fx.response,
+        zstd,
+        &mut sink,
+    );
     let want = Summary {
         uploaded: PATTERNS as u16,
         acked: PATTERNS as u16 - 1,
@@ -294,23 +354,36 @@ fn cycle(
     );
 
     // 6. Snapshot, restore, flash.
-    let sn = client.snapshot(snapshot).unwrap_or(0);
+    let (r, used) = measure(|| client.snapshot(snapshot));
+    cs.snapshot = cs.snapshot.max(used);
+    let sn = r.unwrap_or(0);
     c.check(
         "  snapshot equals the host's byte for byte",
         sn > 0 && snapshot[..sn] == *fx.snapshot,
     );
-    let restored = match SyncClient::restore(cb, cfg, &snapshot[..sn]) {
-        Ok(r) => restored.insert(r),
-        Err(_) => {
-            c.check("  restore", false);
-            return;
-        }
-    };
-    let same = restored.seq() == client.seq()
+    restored.reset(cb, cfg);
+    let (r, used) = measure(|| restored.restore_into(&snapshot[..sn]));
+    cs.restore = cs.restore.max(used);
+    let ok = r.is_ok();
+    let same = ok
+        && restored.seq() == client.seq()
         && restored.global_version() == client.global_version()
-        && client.ids().all(|id| restored.acked(id) == client.acked(id));
+        && client
+            .ids()
+            .all(|id| restored.acked(id) == client.acked(id));
     c.check("  restored: same sequence, cursor, acked state", same);
 
+    let (stored, used) = measure(|| store(flash, &snapshot[..sn], rx));
+    cs.flash = cs.flash.max(used);
+    c.check(
+        "  snapshot (several flash pages) saved and loaded back",
+        sn > PAGE && stored,
+    );
+}
+
+/// Saves `snapshot` on the RAM flash and loads it back into `out`.
+#[inline(never)]
+fn store(flash: &mut [u8; PAGE * PAGES], snapshot: &[u8], out: &mut [u8]) -> bool {
     let mut flash = RamFlash::new(flash);
     let range = 0..(PAGE * PAGES) as u32;
     let mut work = [0u8; persist::work_len::<RamFlash>()];
@@ -318,14 +391,12 @@ fn cycle(
         &mut flash,
         range.clone(),
         &mut work,
-        &snapshot[..sn],
+        snapshot,
     ));
-    rx[..sn].fill(0);
-    let loaded = block_on(persist::load(&mut flash, range, &mut work, rx));
-    c.check(
-        "  snapshot (several flash pages) saved and loaded back",
-        sn > PAGE && saved.is_ok() && loaded == Ok(Some(sn)) && rx[..sn] == snapshot[..sn],
-    );
+    let n = snapshot.len();
+    out[..n].fill(0);
+    let loaded = block_on(persist::load(&mut flash, range, &mut work, out));
+    saved.is_ok() && loaded == Ok(Some(n)) && out[..n] == *snapshot
 }
 
 #[cfg(feature = "zstd")]
@@ -336,6 +407,7 @@ type Dctx<'a> = ();
 #[allow(clippy::too_many_arguments)]
 fn apply(
     c: &mut Checks,
+    cs: &mut CoreStack,
     (dctx, scratch): (Dctx<'_>, &mut [u8]),
     client: &mut Client,
     sent: &[u8],
@@ -346,7 +418,9 @@ fn apply(
 ) -> Option<Outcome> {
     if !zstd {
         let _ = (dctx, scratch);
-        return client.apply(sent, resp, body, NOW_MS, sink).ok();
+        let (r, used) = measure(|| client.apply(sent, resp, body, NOW_MS, sink));
+        cs.apply = cs.apply.max(used);
+        return r.ok();
     }
     #[cfg(feature = "zstd")]
     {
@@ -360,9 +434,10 @@ fn apply(
             c.check("  zstd workspace", false);
             return None;
         };
-        client
-            .apply_zstd(sent, resp, body, &mut d, scratch, NOW_MS, sink)
-            .ok()
+        let (r, used) =
+            measure(|| client.apply_zstd(sent, resp, body, &mut d, scratch, NOW_MS, sink));
+        cs.apply_zstd = cs.apply_zstd.max(used);
+        r.ok()
     }
     #[cfg(not(feature = "zstd"))]
     {
