@@ -74,7 +74,11 @@ pub fn id(i: usize) -> Result<PatternId, Error> {
 
 /// Category of pattern `i`.
 pub fn category(i: usize) -> Result<Category, Error> {
-    Category::new(if i % 2 == 0 { "drama" } else { "comedy" })
+    Category::new(if i.is_multiple_of(2) {
+        "drama"
+    } else {
+        "comedy"
+    })
 }
 
 /// Pattern `i` as the device holds it: row `i`, rate 0.9, `30 + i` samples.

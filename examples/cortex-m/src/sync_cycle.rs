@@ -66,6 +66,13 @@ static SMALL_ZSTD: Fixture = Fixture {
     snapshot: fixture!("snapshot-small-zstd.bin"),
 };
 
+/// A codebook profile: name, constructor, recorded fixture.
+type Profile = (
+    &'static str,
+    fn() -> Result<Codebook<'static>, Error>,
+    &'static Fixture,
+);
+
 /// Upload buffer: holds the upload of [`PATTERNS`] patterns.
 const TX: usize = 8 * 1024;
 /// Response buffer (`caps.max_bytes` of the default config).
@@ -142,7 +149,7 @@ pub fn run(c: &mut Checks, rows: &'static [u8]) {
     let mut cs = CoreStack::default();
     let client = CLIENT.init_with(|| SyncClient::new(cb0, cfg0.clone()));
     let restored = RESTORED.init_with(|| SyncClient::new(cb0, cfg0));
-    let profiles: [(&str, fn() -> Result<Codebook<'static>, Error>, &Fixture); 2] = [
+    let profiles: [Profile; 2] = [
         ("minilm_v1", minilm_v1, &V1_PLAIN),
         ("minilm_small_v1", minilm_small_v1, &SMALL_PLAIN),
     ];
@@ -161,7 +168,7 @@ pub fn run(c: &mut Checks, rows: &'static [u8]) {
     }
     #[cfg(feature = "zstd")]
     {
-        let zprofiles: [(&str, fn() -> Result<Codebook<'static>, Error>, &Fixture); 2] = [
+        let zprofiles: [Profile; 2] = [
             ("minilm_v1", minilm_v1, &V1_ZSTD),
             ("minilm_small_v1", minilm_small_v1, &SMALL_ZSTD),
         ];
