@@ -93,7 +93,8 @@ static MEMORY: ConstStaticCell<Memory> = ConstStaticCell::new(Memory {
     tx: [0; TX],
     rx: [0; RX],
     snapshot: [0; Client::MAX_SNAPSHOT_LEN],
-    flash: [0xff; PAGE * PAGES],
+    // Zero here so that all of it lands in .bss; `RamFlash::new` erases it.
+    flash: [0; PAGE * PAGES],
     #[cfg(feature = "zstd")]
     dctx: [0; omega_tv_sync::compress::DCTX_WORKSPACE_WORDS],
 });
