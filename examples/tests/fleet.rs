@@ -1,6 +1,6 @@
 //! A small fleet against the real embedded server (redb in a temp dir, on
 //! loopback), faults on: the checker must find nothing lost or applied twice,
-//! and the same seed must give the same counts.
+//! and the conflicts it detects must all be resolved.
 
 use omega_tv_sync_examples::fleet::{self, Faults};
 
@@ -62,17 +62,4 @@ async fn small_fleet_loses_nothing_and_applies_nothing_twice() {
         let body = std::fs::read_to_string(dir.path().join("out").join(f)).unwrap();
         assert!(body.len() > 200, "{f} is written");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_seed_same_device_side_counts() {
-    let a = fleet::run(args(11)).await.expect("first run");
-    let b = fleet::run(args(11)).await.expect("second run");
-    // Device-side behaviour is a function of the seed; timings are not.
-    assert_eq!(a.syncs, b.syncs);
-    assert_eq!(a.patterns_uploaded, b.patterns_uploaded);
-    assert_eq!(a.dropped_responses, b.dropped_responses);
-    assert_eq!(a.offline_periods, b.offline_periods);
-    assert_eq!(a.twins, b.twins);
-    assert_eq!(a.checked_patterns, b.checked_patterns);
 }

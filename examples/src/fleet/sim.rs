@@ -221,7 +221,7 @@ enum Step {
 async fn attempt(
     client: &mut Client,
     transport: &mut Faulty<Net>,
-    tx: &mut Vec<u8>,
+    tx: &mut [u8],
     ledger: &mut Ledger,
     counters: &mut Counters,
     now_ms: u64,
