@@ -54,6 +54,12 @@ pub struct AggregateConfig {
     /// Tombstones more than this many versions old are dropped (devices
     /// behind them get a snapshot); 0 keeps every tombstone.
     pub retention_versions: u64,
+    /// A published global pattern is republished only when its direction
+    /// turned by more than this (1 - cosine), its contributor count crossed
+    /// a power of two, or its success rate moved by 0.02
+    /// (`GlobalAggregate::material_change`). Default 2e-4, about three times
+    /// the codec's own error.
+    pub republish_turn: f32,
 }
 
 impl Default for AggregateConfig {
@@ -67,6 +73,7 @@ impl Default for AggregateConfig {
             interval: Duration::from_secs(1),
             batch: 4096,
             retention_versions: 0,
+            republish_turn: 2e-4,
         }
     }
 }
@@ -392,39 +399,47 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
         let mut upsert = None;
         if publishable {
             if let (Some(book), Some(u)) = (&primary, unit(&a.sum)) {
-                let arr: Option<[f32; DIM]> = u.try_into().ok();
+                let devs = u32::try_from(devices).unwrap_or(u32::MAX);
+                if !a.material_change(&u, devs, rate, cfg.republish_turn) {
+                    // Published and still close enough: nothing to send.
+                    aggregates.push((id, Some(a.clone())));
+                    continue;
+                }
+                let arr: Option<[f32; DIM]> = u.clone().try_into().ok();
                 if let Some(e) = arr.and_then(|arr| Embedding::normalize(arr).ok()) {
                     let codes = book.quantize(&e);
                     let fp = fingerprint(&codes, devices, rate, a.samples);
                     let mut buf = vec![0u8; omega_tv_sync::wire::MAX_CODE_LEN];
                     if let Ok(n) = book.encode(&codes, &mut buf) {
                         buf.truncate(n);
-                        upsert = Some((fp, book.id(), buf));
+                        upsert = Some((fp, book.id(), buf, u, devs));
                     }
                 }
             }
         }
         match upsert {
-            Some((fp, codebook, code)) => {
-                if !a.published || a.fingerprint != fp {
-                    changes.push(GlobalChange::Upsert {
-                        id,
-                        success_rate: rate,
-                        sample_count: u32::try_from(a.samples).unwrap_or(u32::MAX),
-                        contributors: u32::try_from(devices).unwrap_or(u32::MAX),
-                        category: a.category.clone(),
-                        codebook,
-                        code,
-                    });
-                    a.published = true;
-                    a.fingerprint = fp;
-                }
+            Some((fp, codebook, code, u, devs)) => {
+                changes.push(GlobalChange::Upsert {
+                    id,
+                    success_rate: rate,
+                    sample_count: u32::try_from(a.samples).unwrap_or(u32::MAX),
+                    contributors: devs,
+                    category: a.category.clone(),
+                    codebook,
+                    code,
+                });
+                a.published = true;
+                a.fingerprint = fp;
+                a.published_unit = u;
+                a.published_devices = devs;
+                a.published_rate = rate;
             }
             None => {
                 if a.published {
                     changes.push(GlobalChange::Remove { id });
                     a.published = false;
                     a.fingerprint = 0;
+                    a.published_unit.clear();
                 }
             }
         }

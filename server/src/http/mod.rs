@@ -126,7 +126,7 @@ async fn sync_inner(
     }) {
         return Err(error::internal(e.to_string()));
     }
-    let next = st.random_in(&st.config.sync_interval);
+    let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
     let device = up.device.clone();
     let accept_zstd = up.accept_zstd;

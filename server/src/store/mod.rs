@@ -286,6 +286,12 @@ pub struct GlobalAggregate {
     pub published: bool,
     /// Fingerprint of what was last published (codes, contributors, rate).
     pub fingerprint: u64,
+    /// The unit direction last published (empty when never published).
+    pub published_unit: Vec<f32>,
+    /// Contributors at the last publication.
+    pub published_devices: u32,
+    /// Success rate at the last publication.
+    pub published_rate: f32,
 }
 
 impl GlobalAggregate {
@@ -300,7 +306,32 @@ impl GlobalAggregate {
             devices: Default::default(),
             published: false,
             fingerprint: 0,
+            published_unit: Vec::new(),
+            published_devices: 0,
+            published_rate: 0.0,
         }
+    }
+
+    /// Whether a new state differs enough from the last published one to be
+    /// published again. Every republication is downloaded by every device,
+    /// so a centroid that moved less than the codec's own error is not news:
+    /// it must have turned by more than `min_turn` (1 - cosine), or its
+    /// contributor count crossed a power of two, or its success rate moved by
+    /// 0.02 or more.
+    pub fn material_change(&self, unit: &[f32], devices: u32, rate: f32, min_turn: f32) -> bool {
+        if !self.published || self.published_unit.len() != unit.len() {
+            return true;
+        }
+        let cos: f32 = self
+            .published_unit
+            .iter()
+            .zip(unit)
+            .map(|(a, b)| a * b)
+            .sum();
+        let bucket = |d: u32| 32 - d.max(1).leading_zeros();
+        1.0 - cos > min_turn
+            || bucket(devices) != bucket(self.published_devices)
+            || (rate - self.published_rate).abs() >= 0.02
     }
 }
 
