@@ -382,8 +382,8 @@ pub fn snapshot(data: &[u8]) -> Result<(), Error> {
 pub fn mutate_blob(patches: &[u8]) -> Vec<u8> {
     let mut blob = SMALL_BLOB.to_vec();
     for p in patches.chunks_exact(4) {
-        let off = (usize::from(p[0]) | usize::from(p[1]) << 8 | usize::from(p[2]) << 16)
-            % blob.len();
+        let off =
+            (usize::from(p[0]) | usize::from(p[1]) << 8 | usize::from(p[2]) << 16) % blob.len();
         blob[off] = p[3];
     }
     if blob.len() >= 12 {
@@ -513,8 +513,11 @@ pub fn real_upload(k: usize, accept_zstd: bool) -> Vec<u8> {
     let k = k.min(SLOTS);
     for i in 0..k {
         let cat = ["drama", "comedy", "kids"][i % 3];
-        c.upsert(&pattern(&format!("u{i}"), &v[i], 0.8, 12 + i as u32, cat), 0)
-            .expect("upsert");
+        c.upsert(
+            &pattern(&format!("u{i}"), &v[i], 0.8, 12 + i as u32, cat),
+            0,
+        )
+        .expect("upsert");
     }
     let mut tx = vec![0u8; 64 * 1024];
     let n = c.prepare(0, &mut tx).expect("prepare");
@@ -572,7 +575,12 @@ pub fn real_downloads() -> Vec<(String, Vec<u8>)> {
     let seq = c.seq();
     let id = |s: &str| PatternId::new(s).expect("id");
     let codes: Vec<Vec<u8>> = (0..8).map(real_code).collect();
-    let ack = |s: &str, revision| Record::Ack(Ack { id: id(s), revision });
+    let ack = |s: &str, revision| {
+        Record::Ack(Ack {
+            id: id(s),
+            revision,
+        })
+    };
     let upsert = |gid: u32, i: usize| {
         Record::GlobalUpsert(GlobalUpsert {
             id: gid,
@@ -593,7 +601,12 @@ pub fn real_downloads() -> Vec<(String, Vec<u8>)> {
         ("empty".into(), real_download(&[], seq, false, false)),
         (
             "acks".into(),
-            real_download(&[ack("p3", 8), ack("p0", 2), ack("p1", 0)], seq, false, false),
+            real_download(
+                &[ack("p3", 8), ack("p0", 2), ack("p1", 0)],
+                seq,
+                false,
+                false,
+            ),
         ),
         (
             "conflict-state".into(),
@@ -675,10 +688,22 @@ pub fn real_downloads() -> Vec<(String, Vec<u8>)> {
     for (_, body) in out.iter_mut() {
         *body = with_status(0, std::mem::take(body));
     }
-    out.push(("409".into(), with_status(4, br#"{"error":"stale_sequence","detail":"x","last_seq": 17}"#.to_vec())));
-    out.push(("429".into(), with_status(5 | 8 * 3, br#"{"error":"rate_limited"}"#.to_vec())));
-    out.push(("503".into(), with_status(6, Vec::new())));
-    out.push(("400".into(), with_status(7, br#"{"error":"checksum"}"#.to_vec())));
+    out.push((
+        "reject-409".into(),
+        with_status(
+            4,
+            br#"{"error":"stale_sequence","detail":"x","last_seq": 17}"#.to_vec(),
+        ),
+    ));
+    out.push((
+        "reject-429".into(),
+        with_status(5 | 8 * 3, br#"{"error":"rate_limited"}"#.to_vec()),
+    ));
+    out.push(("reject-503".into(), with_status(6, Vec::new())));
+    out.push((
+        "reject-400".into(),
+        with_status(7, br#"{"error":"checksum"}"#.to_vec()),
+    ));
     out
 }
 

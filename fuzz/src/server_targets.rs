@@ -96,7 +96,8 @@ pub fn http_body(data: &[u8]) -> std::result::Result<(), String> {
         if let Item::Update { absolute, code, .. } = item {
             if let Some(codes) = absolute {
                 let mut again = [0i16; omega_tv_sync::DIM];
-                book().decode(code, None, &mut again)
+                book()
+                    .decode(code, None, &mut again)
                     .expect("the server's absolute codes decode");
                 assert_eq!(&again, &**codes);
             }
