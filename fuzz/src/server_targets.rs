@@ -72,12 +72,24 @@ fn header(data: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
     (rest.len() >= n).then(|| (Some(&rest[..n]), &rest[n..]))
 }
 
+fn crc_fixed(data: &[u8]) -> Vec<u8> {
+    let mut v = data.to_vec();
+    if v.len() >= omega_tv_sync::wire::OVERHEAD && v[..2] == omega_tv_sync::wire::MAGIC {
+        let end = v.len() - 4;
+        let crc = omega_tv_sync::wire::crc32(&v[..end]);
+        v[end..].copy_from_slice(&crc.to_le_bytes());
+    }
+    v
+}
+
 /// `http_body`: the handler's checks before storing, on headers and body
 /// laid out as by [`http_input`]. An accepted upload must be consistent with
 /// the core's reading of the same body. Accepted means: validated.
 pub fn http_body(data: &[u8]) -> std::result::Result<(), String> {
     let (device, rest) = header(data).ok_or("short input")?;
     let (version, body) = header(rest).ok_or("short input")?;
+    // Mutations should reach the records, not stop at the checksum.
+    let body = &crc_fixed(body)[..];
     let device = sync::check_device_id(device).map_err(|e| e.code.to_string())?;
     let version = sync::check_sync_version(version).map_err(|e| e.code.to_string())?;
     let up = match sync::validate(device.clone(), version, body, codebooks()) {
