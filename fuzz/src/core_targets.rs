@@ -516,9 +516,11 @@ pub fn zstd(data: &[u8]) -> Result<(), Error> {
     };
     use std::cell::RefCell;
     thread_local! {
+        // What the linked library asks for at run time: a sanitizer build
+        // of zstd pads its workspace and needs more than the constants.
         static WS: RefCell<(Vec<u64>, Vec<u64>)> = RefCell::new((
-            vec![0u64; DCTX_WORKSPACE_WORDS],
-            vec![0u64; CCTX_WORKSPACE_WORDS],
+            vec![0u64; DCTX_WORKSPACE_WORDS.max(Decompressor::workspace_bytes().div_ceil(8))],
+            vec![0u64; CCTX_WORKSPACE_WORDS.max(Compressor::workspace_bytes().div_ceil(8))],
         ));
     }
     let Some((&sel, src)) = data.split_first() else {
