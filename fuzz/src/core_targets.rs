@@ -369,6 +369,12 @@ pub fn download(data: &[u8]) -> Result<(), Error> {
         (c, tx, before)
     });
     let seq = c.seq();
+    let ids: Vec<PatternId> = ["p0", "p1", "p2", "p3"]
+        .iter()
+        .map(|s| PatternId::new(s).expect("id"))
+        .collect();
+    let acked_before: Vec<Option<Codes>> =
+        ids.iter().map(|id| c.acked(id).map(|(_, k)| *k)).collect();
     let mut sink = CountingSink::default();
     let r = Response {
         status,
@@ -382,6 +388,7 @@ pub fn download(data: &[u8]) -> Result<(), Error> {
             assert!(c.in_flight().is_none());
             assert_eq!(c.seq(), seq + 1);
             assert!(usize::from(s.acked) + usize::from(s.conflicts) <= 3);
+            check_acks(&c, &tx, body, &ids, &acked_before);
             return Ok(());
         }
         Ok(Outcome::RetryLater { .. }) => {
@@ -412,6 +419,41 @@ pub fn download(data: &[u8]) -> Result<(), Error> {
         PREPARED.with(|p| *p.borrow_mut() = Some((c, tx, before)));
     }
     result
+}
+
+/// After a sync: every acknowledged update's codes are exactly what the
+/// device sent, decoded against the base it was sent on (nothing applied
+/// twice, nothing lost).
+fn check_acks(c: &Client, tx: &[u8], body: &[u8], ids: &[PatternId], before: &[Option<Codes>]) {
+    let req = FrameReader::parse(tx).expect("own request");
+    let resp = FrameReader::parse(body).expect("applied response parses");
+    for r in resp.records() {
+        let Ok(Record::Ack(a)) = r else { continue };
+        let sent = req.records().find_map(|r| match r {
+            Ok(Record::Pattern(p)) if p.id == a.id => Some(p),
+            _ => None,
+        });
+        let Some(p) = sent else { continue };
+        let k = ids.iter().position(|id| *id == p.id).expect("known id");
+        let base = match p.coding {
+            omega_tv_sync::wire::Coding::Delta => before[k].as_ref(),
+            omega_tv_sync::wire::Coding::Absolute => None,
+        };
+        let mut expected: Codes = [0; DIM];
+        book()
+            .decode(p.code, base, &mut expected)
+            .expect("own code");
+        match c.acked(&p.id) {
+            Some((rev, codes)) => {
+                assert_eq!(rev, a.revision);
+                assert_eq!(
+                    codes, &expected,
+                    "acknowledged codes differ from the sent ones"
+                );
+            }
+            None => assert_eq!(a.revision, 0),
+        }
+    }
 }
 
 /// `snapshot`: [`SyncClient::restore`]. A restored client must snapshot to
