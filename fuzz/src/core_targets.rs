@@ -264,8 +264,8 @@ pub fn download_base() -> &'static [u8] {
     S.get_or_init(|| {
         let v = vectors();
         let mut c = Client::new(book(), config());
-        for i in 0..4 {
-            c.upsert(&pattern(&format!("p{i}"), &v[i], 0.9, 20, "drama"), 0)
+        for (i, e) in v.iter().take(4).enumerate() {
+            c.upsert(&pattern(&format!("p{i}"), e, 0.9, 20, "drama"), 0)
                 .expect("upsert");
         }
         let mut tx = vec![0u8; 16 * 1024];
@@ -791,7 +791,7 @@ pub fn real_downloads() -> Vec<(String, Vec<u8>)> {
     ));
     out.push((
         "reject-429".into(),
-        with_status(5 | 8 * 3, br#"{"error":"rate_limited"}"#.to_vec()),
+        with_status(5 | (8 * 3), br#"{"error":"rate_limited"}"#.to_vec()),
     ));
     out.push(("reject-503".into(), with_status(6, Vec::new())));
     out.push((

@@ -105,14 +105,17 @@ pub fn http_body(data: &[u8]) -> std::result::Result<(), String> {
     assert!(up.items.len() <= MAX_UPLOAD_PATTERNS);
     for (i, item) in up.items.iter().enumerate() {
         assert!(up.items[..i].iter().all(|x| x.id() != item.id()));
-        if let Item::Update { absolute, code, .. } = item {
-            if let Some(codes) = absolute {
-                let mut again = [0i16; omega_tv_sync::DIM];
-                book()
-                    .decode(code, None, &mut again)
-                    .expect("the server's absolute codes decode");
-                assert_eq!(&again, &**codes);
-            }
+        if let Item::Update {
+            absolute: Some(codes),
+            code,
+            ..
+        } = item
+        {
+            let mut again = [0i16; omega_tv_sync::DIM];
+            book()
+                .decode(code, None, &mut again)
+                .expect("the server's absolute codes decode");
+            assert_eq!(&again, &**codes);
         }
     }
     let f = FrameReader::parse(body).expect("an accepted body is a frame");

@@ -75,7 +75,8 @@ fn http_body_reports_the_handlers_codes() {
     let body = core_targets::real_upload(2, false);
     let ok = http_input(Some(b"stb-1"), Some(b"0"), &body);
     assert_eq!(http_body(&ok), Ok(()));
-    let cases: [(Option<&[u8]>, Option<&[u8]>, &str); 4] = [
+    type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str);
+    let cases: [Case<'_>; 4] = [
         (None, Some(b"0"), "missing_device_id"),
         (Some(b"a b"), Some(b"0"), "invalid_device_id"),
         (Some(b"stb-1"), Some(b"-1"), "invalid_sync_version"),
