@@ -102,6 +102,12 @@ fn replay_zstd() {
     replay("zstd", t::zstd);
 }
 
+#[cfg(feature = "flash")]
+#[test]
+fn replay_flash() {
+    replay("flash", t::flash);
+}
+
 /// The targets reject what they should: a flipped byte anywhere in a real
 /// frame is caught by the CRC (which `frame_header` also checks on the
 /// input as it is), so the harness would notice a reader that stopped
@@ -223,6 +229,24 @@ fn write_seed_corpora() {
     s.extend_from_slice(&buf[..n]);
     write("codec", "blob-mean-patched", &s);
     let _ = code;
+
+    #[cfg(feature = "flash")]
+    for (name, image) in t::real_flash_images() {
+        write("flash", &name, &image);
+    }
+    // Torn and overwritten images: a real image cut short, a page erased.
+    #[cfg(feature = "flash")]
+    {
+        let (_, image) = t::real_flash_images().pop().unwrap();
+        let used = image.iter().rposition(|&b| b != 0xff).unwrap_or(0) + 1;
+        write("flash", "torn-tail", &image[..used - 3]);
+        let mut erased = image.clone();
+        erased[..1024].fill(0xff);
+        write("flash", "reject-first-page-erased", &erased[..used.max(1100)]);
+        let mut flipped = image.clone();
+        flipped[used / 2] ^= 0x40;
+        write("flash", "reject-bit-flip", &flipped[..used]);
+    }
 
     #[cfg(feature = "zstd")]
     {

@@ -821,3 +821,130 @@ pub fn real_snapshots() -> Vec<(String, Vec<u8>)> {
     }
     out
 }
+
+/// A NOR flash in RAM for the `flash` target: 4 pages of 1 KiB, 4-byte
+/// words, writes AND into the cells as real NOR does.
+#[cfg(feature = "flash")]
+pub mod ram_flash {
+    use embedded_storage_async::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, ReadNorFlash};
+
+    /// Erase page size.
+    pub const PAGE: usize = 1024;
+    /// Pages.
+    pub const PAGES: usize = 4;
+
+    /// The flash contents.
+    pub struct RamFlash(pub Vec<u8>);
+
+    impl RamFlash {
+        fn check(&self, off: u32, len: usize, align: usize) -> Result<usize, NorFlashErrorKind> {
+            let o = off as usize;
+            if o % align != 0 || len % align != 0 {
+                return Err(NorFlashErrorKind::NotAligned);
+            }
+            if o.checked_add(len).is_none_or(|e| e > self.0.len()) {
+                return Err(NorFlashErrorKind::OutOfBounds);
+            }
+            Ok(o)
+        }
+    }
+
+    impl ErrorType for RamFlash {
+        type Error = NorFlashErrorKind;
+    }
+
+    impl ReadNorFlash for RamFlash {
+        const READ_SIZE: usize = 1;
+        async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
+            let o = self.check(offset, bytes.len(), 1)?;
+            bytes.copy_from_slice(&self.0[o..o + bytes.len()]);
+            Ok(())
+        }
+        fn capacity(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    impl NorFlash for RamFlash {
+        const WRITE_SIZE: usize = 4;
+        const ERASE_SIZE: usize = PAGE;
+        async fn erase(&mut self, from: u32, to: u32) -> Result<(), Self::Error> {
+            let len = (to as usize).saturating_sub(from as usize);
+            let o = self.check(from, len, PAGE)?;
+            self.0[o..o + len].fill(0xff);
+            Ok(())
+        }
+        async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Self::Error> {
+            let o = self.check(offset, bytes.len(), 4)?;
+            for (d, s) in self.0[o..o + bytes.len()].iter_mut().zip(bytes) {
+                *d &= *s;
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs a future that never waits (the RAM flash is always ready).
+    pub fn block_on<F: core::future::Future>(f: F) -> F::Output {
+        let mut f = core::pin::pin!(f);
+        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+        loop {
+            if let core::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+}
+
+/// `flash`: [`persist::load`](omega_tv_sync::persist::load) from an
+/// arbitrary flash image (the input, padded with erased bytes), as after
+/// any power cut or corruption, then `restore` of what it returns. When the
+/// image loads, saving a real snapshot over it must load back exactly.
+/// Accepted means: a snapshot was found and restored.
+#[cfg(feature = "flash")]
+pub fn flash(data: &[u8]) -> Result<(), Error> {
+    use omega_tv_sync::persist;
+    use ram_flash::{block_on, RamFlash, PAGE, PAGES};
+    let mut image = vec![0xffu8; PAGE * PAGES];
+    let n = data.len().min(image.len());
+    image[..n].copy_from_slice(&data[..n]);
+    let mut f = RamFlash(image);
+    let range = 0..(PAGE * PAGES) as u32;
+    let mut buf = vec![0u8; PAGE];
+    let mut out = vec![0u8; PAGE];
+    let loaded = block_on(persist::load(&mut f, range.clone(), &mut buf, &mut out))?;
+    let restored = match loaded {
+        Some(len) => {
+            assert!(len <= out.len());
+            Client::restore(book(), config(), &out[..len]).map(|_| ())
+        }
+        None => Err(Error::Truncated),
+    };
+    // A small real snapshot (an empty client's) fits a page.
+    let snap = snapshot_of(&Client::new(book(), config()));
+    if block_on(persist::save(&mut f, range.clone(), &mut buf, &snap)).is_ok() {
+        let got =
+            block_on(persist::load(&mut f, range, &mut buf, &mut out)).expect("loads after a save");
+        assert_eq!(got.map(|n| &out[..n]), Some(&snap[..]), "saved != loaded");
+    }
+    restored
+}
+
+/// Flash images of real snapshots saved by [`persist`](omega_tv_sync::persist)
+/// (one save, and several), for the `flash` seeds.
+#[cfg(feature = "flash")]
+pub fn real_flash_images() -> Vec<(String, Vec<u8>)> {
+    use omega_tv_sync::persist;
+    use ram_flash::{block_on, RamFlash, PAGE, PAGES};
+    let range = 0..(PAGE * PAGES) as u32;
+    let mut buf = vec![0u8; PAGE];
+    let mut out = Vec::new();
+    let mut f = RamFlash(vec![0xff; PAGE * PAGES]);
+    let snap = snapshot_of(&Client::new(book(), config()));
+    for i in 0..6 {
+        block_on(persist::save(&mut f, range.clone(), &mut buf, &snap)).expect("save");
+        if i == 0 || i == 5 {
+            out.push((format!("saved-{}", i + 1), f.0.clone()));
+        }
+    }
+    out
+}
