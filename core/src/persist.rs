@@ -109,11 +109,17 @@ fn storage_err<E>(e: sequential_storage::Error<E>) -> Error {
 /// least two erase pages; [`Error::OutOfRange`] otherwise); `buf` is a work
 /// buffer of at least [`buffer_len`]`::<S>(snapshot.len())` bytes.
 ///
+/// The new item is read back before `save` returns. When it does not read
+/// back (the range held bytes this module did not write, so the item went
+/// over them), the range is erased and the snapshot stored again: a power
+/// cut in that window leaves no snapshot, which the protocol recovers from
+/// (the server answers the reused sequence with 409).
+///
 /// Errors: [`Error::BufferTooSmall`], [`Error::CapacityExceeded`] (the
 /// snapshot exceeds [`max_snapshot_len`]), [`Error::Flash`] (the driver
 /// failed; the old snapshot is still the one [`load`] returns, or the new
 /// one if the failure came after the new item was complete),
-/// [`Error::StorageCorrupt`].
+/// [`Error::StorageCorrupt`] (it did not read back even after the erase).
 pub async fn save<S: NorFlash>(
     flash: &mut S,
     range: Range<u32>,
@@ -129,7 +135,37 @@ pub async fn save<S: NorFlash>(
     let mut m = map(flash, range)?;
     m.store_item::<&[u8]>(buf, &SNAPSHOT_KEY, &snapshot)
         .await
-        .map_err(storage_err)
+        .map_err(storage_err)?;
+    if reads_back(&mut m, buf, snapshot).await? {
+        return Ok(());
+    }
+    // The item did not land: the range holds bytes the map did not write
+    // (another firmware's data, or damage), and the new item went over
+    // them. Start the range afresh rather than report a save that no load
+    // would return.
+    warn!("snapshot did not read back; erasing the snapshot range");
+    m.erase_all().await.map_err(storage_err)?;
+    m.store_item::<&[u8]>(buf, &SNAPSHOT_KEY, &snapshot)
+        .await
+        .map_err(storage_err)?;
+    if reads_back(&mut m, buf, snapshot).await? {
+        Ok(())
+    } else {
+        Err(Error::StorageCorrupt)
+    }
+}
+
+/// True when the map's current snapshot is `snapshot`.
+async fn reads_back<S: NorFlash>(
+    m: &mut MapStorage<u8, &mut S, NoCache>,
+    buf: &mut [u8],
+    snapshot: &[u8],
+) -> Result<bool> {
+    let item = m
+        .fetch_item::<&[u8]>(buf, &SNAPSHOT_KEY)
+        .await
+        .map_err(storage_err)?;
+    Ok(item == Some(snapshot))
 }
 
 /// Reads the last completely saved snapshot into `out` and returns its

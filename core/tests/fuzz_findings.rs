@@ -135,3 +135,32 @@ fn counters_of_a_huge_response_do_not_overflow() {
     assert_eq!(sink.calls, 70_000);
     assert_eq!(c.global_version(), 9);
 }
+
+/// A flash range holding data `persist` did not write (another firmware's,
+/// or damaged): `load` finds no snapshot, and a `save` that reported
+/// success used to be unreadable, its item written over the stray bytes.
+#[test]
+fn a_save_over_foreign_data_loads_back() {
+    use omega_tv_sync::persist;
+    use t::ram_flash::{block_on, RamFlash, PAGE, PAGES};
+    let input = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/regressions/flash/save-over-foreign-data-lost"
+    ))
+    .unwrap();
+    let mut image = vec![0xffu8; PAGE * PAGES];
+    image[..input.len()].copy_from_slice(&input);
+    let mut f = RamFlash(image);
+    let range = 0..(PAGE * PAGES) as u32;
+    let mut buf = vec![0u8; PAGE];
+    let mut out = vec![0u8; PAGE];
+    let first = block_on(persist::load(&mut f, range.clone(), &mut buf, &mut out));
+    assert_eq!(first, Ok(None));
+    let snap = t::download_base();
+    let snap = &snap[..snap.len().min(200)];
+    let saved = block_on(persist::save(&mut f, range.clone(), &mut buf, snap));
+    let got = block_on(persist::load(&mut f, range, &mut buf, &mut out));
+    assert_eq!(saved, Ok(()));
+    assert_eq!(got, Ok(Some(snap.len())));
+    assert_eq!(&out[..snap.len()], snap);
+}

@@ -242,7 +242,11 @@ fn write_seed_corpora() {
         write("flash", "torn-tail", &image[..used - 3]);
         let mut erased = image.clone();
         erased[..1024].fill(0xff);
-        write("flash", "reject-first-page-erased", &erased[..used.max(1100)]);
+        write(
+            "flash",
+            "reject-first-page-erased",
+            &erased[..used.max(1100)],
+        );
         let mut flipped = image.clone();
         flipped[used / 2] ^= 0x40;
         write("flash", "reject-bit-flip", &flipped[..used]);
