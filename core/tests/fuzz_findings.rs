@@ -152,8 +152,8 @@ fn a_save_over_foreign_data_loads_back() {
     image[..input.len()].copy_from_slice(&input);
     let mut f = RamFlash(image);
     let range = 0..(PAGE * PAGES) as u32;
-    let mut buf = vec![0u8; PAGE];
-    let mut out = vec![0u8; PAGE];
+    let mut buf = vec![0u8; persist::work_len::<RamFlash>()];
+    let mut out = vec![0u8; 8 * PAGE];
     let first = block_on(persist::load(&mut f, range.clone(), &mut buf, &mut out));
     assert_eq!(first, Ok(None));
     let snap = t::download_base();

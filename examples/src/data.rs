@@ -15,7 +15,11 @@ pub fn load_rows(path: &Path) -> std::io::Result<Vec<[f32; DIM]>> {
     if bytes.len() % (DIM * 4) != 0 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{}: {} bytes is not a whole number of 384-float rows", path.display(), bytes.len()),
+            format!(
+                "{}: {} bytes is not a whole number of 384-float rows",
+                path.display(),
+                bytes.len()
+            ),
         ));
     }
     Ok(bytes
@@ -50,7 +54,11 @@ pub fn dot(a: &[f32; DIM], b: &[f32; DIM]) -> f32 {
 
 /// Scales to unit norm (f64 accumulation).
 pub fn normalize(v: &mut [f32; DIM]) {
-    let n = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let n = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
     if n > 0.0 {
         for x in v.iter_mut() {
             *x = (f64::from(*x) / n) as f32;

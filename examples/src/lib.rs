@@ -13,3 +13,6 @@ pub fn pattern_bytes(len: usize) -> Vec<u8> {
         .map(|i| (i as u32).wrapping_mul(31).wrapping_add((i / 256) as u32) as u8)
         .collect()
 }
+
+pub mod data;
+pub mod fleet;

@@ -822,7 +822,7 @@ pub fn real_snapshots() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// A NOR flash in RAM for the `flash` target: 4 pages of 1 KiB, 4-byte
+/// A NOR flash in RAM for the `flash` target: 16 pages of 1 KiB, 4-byte
 /// words, writes AND into the cells as real NOR does.
 #[cfg(feature = "flash")]
 pub mod ram_flash {
@@ -831,7 +831,7 @@ pub mod ram_flash {
     /// Erase page size.
     pub const PAGE: usize = 1024;
     /// Pages.
-    pub const PAGES: usize = 4;
+    pub const PAGES: usize = 16;
 
     /// The flash contents.
     pub struct RamFlash(pub Vec<u8>);
@@ -896,7 +896,7 @@ pub mod ram_flash {
 }
 
 /// `flash`: [`persist::load`](omega_tv_sync::persist::load) from an
-/// arbitrary flash image (the input, padded with erased bytes), as after
+/// arbitrary flash image (the input, 16 KiB at most, padded with erased bytes), as after
 /// any power cut or corruption, then `restore` of what it returns. When the
 /// image loads, saving a real snapshot over it must load back exactly.
 /// Accepted means: a snapshot was found and restored.
@@ -909,8 +909,8 @@ pub fn flash(data: &[u8]) -> Result<(), Error> {
     image[..n].copy_from_slice(&data[..n]);
     let mut f = RamFlash(image);
     let range = 0..(PAGE * PAGES) as u32;
-    let mut buf = vec![0u8; PAGE];
-    let mut out = vec![0u8; PAGE];
+    let mut buf = vec![0u8; persist::work_len::<RamFlash>()];
+    let mut out = vec![0u8; 8 * PAGE];
     let loaded = block_on(persist::load(&mut f, range.clone(), &mut buf, &mut out))?;
     let restored = match loaded {
         Some(len) => {
@@ -936,13 +936,15 @@ pub fn real_flash_images() -> Vec<(String, Vec<u8>)> {
     use omega_tv_sync::persist;
     use ram_flash::{block_on, RamFlash, PAGE, PAGES};
     let range = 0..(PAGE * PAGES) as u32;
-    let mut buf = vec![0u8; PAGE];
+    let mut buf = vec![0u8; persist::work_len::<RamFlash>()];
     let mut out = Vec::new();
     let mut f = RamFlash(vec![0xff; PAGE * PAGES]);
-    let snap = snapshot_of(&Client::new(book(), config()));
+    let small = snapshot_of(&Client::new(book(), config()));
+    let large = download_base().to_vec();
     for i in 0..6 {
-        block_on(persist::save(&mut f, range.clone(), &mut buf, &snap)).expect("save");
-        if i == 0 || i == 5 {
+        let snap = if i % 2 == 0 { &small } else { &large };
+        block_on(persist::save(&mut f, range.clone(), &mut buf, snap)).expect("save");
+        if i == 0 || i == 1 || i == 5 {
             out.push((format!("saved-{}", i + 1), f.0.clone()));
         }
     }

@@ -8,10 +8,11 @@
 
 use std::sync::Arc;
 
-use omega_tv_sync::{Embedding, Result, DIM};
+use omega_tv_sync::codec::{self, Codebook};
+use omega_tv_sync::{Embedding, Result};
 
 /// Integer codes of one embedding: one `i16` per basis component.
-pub type Codes = [i16; DIM];
+pub use omega_tv_sync::codec::Codes;
 
 /// What the server needs from a codebook.
 pub trait CodeSpace: Send + Sync + 'static {
@@ -48,10 +49,11 @@ impl Codebooks {
         Codebooks { books: Vec::new() }
     }
 
-    /// Adds a codebook (replacing one with the same id).
+    /// Adds a codebook (ignored when one with the same id is present).
     pub fn with(mut self, book: Arc<dyn CodeSpace>) -> Self {
-        self.books.retain(|b| b.id() != book.id());
-        self.books.push(book);
+        if !self.books.iter().any(|b| b.id() == book.id()) {
+            self.books.push(book);
+        }
         self
     }
 
@@ -66,10 +68,36 @@ impl Codebooks {
     }
 }
 
-/// The codebooks this build ships: accepted in frames, the first used to
-/// publish global patterns.
+/// The core's codebooks, as the server uses them.
+impl CodeSpace for Codebook<'static> {
+    fn id(&self) -> u32 {
+        Codebook::id(self)
+    }
+    fn decode(&self, bytes: &[u8], base: Option<&Codes>, out: &mut Codes) -> Result<()> {
+        Codebook::decode(self, bytes, base, out)
+    }
+    fn encode(&self, codes: &Codes, out: &mut [u8]) -> Result<usize> {
+        Codebook::encode(self, codes, None, out)
+    }
+    fn reconstruct(&self, codes: &Codes) -> Result<Embedding> {
+        Codebook::reconstruct(self, codes)
+    }
+    fn quantize(&self, e: &Embedding) -> Codes {
+        Codebook::quantize(self, e)
+    }
+}
+
+/// The codebooks this build ships: `minilm-v1` (the default, used to publish
+/// global patterns) and `minilm-small-v1` (the small-flash profile).
 pub fn default_codebooks() -> Codebooks {
-    Codebooks::empty()
+    let mut books = Codebooks::empty();
+    for book in [codec::minilm_v1(), codec::minilm_small_v1()] {
+        match book {
+            Ok(b) => books = books.with(Arc::new(b)),
+            Err(e) => tracing::error!(error = %e, "a shipped codebook does not load"),
+        }
+    }
+    books
 }
 
 /// Plain codes for unit tests: each code as 2 bytes little-endian, step 2^-9,
@@ -77,7 +105,7 @@ pub fn default_codebooks() -> Codebooks {
 #[cfg(test)]
 pub(crate) mod plain {
     use super::*;
-    use omega_tv_sync::Error;
+    use omega_tv_sync::{Error, DIM};
 
     /// Id of the plain test codebook.
     pub const ID: u32 = 0x7e57_0001;

@@ -9,7 +9,7 @@
 
 use omega_tv_sync::wire::{
     Ack, Caps, Conflict, DownloadHead, FrameWriter, GlobalRemove, GlobalUpsert, ServerState,
-    TrendRecord, MAX_DOWNLOAD_FRAME, MIN_DOWNLOAD_FRAME,
+    TrendRecord, MAX_DOWNLOAD_FRAME, MIN_DOWNLOAD_FRAME, OVERHEAD,
 };
 use omega_tv_sync::wire::{Kind, Record};
 use omega_tv_sync::{Category, ContentId, Error, PatternId, Region, TrendSignal};
@@ -89,6 +89,25 @@ pub struct Page {
 /// The response buffer size for `caps`.
 pub fn frame_limit(caps: &Caps) -> usize {
     (caps.max_bytes as usize).clamp(MIN_DOWNLOAD_FRAME, MAX_DOWNLOAD_FRAME)
+}
+
+/// Encoded size of a record, tag byte included.
+fn rec_size(r: &Record<'_>) -> StoreResult<usize> {
+    use postcard::experimental::serialized_size as size;
+    let n = match r {
+        Record::DownloadHead(x) => size(x),
+        Record::Ack(x) => size(x),
+        Record::Conflict(x) => size(x),
+        Record::GlobalUpsert(x) => size(x),
+        Record::GlobalRemove(x) => size(x),
+        Record::Trend(x) => size(x),
+        Record::UploadHead(x) => size(x),
+        Record::Pattern(x) => size(x),
+        Record::Removal(x) => size(x),
+        Record::Snapshot(x) => Ok(x.len()),
+    };
+    n.map(|n| n + 1)
+        .map_err(|_| StoreError::Backend("record size".into()))
 }
 
 fn core_err(e: Error) -> StoreError {
@@ -254,32 +273,28 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
     };
     let from = if reset { 0 } else { since };
 
-    // Pass 1: a measuring frame with the largest possible head decides what fits.
-    let mut buf = vec![0u8; limit];
-    let mut w = FrameWriter::new(&mut buf, Kind::Download, req.codebook).map_err(core_err)?;
-    w.push(&Record::DownloadHead(DownloadHead {
+    // Pass 1: sizes only (no buffers), with the largest possible head.
+    let head_max = rec_size(&Record::DownloadHead(DownloadHead {
         seq: u64::MAX,
         global_version: u64::MAX,
         more: true,
         reset: true,
         next_sync_s: u32::MAX,
-    }))
-    .map_err(core_err)?;
+    }))?;
+    let mut used = OVERHEAD + head_max;
     let mut with_state = vec![true; req.answers.len()];
     for (i, a) in req.answers.iter().enumerate() {
-        let recs = answer_records(std::slice::from_ref(a), &[true])?;
-        let rec = recs.first().map(|r| r.record());
-        let Some(rec) = rec else { continue };
-        match w.push(&rec) {
-            Ok(()) => {}
-            Err(Error::BufferTooSmall) => {
-                with_state[i] = false;
-                let recs = answer_records(std::slice::from_ref(a), &[false])?;
-                if let Some(r) = recs.first() {
-                    w.push(&r.record()).map_err(core_err)?;
-                }
+        for ws in [true, false] {
+            let recs = answer_records(std::slice::from_ref(a), &[ws])?;
+            let Some(r) = recs.first() else { break };
+            let n = rec_size(&r.record())?;
+            if used + n <= limit || !ws {
+                // Acks and state-less conflicts always fit: MIN_DOWNLOAD_FRAME
+                // holds one for every pattern of the largest upload.
+                used += n;
+                with_state[i] = ws;
+                break;
             }
-            Err(e) => return Err(core_err(e)),
         }
     }
     let (mut globals, mut trends) = (0u32, 0u32);
@@ -312,30 +327,27 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
             last = version;
             return Ok(true);
         };
-        match w.push(&o.record()) {
-            Ok(()) => {
-                *count += 1;
-                included.push(o);
-                last = version;
-                Ok(true)
-            }
-            Err(Error::BufferTooSmall) if included.is_empty() && req.answers.is_empty() => {
-                // Cannot fit even alone: pass over it rather than stall forever.
-                tracing::warn!(version, "changelog entry larger than the device's frame");
-                last = version;
-                Ok(true)
-            }
-            Err(Error::BufferTooSmall) => {
-                more = true;
-                Ok(false)
-            }
-            Err(e) => Err(core_err(e)),
+        let n = rec_size(&o.record())?;
+        if used + n <= limit {
+            used += n;
+            *count += 1;
+            included.push(o);
+            last = version;
+            Ok(true)
+        } else if included.is_empty() && req.answers.is_empty() {
+            // Cannot fit even alone: pass over it rather than stall forever.
+            tracing::warn!(version, "changelog entry larger than the device's frame");
+            last = version;
+            Ok(true)
+        } else {
+            more = true;
+            Ok(false)
         }
     })?;
     let global_version = if more { last } else { current };
 
-    // Pass 2: the real frame with the same records.
-    let mut out = vec![0u8; limit];
+    // Pass 2: the real frame with the same records (its head is no larger).
+    let mut out = vec![0u8; used];
     let mut w = FrameWriter::new(&mut out, Kind::Download, req.codebook).map_err(core_err)?;
     w.push(&Record::DownloadHead(DownloadHead {
         seq: req.seq,

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codes::{Codebooks, Codes};
 use crate::download::{self, Answer, ConflictState, PageRequest};
-use crate::store::{DeviceRecord, StoreResult, StoredPattern, WriteTxn};
+use crate::store::{DeviceRecord, ReadTxn, StoreResult, StoredPattern, WriteTxn};
 
 /// A rejected request: status, machine-readable code and detail.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +73,10 @@ pub enum Item {
         code: Vec<u8>,
         /// The decoded codes of an `Absolute` update.
         absolute: Option<Box<Codes>>,
+        /// A `Delta` decoded ahead of the transaction against the stored
+        /// codes then current: `(base codes, result)`. Used only when the
+        /// stored codes are still exactly that base.
+        predecoded: Option<Box<(Codes, Codes)>>,
     },
     /// A dropped pattern.
     Removal {
@@ -222,6 +226,7 @@ pub fn validate(
                     category: p.category.as_str().to_string(),
                     code: p.code.to_vec(),
                     absolute,
+                    predecoded: None,
                 }
             }
             Record::Removal(r) => Item::Removal {
@@ -248,6 +253,43 @@ pub fn validate(
         sha256: Sha256::digest(body).into(),
         items,
     })
+}
+
+/// Decodes the upload's deltas against the stored codes visible in `txn`
+/// (a read transaction), outside the writer, so that the single writer
+/// thread only checks that the base is unchanged. Failures are left for
+/// [`apply`] to decide (the base may yet change into a conflict).
+pub fn predecode<T: ReadTxn + ?Sized>(
+    txn: &T,
+    up: &mut Upload,
+    codebooks: &Codebooks,
+) -> StoreResult<()> {
+    let Some(book) = codebooks.get(up.codebook) else {
+        return Ok(());
+    };
+    for item in &mut up.items {
+        if let Item::Update {
+            id,
+            base_rev,
+            code,
+            absolute: None,
+            predecoded,
+            ..
+        } = item
+        {
+            let Some(cur) = txn.pattern(&up.device, id)? else {
+                continue;
+            };
+            if cur.revision != *base_rev || cur.codebook != up.codebook {
+                continue;
+            }
+            let mut out: Codes = [0; omega_tv_sync::DIM];
+            if book.decode(code, Some(&cur.codes), &mut out).is_ok() {
+                *predecoded = Some(Box::new((*cur.codes, out)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`apply`] did.
@@ -366,10 +408,21 @@ pub fn apply(
                 category,
                 code,
                 absolute,
+                predecoded,
                 ..
             } => {
                 let codes = match (absolute, &cur) {
                     (Some(a), _) => a.clone(),
+                    (None, Some(c))
+                        if predecoded
+                            .as_ref()
+                            .is_some_and(|pd| pd.0 == *c.codes && c.codebook == up.codebook) =>
+                    {
+                        match predecoded {
+                            Some(pd) => Box::new(pd.1),
+                            None => continue,
+                        }
+                    }
                     (None, Some(c)) => {
                         let mut out: Box<Codes> = Box::new([0; omega_tv_sync::DIM]);
                         if let Err(e) = book.decode(code, Some(&c.codes), &mut out) {

@@ -19,7 +19,16 @@
 //!
 //! ## Memory
 //! `size_of::<SyncClient<N>>()` is about `N * 1.6 KB` (two `[i16; 384]` per
-//! slot: current and acknowledged codes) plus ~300 bytes. Encoding uses a
+//! slot: current and acknowledged codes) plus ~300 bytes. Keep it in a
+//! `static` and use the in-place [`reset`](SyncClient::reset) and
+//! [`restore_into`](SyncClient::restore_into) on a small stack:
+//! [`new`](SyncClient::new) and [`restore`](SyncClient::restore) return the
+//! client by value, which may cost a client-sized temporary on the stack.
+//! The entry points with large locals (`upsert`, `prepare`, applying a
+//! response, `snapshot`, `restore_into`) are `#[inline(never)]`: each has
+//! its own frame, so the caller's frame does not grow by all of them at
+//! once. Measured on a Cortex-M4F (`examples/cortex-m`, `docs/memory.md`):
+//! a whole sync cycle peaks at about 12 KB of stack, 17 KB with zstd. Encoding uses a
 //! [`MAX_CODED_LEN`] scratch on the stack; [`apply`](SyncClient::apply) needs
 //! two [`Codes`] (1.5 KB) and one [`Embedding`](crate::Embedding) (1.5 KB) on
 //! the stack. The caller provides the request buffer (see
@@ -219,6 +228,22 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         }
     }
 
+    /// Puts the client back into the state [`new`](Self::new) gives, with
+    /// `codebook` and `config`, in place: unlike `*client = SyncClient::new(..)`
+    /// it needs no client-sized temporary on the stack (`N * 1.6 KB`).
+    pub fn reset(&mut self, codebook: Codebook<'cb>, config: Config) {
+        self.rng = Jitter::new(config.jitter_seed);
+        self.cb = codebook;
+        self.cfg = config;
+        self.slots.clear();
+        self.seq = 1;
+        self.global_version = 0;
+        self.inflight = None;
+        self.failures = 0;
+        self.next_sync_at = 0;
+        self.stats = Stats::default();
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -286,6 +311,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// Records the current state of a pattern (validated, then quantised).
     /// A new id takes a free slot ([`Error::CapacityExceeded`] when all `N`
     /// are used). The pattern becomes dirty if anything changed.
+    #[inline(never)] // own frame: see "Memory" above
     pub fn upsert(&mut self, p: &Pattern, now_ms: u64) -> Result<()> {
         p.validate()?;
         let codes = self.cb.quantize(&p.embedding);
@@ -363,6 +389,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// ~150 bytes per changed pattern is typical, `max_len::PATTERN` the
     /// worst case. Keep the bytes until the exchange is applied: a retry
     /// sends them again. [`Error::Busy`] while a request is in flight.
+    #[inline(never)] // own frame: see "Memory" above
     pub fn prepare(&mut self, now_ms: u64, buf: &mut [u8]) -> Result<usize> {
         let _ = now_ms;
         if self.inflight.is_some() {
@@ -540,6 +567,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         }
     }
 
+    #[inline(never)] // own frame: see "Memory" above
     fn apply_frame<S: GlobalSink>(
         &mut self,
         sent: &[u8],

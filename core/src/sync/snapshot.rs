@@ -65,6 +65,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// Writes the persistent state into `buf` (at most
     /// [`Self::MAX_SNAPSHOT_LEN`] bytes) and returns its length. Call it after
     /// every applied exchange, before the next one.
+    #[inline(never)] // own frame: see the sync module's "Memory"
     pub fn snapshot(&self, buf: &mut [u8]) -> Result<usize> {
         use crate::wire::{crc32, tag, FORMAT_VERSION, HEADER_LEN, MAGIC, TRAILER_LEN};
         let start = HEADER_LEN + 1;
@@ -115,13 +116,25 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// Rebuilds a client from a snapshot. The device id in the snapshot must
     /// be `config.device_id` and the codebook the one it was made with
     /// ([`Error::UnknownCodebook`]); a corrupt snapshot is an error, never a
-    /// partial state.
+    /// partial state. Returns the client by value; see
+    /// [`restore_into`](Self::restore_into) for the in-place form.
     pub fn restore(codebook: Codebook<'cb>, config: Config, bytes: &[u8]) -> Result<Self> {
+        let mut client = SyncClient::new(codebook, config);
+        client.restore_into(bytes)?;
+        Ok(client)
+    }
+
+    /// Replaces this client's state with the snapshot's, in place, keeping
+    /// its codebook and configuration (the snapshot's device id and codebook
+    /// must match them). The snapshot is checked completely before anything
+    /// changes: on error the client is as it was.
+    #[inline(never)] // own frame: see the sync module's "Memory"
+    pub fn restore_into(&mut self, bytes: &[u8]) -> Result<()> {
         let f = FrameReader::parse(bytes)?;
         if f.kind() != Kind::Snapshot {
             return Err(Error::UnknownKind);
         }
-        if f.codebook_id() != codebook.id() {
+        if f.codebook_id() != self.cb.id() {
             return Err(Error::UnknownCodebook);
         }
         let mut recs = f.records();
@@ -130,51 +143,73 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             Some(Err(e)) => return Err(e),
             _ => return Err(Error::Malformed),
         };
-        let (head, mut rest) = postcard::take_from_bytes::<Head>(body)?;
-        if head.device_id != config.device_id.as_str() {
-            return Err(Error::ProtocolViolation);
-        }
-        if usize::from(head.count) > N {
-            return Err(Error::CapacityExceeded);
-        }
-        let mut client = SyncClient::new(codebook, config);
-        client.seq = head.seq.max(1);
-        client.global_version = head.global_version;
-        for _ in 0..head.count {
-            let (sh, r) = postcard::take_from_bytes::<SlotHead>(rest)?;
-            rest = r;
-            let mut acked: Codes = [0; DIM];
-            for c in acked.iter_mut() {
-                let (v, r) = postcard::take_from_bytes::<i16>(rest)?;
-                *c = v;
-                rest = r;
-            }
-            crate::types::check_rate(sh.success_rate)?;
-            let slot = Slot {
-                id: PatternId::new(sh.id)?,
-                current: acked,
-                acked,
-                rev: sh.rev,
-                acked_valid: sh.acked_valid,
-                success_rate: sh.success_rate,
-                sample_count: sh.sample_count,
-                category: Category::new(sh.category)?,
-                // A base the device could not delta against must be re-sent.
-                dirty: !sh.acked_valid,
-                removed: false,
-                changed_at: 0,
-            };
-            if client.slots.iter().any(|s| s.id == slot.id) {
+        // Pass 1: check everything, change nothing.
+        let mut ids: heapless::Vec<PatternId, N> = heapless::Vec::new();
+        let head = parse(body, self.cfg.device_id.as_str(), N, |slot| {
+            if ids.contains(&slot.id) {
                 return Err(Error::Malformed);
             }
-            client
-                .slots
-                .push(slot)
-                .map_err(|_| Error::CapacityExceeded)?;
-        }
-        if !rest.is_empty() {
-            return Err(Error::TrailingBytes);
-        }
-        Ok(client)
+            ids.push(slot.id.clone())
+                .map_err(|_| Error::CapacityExceeded)
+        })?;
+        // Pass 2: apply (cannot fail: pass 1 saw the same bytes).
+        self.slots.clear();
+        self.inflight = None;
+        self.failures = 0;
+        self.next_sync_at = 0;
+        self.seq = head.seq.max(1);
+        self.global_version = head.global_version;
+        let slots = &mut self.slots;
+        parse(body, self.cfg.device_id.as_str(), N, |slot| {
+            slots.push(slot).map_err(|_| Error::CapacityExceeded)
+        })?;
+        Ok(())
     }
+}
+
+/// Walks a snapshot body: checks the head against `device_id` and `n`
+/// slots, builds each slot and hands it to `visit`, and rejects trailing
+/// bytes. Returns the head.
+fn parse<'a>(
+    body: &'a [u8],
+    device_id: &str,
+    n: usize,
+    mut visit: impl FnMut(Slot) -> Result<()>,
+) -> Result<Head<'a>> {
+    let (head, mut rest) = postcard::take_from_bytes::<Head>(body)?;
+    if head.device_id != device_id {
+        return Err(Error::ProtocolViolation);
+    }
+    if usize::from(head.count) > n {
+        return Err(Error::CapacityExceeded);
+    }
+    for _ in 0..head.count {
+        let (sh, r) = postcard::take_from_bytes::<SlotHead>(rest)?;
+        rest = r;
+        let mut acked: Codes = [0; DIM];
+        for c in acked.iter_mut() {
+            let (v, r) = postcard::take_from_bytes::<i16>(rest)?;
+            *c = v;
+            rest = r;
+        }
+        crate::types::check_rate(sh.success_rate)?;
+        visit(Slot {
+            id: PatternId::new(sh.id)?,
+            current: acked,
+            acked,
+            rev: sh.rev,
+            acked_valid: sh.acked_valid,
+            success_rate: sh.success_rate,
+            sample_count: sh.sample_count,
+            category: Category::new(sh.category)?,
+            // A base the device could not delta against must be re-sent.
+            dirty: !sh.acked_valid,
+            removed: false,
+            changed_at: 0,
+        })?;
+    }
+    if !rest.is_empty() {
+        return Err(Error::TrailingBytes);
+    }
+    Ok(head)
 }

@@ -775,3 +775,49 @@ fn compressed_responses_apply_like_plain_ones() {
         "{out:?}"
     );
 }
+
+#[test]
+fn restore_into_and_reset_work_in_place_and_keep_state_on_error() {
+    let v = vectors();
+    let mut c = client("tv-11");
+    let mut peer = Peer::default();
+    let mut tx = [0u8; 16384];
+    for i in 0..4 {
+        c.upsert(&pattern(&std::format!("p{i}"), &v[i], 0.9, 30), 0)
+            .unwrap();
+    }
+    sync(&mut c, &mut peer, &mut tx, 0).unwrap();
+    let mut snap = std::vec![0u8; Client::MAX_SNAPSHOT_LEN];
+    let n = c.snapshot(&mut snap).unwrap();
+
+    // A client with other state takes the snapshot's state in place.
+    let mut r = client("tv-11");
+    r.upsert(&pattern("other", &v[9], 0.9, 30), 0).unwrap();
+    r.restore_into(&snap[..n]).unwrap();
+    assert_eq!(
+        (r.seq(), r.global_version(), r.len()),
+        (c.seq(), c.global_version(), 4)
+    );
+    for id in c.ids() {
+        assert_eq!(r.acked(id), c.acked(id));
+    }
+    // A snapshot cut short (with a valid CRC) is refused and changes nothing.
+    let before: Vec<_> = r.ids().cloned().collect();
+    let mut cut = snap[..n - 40].to_vec();
+    let crc = crate::wire::crc32(&cut[..cut.len() - 4]);
+    let l = cut.len();
+    cut[l - 4..].copy_from_slice(&crc.to_le_bytes());
+    assert!(r.restore_into(&cut).is_err());
+    assert_eq!(r.ids().cloned().collect::<Vec<_>>(), before);
+    assert_eq!(r.seq(), c.seq());
+
+    // reset: back to `new`'s state, in place.
+    r.reset(
+        minilm_v1().unwrap(),
+        Config::new(DeviceId::new("tv-12").unwrap()),
+    );
+    assert_eq!((r.seq(), r.global_version(), r.len()), (1, 0, 0));
+    assert_eq!(r.config().device_id.as_str(), "tv-12");
+    assert_eq!(r.restore_into(&snap[..n]), Err(Error::ProtocolViolation));
+    assert!(r.is_empty());
+}

@@ -16,10 +16,13 @@
 //! 3. round-trips a record through postcard in a `MaxSize` buffer;
 //! 4. saves and loads sync-state snapshots through the `flash` feature on a
 //!    RAM-backed NOR flash;
-//! 5. **the sync cycle** (update patterns, prepare an upload frame, decode a
-//!    recorded server response, apply it; zstd on and off): the slot is
-//!    [`workload::sync_cycle`], filled in when the codec, frames and sync
-//!    client exist.
+//! 5. **the sync cycle** ([`sync_cycle`]), for the default and the small
+//!    codebook profile, with zstd off and (feature `zstd`) on: upsert real
+//!    patterns, prepare an upload frame (byte-exact with the host's), apply
+//!    a server response recorded at build time (acks, a conflict, global
+//!    changes, trends), check the acked state, snapshot, restore and store
+//!    it on flash. Its own stack peak is printed as
+//!    `sync_cycle_stack_peak_bytes=N` (the stack is painted again before it).
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -33,7 +36,9 @@ use cortex_m_semihosting::{debug, hprintln};
 #[cfg(feature = "zstd")]
 mod libc_stubs;
 mod ramflash;
+mod scenario;
 mod stack;
+mod sync_cycle;
 mod workload;
 
 /// Counts checks and prints each one.

@@ -6,7 +6,7 @@ use embedded_storage_async::nor_flash::{ErrorType, NorFlash, NorFlashErrorKind, 
 /// Erase page size.
 pub const PAGE: usize = 1024;
 /// Pages in the flash.
-pub const PAGES: usize = 4;
+pub const PAGES: usize = 16;
 
 /// `PAGES` pages of RAM behaving like NOR flash.
 pub struct RamFlash<'a> {

@@ -7,10 +7,13 @@
 //! stack ever reached. (A frame that happened to store exactly the paint
 //! value at its deepest word would hide 4 bytes: negligible.)
 //!
-//! This is the firmware's one place that reads raw memory.
+//! [`repaint`] paints the unused stack again so that the next
+//! [`peak_bytes`] reports the peak of one phase (the sync cycle).
+//!
+//! This is the firmware's one place that reads or writes raw memory.
 #![allow(unsafe_code)]
 
-use core::ptr::{addr_of, read_volatile};
+use core::ptr::{addr_of, read_volatile, write_volatile};
 
 extern "C" {
     static _stack_start: u32;
@@ -46,4 +49,45 @@ pub fn peak_bytes() -> usize {
         p += 4;
     }
     start - p
+}
+
+/// Bytes below the current stack pointer left unpainted by [`repaint`]:
+/// room for its own frame.
+const REPAINT_MARGIN: usize = 256;
+
+/// Paints the stack again from its bottom bound up to `REPAINT_MARGIN`
+/// bytes below the current stack pointer, so that [`peak_bytes`] then
+/// reports the deepest point reached by what runs after this call (the
+/// frames above the caller included, since the peak is measured from the
+/// top of the stack).
+pub fn repaint() {
+    let (end, _) = bounds();
+    let sp = cortex_m::register::msp::read() as usize;
+    let stop = sp.saturating_sub(REPAINT_MARGIN) & !3;
+    let mut p = (end + 3) & !3;
+    while p < stop {
+        // SAFETY: `p` is word-aligned, at or above `_stack_end` and below
+        // the current stack pointer minus a margin: stack memory that no
+        // live frame uses (no interrupt is enabled in this firmware), which
+        // the linker script reserves for the stack.
+        unsafe { write_volatile(p as *mut u32, cortex_m_rt::STACK_PAINT_VALUE) };
+        p += 4;
+    }
+}
+
+/// Current stack depth in bytes (top of the stack minus the stack pointer).
+pub fn depth() -> usize {
+    let (_, start) = bounds();
+    start.saturating_sub(cortex_m::register::msp::read() as usize)
+}
+
+/// Runs `f` on a freshly painted stack and returns its result with the
+/// stack bytes it used beyond the caller's depth (its own frames and
+/// everything it calls).
+#[inline(never)]
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    repaint();
+    let base = depth();
+    let r = f();
+    (r, peak_bytes().saturating_sub(base))
 }

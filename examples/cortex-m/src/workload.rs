@@ -26,12 +26,29 @@ static PATTERNS: &[u8; ROWS * DIM * 4] = include_bytes!(concat!(env!("OUT_DIR"),
 /// Prints the target's sizes of the core's per-pattern values (for
 /// `docs/memory.md`).
 pub fn print_sizes() {
+    use core::mem::size_of;
+    use omega_tv_sync::sync::SyncClient;
     cortex_m_semihosting::hprintln!(
         "size_of Pattern={} Embedding={} DeviceId={} record_postcard_max={}",
-        core::mem::size_of::<Pattern>(),
-        core::mem::size_of::<Embedding>(),
-        core::mem::size_of::<DeviceId>(),
+        size_of::<Pattern>(),
+        size_of::<Embedding>(),
+        size_of::<DeviceId>(),
         Record::POSTCARD_MAX_SIZE
+    );
+    cortex_m_semihosting::hprintln!(
+        "size_of SyncClient<1>={} <8>={} <64>={}; MAX_SNAPSHOT_LEN <1>={} <8>={} <64>={}",
+        size_of::<SyncClient<'static, 1>>(),
+        size_of::<SyncClient<'static, 8>>(),
+        size_of::<SyncClient<'static, 64>>(),
+        SyncClient::<'static, 1>::MAX_SNAPSHOT_LEN,
+        SyncClient::<'static, 8>::MAX_SNAPSHOT_LEN,
+        SyncClient::<'static, 64>::MAX_SNAPSHOT_LEN,
+    );
+    cortex_m_semihosting::hprintln!(
+        "persist: work_len={} chunk_len={} region_len(MAX_SNAPSHOT_LEN <8>)={} (1 KiB pages)",
+        persist::work_len::<RamFlash>(),
+        persist::chunk_len::<RamFlash>(),
+        persist::region_len::<RamFlash>(SyncClient::<'static, 8>::MAX_SNAPSHOT_LEN),
     );
 }
 
@@ -41,10 +58,12 @@ pub fn run(c: &mut Checks) {
     patterns_and_filter(c);
     postcard_round_trip(c);
     persistence(c);
-    match sync_cycle() {
-        SyncCycle::NotYetAvailable => {}
-        SyncCycle::Ran { ok } => c.check("sync cycle", ok),
-    }
+    // The sync cycle's own stack peak: paint the stack again first. Every
+    // step is `#[inline(never)]`, so that the frames of the steps before do
+    // not count towards the sync cycle's peak.
+    crate::stack::repaint();
+    crate::sync_cycle::run(c, PATTERNS);
+    cortex_m_semihosting::hprintln!("sync_cycle_stack_peak_bytes={}", crate::stack::peak_bytes());
 }
 
 fn row(i: usize) -> &'static [u8] {
@@ -56,6 +75,7 @@ fn embedding(i: usize) -> Result<Embedding, Error> {
     Embedding::from_le_bytes(row(i))
 }
 
+#[inline(never)]
 fn embeddings(c: &mut Checks) {
     let mut valid = 0;
     let mut cos_ok = true;
@@ -117,6 +137,7 @@ fn embeddings(c: &mut Checks) {
     );
 }
 
+#[inline(never)]
 fn patterns_and_filter(c: &mut Checks) {
     let filter = QualityFilter::DEFAULT;
     let mut built = 0;
@@ -189,6 +210,7 @@ fn record(seq: u64) -> Result<Record, Error> {
     })
 }
 
+#[inline(never)]
 fn postcard_round_trip(c: &mut Checks) {
     let mut buf = [0u8; Record::POSTCARD_MAX_SIZE];
     let ok = record(7).ok().is_some_and(|r| {
@@ -206,7 +228,8 @@ fn postcard_round_trip(c: &mut Checks) {
     c.check("truncated postcard rejected", trunc);
 }
 
-fn block_on<F: Future>(f: F) -> F::Output {
+/// Polls a future that never waits (RAM flash) to completion.
+pub fn block_on<F: Future>(f: F) -> F::Output {
     let mut f = pin!(f);
     let mut cx = Context::from_waker(Waker::noop());
     loop {
@@ -230,11 +253,12 @@ fn snapshot(seq: u64, out: &mut [u8; SNAP]) -> usize {
     end
 }
 
+#[inline(never)]
 fn persistence(c: &mut Checks) {
     static FLASH: StaticCell<[u8; PAGE * PAGES]> = StaticCell::new();
     let mut flash = RamFlash::new(FLASH.init([0xff; PAGE * PAGES]));
     let range = 0..(PAGE * PAGES) as u32;
-    let mut work = [0u8; persist::buffer_len::<RamFlash>(SNAP)];
+    let mut work = [0u8; persist::work_len::<RamFlash>()];
     let mut out = [0u8; SNAP];
     c.check(
         "blank flash loads None",
@@ -266,24 +290,4 @@ fn persistence(c: &mut Checks) {
         ok &= got == Ok(Some(n)) && out[..n] == snap[..n];
     }
     c.check("40 snapshots saved and loaded back (page ring wraps)", ok);
-}
-
-/// Outcome of the sync-cycle slot.
-enum SyncCycle {
-    /// The codec, frames and sync client are not in the core yet.
-    NotYetAvailable,
-    /// The cycle ran; `ok` when every result matched.
-    #[allow(dead_code)]
-    Ran { ok: bool },
-}
-
-/// THE SYNC-CYCLE SLOT. Once the core has the codec, wire frames and sync
-/// client, this runs the full device cycle on the compiled-in vectors:
-/// update patterns, prepare an upload frame (compare with a recorded frame),
-/// decode a recorded server response frame, apply it, and compare the
-/// resulting state, once with zstd off and once with it on (feature
-/// `zstd`, static workspaces in `static` buffers). It runs here, inside the
-/// paint-stack measurement, so `stack_peak_bytes` covers it.
-fn sync_cycle() -> SyncCycle {
-    SyncCycle::NotYetAvailable
 }

@@ -4,24 +4,39 @@
 //! only with a TAP device instead of an Ethernet MAC.
 //!
 //! ```text
-//! embassy-client --tap TAP --addr 10.77.0.2/24 --server 10.77.0.1:8080 [--rounds N]
+//! embassy-client --tap TAP --addr 10.77.0.2/24 --server 10.77.0.1:8080 [--rounds N] [--syncs N]
 //! ```
 //!
 //! Run by `scripts/netns-sync.sh` inside a private network namespace (a TAP
-//! device needs root and `/dev/net/tun`). It makes a bounded number of HTTP
-//! exchanges against `embassy-test-server` and checks each outcome: binary
-//! POST bodies echoed back, a chunked response decoded, oversize responses
-//! (fixed-length and chunked) reported as `ResponseTooLarge`, a 503 with its
-//! `Retry-After`, a refused connection. Exits 0 only if every check passes.
+//! device needs root and `/dev/net/tun`). Two modes:
 //!
-//! When the sync client and the Constellation server land, the same wiring
-//! runs the real sync cycle against the real server (see `run_sync` below).
+//! - `--syncs N` (against the real Constellation server, started with
+//!   `--admin`): the real `SyncClient` syncs [`SYNC_PATTERNS`] real
+//!   patterns `N` times through `SyncClient::exchange` over the embassy
+//!   transport, the patterns drifting between syncs (another real vector
+//!   mixed in), then reads the server's state back with
+//!   `GET /api/v1/devices/{id}/patterns` and checks that every pattern's
+//!   revision and integer codes there equal what the client holds as
+//!   acknowledged. Exit code 3 (and nothing else checked) when the server
+//!   answers the first sync `422 unknown_codebook`: a server built without
+//!   the codec.
+//! - otherwise (against `embassy-test-server`): `--rounds` rounds of HTTP
+//!   exchanges, each checked: binary POST bodies echoed back, a chunked
+//!   response decoded, oversize responses (fixed-length and chunked)
+//!   reported as `ResponseTooLarge`, a 503 with its `Retry-After`, a refused
+//!   connection.
+//!
+//! Exits 0 only if every check passes.
 
 use embassy_executor::Spawner;
 use embassy_net::{Ipv4Address, Ipv4Cidr, StackResources, StaticConfigV4};
 use embassy_net_tuntap::TunTapDevice;
 use embassy_time::{with_timeout, Duration};
-use omega_tv_sync::{Method, Request, Transport};
+use omega_tv_sync::codec::minilm_v1;
+use omega_tv_sync::sync::{Config as SyncConfig, Outcome, SyncClient, SyncError};
+use omega_tv_sync::{
+    Category, DeviceId, Embedding, Method, Pattern, PatternId, Request, Transport, DIM,
+};
 use omega_tv_sync_embassy::{
     Buffers, Config, EmbassyTransport, Error, RECOMMENDED_HEADER_BUFFER, RECOMMENDED_TCP_BUFFER,
 };
@@ -37,6 +52,7 @@ struct Args {
     addr: Ipv4Cidr,
     server: (Ipv4Address, u16),
     rounds: usize,
+    syncs: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
     let mut addr = None;
     let mut server = None;
     let mut rounds = 3usize;
+    let mut syncs = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -66,6 +83,13 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--rounds must be in 1..=100".into());
                 }
             }
+            "--syncs" => {
+                let n: usize = value.parse().map_err(|e| format!("--syncs: {e}"))?;
+                if !(1..=50).contains(&n) {
+                    return Err("--syncs must be in 1..=50".into());
+                }
+                syncs = Some(n);
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -74,6 +98,7 @@ fn parse_args() -> Result<Args, String> {
         addr: addr.ok_or("--addr is required")?,
         server: server.ok_or("--server is required")?,
         rounds,
+        syncs,
     })
 }
 
@@ -145,6 +170,18 @@ async fn main(spawner: Spawner) {
     );
 
     let mut checks = Checks::default();
+    if let Some(n) = args.syncs {
+        let code = run_sync(&mut transport, n, &mut checks).await;
+        println!(
+            "embassy-client: {} passed, {} failed",
+            checks.passed, checks.failed
+        );
+        std::process::exit(code.unwrap_or(if checks.failed == 0 && checks.passed > 0 {
+            0
+        } else {
+            1
+        }));
+    }
     run_http_checks(&mut transport, &mut response, args.rounds, &mut checks).await;
 
     // Refused connection: a port nothing listens on in the namespace.
@@ -162,8 +199,6 @@ async fn main(spawner: Spawner) {
     );
     let r = refused.send(get("/"), &mut response).await;
     checks.check("refused connection -> Connect", r == Err(Error::Connect));
-
-    // run_sync(&mut transport, ...) goes here once the sync client exists.
 
     println!(
         "embassy-client: {} passed, {} failed",
@@ -283,4 +318,188 @@ fn env_logger_lite() {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// Patterns the sync mode keeps (real vectors, rows `0..SYNC_PATTERNS`).
+const SYNC_PATTERNS: usize = 6;
+/// Device id of the sync mode.
+const SYNC_DEVICE: &str = "stb-netns-embassy-0001";
+
+fn rows(path: &str, n: usize) -> Result<Vec<Embedding>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    bytes
+        .chunks_exact(DIM * 4)
+        .take(n)
+        .map(|c| Embedding::from_le_bytes(c).map_err(|e| format!("{path}: {e:?}")))
+        .collect()
+}
+
+/// Pattern `i` at sync `k`: row `i`, pulled towards item `k` (one more
+/// watched item per sync), with more samples each time.
+fn drifted(pats: &[Embedding], items: &[Embedding], i: usize, k: usize) -> Option<Pattern> {
+    let mut v = [0f32; DIM];
+    let w = if k == 0 { 0.0 } else { 0.25 };
+    for (d, x) in v.iter_mut().enumerate() {
+        *x = pats[i].as_array()[d] + w * items[(i * 7 + k) % items.len()].as_array()[d];
+    }
+    Pattern::new(
+        PatternId::new(&format!("pattern-{i}")).ok()?,
+        Embedding::normalize(v).ok()?,
+        0.8,
+        20 + k as u32,
+        Category::new("drama").ok()?,
+    )
+    .ok()
+}
+
+/// The real sync cycle against Constellation: `n` syncs with drifting
+/// patterns, then the server's stored state read back and compared.
+/// Returns `Some(3)` when the server has no codec yet.
+async fn run_sync<T: Transport<Error = Error>>(
+    t: &mut T,
+    n: usize,
+    checks: &mut Checks,
+) -> Option<i32> {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/minilm/");
+    let (pats, items) = match (
+        rows(&format!("{data}patterns_public.f32"), SYNC_PATTERNS),
+        rows(&format!("{data}items_public.f32"), 64),
+    ) {
+        (Ok(p), Ok(i)) => (p, i),
+        (Err(e), _) | (_, Err(e)) => {
+            checks.check(&format!("real vectors: {e}"), false);
+            return None;
+        }
+    };
+    let (Ok(cb), Ok(id)) = (minilm_v1(), DeviceId::new(SYNC_DEVICE)) else {
+        checks.check("codebook and device id", false);
+        return None;
+    };
+    let mut client: Box<SyncClient<'static, 16>> =
+        Box::new(SyncClient::new(cb, SyncConfig::new(id)));
+    let mut tx = vec![0u8; 32 * 1024];
+    let mut rx = vec![0u8; client.config().caps.max_bytes as usize];
+    let start = embassy_time::Instant::now();
+    for k in 0..n {
+        for i in 0..SYNC_PATTERNS {
+            match drifted(&pats, &items, i, k) {
+                Some(p) => {
+                    if client.upsert(&p, start.elapsed().as_millis()).is_err() {
+                        checks.check("upsert", false);
+                    }
+                }
+                None => checks.check("pattern", false),
+            }
+        }
+        let pending = client.pending();
+        // A bounded number of attempts per sync (a 503 is retried at once:
+        // the timing is not what is tested here).
+        let mut done = false;
+        for _attempt in 0..3 {
+            let now = start.elapsed().as_millis();
+            match client.exchange(t, &mut tx, &mut rx, now, &mut ()).await {
+                Ok(Outcome::Synced(s)) => {
+                    checks.check(
+                        &format!(
+                            "sync {k}: {} uploaded, {} acked, {} conflicts, seq now {}",
+                            s.uploaded,
+                            s.acked,
+                            s.conflicts,
+                            client.seq()
+                        ),
+                        s.uploaded as usize == pending
+                            && s.acked as usize == pending
+                            && s.conflicts == 0
+                            && client.pending() == 0,
+                    );
+                    done = true;
+                    break;
+                }
+                Ok(other) => println!("sync {k}: {other:?}, again"),
+                Err(SyncError::Core(omega_tv_sync::Error::Rejected))
+                    if k == 0 && rx.windows(16).any(|w| w == b"unknown_codebook") =>
+                {
+                    // The error body is still in `rx`.
+                    println!("sync {k}: the server has no codec (422 unknown_codebook)");
+                    return Some(3);
+                }
+                Err(e) => {
+                    checks.check(&format!("sync {k}: {e:?}"), false);
+                    break;
+                }
+            }
+        }
+        if !done {
+            checks.check(&format!("sync {k} completed"), false);
+        }
+    }
+
+    // Read back what the server holds.
+    let path = format!("/api/v1/devices/{SYNC_DEVICE}/patterns");
+    let mut buf = vec![0u8; 256 * 1024];
+    let r = t
+        .send(
+            Request {
+                method: Method::Get,
+                path: &path,
+                headers: &[],
+                body: &[],
+            },
+            &mut buf,
+        )
+        .await;
+    let body = match r {
+        Ok(resp) if resp.status == 200 => &buf[..resp.body_len],
+        other => {
+            checks.check(&format!("admin read-back: {other:?}"), false);
+            return None;
+        }
+    };
+    let state: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            checks.check(&format!("admin read-back JSON: {e}"), false);
+            return None;
+        }
+    };
+    let stored = state["patterns"].as_array().cloned().unwrap_or_default();
+    checks.check(
+        &format!("server holds {} patterns", stored.len()),
+        stored.len() == SYNC_PATTERNS,
+    );
+    for i in 0..SYNC_PATTERNS {
+        let Ok(pid) = PatternId::new(&format!("pattern-{i}")) else {
+            continue;
+        };
+        let mine = client.acked(&pid);
+        let theirs = stored.iter().find(|p| p["id"] == pid.as_str());
+        let same = match (mine, theirs) {
+            (Some((rev, codes)), Some(p)) => {
+                let srv: Vec<i64> = p["codes"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|c| c.as_i64()).collect())
+                    .unwrap_or_default();
+                p["revision"].as_u64() == Some(u64::from(rev))
+                    && srv.len() == DIM
+                    && srv
+                        .iter()
+                        .zip(codes.iter())
+                        .all(|(a, b)| *a == i64::from(*b))
+            }
+            _ => false,
+        };
+        checks.check(
+            &format!(
+                "{}: server revision and codes = the client's acked (rev {:?})",
+                pid.as_str(),
+                mine.map(|m| m.0)
+            ),
+            same,
+        );
+    }
+    checks.check(
+        &format!("server's last_seq = {} syncs", n),
+        state["last_seq"].as_u64() == Some(n as u64) && client.seq() == n as u64 + 1,
+    );
+    None
 }

@@ -36,7 +36,15 @@ where
     let path = format!("/api/v1/devices/{device}/patterns");
     let mut buf = vec![0u8; 1 << 20];
     let r = t
-        .send(Request { method: Method::Get, path: &path, headers: &[], body: &[] }, &mut buf)
+        .send(
+            Request {
+                method: Method::Get,
+                path: &path,
+                headers: &[],
+                body: &[],
+            },
+            &mut buf,
+        )
         .await
         .map_err(|e| format!("read-back of {device}: {e:?}"))?;
     if r.status != 200 {
@@ -65,10 +73,18 @@ pub struct Verdict {
     pub cos_min: f64,
     /// Patterns in the cosine figures.
     pub cos_count: u64,
+    /// Acknowledged states later replaced by another session's update.
+    pub superseded: u64,
 }
 
 /// Compares one device with the server's view of it.
-pub fn check_device(cb: &Codebook<'_>, tv: &Tv, server: &ServerDevice, v: &mut Verdict, cos_sum: &mut f64) {
+pub fn check_device(
+    cb: &Codebook<'_>,
+    tv: &Tv,
+    server: &ServerDevice,
+    v: &mut Verdict,
+    cos_sum: &mut f64,
+) {
     let by_id: HashMap<&str, &ServerPattern> =
         server.patterns.iter().map(|p| (p.id.as_str(), p)).collect();
     let cb_q = |p: &super::model::TvPattern| cb.quantize(&p.to_pattern().embedding);
@@ -84,15 +100,24 @@ pub fn check_device(cb: &Codebook<'_>, tv: &Tv, server: &ServerDevice, v: &mut V
         if acks > srv_rev {
             v.lost_updates += u64::from(acks - srv_rev);
         }
-        let Some((rev, acked)) = tv.client.acked(&p.id) else { continue };
+        let Some((rev, acked)) = tv.client.acked(&p.id) else {
+            continue;
+        };
         v.checked += 1;
         let Some(s) = srv else {
             v.lost_updates += 1;
             continue;
         };
         let same = s.codes.len() == DIM && s.codes.iter().zip(acked.iter()).all(|(a, b)| a == b);
-        if s.revision != rev || !same {
+        // Behind the device, or different at the same revision: lost. Ahead
+        // of it: a later update from another session of the same device id
+        // superseded it (that update's ack is in the ledger's count above).
+        if s.revision < rev || (s.revision == rev && !same) {
             v.lost_updates += 1;
+            continue;
+        }
+        if s.revision > rev {
+            v.superseded += 1;
             continue;
         }
         // Fidelity: only where the device's pattern is what was acked.
@@ -103,7 +128,11 @@ pub fn check_device(cb: &Codebook<'_>, tv: &Tv, server: &ServerDevice, v: &mut V
                 let f = p.to_pattern().embedding;
                 let c = f64::from(e.dot(&f));
                 *cos_sum += c;
-                v.cos_min = if v.cos_count == 0 { c } else { v.cos_min.min(c) };
+                v.cos_min = if v.cos_count == 0 {
+                    c
+                } else {
+                    v.cos_min.min(c)
+                };
                 v.cos_count += 1;
             }
         }
@@ -111,7 +140,11 @@ pub fn check_device(cb: &Codebook<'_>, tv: &Tv, server: &ServerDevice, v: &mut V
 }
 
 /// Checks every TV against the server.
-pub async fn check_all<T: Transport>(cb: &Codebook<'_>, tvs: &[Tv], t: &mut T) -> Result<Verdict, String>
+pub async fn check_all<T: Transport>(
+    cb: &Codebook<'_>,
+    tvs: &[Tv],
+    t: &mut T,
+) -> Result<Verdict, String>
 where
     T::Error: std::fmt::Debug,
 {
@@ -121,6 +154,10 @@ where
         let s = read_device(t, tv.id.as_str()).await?;
         check_device(cb, tv, &s, &mut v, &mut cos_sum);
     }
-    v.cos_mean = if v.cos_count > 0 { cos_sum / v.cos_count as f64 } else { 0.0 };
+    v.cos_mean = if v.cos_count > 0 {
+        cos_sum / v.cos_count as f64
+    } else {
+        0.0
+    };
     Ok(v)
 }

@@ -22,6 +22,10 @@ pub struct Exchange {
     pub acked: Vec<String>,
     /// Ids that came back as conflicts in a delivered 200.
     pub conflicts: Vec<String>,
+    /// HTTP status of a delivered response (0 when none was delivered).
+    pub status: u16,
+    /// The body of a delivered 4xx other than 409/429 (the error JSON).
+    pub error_body: String,
 }
 
 /// Errors of [`Faulty`].
@@ -52,14 +56,27 @@ impl<T: Transport> Transport for Faulty<T> {
 
     async fn send(&mut self, req: Request<'_>, buf: &mut [u8]) -> Result<Response, Self::Error> {
         let patterns_up = FrameReader::parse(req.body)
-            .map(|f| f.records().filter(|r| matches!(r, Ok(Record::Pattern(_)))).count())
+            .map(|f| {
+                f.records()
+                    .filter(|r| matches!(r, Ok(Record::Pattern(_))))
+                    .count()
+            })
             .unwrap_or(0);
-        self.last = Exchange { up: req.body.len(), patterns_up, ..Exchange::default() };
+        self.last = Exchange {
+            up: req.body.len(),
+            patterns_up,
+            ..Exchange::default()
+        };
         let t0 = std::time::Instant::now();
         let r = self.inner.send(req, buf).await;
         self.last.latency_us = t0.elapsed().as_micros() as u64;
         let resp = r.map_err(FaultError::Inner)?;
         self.last.down = resp.body_len;
+        self.last.status = resp.status;
+        if (400..500).contains(&resp.status) && resp.status != 409 && resp.status != 429 {
+            self.last.error_body =
+                String::from_utf8_lossy(&buf[..resp.body_len.min(512)]).into_owned();
+        }
         if self.drop_p > 0.0 && self.rng.chance(self.drop_p) {
             self.last.dropped = true;
             return Err(FaultError::Dropped);

@@ -35,8 +35,11 @@ impl Catalog {
         let neighbours = patterns
             .iter()
             .map(|p| {
-                let mut scored: Vec<(f32, u32)> =
-                    items.iter().enumerate().map(|(i, it)| (dot(p, it), i as u32)).collect();
+                let mut scored: Vec<(f32, u32)> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| (dot(p, it), i as u32))
+                    .collect();
                 scored.select_nth_unstable_by(NEIGHBOURS, |a, b| b.0.total_cmp(&a.0));
                 scored.truncate(NEIGHBOURS);
                 scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -44,7 +47,13 @@ impl Catalog {
             })
             .collect();
         let (item_category, item_name) = meta.into_iter().unzip();
-        Ok(Catalog { items, item_category, item_name, patterns, neighbours })
+        Ok(Catalog {
+            items,
+            item_category,
+            item_name,
+            patterns,
+            neighbours,
+        })
     }
 }
 
@@ -79,9 +88,16 @@ impl TvPattern {
 
     /// As the core's validated type.
     pub fn to_pattern(&self) -> Pattern {
-        let e = Embedding::normalize(self.embedding).expect("a TV pattern is a finite, non-zero vector");
-        Pattern::new(self.id.clone(), e, self.success_rate(), self.samples, self.category.clone())
-            .expect("a rate in [0, 1]")
+        let e = Embedding::normalize(self.embedding)
+            .expect("a TV pattern is a finite, non-zero vector");
+        Pattern::new(
+            self.id.clone(),
+            e,
+            self.success_rate(),
+            self.samples,
+            self.category.clone(),
+        )
+        .expect("a rate in [0, 1]")
     }
 }
 

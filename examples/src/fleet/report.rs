@@ -26,9 +26,13 @@ pub struct Report {
     pub up_bytes_per_sync_mean: f64,
     /// Mean response body per applied sync, bytes.
     pub down_bytes_per_sync_mean: f64,
-    /// Request bytes of syncs that uploaded patterns, per pattern uploaded
-    /// (frame header, head, records and CRC included; HTTP headers not).
+    /// Steady state: request bytes of syncs that uploaded patterns, per
+    /// pattern uploaded (frame header, head, records and CRC included; HTTP
+    /// headers not), excluding each TV's first sync after boot.
     pub up_bytes_per_changed_pattern: f64,
+    /// The same over each TV's first sync, which uploads every pattern it
+    /// boots with as absolute codes.
+    pub up_bytes_per_boot_pattern: f64,
     /// Pattern updates uploaded in applied syncs.
     pub patterns_uploaded: u64,
     /// Server-held pattern vs the device's float pattern, over acknowledged
@@ -56,6 +60,8 @@ pub struct Report {
     pub checked_patterns: u64,
     /// TVs that did not settle after the run.
     pub unsettled: usize,
+    /// TVs that stopped after too many failed exchanges.
+    pub stuck: u64,
     /// Applied syncs per wall-clock second.
     pub syncs_per_sec: f64,
     /// Median exchange latency, ms.
@@ -92,10 +98,24 @@ pub fn build(
     let applied: Vec<_> = r.samples.iter().filter(|s| s.applied).collect();
     let syncs = applied.len() as u64;
     let n = syncs.max(1) as f64;
-    let with_patterns: Vec<_> = applied.iter().filter(|s| s.patterns_up > 0).collect();
-    let pat: u64 = with_patterns.iter().map(|s| u64::from(s.patterns_up)).sum();
-    let pat_bytes: u64 = with_patterns.iter().map(|s| u64::from(s.up)).sum();
-    let mut lat: Vec<f64> = applied.iter().map(|s| f64::from(s.latency_us) / 1000.0).collect();
+    let per_pattern = |boot: bool| {
+        let (mut bytes, mut n) = (0u64, 0u64);
+        for s in applied
+            .iter()
+            .filter(|s| s.patterns_up > 0 && s.boot == boot)
+        {
+            bytes += u64::from(s.up);
+            n += u64::from(s.patterns_up);
+        }
+        (if n > 0 { bytes as f64 / n as f64 } else { 0.0 }, n)
+    };
+    let (steady, steady_n) = per_pattern(false);
+    let (boot, boot_n) = per_pattern(true);
+    let pat = steady_n + boot_n;
+    let mut lat: Vec<f64> = applied
+        .iter()
+        .map(|s| f64::from(s.latency_us) / 1000.0)
+        .collect();
     lat.sort_by(f64::total_cmp);
     let conflicts: u64 = r.tvs.iter().map(|t| t.ledger.conflicts).sum();
     let resolved: u64 = r.tvs.iter().map(|t| t.ledger.resolved).sum();
@@ -107,7 +127,8 @@ pub fn build(
         exchanges: r.samples.len() as u64,
         up_bytes_per_sync_mean: applied.iter().map(|s| f64::from(s.up)).sum::<f64>() / n,
         down_bytes_per_sync_mean: applied.iter().map(|s| f64::from(s.down)).sum::<f64>() / n,
-        up_bytes_per_changed_pattern: if pat > 0 { pat_bytes as f64 / pat as f64 } else { 0.0 },
+        up_bytes_per_changed_pattern: steady,
+        up_bytes_per_boot_pattern: boot,
         patterns_uploaded: pat,
         server_cos_mean: v.cos_mean,
         server_cos_min: v.cos_min,
@@ -121,6 +142,7 @@ pub fn build(
         lost_updates: v.lost_updates,
         checked_patterns: v.checked,
         unsettled,
+        stuck: r.counters.stuck,
         syncs_per_sec: syncs as f64 / r.wall_s.max(1e-9),
         latency_p50_ms: percentile(&lat, 0.50),
         latency_p99_ms: percentile(&lat, 0.99),
@@ -135,25 +157,66 @@ pub fn build(
 pub fn table(r: &Report) -> String {
     let rows: Vec<(&str, String)> = vec![
         ("devices", r.devices.to_string()),
-        ("syncs applied (exchanges)", format!("{} ({})", r.syncs, r.exchanges)),
-        ("up bytes / sync (mean)", format!("{:.1}", r.up_bytes_per_sync_mean)),
-        ("down bytes / sync (mean)", format!("{:.1}", r.down_bytes_per_sync_mean)),
-        ("up bytes / changed pattern", format!("{:.1}", r.up_bytes_per_changed_pattern)),
+        (
+            "syncs applied (exchanges)",
+            format!("{} ({})", r.syncs, r.exchanges),
+        ),
+        (
+            "up bytes / sync (mean)",
+            format!("{:.1}", r.up_bytes_per_sync_mean),
+        ),
+        (
+            "down bytes / sync (mean)",
+            format!("{:.1}", r.down_bytes_per_sync_mean),
+        ),
+        (
+            "up bytes / changed pattern",
+            format!("{:.1}", r.up_bytes_per_changed_pattern),
+        ),
+        (
+            "up bytes / pattern at boot (absolute)",
+            format!("{:.1}", r.up_bytes_per_boot_pattern),
+        ),
         ("patterns uploaded", r.patterns_uploaded.to_string()),
-        ("server cos mean / min", format!("{:.6} / {:.6}", r.server_cos_mean, r.server_cos_min)),
-        ("conflicts detected / resolved", format!("{} / {}", r.conflicts_detected, r.conflicts_resolved)),
-        ("retries (dropped responses)", format!("{} ({})", r.retries, r.dropped_responses)),
-        ("offline periods / stale twins", format!("{} / {}", r.offline_periods, r.twins)),
+        (
+            "server cos mean / min",
+            format!("{:.6} / {:.6}", r.server_cos_mean, r.server_cos_min),
+        ),
+        (
+            "conflicts detected / resolved",
+            format!("{} / {}", r.conflicts_detected, r.conflicts_resolved),
+        ),
+        (
+            "retries (dropped responses)",
+            format!("{} ({})", r.retries, r.dropped_responses),
+        ),
+        (
+            "offline periods / stale twins",
+            format!("{} / {}", r.offline_periods, r.twins),
+        ),
         ("lost updates", r.lost_updates.to_string()),
         ("duplicates applied", r.duplicates_applied.to_string()),
         ("acked patterns checked", r.checked_patterns.to_string()),
         ("syncs / s", format!("{:.0}", r.syncs_per_sec)),
-        ("latency p50 / p99 (ms)", format!("{:.2} / {:.2}", r.latency_p50_ms, r.latency_p99_ms)),
-        ("global patterns / version", format!("{} / {}", r.global_patterns, r.global_version)),
-        ("wall / virtual time (s)", format!("{:.1} / {:.0}", r.wall_s, r.virtual_s)),
+        (
+            "latency p50 / p99 (ms)",
+            format!("{:.2} / {:.2}", r.latency_p50_ms, r.latency_p99_ms),
+        ),
+        (
+            "global patterns / version",
+            format!("{} / {}", r.global_patterns, r.global_version),
+        ),
+        (
+            "wall / virtual time (s)",
+            format!("{:.1} / {:.0}", r.wall_s, r.virtual_s),
+        ),
     ];
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut s = format!("| {:w$} | value |\n|{}|---:|\n", "metric", "-".repeat(w + 2));
+    let mut s = format!(
+        "| {:w$} | value |\n|{}|---:|\n",
+        "metric",
+        "-".repeat(w + 2)
+    );
     for (k, v) in rows {
         s.push_str(&format!("| {k:w$} | {v} |\n"));
     }
@@ -166,8 +229,28 @@ pub fn write_dir(dir: &Path, cfg: &SimConfig, r: &Report, sim: &SimResult) -> st
     let applied: Vec<_> = sim.samples.iter().filter(|s| s.applied).collect();
     let up: Vec<f64> = applied.iter().map(|s| f64::from(s.up)).collect();
     let down: Vec<f64> = applied.iter().map(|s| f64::from(s.down)).collect();
-    std::fs::write(dir.join("bytes_up.svg"), histogram("Request body per sync", "bytes", &up, 40, "#3973ac", &[("mean", r.up_bytes_per_sync_mean)]))?;
-    std::fs::write(dir.join("bytes_down.svg"), histogram("Response body per sync", "bytes", &down, 40, "#4a9c5d", &[("mean", r.down_bytes_per_sync_mean)]))?;
+    std::fs::write(
+        dir.join("bytes_up.svg"),
+        histogram(
+            "Request body per sync",
+            "bytes",
+            &up,
+            40,
+            "#3973ac",
+            &[("mean", r.up_bytes_per_sync_mean)],
+        ),
+    )?;
+    std::fs::write(
+        dir.join("bytes_down.svg"),
+        histogram(
+            "Response body per sync",
+            "bytes",
+            &down,
+            40,
+            "#4a9c5d",
+            &[("mean", r.down_bytes_per_sync_mean)],
+        ),
+    )?;
     // Syncs per second over the run, in buckets of ~1/40 of it.
     let bucket = (r.wall_s / 40.0).max(0.05);
     let nb = (r.wall_s / bucket).ceil() as usize + 1;
@@ -175,16 +258,38 @@ pub fn write_dir(dir: &Path, cfg: &SimConfig, r: &Report, sim: &SimResult) -> st
     for s in &applied {
         counts[((s.at_s / bucket) as usize).min(nb - 1)] += 1;
     }
-    let rate: Vec<(f64, f64)> =
-        counts.iter().enumerate().map(|(i, &c)| ((i as f64 + 0.5) * bucket, c as f64 / bucket)).collect();
+    let rate: Vec<(f64, f64)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| ((i as f64 + 0.5) * bucket, c as f64 / bucket))
+        .collect();
     std::fs::write(
         dir.join("syncs_per_sec.svg"),
-        line_chart("Applied syncs per second", "seconds since start", "syncs / s", &[Series { name: "syncs/s", color: "#3973ac", points: rate }]),
+        line_chart(
+            "Applied syncs per second",
+            "seconds since start",
+            "syncs / s",
+            &[Series {
+                name: "syncs/s",
+                color: "#3973ac",
+                points: rate,
+            }],
+        ),
     )?;
-    let lat: Vec<f64> = applied.iter().map(|s| f64::from(s.latency_us) / 1000.0).collect();
+    let lat: Vec<f64> = applied
+        .iter()
+        .map(|s| f64::from(s.latency_us) / 1000.0)
+        .collect();
     std::fs::write(
         dir.join("latency.svg"),
-        histogram("Sync latency", "ms", &lat, 50, "#8c6bb1", &[("p50", r.latency_p50_ms), ("p99", r.latency_p99_ms)]),
+        histogram(
+            "Sync latency",
+            "ms",
+            &lat,
+            50,
+            "#8c6bb1",
+            &[("p50", r.latency_p50_ms), ("p99", r.latency_p99_ms)],
+        ),
     )?;
     let md = format!(
         "# Fleet simulation report\n\n{} TVs, at least {} applied syncs each, seed {}, faults: {:.1}% lost responses, {:.1}% offline periods, {:.2}% stale twins per sync.\n\n{}\n\

@@ -8,7 +8,7 @@ use std::time::Instant;
 use omega_tv_sync::codec::Codebook;
 use omega_tv_sync::sync::{Config, Outcome, SyncClient, SyncError};
 use omega_tv_sync::types::DeviceId;
-use omega_tv_sync::Transport;
+use omega_tv_sync_http::HttpTransport as Net;
 
 use super::faults::{Exchange, FaultError, Faulty};
 use super::model::{initial_patterns, watch, Catalog, TvPattern};
@@ -69,6 +69,9 @@ pub struct SyncSample {
     pub latency_us: u32,
     /// The exchange completed with a 200 that the TV applied.
     pub applied: bool,
+    /// Part of the TV's first sync after boot, which uploads every pattern
+    /// it starts with (absolute codes); reported apart from steady state.
+    pub boot: bool,
 }
 
 /// A simulated TV.
@@ -82,6 +85,8 @@ pub struct Tv {
     rng: Rng,
     /// Successful syncs.
     pub synced: u32,
+    /// Exchanges attempted.
+    pub attempts: u32,
     offline_until: u64,
     last_watch_at: u64,
     /// Acks and conflicts seen by this TV and any twin of it.
@@ -105,6 +110,11 @@ pub struct Counters {
     pub twins: u64,
     /// Transport errors other than injected drops.
     pub transport_errors: u64,
+    /// A request the server refused (a 4xx that retrying cannot fix): the
+    /// run stops and reports it.
+    pub fatal: Option<String>,
+    /// TVs that gave up after too many exchanges without success.
+    pub stuck: u64,
 }
 
 /// What the run produced, before checking.
@@ -143,6 +153,7 @@ impl Tv {
             client,
             rng,
             synced: 0,
+            attempts: 0,
             offline_until: 0,
             last_watch_at: 0,
             ledger: Ledger::default(),
@@ -207,20 +218,19 @@ enum Step {
     Retry,
 }
 
-async fn attempt<T: Transport>(
+async fn attempt(
     client: &mut Client,
-    transport: &mut Faulty<T>,
-    tx: &mut Vec<u8>,
+    transport: &mut Faulty<Net>,
+    tx: &mut [u8],
     ledger: &mut Ledger,
     counters: &mut Counters,
     now_ms: u64,
     t0: Instant,
-) -> (Step, SyncSample)
-where
-    T::Error: std::fmt::Debug,
-{
+) -> (Step, SyncSample) {
     let mut rx = vec![0u8; RX_BYTES];
-    let r = client.exchange(transport, tx, &mut rx, now_ms, &mut ()).await;
+    let r = client
+        .exchange(transport, tx, &mut rx, now_ms, &mut ())
+        .await;
     let ex: Exchange = std::mem::take(&mut transport.last);
     let mut sample = SyncSample {
         at_s: t0.elapsed().as_secs_f64(),
@@ -229,6 +239,7 @@ where
         patterns_up: ex.patterns_up as u16,
         latency_us: ex.latency_us.min(u64::from(u32::MAX)) as u32,
         applied: false,
+        boot: false,
     };
     let step = match r {
         Ok(Outcome::Synced(_)) => {
@@ -253,6 +264,13 @@ where
             counters.transport_errors += 1;
             counters.retries += 1;
             tracing_like(&format!("transport error: {e:?}"));
+            Step::Retry
+        }
+        Err(SyncError::Core(omega_tv_sync::Error::Rejected)) => {
+            counters.fatal = Some(format!(
+                "the server refused a request: HTTP {} {}",
+                ex.status, ex.error_body
+            ));
             Step::Retry
         }
         Err(SyncError::Core(e)) => {
@@ -282,7 +300,7 @@ struct Done {
 /// Runs the fleet. `transport` makes one transport per exchange in flight
 /// (they may share a connection pool). `progress` is called with the number
 /// of successful syncs so far.
-pub async fn run<T, F>(
+pub async fn run<F>(
     cat: Arc<Catalog>,
     cb: Codebook<'static>,
     cfg: SimConfig,
@@ -290,9 +308,7 @@ pub async fn run<T, F>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> SimResult
 where
-    T: Transport + Send + 'static,
-    T::Error: std::fmt::Debug + Send,
-    F: Fn() -> T,
+    F: Fn() -> Net,
 {
     let t0 = Instant::now();
     let mut tvs: Vec<Option<Box<Tv>>> = (0..cfg.devices)
@@ -316,9 +332,13 @@ where
     loop {
         // Launch due TVs while there is room.
         while in_flight < cfg.concurrency {
-            let Some(Reverse((due, i))) = queue.pop() else { break };
+            let Some(Reverse((due, i))) = queue.pop() else {
+                break;
+            };
             virtual_now = virtual_now.max(due);
-            let Some(mut tv) = tvs[i].take() else { continue };
+            let Some(mut tv) = tvs[i].take() else {
+                continue;
+            };
             if tv.synced >= cfg.rounds && tv.client.in_flight().is_none() {
                 tvs[i] = Some(tv);
                 continue;
@@ -334,7 +354,7 @@ where
             let mut t = Faulty {
                 inner: transport(),
                 drop_p: faults.drop,
-                rng: Rng::new(cfg.seed ^ 0xD0D0, (i as u64) << 20 | u64::from(tv.synced)),
+                rng: Rng::new(cfg.seed ^ 0xD0D0, (i as u64) << 32 | u64::from(tv.attempts)),
                 last: Exchange::default(),
             };
             let twin_roll = fault_rng.f64();
@@ -348,9 +368,20 @@ where
                     tv.live_until(&cat2, due, watch_rate);
                 }
                 let mut tx = tv.tx.take().unwrap_or_else(|| vec![0u8; TX_BYTES]);
+                tv.attempts += 1;
                 let tvr = &mut *tv;
-                let (step, s) =
-                    attempt(&mut tvr.client, &mut t, &mut tx, &mut tvr.ledger, &mut c, due, t0).await;
+                let boot = tvr.synced == 0;
+                let (step, mut s) = attempt(
+                    &mut tvr.client,
+                    &mut t,
+                    &mut tx,
+                    &mut tvr.ledger,
+                    &mut c,
+                    due,
+                    t0,
+                )
+                .await;
+                s.boot = boot;
                 smp.push(s);
                 let mut twin = None;
                 match step {
@@ -375,7 +406,13 @@ where
                         }
                     }
                 }
-                Done { index: i, tv, samples: smp, counters: c, twin }
+                Done {
+                    index: i,
+                    tv,
+                    samples: smp,
+                    counters: c,
+                    twin,
+                }
             });
         }
         // Twins whose time has come run inline (rare).
@@ -386,8 +423,19 @@ where
             // retry's application unacknowledged to every session.
             match tvs[i].as_mut() {
                 Some(tv) if tv.client.in_flight().is_none() => {
-                    run_twin(&cat, cb, &cfg, tv, &snap, at, &transport, &mut counters, &mut samples, t0)
-                        .await;
+                    run_twin(
+                        &cat,
+                        cb,
+                        &cfg,
+                        tv,
+                        &snap,
+                        at,
+                        &transport,
+                        &mut counters,
+                        &mut samples,
+                        t0,
+                    )
+                    .await;
                 }
                 _ => twins.push((at + 1_000, i, snap)),
             }
@@ -416,26 +464,56 @@ where
         }
         let next = tv.client.next_sync_at().max(tv.offline_until);
         let done_rounds = tv.synced >= cfg.rounds && tv.client.in_flight().is_none();
+        // A TV that needs 20 exchanges per applied sync is stuck: stop it
+        // (the report says how many) rather than loop.
+        let stuck = tv.attempts > cfg.rounds.saturating_mul(20) + 50;
+        if stuck && !done_rounds {
+            counters.stuck += 1;
+        }
         tvs[i] = Some(tv);
-        if !done_rounds {
+        if counters.fatal.is_some() {
+            queue.clear();
+            twins.clear();
+        } else if !done_rounds && !stuck {
             queue.push(Reverse((next, i)));
         }
     }
     // Twins still pending run now, so every original syncs after them.
     for (at, i, snap) in std::mem::take(&mut twins) {
         if let Some(tv) = tvs[i].as_mut() {
-            run_twin(&cat, cb, &cfg, tv, &snap, at, &transport, &mut counters, &mut samples, t0).await;
+            run_twin(
+                &cat,
+                cb,
+                &cfg,
+                tv,
+                &snap,
+                at,
+                &transport,
+                &mut counters,
+                &mut samples,
+                t0,
+            )
+            .await;
         }
     }
     let wall_s = t0.elapsed().as_secs_f64();
-    let tvs: Vec<Tv> = tvs.into_iter().map(|t| *t.expect("every TV returned")).collect();
-    SimResult { tvs, samples, counters, wall_s, virtual_s: virtual_now as f64 / 1000.0 }
+    let tvs: Vec<Tv> = tvs
+        .into_iter()
+        .map(|t| *t.expect("every TV returned"))
+        .collect();
+    SimResult {
+        tvs,
+        samples,
+        counters,
+        wall_s,
+        virtual_s: virtual_now as f64 / 1000.0,
+    }
 }
 
 /// A second box restored from `tv`'s older state: it learns a little on its
 /// own and syncs, on stale bases, until the server has taken it.
 #[allow(clippy::too_many_arguments)]
-async fn run_twin<T, F>(
+async fn run_twin<F>(
     cat: &Arc<Catalog>,
     cb: Codebook<'static>,
     cfg: &SimConfig,
@@ -447,12 +525,11 @@ async fn run_twin<T, F>(
     samples: &mut Vec<SyncSample>,
     t0: Instant,
 ) where
-    T: Transport,
-    T::Error: std::fmt::Debug,
-    F: Fn() -> T,
+    F: Fn() -> Net,
 {
     let index: usize = tv.id.as_str()[3..].parse().unwrap_or(0);
-    let Ok(mut client) = Client::restore(cb, device_config(tv.id.clone(), cfg.seed, index), snap) else {
+    let Ok(mut client) = Client::restore(cb, device_config(tv.id.clone(), cfg.seed, index), snap)
+    else {
         return;
     };
     let mut rng = Rng::new(cfg.seed ^ 0x7717, at);
@@ -463,11 +540,25 @@ async fn run_twin<T, F>(
     for p in patterns.iter().filter(|p| p.changed) {
         let _ = client.upsert(&p.to_pattern(), at);
     }
-    let mut t = Faulty { inner: transport(), drop_p: 0.0, rng, last: Exchange::default() };
+    let mut t = Faulty {
+        inner: transport(),
+        drop_p: 0.0,
+        rng,
+        last: Exchange::default(),
+    };
     let mut tx = vec![0u8; TX_BYTES];
     let mut now = at;
     for _ in 0..8 {
-        let (step, s) = attempt(&mut client, &mut t, &mut tx, &mut tv.ledger, counters, now, t0).await;
+        let (step, s) = attempt(
+            &mut client,
+            &mut t,
+            &mut tx,
+            &mut tv.ledger,
+            counters,
+            now,
+            t0,
+        )
+        .await;
         samples.push(s);
         if matches!(step, Step::Synced) && client.pending() == 0 {
             break;
@@ -483,33 +574,47 @@ fn add(a: &mut Counters, b: &Counters) {
     a.offline_periods += b.offline_periods;
     a.twins += b.twins;
     a.transport_errors += b.transport_errors;
+    a.stuck += b.stuck;
+    if a.fatal.is_none() {
+        a.fatal.clone_from(&b.fatal);
+    }
 }
 
 /// After the run: every TV syncs, without new watching or faults, until it
 /// has nothing left to upload and its last exchange was applied (at most
 /// `max_attempts` exchanges each). Returns how many TVs did not settle.
-pub async fn settle<T, F>(
-    result: &mut SimResult,
-    transport: F,
-    max_attempts: u32,
-) -> usize
+pub async fn settle<F>(result: &mut SimResult, transport: F, max_attempts: u32) -> usize
 where
-    T: Transport,
-    T::Error: std::fmt::Debug,
-    F: Fn() -> T,
+    F: Fn() -> Net,
 {
     let t0 = Instant::now();
     let mut unsettled = 0;
     for tv in result.tvs.iter_mut() {
-        let mut t = Faulty { inner: transport(), drop_p: 0.0, rng: Rng::new(1, 1), last: Exchange::default() };
+        let mut t = Faulty {
+            inner: transport(),
+            drop_p: 0.0,
+            rng: Rng::new(1, 1),
+            last: Exchange::default(),
+        };
         let mut tx = tv.tx.take().unwrap_or_else(|| vec![0u8; TX_BYTES]);
         let mut now = tv.client.next_sync_at();
         let mut ok = false;
         for _ in 0..max_attempts {
             tv.hand_over(now);
-            let (step, _) =
-                attempt(&mut tv.client, &mut t, &mut tx, &mut tv.ledger, &mut result.counters, now, t0).await;
-            if matches!(step, Step::Synced) && tv.client.pending() == 0 && tv.client.in_flight().is_none() {
+            let (step, _) = attempt(
+                &mut tv.client,
+                &mut t,
+                &mut tx,
+                &mut tv.ledger,
+                &mut result.counters,
+                now,
+                t0,
+            )
+            .await;
+            if matches!(step, Step::Synced)
+                && tv.client.pending() == 0
+                && tv.client.in_flight().is_none()
+            {
                 ok = true;
                 break;
             }

@@ -51,8 +51,19 @@ fn frame(title: &str, xl: &str, yl: &str, x: (f64, f64), y: (f64, f64), out: &mu
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = write!(out, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = write!(out, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, esc(title));
-    let _ = write!(out, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, L + (W - L - R) / 2.0, H - 12.0, esc(xl));
+    let _ = write!(
+        out,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
+    let _ = write!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        L + (W - L - R) / 2.0,
+        H - 12.0,
+        esc(xl)
+    );
     let _ = write!(
         out,
         r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
@@ -66,17 +77,42 @@ fn frame(title: &str, xl: &str, yl: &str, x: (f64, f64), y: (f64, f64), out: &mu
         while v <= hi + step * 1e-9 {
             if axis == 0 {
                 let px = sx(v, x);
-                let _ = write!(out, r##"<line x1="{px}" y1="{}" x2="{px}" y2="{}" stroke="#ddd"/>"##, T, H - B);
-                let _ = write!(out, r#"<text x="{px}" y="{}" text-anchor="middle">{}</text>"#, H - B + 16.0, fmt_tick(v));
+                let _ = write!(
+                    out,
+                    r##"<line x1="{px}" y1="{}" x2="{px}" y2="{}" stroke="#ddd"/>"##,
+                    T,
+                    H - B
+                );
+                let _ = write!(
+                    out,
+                    r#"<text x="{px}" y="{}" text-anchor="middle">{}</text>"#,
+                    H - B + 16.0,
+                    fmt_tick(v)
+                );
             } else {
                 let py = sy(v, y);
-                let _ = write!(out, r##"<line x1="{L}" y1="{py}" x2="{}" y2="{py}" stroke="#ddd"/>"##, W - R);
-                let _ = write!(out, r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#, L - 6.0, py + 4.0, fmt_tick(v));
+                let _ = write!(
+                    out,
+                    r##"<line x1="{L}" y1="{py}" x2="{}" y2="{py}" stroke="#ddd"/>"##,
+                    W - R
+                );
+                let _ = write!(
+                    out,
+                    r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+                    L - 6.0,
+                    py + 4.0,
+                    fmt_tick(v)
+                );
             }
             v += step;
         }
     }
-    let _ = write!(out, r#"<rect x="{L}" y="{T}" width="{}" height="{}" fill="none" stroke="black"/>"#, W - L - R, H - T - B);
+    let _ = write!(
+        out,
+        r#"<rect x="{L}" y="{T}" width="{}" height="{}" fill="none" stroke="black"/>"#,
+        W - L - R,
+        H - T - B
+    );
 }
 
 fn sx(v: f64, (lo, hi): (f64, f64)) -> f64 {
@@ -88,7 +124,9 @@ fn sy(v: f64, (lo, hi): (f64, f64)) -> f64 {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn bounds(vals: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -114,11 +152,32 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_
     let mut out = String::new();
     frame(title, x_label, y_label, x, y, &mut out);
     for (k, s) in series.iter().enumerate() {
-        let pts: Vec<String> = s.points.iter().map(|&(a, b)| format!("{:.1},{:.1}", sx(a, x), sy(b, y))).collect();
-        let _ = write!(out, r#"<polyline fill="none" stroke="{}" stroke-width="1.8" points="{}"/>"#, s.color, pts.join(" "));
+        let pts: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(a, b)| format!("{:.1},{:.1}", sx(a, x), sy(b, y)))
+            .collect();
+        let _ = write!(
+            out,
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.8" points="{}"/>"#,
+            s.color,
+            pts.join(" ")
+        );
         let ly = T + 16.0 + 16.0 * k as f64;
-        let _ = write!(out, r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"/>"#, W - R - 150.0, W - R - 130.0, s.color);
-        let _ = write!(out, r#"<text x="{}" y="{}">{}</text>"#, W - R - 125.0, ly + 4.0, esc(s.name));
+        let _ = write!(
+            out,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="3"/>"#,
+            W - R - 150.0,
+            W - R - 130.0,
+            s.color
+        );
+        let _ = write!(
+            out,
+            r#"<text x="{}" y="{}">{}</text>"#,
+            W - R - 125.0,
+            ly + 4.0,
+            esc(s.name)
+        );
     }
     out.push_str("</svg>\n");
     out
@@ -158,8 +217,18 @@ pub fn histogram(
     }
     for (k, &(name, v)) in markers.iter().enumerate() {
         let px = sx(v.clamp(lo, hi), x);
-        let _ = write!(out, r##"<line x1="{px:.1}" y1="{T}" x2="{px:.1}" y2="{}" stroke="#c00" stroke-dasharray="4 3"/>"##, H - B);
-        let _ = write!(out, r##"<text x="{:.1}" y="{}" fill="#c00">{}</text>"##, px + 4.0, T + 14.0 + 14.0 * k as f64, esc(name));
+        let _ = write!(
+            out,
+            r##"<line x1="{px:.1}" y1="{T}" x2="{px:.1}" y2="{}" stroke="#c00" stroke-dasharray="4 3"/>"##,
+            H - B
+        );
+        let _ = write!(
+            out,
+            r##"<text x="{:.1}" y="{}" fill="#c00">{}</text>"##,
+            px + 4.0,
+            T + 14.0 + 14.0 * k as f64,
+            esc(name)
+        );
     }
     out.push_str("</svg>\n");
     out
@@ -175,7 +244,11 @@ mod tests {
             "t",
             "x",
             "y",
-            &[Series { name: "a<b", color: "red", points: vec![(0.0, 0.0), (10.0, 5.0)] }],
+            &[Series {
+                name: "a<b",
+                color: "red",
+                points: vec![(0.0, 0.0), (10.0, 5.0)],
+            }],
         );
         assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
         assert!(s.contains("a&lt;b"));

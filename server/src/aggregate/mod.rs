@@ -13,7 +13,8 @@
 //!
 //! A global pattern is published (a changelog upsert) once at least `k`
 //! distinct devices contribute, republished when its quantised codes,
-//! contributor count or rounded rate change, and withdrawn (a tombstone) when
+//! contributor count, rate (to 0.01) or samples (to a quarter octave)
+//! change, and withdrawn (a tombstone) when
 //! it drops below `k`. Everything of a pass (contributions, aggregates,
 //! changelog entries with their versions, the cursor) is committed in one
 //! transaction by the single writer, so versions are commit-ordered.
@@ -128,6 +129,7 @@ pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
             txn.publish(c)?;
         }
         txn.set_meta(Meta::AggregateCursor, plan.cursor)?;
+        txn.drop_device_changes(plan.cursor)?;
         txn.set_meta(Meta::GlobalId, u64::from(plan.next_id))?;
         if retention > 0 {
             let current = txn.meta(Meta::GlobalVersion)?;
@@ -175,11 +177,15 @@ fn unit(sum: &[f32]) -> Option<Vec<f32>> {
     (n > 1e-9).then(|| sum.iter().map(|x| (f64::from(*x) / n) as f32).collect())
 }
 
-fn fingerprint(codes: &Codes, contributors: usize, rate: f32) -> u64 {
+/// What makes a published global pattern worth republishing: its codes,
+/// its contributor count, its rate to 0.01, and its samples to a quarter
+/// octave (so steady sample growth does not republish on every pass).
+fn fingerprint(codes: &Codes, contributors: usize, rate: f32, samples: u64) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     codes.hash(&mut h);
     contributors.hash(&mut h);
     ((rate * 100.0).round() as i32).hash(&mut h);
+    (((samples.max(1) as f64).log2() * 4.0).floor() as i64).hash(&mut h);
     h.finish() | 1
 }
 
@@ -350,7 +356,7 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
                 let arr: Option<[f32; DIM]> = u.try_into().ok();
                 if let Some(e) = arr.and_then(|arr| Embedding::normalize(arr).ok()) {
                     let codes = book.quantize(&e);
-                    let fp = fingerprint(&codes, devices, rate);
+                    let fp = fingerprint(&codes, devices, rate, a.samples);
                     let mut buf = vec![0u8; omega_tv_sync::wire::MAX_CODE_LEN];
                     if let Ok(n) = book.encode(&codes, &mut buf) {
                         buf.truncate(n);

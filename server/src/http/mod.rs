@@ -117,9 +117,14 @@ async fn sync_inner(
             ApiError::new(400, "truncated", format!("reading the body: {e}"))
         })?;
     st.metrics.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
-    let up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
+    let mut up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
     if let Some(wait) = st.rate_limited(&up.device) {
         return Err(error::rate_limited(wait));
+    }
+    if let Err(e) = store::read(&*st.store, |t| {
+        sync::predecode(t, &mut up, &st.config.codebooks)
+    }) {
+        return Err(error::internal(e.to_string()));
     }
     let next = st.random_in(&st.config.sync_interval);
     let codebooks = st.config.codebooks.clone();

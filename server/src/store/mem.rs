@@ -154,6 +154,10 @@ impl WriteTxn for MemState {
         };
         Ok(())
     }
+    fn drop_device_changes(&mut self, upto: u64) -> StoreResult<()> {
+        self.changes = self.changes.split_off(&upto.saturating_add(1));
+        Ok(())
+    }
     fn put_aggregate(&mut self, id: u32, a: Option<&GlobalAggregate>) -> StoreResult<()> {
         match a {
             Some(a) => self.aggregates.insert(id, a.clone()),

@@ -345,6 +345,8 @@ pub trait WriteTxn: ReadTxn {
     ) -> StoreResult<()>;
     /// Stores or clears a global pattern's aggregation state.
     fn put_aggregate(&mut self, id: u32, a: Option<&GlobalAggregate>) -> StoreResult<()>;
+    /// Forgets the device-pattern changes up to `upto` (consumed by aggregation).
+    fn drop_device_changes(&mut self, upto: u64) -> StoreResult<()>;
 }
 
 /// Called once the transaction a [`Work`] ran in has committed durably

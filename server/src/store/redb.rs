@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ::redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+    Database, Durability, ReadOnlyTable, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
 };
 
 use super::*;
@@ -162,7 +163,7 @@ impl Store for RedbStore {
 
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()> {
         let txn = self.db.begin_read().map_err(be)?;
-        f(&RedbRead { txn })
+        f(&RedbRead::open(&txn)?)
     }
 
     fn queue_depth(&self) -> usize {
@@ -229,9 +230,16 @@ fn run_batch(
     };
     let mut failure: Option<StoreError> = None;
     let mut rest = batch.drain(..);
-    for work in rest.by_ref() {
-        let mut w = RedbWrite { txn: &txn };
-        match catch_unwind(AssertUnwindSafe(|| work(&mut w))) {
+    let mut tables = match RedbWrite::open(&txn) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            failure = Some(e);
+            None
+        }
+    };
+    while let Some(w) = tables.as_mut() {
+        let Some(work) = rest.next() else { break };
+        match catch_unwind(AssertUnwindSafe(|| work(w))) {
             Ok((finish, status)) => {
                 finishes.push(finish);
                 if let Err(e) = status {
@@ -246,6 +254,7 @@ fn run_batch(
             }
         }
     }
+    drop(tables);
     let unrun: Vec<Work> = rest.collect();
     for w in unrun.into_iter().rev() {
         pending.push_front(w);
@@ -270,12 +279,59 @@ fn run_batch(
     }
 }
 
+type Bytes = &'static [u8];
+type Str = &'static str;
+type Pair = (&'static str, &'static str);
+
 struct RedbRead {
-    txn: ::redb::ReadTransaction,
+    devices_t: ReadOnlyTable<Str, Bytes>,
+    patterns_t: ReadOnlyTable<Pair, Bytes>,
+    meta_t: ReadOnlyTable<Str, u64>,
+    log_t: ReadOnlyTable<u64, Bytes>,
+    changes_t: ReadOnlyTable<u64, Pair>,
+    contrib_t: ReadOnlyTable<Pair, Bytes>,
+    agg_t: ReadOnlyTable<u32, Bytes>,
 }
 
+impl RedbRead {
+    fn open(txn: &::redb::ReadTransaction) -> StoreResult<Self> {
+        Ok(RedbRead {
+            devices_t: txn.open_table(DEVICES).map_err(be)?,
+            patterns_t: txn.open_table(PATTERNS).map_err(be)?,
+            meta_t: txn.open_table(META).map_err(be)?,
+            log_t: txn.open_table(LOG).map_err(be)?,
+            changes_t: txn.open_table(CHANGES).map_err(be)?,
+            contrib_t: txn.open_table(CONTRIB).map_err(be)?,
+            agg_t: txn.open_table(AGG).map_err(be)?,
+        })
+    }
+}
+
+/// A write transaction with every table opened once for the whole group.
 struct RedbWrite<'t> {
-    txn: &'t WriteTransaction,
+    devices_t: Table<'t, Str, Bytes>,
+    patterns_t: Table<'t, Pair, Bytes>,
+    meta_t: Table<'t, Str, u64>,
+    log_t: Table<'t, u64, Bytes>,
+    items_t: Table<'t, Str, u64>,
+    changes_t: Table<'t, u64, Pair>,
+    contrib_t: Table<'t, Pair, Bytes>,
+    agg_t: Table<'t, u32, Bytes>,
+}
+
+impl<'t> RedbWrite<'t> {
+    fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
+        Ok(RedbWrite {
+            devices_t: txn.open_table(DEVICES).map_err(be)?,
+            patterns_t: txn.open_table(PATTERNS).map_err(be)?,
+            meta_t: txn.open_table(META).map_err(be)?,
+            log_t: txn.open_table(LOG).map_err(be)?,
+            items_t: txn.open_table(ITEMS).map_err(be)?,
+            changes_t: txn.open_table(CHANGES).map_err(be)?,
+            contrib_t: txn.open_table(CONTRIB).map_err(be)?,
+            agg_t: txn.open_table(AGG).map_err(be)?,
+        })
+    }
 }
 
 /// The read half, written once for both transaction kinds.
@@ -283,17 +339,17 @@ macro_rules! impl_read {
     ($t:ty) => {
         impl ReadTxn for $t {
             fn device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {
-                let t = self.txn.open_table(DEVICES).map_err(be)?;
+                let t = &self.devices_t;
                 let r = t.get(id).map_err(be)?;
                 r.map(|g| decode(g.value(), "device")).transpose()
             }
             fn pattern(&self, device: &str, pattern: &str) -> StoreResult<Option<StoredPattern>> {
-                let t = self.txn.open_table(PATTERNS).map_err(be)?;
+                let t = &self.patterns_t;
                 let r = t.get((device, pattern)).map_err(be)?;
                 r.map(|g| StoredPattern::from_bytes(g.value())).transpose()
             }
             fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>> {
-                let t = self.txn.open_table(PATTERNS).map_err(be)?;
+                let t = &self.patterns_t;
                 let mut out = Vec::new();
                 for e in t.range((device, "")..).map_err(be)? {
                     let (k, v) = e.map_err(be)?;
@@ -306,7 +362,7 @@ macro_rules! impl_read {
                 Ok(out)
             }
             fn meta(&self, key: Meta) -> StoreResult<u64> {
-                let t = self.txn.open_table(META).map_err(be)?;
+                let t = &self.meta_t;
                 let r = t.get(key.key()).map_err(be)?;
                 Ok(r.map(|g| g.value()).unwrap_or(0))
             }
@@ -318,7 +374,7 @@ macro_rules! impl_read {
                 let Some(from) = after.checked_add(1) else {
                     return Ok(());
                 };
-                let t = self.txn.open_table(LOG).map_err(be)?;
+                let t = &self.log_t;
                 for e in t.range(from..).map_err(be)? {
                     let (k, v) = e.map_err(be)?;
                     if !visit(k.value(), GlobalChange::from_bytes(v.value())?)? {
@@ -335,7 +391,7 @@ macro_rules! impl_read {
                 let Some(from) = after.checked_add(1) else {
                     return Ok(Vec::new());
                 };
-                let t = self.txn.open_table(CHANGES).map_err(be)?;
+                let t = &self.changes_t;
                 let mut out = Vec::new();
                 for e in t.range(from..).map_err(be)?.take(limit) {
                     let (k, v) = e.map_err(be)?;
@@ -353,17 +409,17 @@ macro_rules! impl_read {
                 device: &str,
                 pattern: &str,
             ) -> StoreResult<Option<Contribution>> {
-                let t = self.txn.open_table(CONTRIB).map_err(be)?;
+                let t = &self.contrib_t;
                 let r = t.get((device, pattern)).map_err(be)?;
                 r.map(|g| decode(g.value(), "contribution")).transpose()
             }
             fn aggregate(&self, id: u32) -> StoreResult<Option<GlobalAggregate>> {
-                let t = self.txn.open_table(AGG).map_err(be)?;
+                let t = &self.agg_t;
                 let r = t.get(id).map_err(be)?;
                 r.map(|g| decode(g.value(), "aggregate")).transpose()
             }
             fn aggregates(&self) -> StoreResult<Vec<(u32, GlobalAggregate)>> {
-                let t = self.txn.open_table(AGG).map_err(be)?;
+                let t = &self.agg_t;
                 let mut out = Vec::new();
                 for e in t.iter().map_err(be)? {
                     let (k, v) = e.map_err(be)?;
@@ -375,7 +431,7 @@ macro_rules! impl_read {
                 Ok(out)
             }
             fn device_count(&self) -> StoreResult<u64> {
-                let t = self.txn.open_table(DEVICES).map_err(be)?;
+                let t = &self.devices_t;
                 t.len().map_err(be)
             }
         }
@@ -389,7 +445,7 @@ impl RedbWrite<'_> {
     fn record_change(&mut self, device: &str, pattern: &str) -> StoreResult<()> {
         let seq = self.meta(Meta::ChangeSeq)? + 1;
         self.set_meta(Meta::ChangeSeq, seq)?;
-        let mut t = self.txn.open_table(CHANGES).map_err(be)?;
+        let t = &mut self.changes_t;
         t.insert(seq, (device, pattern)).map_err(be)?;
         Ok(())
     }
@@ -398,27 +454,27 @@ impl RedbWrite<'_> {
 impl WriteTxn for RedbWrite<'_> {
     fn put_device(&mut self, id: &str, rec: &DeviceRecord) -> StoreResult<()> {
         let bytes = encode(rec)?;
-        let mut t = self.txn.open_table(DEVICES).map_err(be)?;
+        let t = &mut self.devices_t;
         t.insert(id, bytes.as_slice()).map_err(be)?;
         Ok(())
     }
     fn put_pattern(&mut self, device: &str, pattern: &str, p: &StoredPattern) -> StoreResult<()> {
         let bytes = p.to_bytes();
         {
-            let mut t = self.txn.open_table(PATTERNS).map_err(be)?;
+            let t = &mut self.patterns_t;
             t.insert((device, pattern), bytes.as_slice()).map_err(be)?;
         }
         self.record_change(device, pattern)
     }
     fn remove_pattern(&mut self, device: &str, pattern: &str) -> StoreResult<()> {
         {
-            let mut t = self.txn.open_table(PATTERNS).map_err(be)?;
+            let t = &mut self.patterns_t;
             t.remove((device, pattern)).map_err(be)?;
         }
         self.record_change(device, pattern)
     }
     fn set_meta(&mut self, key: Meta, value: u64) -> StoreResult<()> {
-        let mut t = self.txn.open_table(META).map_err(be)?;
+        let t = &mut self.meta_t;
         t.insert(key.key(), value).map_err(be)?;
         Ok(())
     }
@@ -426,12 +482,12 @@ impl WriteTxn for RedbWrite<'_> {
         let v = self.meta(Meta::GlobalVersion)? + 1;
         let key = change.item_key();
         let old = {
-            let mut items = self.txn.open_table(ITEMS).map_err(be)?;
+            let items = &mut self.items_t;
             let old = items.insert(key.as_str(), v).map_err(be)?;
             old.map(|g| g.value())
         };
         {
-            let mut log = self.txn.open_table(LOG).map_err(be)?;
+            let log = &mut self.log_t;
             if let Some(old) = old {
                 log.remove(old).map_err(be)?;
             }
@@ -443,7 +499,7 @@ impl WriteTxn for RedbWrite<'_> {
     fn prune_tombstones(&mut self, horizon: u64) -> StoreResult<()> {
         let mut dead = Vec::new();
         {
-            let log = self.txn.open_table(LOG).map_err(be)?;
+            let log = &self.log_t;
             for e in log.range(..horizon).map_err(be)? {
                 let (k, v) = e.map_err(be)?;
                 let c = GlobalChange::from_bytes(v.value())?;
@@ -453,8 +509,8 @@ impl WriteTxn for RedbWrite<'_> {
             }
         }
         {
-            let mut log = self.txn.open_table(LOG).map_err(be)?;
-            let mut items = self.txn.open_table(ITEMS).map_err(be)?;
+            let log = &mut self.log_t;
+            let items = &mut self.items_t;
             for (v, k) in &dead {
                 log.remove(*v).map_err(be)?;
                 items.remove(k.as_str()).map_err(be)?;
@@ -471,7 +527,7 @@ impl WriteTxn for RedbWrite<'_> {
         pattern: &str,
         c: Option<&Contribution>,
     ) -> StoreResult<()> {
-        let mut t = self.txn.open_table(CONTRIB).map_err(be)?;
+        let t = &mut self.contrib_t;
         match c {
             Some(c) => {
                 t.insert((device, pattern), encode(c)?.as_slice())
@@ -483,8 +539,11 @@ impl WriteTxn for RedbWrite<'_> {
         }
         Ok(())
     }
+    fn drop_device_changes(&mut self, upto: u64) -> StoreResult<()> {
+        self.changes_t.retain_in(..=upto, |_, _| false).map_err(be)
+    }
     fn put_aggregate(&mut self, id: u32, a: Option<&GlobalAggregate>) -> StoreResult<()> {
-        let mut t = self.txn.open_table(AGG).map_err(be)?;
+        let t = &mut self.agg_t;
         match a {
             Some(a) => {
                 t.insert(id, encode(a)?.as_slice()).map_err(be)?;

@@ -1,0 +1,308 @@
+//! The fleet simulation: thousands of TVs, each a real sync client over the
+//! std HTTP transport, learning from real MiniLM vectors and syncing with a
+//! real Constellation server when its pacing says so, with faults on.
+//!
+//! ```text
+//! cargo run --release -p omega-tv-sync-examples --bin fleet -- --help
+//! ```
+
+pub mod check;
+pub mod faults;
+pub mod model;
+pub mod report;
+pub mod rng;
+pub mod sim;
+pub mod svg;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use omega_tv_sync::{Method, Request, Transport};
+use omega_tv_sync_http::HttpTransport;
+
+pub use report::Report;
+pub use sim::{Faults, SimConfig};
+
+/// Command-line options.
+#[derive(Clone, Debug)]
+pub struct Args {
+    /// Simulation settings.
+    pub sim: SimConfig,
+    /// An external server (`http://host:port`); default: start the embedded
+    /// server on loopback with a redb file in a temporary directory.
+    pub server: Option<String>,
+    /// Where to write `report.md` and the SVG plots.
+    pub out: Option<PathBuf>,
+    /// Where to write the JSON report.
+    pub json: Option<PathBuf>,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            sim: SimConfig {
+                devices: 1000,
+                rounds: 10,
+                seed: 42,
+                concurrency: 64,
+                faults: Faults {
+                    drop: 0.01,
+                    offline: 0.01,
+                    twin: 0.002,
+                },
+                watch_rate: 1.5,
+                patterns: (8, 20),
+            },
+            server: None,
+            out: None,
+            json: None,
+            quiet: false,
+        }
+    }
+}
+
+/// Usage text.
+pub const USAGE: &str = "\
+fleet: simulate a fleet of TVs syncing with Constellation
+
+USAGE: fleet [OPTIONS]
+
+  --devices N        TVs to simulate (default 1000)
+  --rounds R         applied syncs per TV, at least (default 10)
+  --seed S           run seed (default 42); the same seed gives the same counts
+  --server URL       use a running server instead of the embedded one
+  --out DIR          write report.md and SVG plots there
+  --json FILE        write the report as JSON
+  --concurrency C    exchanges in flight (default 64)
+  --drop P           probability a response is lost after the server applied it (default 0.01)
+  --offline P        probability a TV goes offline for 1-4 h after a sync (default 0.01)
+  --twin P           probability a stale copy of a TV syncs later (default 0.002)
+  --no-faults        all fault rates 0
+  --watch-rate W     watch events per TV per 10 virtual minutes (default 1.5)
+  --quiet            no progress bar
+";
+
+/// Parses `std::env::args().skip(1)`.
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = args.into_iter();
+    while let Some(flag) = it.next() {
+        let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
+            v.parse()
+                .map_err(|_| format!("{name}: '{v}' is not a valid number"))
+        }
+        fn prob(name: &str, v: String) -> Result<f64, String> {
+            let p: f64 = num(name, v)?;
+            if (0.0..=1.0).contains(&p) {
+                Ok(p)
+            } else {
+                Err(format!("{name}: {p} is not a probability in [0, 1]"))
+            }
+        }
+        match flag.as_str() {
+            "--devices" => a.sim.devices = num("--devices", val("--devices")?)?,
+            "--rounds" => a.sim.rounds = num("--rounds", val("--rounds")?)?,
+            "--seed" => a.sim.seed = num("--seed", val("--seed")?)?,
+            "--server" => a.server = Some(val("--server")?),
+            "--out" => a.out = Some(PathBuf::from(val("--out")?)),
+            "--json" => a.json = Some(PathBuf::from(val("--json")?)),
+            "--concurrency" => a.sim.concurrency = num("--concurrency", val("--concurrency")?)?,
+            "--drop" => a.sim.faults.drop = prob("--drop", val("--drop")?)?,
+            "--offline" => a.sim.faults.offline = prob("--offline", val("--offline")?)?,
+            "--twin" => a.sim.faults.twin = prob("--twin", val("--twin")?)?,
+            "--no-faults" => {
+                a.sim.faults = Faults {
+                    drop: 0.0,
+                    offline: 0.0,
+                    twin: 0.0,
+                }
+            }
+            "--watch-rate" => a.sim.watch_rate = num("--watch-rate", val("--watch-rate")?)?,
+            "--quiet" => a.quiet = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown option '{other}'")),
+        }
+    }
+    if a.sim.devices == 0 || a.sim.rounds == 0 || a.sim.concurrency == 0 {
+        return Err("--devices, --rounds and --concurrency must be at least 1".into());
+    }
+    Ok(a)
+}
+
+/// The embedded server, when the run starts one.
+struct Embedded {
+    handle: constellation::ServerHandle,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_embedded(seed: u64) -> Result<Embedded, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let mut cfg = constellation::Config::new();
+    cfg.db = Some(dir.path().join("constellation.redb"));
+    cfg.listen = "127.0.0.1:0".parse().expect("loopback address");
+    cfg.admin = true;
+    cfg.codebooks = constellation::codes::default_codebooks();
+    let _ = seed;
+    let handle = constellation::Server::start(cfg)
+        .await
+        .map_err(|e| format!("starting the server: {e}"))?;
+    Ok(Embedded { handle, _dir: dir })
+}
+
+async fn get_text(t: &mut HttpTransport, path: &str) -> Result<String, String> {
+    let mut buf = vec![0u8; 1 << 20];
+    let r = t
+        .send(
+            Request {
+                method: Method::Get,
+                path,
+                headers: &[],
+                body: &[],
+            },
+            &mut buf,
+        )
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    if r.status != 200 {
+        return Err(format!("GET {path}: HTTP {}", r.status));
+    }
+    Ok(String::from_utf8_lossy(&buf[..r.body_len]).into_owned())
+}
+
+/// Reads the global version, then counts the live global patterns by paging
+/// through the public feed (`GET /api/v1/global`) from version 0: the
+/// changelog is compacted, so every live pattern appears once as an upsert.
+async fn global_summary(t: &mut HttpTransport) -> Result<(u64, u64), String> {
+    use omega_tv_sync::wire::{FrameReader, Record};
+    let v: serde_json::Value = serde_json::from_str(&get_text(t, "/api/v1/sync/version").await?)
+        .map_err(|e| format!("version: {e}"))?;
+    let version = v["version"].as_u64().ok_or("version: not a number")?;
+    let (mut since, mut live) = (0u64, std::collections::BTreeSet::new());
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..100_000 {
+        let path = format!("/api/v1/global?since={since}&limit=256");
+        let r = t
+            .send(
+                Request {
+                    method: Method::Get,
+                    path: &path,
+                    headers: &[],
+                    body: &[],
+                },
+                &mut buf,
+            )
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("GET {path}: HTTP {}", r.status));
+        }
+        let f = FrameReader::parse(&buf[..r.body_len]).map_err(|e| format!("feed page: {e}"))?;
+        let mut more = false;
+        for rec in f.records() {
+            match rec.map_err(|e| format!("feed record: {e}"))? {
+                Record::DownloadHead(h) => {
+                    more = h.more && h.global_version > since;
+                    since = h.global_version;
+                }
+                Record::GlobalUpsert(g) => {
+                    live.insert(g.id);
+                }
+                Record::GlobalRemove(g) => {
+                    live.remove(&g.id);
+                }
+                _ => {}
+            }
+        }
+        if !more {
+            return Ok((version, live.len() as u64));
+        }
+    }
+    Err("the global feed did not end".into())
+}
+
+/// Runs the whole job: server, simulation, settle, checker, report.
+pub async fn run(args: Args) -> Result<Report, String> {
+    let cat = Arc::new(model::Catalog::load().map_err(|e| format!("loading data/minilm: {e}"))?);
+    let cb = omega_tv_sync::codec::minilm_v1().map_err(|e| format!("codebook: {e}"))?;
+    let embedded = match &args.server {
+        Some(_) => None,
+        None => Some(start_embedded(args.sim.seed).await?),
+    };
+    let url = match (&args.server, &embedded) {
+        (Some(u), _) => u.clone(),
+        (None, Some(e)) => e.handle.url(),
+        (None, None) => unreachable!("one of them is set"),
+    };
+    let http = HttpTransport::new(&url).map_err(|e| format!("{url}: {e}"))?;
+    let target = (args.sim.devices as u64) * u64::from(args.sim.rounds);
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(target);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} syncs ({per_sec}, eta {eta})",
+            )
+            .expect("valid template"),
+        );
+        b
+    };
+    if !args.quiet {
+        eprintln!(
+            "fleet: {} TVs x {} syncs against {} ({})",
+            args.sim.devices,
+            args.sim.rounds,
+            url,
+            if embedded.is_some() {
+                "embedded server, redb in a temp dir"
+            } else {
+                "external server"
+            }
+        );
+    }
+    let bar2 = bar.clone();
+    let h = http.clone();
+    let mut result = sim::run(cat, cb, args.sim.clone(), move || h.clone(), &move |n| {
+        bar2.set_position(n.min(target))
+    })
+    .await;
+    bar.finish_and_clear();
+    if let Some(fatal) = &result.counters.fatal {
+        return Err(fatal.clone());
+    }
+    let h = http.clone();
+    let unsettled = sim::settle(&mut result, move || h.clone(), 8).await;
+    if let Some(e) = &embedded {
+        // Publish what the last syncs contributed before reading the totals.
+        e.handle
+            .aggregate_now()
+            .await
+            .map_err(|e| format!("aggregation: {e}"))?;
+    }
+    let mut t = http.clone();
+    let verdict = check::check_all(&cb, &result.tvs, &mut t).await?;
+    let (global_version, global_patterns) = global_summary(&mut t).await?;
+    let rep = report::build(
+        &args.sim,
+        &result,
+        &verdict,
+        unsettled,
+        global_patterns,
+        global_version,
+    );
+    if let Some(dir) = &args.out {
+        report::write_dir(dir, &args.sim, &rep, &result)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if let Some(path) = &args.json {
+        let j = serde_json::to_string_pretty(&rep).expect("a report serialises");
+        std::fs::write(path, j + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(e) = embedded {
+        e.handle.shutdown().await;
+    }
+    Ok(rep)
+}
