@@ -590,9 +590,13 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         let mut summary = Summary::default();
         for r in req.records() {
             if let Record::Pattern(_) = r? {
-                summary.uploaded += 1;
+                summary.uploaded = summary.uploaded.saturating_add(1);
             }
         }
+        // Request records already answered: each gets one ack or one
+        // conflict, never both or two (a second would be applied on top of
+        // the first).
+        let mut answered: u128 = 0;
         for r in resp.records() {
             match r? {
                 Record::DownloadHead(h) => {
@@ -602,22 +606,24 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
                     head = Some(h);
                 }
                 Record::Ack(a) => {
-                    find_sent(&req, &a.id)?;
-                    summary.acked += 1;
+                    answer(&req, &a.id, &mut answered)?;
+                    summary.acked = summary.acked.saturating_add(1);
                 }
                 Record::Conflict(c) => {
-                    find_sent(&req, &c.id)?;
+                    answer(&req, &c.id, &mut answered)?;
                     if let Some(st) = &c.state {
                         self.cb.decode(st.code, None, &mut scratch)?;
                     }
-                    summary.conflicts += 1;
+                    summary.conflicts = summary.conflicts.saturating_add(1);
                 }
                 Record::GlobalUpsert(g) => {
                     self.cb.decode(g.code, None, &mut scratch)?;
-                    summary.globals += 1;
+                    summary.globals = summary.globals.saturating_add(1);
                 }
-                Record::GlobalRemove(_) => summary.globals += 1,
-                Record::Trend(_) => summary.trends += 1,
+                // A broken server may send more than the caps asked for;
+                // the counts are diagnostics and saturate.
+                Record::GlobalRemove(_) => summary.globals = summary.globals.saturating_add(1),
+                Record::Trend(_) => summary.trends = summary.trends.saturating_add(1),
                 _ => return Err(Error::UnknownKind),
             }
         }
@@ -901,6 +907,30 @@ fn find_sent<'a>(req: &FrameReader<'a>, id: &PatternId) -> Result<Option<Record<
         }
     }
     Err(Error::ProtocolViolation)
+}
+
+/// Marks the request record that carried `id` as answered; an id the
+/// request does not carry, or one already answered, is a protocol
+/// violation. `req`'s records were checked before.
+fn answer(req: &FrameReader<'_>, id: &PatternId, answered: &mut u128) -> Result<()> {
+    let i = req
+        .records()
+        .position(|r| match r {
+            Ok(Record::Pattern(p)) => &p.id == id,
+            Ok(Record::Removal(x)) => &x.id == id,
+            _ => false,
+        })
+        .ok_or(Error::ProtocolViolation)?;
+    // An upload holds at most 1 + MAX_UPLOAD_PATTERNS records.
+    let bit = u32::try_from(i)
+        .ok()
+        .and_then(|i| 1u128.checked_shl(i))
+        .ok_or(Error::ProtocolViolation)?;
+    if *answered & bit != 0 {
+        return Err(Error::ProtocolViolation);
+    }
+    *answered |= bit;
+    Ok(())
 }
 
 /// Round-half-away-from-zero integer division (`d > 0`).
