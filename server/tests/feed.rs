@@ -181,8 +181,23 @@ async fn pages_follow_caps_and_the_feed_is_cacheable() {
     assert_eq!(r304.status, 304);
     assert!(r304.body.is_empty());
     assert_eq!(metric(addr, "constellation_feed_not_modified_total"), 1.0);
-    // A new version changes the tag.
+    // A new version changes the tag: a fifth device brings "lonely" to k = 5,
+    // which publishes it. (More samples alone do not: a republication needs
+    // a material change, see `GlobalAggregate::material_change`.)
     populate(addr, 2, 40).await;
+    srv.aggregate_now().await.unwrap();
+    let unchanged = raw(
+        addr,
+        "GET",
+        "/api/v1/global?since=0",
+        &[("If-None-Match", &etag)],
+        &[],
+    );
+    assert_eq!(unchanged.status, 304, "more samples alone publish nothing");
+    let v = patterns();
+    let fifth = Up::abs("lonely", quantize(&v[1500]));
+    let r = post_sync(addr, "tv-fifth", "0", &upload(1, 0, &[fifth]));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     srv.aggregate_now().await.unwrap();
     let r = raw(
         addr,

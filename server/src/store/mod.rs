@@ -455,3 +455,31 @@ where
     })?;
     out.ok_or(StoreError::Closed)
 }
+
+#[cfg(test)]
+mod material_change_tests {
+    use super::GlobalAggregate;
+
+    #[test]
+    fn only_material_changes_republish() {
+        let mut a = GlobalAggregate::new("drama");
+        let mut u = vec![0f32; 384];
+        u[0] = 1.0;
+        assert!(a.material_change(&u, 5, 0.8, 2e-4), "never published");
+        a.published = true;
+        a.published_unit = u.clone();
+        a.published_devices = 5;
+        a.published_rate = 0.8;
+        assert!(!a.material_change(&u, 5, 0.8, 2e-4));
+        assert!(!a.material_change(&u, 7, 0.81, 2e-4), "same power-of-two bucket, small rate move");
+        assert!(a.material_change(&u, 8, 0.8, 2e-4), "contributors crossed 8");
+        assert!(a.material_change(&u, 5, 0.83, 2e-4), "rate moved 0.03");
+        // Turn by angle t: 1 - cos t; 0.01 rad is 5e-5 (no), 0.03 rad is 4.5e-4 (yes).
+        for (t, expect) in [(0.01f32, false), (0.03f32, true)] {
+            let mut v = vec![0f32; 384];
+            v[0] = t.cos();
+            v[1] = t.sin();
+            assert_eq!(a.material_change(&v, 5, 0.8, 2e-4), expect, "turn {t}");
+        }
+    }
+}
