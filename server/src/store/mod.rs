@@ -471,8 +471,14 @@ mod material_change_tests {
         a.published_devices = 5;
         a.published_rate = 0.8;
         assert!(!a.material_change(&u, 5, 0.8, 2e-4));
-        assert!(!a.material_change(&u, 7, 0.81, 2e-4), "same power-of-two bucket, small rate move");
-        assert!(a.material_change(&u, 8, 0.8, 2e-4), "contributors crossed 8");
+        assert!(
+            !a.material_change(&u, 7, 0.81, 2e-4),
+            "same power-of-two bucket, small rate move"
+        );
+        assert!(
+            a.material_change(&u, 8, 0.8, 2e-4),
+            "contributors crossed 8"
+        );
         assert!(a.material_change(&u, 5, 0.83, 2e-4), "rate moved 0.03");
         // Turn by angle t: 1 - cos t; 0.01 rad is 5e-5 (no), 0.03 rad is 4.5e-4 (yes).
         for (t, expect) in [(0.01f32, false), (0.03f32, true)] {
