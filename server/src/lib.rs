@@ -21,6 +21,7 @@
 )]
 
 pub mod aggregate;
+pub mod auth;
 pub mod codes;
 pub mod download;
 pub mod http;
@@ -48,6 +49,7 @@ use metrics::{Gauges, Metrics};
 use store::{Meta, Store, StoreError, StoreResult};
 
 pub use aggregate::AggregateConfig;
+pub use auth::{AuthConfig, MasterSecret};
 pub use trends::TrendConfig;
 
 /// Everything a server instance is configured with.
@@ -79,6 +81,9 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     /// Trend signals.
     pub trends: TrendConfig,
+    /// Device authentication: on by default, with a fresh random master
+    /// secret (see [`auth`]).
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -97,6 +102,7 @@ impl Config {
             admin: false,
             aggregate: AggregateConfig::default(),
             trends: TrendConfig::default(),
+            auth: AuthConfig::new(),
         }
     }
 }
@@ -114,6 +120,8 @@ pub enum StartError {
     Store(StoreError),
     /// The listener could not be bound.
     Io(std::io::Error),
+    /// Authentication is required but no master secret is configured.
+    NoMasterSecret,
 }
 
 impl std::fmt::Display for StartError {
@@ -121,6 +129,9 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Store(e) => write!(f, "{e}"),
             StartError::Io(e) => write!(f, "{e}"),
+            StartError::NoMasterSecret => {
+                f.write_str("authentication is on but no master secret is configured")
+            }
         }
     }
 }
@@ -273,6 +284,9 @@ impl Server {
     /// Opens the store, binds the listener and starts serving and
     /// aggregating. Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        if config.auth.required && config.auth.master.is_none() {
+            return Err(StartError::NoMasterSecret);
+        }
         let (store, redb): (Arc<dyn Store>, Option<Arc<store::redb::RedbStore>>) = match &config.db
         {
             Some(path) => {
@@ -295,6 +309,13 @@ impl Server {
             .map_err(StartError::Io)?;
         let local_addr = listener.local_addr().map_err(StartError::Io)?;
         let state = Arc::new(AppState::new(store, config));
+        if !state.config.auth.required {
+            state.metrics.auth.set_disabled(true);
+            tracing::warn!(
+                "AUTHENTICATION IS OFF: any client that knows a device id can write its \
+                 patterns. Development only; never expose this server."
+            );
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let app = http::router(state.clone());
         let mut serve_stop = stop_rx.clone();
@@ -353,6 +374,20 @@ impl ServerHandle {
     /// The current global version.
     pub fn global_version(&self) -> StoreResult<u64> {
         store::read(&*self.state.store, |t| t.meta(Meta::GlobalVersion))
+    }
+
+    /// Enrols `device` (again: a new key) and returns its key; fails when
+    /// the server has no master secret (authentication off).
+    pub async fn enrol(&self, device: &str) -> StoreResult<omega_tv_sync::DeviceKey> {
+        let Some(master) = &self.state.config.auth.master else {
+            return Err(StoreError::Backend("no master secret configured".into()));
+        };
+        auth::enrol(&*self.state.store, master, device).await
+    }
+
+    /// Revokes `device` (`Ok(false)`: it was not enrolled).
+    pub async fn revoke(&self, device: &str) -> StoreResult<bool> {
+        auth::revoke(&*self.state.store, device).await
     }
 
     /// Runs one aggregation pass now (aggregation also runs on its own every

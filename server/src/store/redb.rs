@@ -30,6 +30,7 @@ const ITEMS: TableDefinition<&str, u64> = TableDefinition::new("global_items");
 const CHANGES: TableDefinition<u64, (&str, &str)> = TableDefinition::new("device_changes");
 const CONTRIB: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contributions");
 const AGG: TableDefinition<u32, &[u8]> = TableDefinition::new("aggregates");
+const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_devices");
 
 fn be<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -93,6 +94,7 @@ impl RedbStore {
             txn.open_table(CHANGES).map_err(be)?;
             txn.open_table(CONTRIB).map_err(be)?;
             txn.open_table(AGG).map_err(be)?;
+            txn.open_table(AUTH).map_err(be)?;
             txn.commit().map_err(be)?;
         }
         let db = Arc::new(db);
@@ -291,6 +293,7 @@ struct RedbRead {
     changes_t: ReadOnlyTable<u64, Pair>,
     contrib_t: ReadOnlyTable<Pair, Bytes>,
     agg_t: ReadOnlyTable<u32, Bytes>,
+    auth_t: ReadOnlyTable<Str, Bytes>,
 }
 
 impl RedbRead {
@@ -303,6 +306,7 @@ impl RedbRead {
             changes_t: txn.open_table(CHANGES).map_err(be)?,
             contrib_t: txn.open_table(CONTRIB).map_err(be)?,
             agg_t: txn.open_table(AGG).map_err(be)?,
+            auth_t: txn.open_table(AUTH).map_err(be)?,
         })
     }
 }
@@ -317,6 +321,7 @@ struct RedbWrite<'t> {
     changes_t: Table<'t, u64, Pair>,
     contrib_t: Table<'t, Pair, Bytes>,
     agg_t: Table<'t, u32, Bytes>,
+    auth_t: Table<'t, Str, Bytes>,
 }
 
 impl<'t> RedbWrite<'t> {
@@ -330,6 +335,7 @@ impl<'t> RedbWrite<'t> {
             changes_t: txn.open_table(CHANGES).map_err(be)?,
             contrib_t: txn.open_table(CONTRIB).map_err(be)?,
             agg_t: txn.open_table(AGG).map_err(be)?,
+            auth_t: txn.open_table(AUTH).map_err(be)?,
         })
     }
 }
@@ -434,6 +440,11 @@ macro_rules! impl_read {
                 let t = &self.devices_t;
                 t.len().map_err(be)
             }
+            fn enrolment(&self, device: &str) -> StoreResult<Option<Enrolment>> {
+                let t = &self.auth_t;
+                let r = t.get(device).map_err(be)?;
+                r.map(|g| decode(g.value(), "enrolment")).transpose()
+            }
         }
     };
 }
@@ -452,6 +463,12 @@ impl RedbWrite<'_> {
 }
 
 impl WriteTxn for RedbWrite<'_> {
+    fn put_enrolment(&mut self, device: &str, e: &Enrolment) -> StoreResult<()> {
+        let bytes = encode(e)?;
+        let t = &mut self.auth_t;
+        t.insert(device, bytes.as_slice()).map_err(be)?;
+        Ok(())
+    }
     fn put_device(&mut self, id: &str, rec: &DeviceRecord) -> StoreResult<()> {
         let bytes = encode(rec)?;
         let t = &mut self.devices_t;
