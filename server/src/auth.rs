@@ -378,6 +378,41 @@ pub async fn enrol(
     Ok(master.device_key(device, generation))
 }
 
+/// [`enrol`] for many devices in one transaction; keys in the order of `devices`.
+pub async fn enrol_many(
+    store: &dyn Store,
+    master: &MasterSecret,
+    devices: &[String],
+) -> StoreResult<Vec<DeviceKey>> {
+    let ids = devices.to_vec();
+    let gens = store::write(store, move |txn| {
+        let mut gens = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let generation = match txn.enrolment(id)? {
+                Some(e) => e.generation.wrapping_add(1),
+                None => 1,
+            };
+            txn.put_enrolment(
+                id,
+                &Enrolment {
+                    generation,
+                    enrolled_at: now_s(),
+                    revoked: false,
+                    last_counter: 0,
+                },
+            )?;
+            gens.push(generation);
+        }
+        Ok(gens)
+    })
+    .await?;
+    Ok(devices
+        .iter()
+        .zip(gens)
+        .map(|(d, g)| master.device_key(d, g))
+        .collect())
+}
+
 /// Revokes `device`: its requests get `401 unknown_device` until it is
 /// enrolled again (with a new key). `Ok(false)` when it was not enrolled.
 pub async fn revoke(store: &dyn Store, device: &str) -> StoreResult<bool> {

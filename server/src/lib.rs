@@ -385,6 +385,17 @@ impl ServerHandle {
         auth::enrol(&*self.state.store, master, device).await
     }
 
+    /// Enrols many devices in one transaction; keys in the order of `devices`.
+    pub async fn enrol_many(
+        &self,
+        devices: &[String],
+    ) -> StoreResult<Vec<omega_tv_sync::DeviceKey>> {
+        let Some(master) = &self.state.config.auth.master else {
+            return Err(StoreError::Backend("no master secret configured".into()));
+        };
+        auth::enrol_many(&*self.state.store, master, devices).await
+    }
+
     /// Revokes `device` (`Ok(false)`: it was not enrolled).
     pub async fn revoke(&self, device: &str) -> StoreResult<bool> {
         auth::revoke(&*self.state.store, device).await

@@ -169,13 +169,15 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            for id in &args.ids {
-                match constellation::auth::enrol(&store, &master, id).await {
-                    Ok(k) => println!("{id} {}", constellation::auth::hex(k.as_bytes())),
-                    Err(e) => {
-                        eprintln!("constellation: enrolling {id}: {e}");
-                        return ExitCode::FAILURE;
+            match constellation::auth::enrol_many(&store, &master, &args.ids).await {
+                Ok(keys) => {
+                    for (id, k) in args.ids.iter().zip(keys) {
+                        println!("{id} {}", constellation::auth::hex(k.as_bytes()));
                     }
+                }
+                Err(e) => {
+                    eprintln!("constellation: enrolling: {e}");
+                    return ExitCode::FAILURE;
                 }
             }
         } else {
