@@ -28,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod trends;
 
 #[cfg(test)]
@@ -84,6 +85,9 @@ pub struct Config {
     /// Device authentication: on by default, with a fresh random master
     /// secret (see [`auth`]).
     pub auth: AuthConfig,
+    /// Serve HTTPS with this certificate and key (`None`: plain HTTP, for
+    /// loopback or behind a TLS-terminating proxy).
+    pub tls: Option<tls::TlsConfig>,
 }
 
 impl Config {
@@ -103,6 +107,7 @@ impl Config {
             aggregate: AggregateConfig::default(),
             trends: TrendConfig::default(),
             auth: AuthConfig::new(),
+            tls: None,
         }
     }
 }
@@ -287,6 +292,10 @@ impl Server {
         if config.auth.required && config.auth.master.is_none() {
             return Err(StartError::NoMasterSecret);
         }
+        let tls = match &config.tls {
+            Some(t) => Some(tls::server_config(t).map_err(StartError::Io)?),
+            None => None,
+        };
         let (store, redb): (Arc<dyn Store>, Option<Arc<store::redb::RedbStore>>) = match &config.db
         {
             Some(path) => {
@@ -319,16 +328,29 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let app = http::router(state.clone());
         let mut serve_stop = stop_rx.clone();
-        let serve = tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = serve_stop.wait_for(|s| *s).await;
+        let shutdown = async move {
+            let _ = serve_stop.wait_for(|s| *s).await;
+        };
+        let serve = match tls {
+            None => tokio::spawn(async move {
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "server stopped");
+                }
+            }),
+            Some(tc) => {
+                let l =
+                    tls::TlsListener::new(listener, tc, stop_rx.clone()).map_err(StartError::Io)?;
+                tokio::spawn(async move {
+                    let r = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "server stopped");
+                    }
                 })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "server stopped");
             }
-        });
+        };
         let aggregator = tokio::spawn(aggregate::run(state.clone(), stop_rx));
         tracing::info!(addr = %local_addr, db = ?state.config.db, "constellation listening");
         Ok(ServerHandle {
@@ -356,9 +378,14 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    /// Base URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.state.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Shared state (store, metrics, config).

@@ -93,6 +93,12 @@ struct ServeArgs {
     /// if missing); default: the database path with `.master-secret` appended.
     #[arg(long)]
     master_secret: Option<PathBuf>,
+    /// Serve HTTPS: PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Serve HTTPS: PEM private key (needs --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// DEVELOPMENT ONLY: accept unsigned sync requests. Anyone who knows a
     /// device id can then write its patterns.
     #[arg(long)]
@@ -216,6 +222,12 @@ fn main() -> std::process::ExitCode {
     config.min_sync_interval_s = args.min_sync_interval;
     config.queue_limit = args.queue_limit;
     config.admin = args.admin;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(constellation::tls::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
     if args.insecure_no_auth {
         config.auth = constellation::AuthConfig::disabled();
     } else {
