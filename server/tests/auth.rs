@@ -91,7 +91,8 @@ async fn signed_syncs_are_accepted_and_every_bad_one_is_refused_with_nothing_sto
     let mut tampered = body2.clone();
     let n = tampered.len();
     tampered[n - 6] ^= 0x01; // inside the frame: the body hash changes
-    let cases: Vec<(&str, &str, Option<String>, Vec<u8>, &str)> = vec![
+    type Case<'a> = (&'a str, &'a str, Option<String>, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing header",
             "tv-a",
