@@ -623,7 +623,9 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// A `401 replayed_counter` carries the server's `last_counter`: a device
     /// whose counter fell behind (a restored backup, a cloned box, a lost
     /// snapshot) continues after it and resends the same request, signed
-    /// anew. Only forward jumps of at most `MAX_COUNTER_JUMP` are taken.
+    /// anew. The answer must be consistent with the counter just sent
+    /// (`last_counter >= sent`, or the device would loop), and only forward
+    /// jumps of at most `MAX_COUNTER_JUMP` are taken.
     fn counter_resync(&mut self, body: &[u8]) -> bool {
         let code = b"\"replayed_counter\"";
         if self.cfg.auth_key.is_none() || !body.windows(code.len()).any(|w| w == code) {
@@ -632,11 +634,13 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         let Some(last) = parse_json_u64(body, b"\"last_counter\"") else {
             return false;
         };
-        let next = last.saturating_add(1);
-        if next <= self.auth_counter
-            || next - self.auth_counter > crate::auth::MAX_COUNTER_JUMP
-            || next == u64::MAX
-        {
+        // The request just refused was signed with the previous counter.
+        let sent = self.auth_counter.saturating_sub(1);
+        if last < sent {
+            return false;
+        }
+        let next = last.saturating_add(1).max(self.auth_counter);
+        if next - self.auth_counter > crate::auth::MAX_COUNTER_JUMP || next == u64::MAX {
             return false;
         }
         warn!(

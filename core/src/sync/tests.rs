@@ -1002,4 +1002,34 @@ fn a_counter_behind_the_server_catches_up_once() {
     let r = c.apply(&tx[..n], resp, body.as_bytes(), 0, &mut ());
     assert_eq!(r, Err(Error::Rejected));
     assert_eq!(c.auth_counter(), 1);
+
+    // Two boxes restored from one snapshot sign the same counter: the second
+    // is refused with last_counter = its own counter and simply resends
+    // with its next one (no jump).
+    let mut d = signed_client("tv-twin", &key);
+    let mut ab = [0u8; crate::auth::HEADER_MAX];
+    d.prepare(0, &mut tx).unwrap();
+    let n = d.in_flight().unwrap();
+    for _ in 0..10 {
+        d.authorization(crate::Method::Post, SYNC_PATH, &tx[..n], &mut ab)
+            .unwrap();
+    }
+    assert_eq!(d.auth_counter(), 11);
+    let refused =
+        |last: u64| std::format!("{{\"error\":\"replayed_counter\",\"last_counter\":{last}}}");
+    let r401 = |b: &str| Response {
+        status: 401,
+        body_len: b.len(),
+        retry_after_s: None,
+    };
+    let b = refused(10);
+    let out = d.apply(&tx[..n], r401(&b), b.as_bytes(), 5, &mut ());
+    assert_eq!(out, Ok(Outcome::RetryLater { at_ms: 5 }));
+    assert_eq!(d.auth_counter(), 11);
+    assert!(d.in_flight().is_some());
+    // An answer below the counter just sent is inconsistent: not retried.
+    let b = refused(5);
+    let out = d.apply(&tx[..n], r401(&b), b.as_bytes(), 6, &mut ());
+    assert_eq!(out, Err(Error::Rejected));
+    assert_eq!(d.auth_counter(), 11);
 }
