@@ -7,7 +7,8 @@
 //! contract.
 //!
 //! ```text
-//! http (routes, headers, errors) -> sync (validate -> apply -> respond)
+//! [tls] -> http (routes, headers, errors) -> auth (signature, counter)
+//!      -> sync (validate -> apply -> respond)
 //!      -> store (trait; redb backend with group commit)
 //! aggregate (off the request path: device changes -> global changelog), trends
 //! ```
