@@ -20,13 +20,16 @@
 //! pattern the server applied but the device never saw acknowledged comes
 //! back as a conflict and is merged).
 //!
-//! `auth_counter` is the request counter a restored client resumes at: the
-//! counter at snapshot time plus [`COUNTER_WINDOW`](crate::auth::COUNTER_WINDOW),
-//! so requests signed after the snapshot and before a reboot (resends of a
-//! failing exchange) can never have their counters signed again. Layout 1
-//! (written before request signing existed) has no layout byte and no
-//! `auth_counter` (its body starts with the device id's length, `1..=64`);
-//! it is still read, and resumes at the window.
+//! `auth_counter` is the next unused request counter at snapshot time; a
+//! restored client resumes at it plus
+//! [`COUNTER_WINDOW`](crate::auth::COUNTER_WINDOW), so requests signed after
+//! the snapshot and before a reboot (resends of a failing exchange) can never
+//! have their counters signed again. A restored client that has signed
+//! nothing yet writes the stored value back unchanged (every counter from
+//! there plus the window on is still unused), so a snapshot restores to
+//! itself. Layout 1 (written before request signing existed) has no layout
+//! byte and no `auth_counter` (its body starts with the device id's length,
+//! `1..=64`); it is still read, as `auth_counter = 0`.
 
 use postcard::experimental::max_size::MaxSize;
 use serde::{Deserialize, Serialize};
@@ -106,9 +109,10 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             device_id: self.cfg.device_id.as_str(),
             seq: self.seq,
             global_version: self.global_version,
-            auth_counter: self
-                .auth_counter
-                .saturating_add(crate::auth::COUNTER_WINDOW),
+            auth_counter: match self.auth_restored {
+                Some(s) if self.auth_counter == s.saturating_add(crate::auth::COUNTER_WINDOW) => s,
+                _ => self.auth_counter,
+            },
             count: self.slots.len() as u16,
         };
         put(&LAYOUT_2, body, &mut at)?;
@@ -185,7 +189,10 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         self.next_sync_at = 0;
         self.seq = head.seq.max(1);
         self.global_version = head.global_version;
-        self.auth_counter = head.auth_counter.max(1);
+        self.auth_restored = Some(head.auth_counter);
+        self.auth_counter = head
+            .auth_counter
+            .saturating_add(crate::auth::COUNTER_WINDOW);
         let slots = &mut self.slots;
         parse(body, self.cfg.device_id.as_str(), N, |slot| {
             slots.push(slot).map_err(|_| Error::CapacityExceeded)
@@ -211,7 +218,7 @@ fn parse<'a>(
                 device_id: h.device_id,
                 seq: h.seq,
                 global_version: h.global_version,
-                auth_counter: crate::auth::COUNTER_WINDOW,
+                auth_counter: 0,
                 count: h.count,
             };
             (head, rest)

@@ -926,8 +926,19 @@ fn every_attempt_is_signed_with_a_new_counter() {
     // The snapshot reserves a window: a restored client never reuses one.
     let mut snap = std::vec![0u8; Client::MAX_SNAPSHOT_LEN];
     let n = c.snapshot(&mut snap).unwrap();
-    let r = Client::restore(minilm_v1().unwrap(), c.config().clone(), &snap[..n]).unwrap();
+    let mut r = Client::restore(minilm_v1().unwrap(), c.config().clone(), &snap[..n]).unwrap();
     assert_eq!(r.auth_counter(), 4 + crate::auth::COUNTER_WINDOW);
+    // Nothing signed since: the snapshot restores to itself.
+    let mut again = std::vec![0u8; Client::MAX_SNAPSHOT_LEN];
+    let m = r.snapshot(&mut again).unwrap();
+    assert_eq!(again[..m], snap[..n]);
+    // One request signed: the next snapshot stores the counter after it.
+    let mut ab = [0u8; crate::auth::HEADER_MAX];
+    r.authorization(crate::Method::Post, SYNC_PATH, b"x", &mut ab)
+        .unwrap();
+    let m = r.snapshot(&mut again).unwrap();
+    let r2 = Client::restore(minilm_v1().unwrap(), c.config().clone(), &again[..m]).unwrap();
+    assert_eq!(r2.auth_counter(), 5 + 2 * crate::auth::COUNTER_WINDOW);
 
     // A client without a key sends no Authorization header: refused.
     let mut plain = client("tv-auth");
@@ -1032,4 +1043,80 @@ fn a_counter_behind_the_server_catches_up_once() {
     let out = d.apply(&tx[..n], r401(&b), b.as_bytes(), 6, &mut ());
     assert_eq!(out, Err(Error::Rejected));
     assert_eq!(d.auth_counter(), 11);
+}
+
+#[test]
+fn feed_pages_move_the_cursor_and_refuse_sync_records() {
+    let cb = minilm_v1().unwrap();
+    let mut c = client("tv-feed");
+    let code = {
+        let mut buf = [0u8; MAX_CODED_LEN];
+        let n = cb.encode(&[5; DIM], None, &mut buf).unwrap();
+        buf[..n].to_vec()
+    };
+    let page = |seq: u64, with_ack: bool| {
+        let mut buf = std::vec![0u8; 8192];
+        let mut w = FrameWriter::new(&mut buf, Kind::Download, cb.id()).unwrap();
+        w.push(&Record::DownloadHead(DownloadHead {
+            seq,
+            global_version: 40,
+            more: true,
+            reset: false,
+            next_sync_s: 0,
+        }))
+        .unwrap();
+        w.push(&Record::GlobalUpsert(GlobalUpsert {
+            id: 9,
+            version: 40,
+            success_rate: 0.8,
+            sample_count: 50,
+            contributors: 6,
+            category: Category::new("drama").unwrap(),
+            code: &code,
+        }))
+        .unwrap();
+        if with_ack {
+            w.push(&Record::Ack(Ack {
+                id: PatternId::new("x").unwrap(),
+                revision: 1,
+            }))
+            .unwrap();
+        }
+        w.finish().unwrap().to_vec()
+    };
+    let mut buf = [0u8; 96];
+    assert_eq!(
+        c.feed_path(64, 16384, &mut buf),
+        "/api/v1/global?since=0&limit=64&max_bytes=16384"
+    );
+    // A page that carries sync records, or answers a sync, is refused whole.
+    assert_eq!(
+        c.apply_feed(&page(0, true), &mut ()),
+        Err(Error::ProtocolViolation)
+    );
+    assert_eq!(
+        c.apply_feed(&page(3, false), &mut ()),
+        Err(Error::ProtocolViolation)
+    );
+    assert_eq!(c.global_version(), 0);
+    #[derive(Default)]
+    struct Count(u32);
+    impl GlobalSink for Count {
+        fn global_upsert(&mut self, _: &GlobalPattern) {
+            self.0 += 1;
+        }
+    }
+    let mut sink = Count::default();
+    let s = c.apply_feed(&page(0, false), &mut sink).unwrap();
+    assert!(s.more && s.globals == 1);
+    assert_eq!(sink.0, 1);
+    assert_eq!(c.global_version(), 40);
+    assert_eq!(
+        c.feed_path(500, 65536, &mut buf),
+        "/api/v1/global?since=40&limit=500&max_bytes=65536"
+    );
+    // Not while a sync request is in flight.
+    let mut tx = [0u8; 1024];
+    c.prepare(0, &mut tx).unwrap();
+    assert_eq!(c.apply_feed(&page(0, false), &mut sink), Err(Error::Busy));
 }
