@@ -9,10 +9,13 @@
 #   2. creates network namespace $NETNS with its loopback up and a TAP device
 #      $TAP carrying $HOST_ADDR/24 (the kernel's end of the link; the client's
 #      embassy-net stack is the other end, with $DEVICE_ADDR/24);
-#   3. starts `constellation serve --admin` inside the namespace, bound to
-#      $HOST_ADDR:$PORT, with a fresh redb file in a temporary directory;
+#   3. enrols the client's device id (`constellation device add`, which
+#      prints its key once) and starts `constellation serve --admin` inside
+#      the namespace (authentication on), bound to $HOST_ADDR:$PORT, with a
+#      fresh redb file in a temporary directory;
 #   4. runs the client inside the namespace for $SYNCS syncs of the real
-#      sync client (patterns drifting between syncs), bounded in time
+#      sync client, every request signed with that key (patterns drifting
+#      between syncs), bounded in time
 #      ($CLIENT_TIMEOUT seconds); the client then reads the server's state
 #      back (GET /api/v1/devices/{id}/patterns) and checks that the server
 #      holds exactly its acked revisions and codes;
@@ -129,9 +132,12 @@ run_client() {
 }
 
 if [ "$SERVER" = constellation ]; then
+    key=$(target/release/constellation device add --db "$tmp/ns.redb" stb-netns-embassy-0001 |
+        awk '$1 == "stb-netns-embassy-0001" { print $2 }')
+    [ ${#key} -eq 64 ] || { echo "netns-sync: FAILED: enrolment printed no key" >&2; exit 1; }
     start_server target/release/constellation serve --db "$tmp/ns.redb" \
         --listen "$HOST_ADDR:$PORT" --admin --log-level warn
-    run_client --syncs "$SYNCS"
+    run_client --syncs "$SYNCS" --key "$key"
     stop_server
     if [ "$rc" -eq 0 ]; then
         echo "netns-sync: passed ($SYNCS syncs with Constellation, server state checked)"

@@ -47,6 +47,7 @@ extern crate std;
 #[macro_use]
 mod fmt;
 
+pub mod auth;
 pub mod codec;
 #[cfg(feature = "zstd")]
 #[allow(unsafe_code)]
@@ -60,6 +61,7 @@ pub mod transport;
 pub mod types;
 pub mod wire;
 
+pub use auth::DeviceKey;
 pub use error::{Error, Result};
 pub use filter::QualityFilter;
 pub use transport::{Method, Request, Response, Transport};

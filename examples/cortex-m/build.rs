@@ -86,6 +86,7 @@ fn main() {
 ///   the core's `FrameWriter` as Constellation builds it (acks, a conflict
 ///   with the server's state, a global removal, global upserts, trends;
 ///   compressed with the core's static-workspace zstd for `Z = zstd`);
+/// - `auth-P-Z.txt`: the `Authorization` header value signing that upload;
 /// - `snapshot-P-Z.bin`: the client's snapshot after applying it.
 ///
 /// The firmware repeats the cycle on the target and compares byte for byte.
@@ -117,6 +118,17 @@ fn fixtures(rows: &[u8], out: &Path) {
             let mut tx = vec![0u8; 16 * 1024];
             let n = c.prepare(NOW_MS, &mut tx).expect("prepare");
             let upload = &tx[..n];
+            let mut ab = [0u8; omega_tv_sync::auth::HEADER_MAX];
+            let auth = c
+                .authorization(
+                    omega_tv_sync::Method::Post,
+                    omega_tv_sync::sync::SYNC_PATH,
+                    upload,
+                    &mut ab,
+                )
+                .expect("sign")
+                .expect("a key is configured");
+            fs::write(out.join(format!("auth-{tag}.txt")), auth).expect("write");
 
             // The response, record by record.
             let mut resp = vec![0u8; 16 * 1024];

@@ -7,7 +7,8 @@
 //! contract.
 //!
 //! ```text
-//! http (routes, headers, errors) -> sync (validate -> apply -> respond)
+//! [tls] -> http (routes, headers, errors) -> auth (signature, counter)
+//!      -> sync (validate -> apply -> respond)
 //!      -> store (trait; redb backend with group commit)
 //! aggregate (off the request path: device changes -> global changelog), trends
 //! ```
@@ -21,12 +22,14 @@
 )]
 
 pub mod aggregate;
+pub mod auth;
 pub mod codes;
 pub mod download;
 pub mod http;
 pub mod metrics;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod trends;
 
 #[cfg(test)]
@@ -48,6 +51,7 @@ use metrics::{Gauges, Metrics};
 use store::{Meta, Store, StoreError, StoreResult};
 
 pub use aggregate::AggregateConfig;
+pub use auth::{AuthConfig, MasterSecret};
 pub use trends::TrendConfig;
 
 /// Everything a server instance is configured with.
@@ -84,6 +88,12 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     /// Trend signals.
     pub trends: TrendConfig,
+    /// Device authentication: on by default, with a fresh random master
+    /// secret (see [`auth`]).
+    pub auth: AuthConfig,
+    /// Serve HTTPS with this certificate and key (`None`: plain HTTP, for
+    /// loopback or behind a TLS-terminating proxy).
+    pub tls: Option<tls::TlsConfig>,
 }
 
 impl Config {
@@ -103,6 +113,8 @@ impl Config {
             admin: false,
             aggregate: AggregateConfig::default(),
             trends: TrendConfig::default(),
+            auth: AuthConfig::new(),
+            tls: None,
         }
     }
 }
@@ -120,6 +132,8 @@ pub enum StartError {
     Store(StoreError),
     /// The listener could not be bound.
     Io(std::io::Error),
+    /// Authentication is required but no master secret is configured.
+    NoMasterSecret,
 }
 
 impl std::fmt::Display for StartError {
@@ -127,6 +141,9 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Store(e) => write!(f, "{e}"),
             StartError::Io(e) => write!(f, "{e}"),
+            StartError::NoMasterSecret => {
+                f.write_str("authentication is on but no master secret is configured")
+            }
         }
     }
 }
@@ -305,6 +322,13 @@ impl Server {
     /// Opens the store, binds the listener and starts serving and
     /// aggregating. Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        if config.auth.required && config.auth.master.is_none() {
+            return Err(StartError::NoMasterSecret);
+        }
+        let tls = match &config.tls {
+            Some(t) => Some(tls::server_config(t).map_err(StartError::Io)?),
+            None => None,
+        };
         let (store, redb): (Arc<dyn Store>, Option<Arc<store::redb::RedbStore>>) = match &config.db
         {
             Some(path) => {
@@ -327,19 +351,39 @@ impl Server {
             .map_err(StartError::Io)?;
         let local_addr = listener.local_addr().map_err(StartError::Io)?;
         let state = Arc::new(AppState::new(store, config));
+        if !state.config.auth.required {
+            state.metrics.auth.set_disabled(true);
+            tracing::warn!(
+                "AUTHENTICATION IS OFF: any client that knows a device id can write its \
+                 patterns. Development only; never expose this server."
+            );
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let app = http::router(state.clone());
         let mut serve_stop = stop_rx.clone();
-        let serve = tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = serve_stop.wait_for(|s| *s).await;
+        let shutdown = async move {
+            let _ = serve_stop.wait_for(|s| *s).await;
+        };
+        let serve = match tls {
+            None => tokio::spawn(async move {
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "server stopped");
+                }
+            }),
+            Some(tc) => {
+                let l =
+                    tls::TlsListener::new(listener, tc, stop_rx.clone()).map_err(StartError::Io)?;
+                tokio::spawn(async move {
+                    let r = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "server stopped");
+                    }
                 })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "server stopped");
             }
-        });
+        };
         let aggregator = tokio::spawn(aggregate::run(state.clone(), stop_rx));
         tracing::info!(addr = %local_addr, db = ?state.config.db, "constellation listening");
         Ok(ServerHandle {
@@ -367,9 +411,14 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    /// Base URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.local_addr)
+        let scheme = if self.state.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Shared state (store, metrics, config).
@@ -385,6 +434,31 @@ impl ServerHandle {
     /// The current global version.
     pub fn global_version(&self) -> StoreResult<u64> {
         store::read(&*self.state.store, |t| t.meta(Meta::GlobalVersion))
+    }
+
+    /// Enrols `device` (again: a new key) and returns its key; fails when
+    /// the server has no master secret (authentication off).
+    pub async fn enrol(&self, device: &str) -> StoreResult<omega_tv_sync::DeviceKey> {
+        let Some(master) = &self.state.config.auth.master else {
+            return Err(StoreError::Backend("no master secret configured".into()));
+        };
+        auth::enrol(&*self.state.store, master, device).await
+    }
+
+    /// Enrols many devices in one transaction; keys in the order of `devices`.
+    pub async fn enrol_many(
+        &self,
+        devices: &[String],
+    ) -> StoreResult<Vec<omega_tv_sync::DeviceKey>> {
+        let Some(master) = &self.state.config.auth.master else {
+            return Err(StoreError::Backend("no master secret configured".into()));
+        };
+        auth::enrol_many(&*self.state.store, master, devices).await
+    }
+
+    /// Revokes `device` (`Ok(false)`: it was not enrolled).
+    pub async fn revoke(&self, device: &str) -> StoreResult<bool> {
+        auth::revoke(&*self.state.store, device).await
     }
 
     /// Runs one aggregation pass now (aggregation also runs on its own every

@@ -20,6 +20,41 @@ struct Cli {
 enum Cmd {
     /// Serve the sync API.
     Serve(ServeArgs),
+    /// Enrol or revoke devices (request signing). Works on the database
+    /// file directly: stop the server first (redb allows one process).
+    #[command(subcommand)]
+    Device(DeviceCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCmd {
+    /// Enrol devices and print each one's new key, once (`ID KEY` lines).
+    /// Enrolling an enrolled device replaces its key.
+    Add(DeviceArgs),
+    /// Revoke devices: their requests are refused until enrolled again.
+    Remove(DeviceArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DeviceArgs {
+    /// The redb database file (created if missing).
+    #[arg(long)]
+    db: PathBuf,
+    /// The master secret file (created, mode 0600, if missing); default:
+    /// the database path with `.master-secret` appended.
+    #[arg(long)]
+    master_secret: Option<PathBuf>,
+    /// Device ids.
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+fn master_path(db: &std::path::Path, flag: &Option<PathBuf>) -> PathBuf {
+    flag.clone().unwrap_or_else(|| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(".master-secret");
+        PathBuf::from(p)
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,6 +89,20 @@ struct ServeArgs {
     /// Serve GET /api/v1/devices/{id}/patterns (raw device state).
     #[arg(long)]
     admin: bool,
+    /// The master secret file device keys derive from (created, mode 0600,
+    /// if missing); default: the database path with `.master-secret` appended.
+    #[arg(long)]
+    master_secret: Option<PathBuf>,
+    /// Serve HTTPS: PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Serve HTTPS: PEM private key (needs --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// DEVELOPMENT ONLY: accept unsigned sync requests. Anyone who knows a
+    /// device id can then write its patterns.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// Catalogue vectors (little-endian f32 rows) for trend attribution.
     #[arg(long, requires = "catalogue_meta")]
     catalogue: Option<PathBuf>,
@@ -81,9 +130,86 @@ fn parse_range(s: &str) -> Result<(u32, u32), String> {
     Ok((a, b))
 }
 
+fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
+    use constellation::store::redb::{RedbOptions, RedbStore};
+    use std::process::ExitCode;
+    let (add, args) = match cmd {
+        DeviceCmd::Add(a) => (true, a),
+        DeviceCmd::Remove(a) => (false, a),
+    };
+    for id in &args.ids {
+        if let Err(e) = constellation::sync::check_device_id(Some(id.as_bytes())) {
+            eprintln!("constellation: device id {id:?}: {}", e.detail);
+            return ExitCode::FAILURE;
+        }
+    }
+    let store = match RedbStore::open(&args.db, RedbOptions::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "constellation: cannot open {} ({e}); is the server running? Stop it first.",
+                args.db.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("constellation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(async {
+        if add {
+            let path = master_path(&args.db, &args.master_secret);
+            let master = match constellation::MasterSecret::load_or_create(&path) {
+                Ok((m, created)) => {
+                    if created {
+                        eprintln!("created the master secret {}", path.display());
+                    }
+                    m
+                }
+                Err(e) => {
+                    eprintln!("constellation: master secret {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match constellation::auth::enrol_many(&store, &master, &args.ids).await {
+                Ok(keys) => {
+                    for (id, k) in args.ids.iter().zip(keys) {
+                        println!("{id} {}", constellation::auth::hex(k.as_bytes()));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("constellation: enrolling: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            for id in &args.ids {
+                match constellation::auth::revoke(&store, id).await {
+                    Ok(true) => println!("{id} revoked"),
+                    Ok(false) => println!("{id} was not enrolled"),
+                    Err(e) => {
+                        eprintln!("constellation: revoking {id}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    });
+    store.close();
+    code
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Cmd::Serve(args) = cli.cmd;
+    let args = match cli.cmd {
+        Cmd::Serve(args) => args,
+        Cmd::Device(cmd) => return device_cmd(cmd),
+    };
     tracing_subscriber::fmt()
         .with_max_level(args.log_level)
         .with_target(false)
@@ -96,6 +222,29 @@ fn main() -> std::process::ExitCode {
     config.min_sync_interval_s = args.min_sync_interval;
     config.queue_limit = args.queue_limit;
     config.admin = args.admin;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(constellation::tls::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
+    if args.insecure_no_auth {
+        config.auth = constellation::AuthConfig::disabled();
+    } else {
+        let path = master_path(&args.db, &args.master_secret);
+        match constellation::MasterSecret::load_or_create(&path) {
+            Ok((m, created)) => {
+                if created {
+                    tracing::info!(path = %path.display(), "created the master secret");
+                }
+                config.auth = constellation::AuthConfig::with_master(m);
+            }
+            Err(e) => {
+                eprintln!("constellation: master secret {}: {e}", path.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     config.aggregate.k = args.k;
     config.aggregate.similarity = args.similarity;
     config.aggregate.interval = Duration::from_millis(args.aggregate_interval_ms.max(1));

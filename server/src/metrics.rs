@@ -36,6 +36,8 @@ pub struct Metrics {
     pub aggregation_runs: AtomicU64,
     /// Global changelog entries published by aggregation.
     pub published: AtomicU64,
+    /// Authentication failures by code (`crate::auth`).
+    pub auth: crate::auth::AuthMetrics,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -205,6 +207,7 @@ impl Metrics {
             ld(&self.latency_sum_us) as f64 / 1_000_000.0
         );
         let _ = writeln!(s, "{name}_count {count}");
+        self.auth.render(&mut s);
         s
     }
 }

@@ -29,6 +29,8 @@ pub struct ApiError {
     pub last_seq: Option<u64>,
     /// For 429/503: seconds to wait.
     pub retry_after_s: Option<u32>,
+    /// For `401 replayed_counter`: the last accepted request counter.
+    pub last_counter: Option<u64>,
 }
 
 impl ApiError {
@@ -40,6 +42,7 @@ impl ApiError {
             detail: detail.into(),
             last_seq: None,
             retry_after_s: None,
+            last_counter: None,
         }
     }
 

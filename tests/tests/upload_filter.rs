@@ -62,10 +62,10 @@ async fn only_changed_filtered_patterns_are_uploaded() {
     cfg.codebooks = constellation::codes::default_codebooks();
     let srv = constellation::Server::start(cfg).await.unwrap();
     let v = vectors();
-    let mut c: SyncClient<'static, 16> = SyncClient::new(
-        minilm_v1().unwrap(),
-        Config::new(DeviceId::new("tv-filter").unwrap()),
-    );
+    // Authentication is on by default: enrol the device, sign with its key.
+    let mut ccfg = Config::new(DeviceId::new("tv-filter").unwrap());
+    ccfg.auth_key = Some(srv.enrol("tv-filter").await.unwrap());
+    let mut c: SyncClient<'static, 16> = SyncClient::new(minilm_v1().unwrap(), ccfg);
     let mut t = Counting {
         inner: HttpTransport::new(&srv.url()).unwrap(),
         ids: Vec::new(),

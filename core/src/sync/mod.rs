@@ -70,6 +70,10 @@ pub struct Config {
     /// Ask for zstd-compressed responses (flag bit 1 of the upload); the
     /// responses must then be applied with `apply_zstd` (feature `zstd`).
     pub accept_zstd: bool,
+    /// The device's secret key: when set, every request is signed
+    /// (`Authorization: OTS1-HMAC-SHA256 ...`, see [`crate::auth`]). The
+    /// server requires it unless it runs with authentication turned off.
+    pub auth_key: Option<crate::DeviceKey>,
 }
 
 impl Config {
@@ -93,6 +97,7 @@ impl Config {
             backoff: Backoff::default(),
             jitter_seed: seed,
             accept_zstd: false,
+            auth_key: None,
         }
     }
 }
@@ -142,6 +147,8 @@ pub struct Stats {
     pub resequenced: u64,
     /// Requests the server refused with another 4xx.
     pub rejected: u64,
+    /// `401 replayed_counter` answers that moved the request counter forward.
+    pub counter_resyncs: u64,
 }
 
 /// What an applied response did.
@@ -208,6 +215,12 @@ pub struct SyncClient<'cb, const N: usize> {
     next_sync_at: u64,
     rng: Jitter,
     stats: Stats,
+    /// The counter the next signed request uses (see [`crate::auth`]).
+    auth_counter: u64,
+    /// The counter stored in the snapshot this client was restored from
+    /// (it resumed at that plus the window): written back unchanged while
+    /// nothing was signed since, so a snapshot restores to itself.
+    auth_restored: Option<u64>,
 }
 
 impl<'cb, const N: usize> SyncClient<'cb, N> {
@@ -225,6 +238,8 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             next_sync_at: 0,
             rng,
             stats: Stats::default(),
+            auth_counter: 1,
+            auth_restored: None,
         }
     }
 
@@ -242,6 +257,8 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         self.failures = 0;
         self.next_sync_at = 0;
         self.stats = Stats::default();
+        self.auth_counter = 1;
+        self.auth_restored = None;
     }
 
     /// The configuration.
@@ -272,6 +289,44 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// Length of the request in flight (to resend from the caller's buffer).
     pub fn in_flight(&self) -> Option<usize> {
         self.inflight.map(|f| f.len)
+    }
+
+    /// The request counter the next signed request uses. It grows by one
+    /// with every request sent (resends included) and is persisted in the
+    /// snapshot with a reserve of [`auth::COUNTER_WINDOW`](crate::auth::COUNTER_WINDOW).
+    pub fn auth_counter(&self) -> u64 {
+        self.auth_counter
+    }
+
+    /// Signs the next request with the configured key, taking the next
+    /// counter, and formats the `Authorization` header value into `buf`.
+    /// `None` (and no counter used) when the client has no key.
+    ///
+    /// [`exchange`](Self::exchange) calls it for every request it sends; a
+    /// caller with its own transport (after [`prepare`](Self::prepare)) calls
+    /// it once per send attempt, resends included, and sends the header
+    /// [`auth::HEADER`](crate::auth::HEADER) with the value.
+    pub fn authorization<'b>(
+        &mut self,
+        method: crate::Method,
+        path: &str,
+        body: &[u8],
+        buf: &'b mut [u8; crate::auth::HEADER_MAX],
+    ) -> Result<Option<&'b str>> {
+        let Some(key) = &self.cfg.auth_key else {
+            return Ok(None);
+        };
+        let counter = self.auth_counter;
+        let sig = crate::auth::sign(
+            key,
+            crate::auth::method_str(method),
+            path,
+            self.cfg.device_id.as_str(),
+            counter,
+            body,
+        )?;
+        self.auth_counter = counter.saturating_add(1);
+        Ok(Some(crate::auth::format_header(counter, &sig, buf)))
     }
 
     /// Counters since creation (not persisted).
@@ -542,8 +597,12 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
                     Err(e)
                 }
             },
+            401 if self.counter_resync(body) => {
+                self.next_sync_at = now_ms;
+                Ok(Outcome::RetryLater { at_ms: now_ms })
+            }
             409 => {
-                let last = parse_last_seq(body).ok_or(Error::ProtocolViolation)?;
+                let last = parse_json_u64(body, b"\"last_seq\"").ok_or(Error::ProtocolViolation)?;
                 self.seq = last.saturating_add(1).max(self.seq);
                 self.inflight = None;
                 self.failures = 0;
@@ -565,6 +624,38 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
                 Err(Error::Rejected)
             }
         }
+    }
+
+    /// A `401 replayed_counter` carries the server's `last_counter`: a device
+    /// whose counter fell behind (a restored backup, a cloned box, a lost
+    /// snapshot) continues after it and resends the same request, signed
+    /// anew. The answer must be consistent with the counter just sent
+    /// (`last_counter >= sent`, or the device would loop), and only forward
+    /// jumps of at most `MAX_COUNTER_JUMP` are taken.
+    fn counter_resync(&mut self, body: &[u8]) -> bool {
+        let code = b"\"replayed_counter\"";
+        if self.cfg.auth_key.is_none() || !body.windows(code.len()).any(|w| w == code) {
+            return false;
+        }
+        let Some(last) = parse_json_u64(body, b"\"last_counter\"") else {
+            return false;
+        };
+        // The request just refused was signed with the previous counter.
+        let sent = self.auth_counter.saturating_sub(1);
+        if last < sent {
+            return false;
+        }
+        let next = last.saturating_add(1).max(self.auth_counter);
+        if next - self.auth_counter > crate::auth::MAX_COUNTER_JUMP || next == u64::MAX {
+            return false;
+        }
+        warn!(
+            "request counter behind the server's; continuing at {}",
+            next
+        );
+        self.auth_counter = next;
+        self.stats.counter_resyncs += 1;
+        true
     }
 
     #[inline(never)] // own frame: see "Memory" above
@@ -870,18 +961,24 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             Some(f) => f.len,
             None => self.prepare(now_ms, tx)?,
         };
+        let body = tx.get(..len).ok_or(Error::BufferTooSmall)?;
+        // Every attempt, resends included, is signed with a new counter.
+        let mut auth_buf = [0u8; crate::auth::HEADER_MAX];
+        let auth = self.authorization(crate::Method::Post, SYNC_PATH, body, &mut auth_buf)?;
         let mut digits = [0u8; 20];
         let version = fmt_u64(self.global_version, &mut digits);
-        let headers = [
+        let all = [
             ("X-Device-ID", self.cfg.device_id.as_str()),
             ("X-Sync-Version", version),
             ("Content-Type", "application/octet-stream"),
+            (crate::auth::HEADER, auth.unwrap_or("")),
         ];
+        let headers = if auth.is_some() { &all[..] } else { &all[..3] };
         let request = Request {
             method: crate::Method::Post,
             path: SYNC_PATH,
-            headers: &headers,
-            body: tx.get(..len).ok_or(Error::BufferTooSmall)?,
+            headers,
+            body,
         };
         let response = match transport.send(request, rx).await {
             Ok(r) => r,
@@ -956,9 +1053,8 @@ pub fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &str {
     core::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
-/// Finds `"last_seq": N` in a 409's JSON body.
-fn parse_last_seq(body: &[u8]) -> Option<u64> {
-    let key = b"\"last_seq\"";
+/// Finds `"<key>": N` in an error's JSON body (`key` with its quotes).
+fn parse_json_u64(body: &[u8], key: &[u8]) -> Option<u64> {
     let at = body.windows(key.len()).position(|w| w == key)? + key.len();
     let rest = body.get(at..)?;
     let rest = &rest[rest.iter().position(|&b| b != b' ' && b != b':')?..];

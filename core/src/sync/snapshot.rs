@@ -1,10 +1,11 @@
 //! The state that survives a reboot, as one bounded frame.
 //!
 //! A snapshot is a frame of kind `Snapshot` (magic, version, codebook id,
-//! CRC-32) whose one record holds, in postcard:
+//! CRC-32) whose one record holds a layout byte, then, in postcard:
 //!
 //! ```text
-//! device_id: str<=64, seq: u64, global_version: u64, count: u16,
+//! layout: u8 = 0x82 (layout 2),
+//! device_id: str<=64, seq: u64, global_version: u64, auth_counter: u64, count: u16,
 //! then `count` times:
 //!   id: str<=16, rev: u32, acked_valid: bool, success_rate: f32,
 //!   sample_count: u32, category: str<=16, acked: 384 x i16 (zigzag varints)
@@ -18,6 +19,17 @@
 //! client continues after the server's sequence (nothing is lost; a
 //! pattern the server applied but the device never saw acknowledged comes
 //! back as a conflict and is merged).
+//!
+//! `auth_counter` is the next unused request counter at snapshot time; a
+//! restored client resumes at it plus
+//! [`COUNTER_WINDOW`](crate::auth::COUNTER_WINDOW), so requests signed after
+//! the snapshot and before a reboot (resends of a failing exchange) can never
+//! have their counters signed again. A restored client that has signed
+//! nothing yet writes the stored value back unchanged (every counter from
+//! there plus the window on is still unused), so a snapshot restores to
+//! itself. Layout 1 (written before request signing existed) has no layout
+//! byte and no `auth_counter` (its body starts with the device id's length,
+//! `1..=64`); it is still read, as `auth_counter = 0`.
 
 use postcard::experimental::max_size::MaxSize;
 use serde::{Deserialize, Serialize};
@@ -33,8 +45,21 @@ struct Head<'a> {
     device_id: &'a str,
     seq: u64,
     global_version: u64,
+    auth_counter: u64,
     count: u16,
 }
+
+/// Layout 1, without the layout byte and the counter.
+#[derive(Serialize, Deserialize)]
+struct HeadV1<'a> {
+    device_id: &'a str,
+    seq: u64,
+    global_version: u64,
+    count: u16,
+}
+
+/// The first body byte of layout 2 (a layout-1 body starts with `1..=64`).
+const LAYOUT_2: u8 = 0x82;
 
 #[derive(Serialize, Deserialize)]
 struct SlotHead<'a> {
@@ -46,13 +71,13 @@ struct SlotHead<'a> {
     category: &'a str,
 }
 
-const HEAD_MAX: usize = DeviceId::POSTCARD_MAX_SIZE + 10 + 10 + 3;
+const HEAD_MAX: usize = 1 + DeviceId::POSTCARD_MAX_SIZE + 10 + 10 + 10 + 3;
 const SLOT_MAX: usize =
     PatternId::POSTCARD_MAX_SIZE + 5 + 1 + 4 + 5 + Category::POSTCARD_MAX_SIZE + DIM * 3;
 
 /// Largest snapshot of a client with `n` slots, in bytes (frame included):
-/// `13 + 1 + 88 + n * 1201` (each code is a zigzag varint of at most 3
-/// bytes). For 64 patterns: 76,966 bytes; real states take about half
+/// `13 + 1 + 99 + n * 1201` (each code is a zigzag varint of at most 3
+/// bytes). For 64 patterns: 76,977 bytes; real states take about half
 /// (most codes fit in 1–2 bytes).
 pub const fn max_snapshot_len(n: usize) -> usize {
     OVERHEAD + 1 + HEAD_MAX + n * SLOT_MAX
@@ -84,8 +109,13 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             device_id: self.cfg.device_id.as_str(),
             seq: self.seq,
             global_version: self.global_version,
+            auth_counter: match self.auth_restored {
+                Some(s) if self.auth_counter == s.saturating_add(crate::auth::COUNTER_WINDOW) => s,
+                _ => self.auth_counter,
+            },
             count: self.slots.len() as u16,
         };
+        put(&LAYOUT_2, body, &mut at)?;
         put(&head, body, &mut at)?;
         for s in self.slots.iter() {
             let sh = SlotHead {
@@ -159,6 +189,10 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         self.next_sync_at = 0;
         self.seq = head.seq.max(1);
         self.global_version = head.global_version;
+        self.auth_restored = Some(head.auth_counter);
+        self.auth_counter = head
+            .auth_counter
+            .saturating_add(crate::auth::COUNTER_WINDOW);
         let slots = &mut self.slots;
         parse(body, self.cfg.device_id.as_str(), N, |slot| {
             slots.push(slot).map_err(|_| Error::CapacityExceeded)
@@ -176,7 +210,21 @@ fn parse<'a>(
     n: usize,
     mut visit: impl FnMut(Slot) -> Result<()>,
 ) -> Result<Head<'a>> {
-    let (head, mut rest) = postcard::take_from_bytes::<Head>(body)?;
+    let (head, mut rest) = match body.split_first() {
+        Some((&LAYOUT_2, b)) => postcard::take_from_bytes::<Head>(b)?,
+        Some((1..=64, _)) => {
+            let (h, rest) = postcard::take_from_bytes::<HeadV1>(body)?;
+            let head = Head {
+                device_id: h.device_id,
+                seq: h.seq,
+                global_version: h.global_version,
+                auth_counter: 0,
+                count: h.count,
+            };
+            (head, rest)
+        }
+        _ => return Err(Error::UnsupportedVersion),
+    };
     if head.device_id != device_id {
         return Err(Error::ProtocolViolation);
     }
@@ -212,4 +260,48 @@ fn parse<'a>(
         return Err(Error::TrailingBytes);
     }
     Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::minilm_v1;
+    use crate::wire::{crc32, HEADER_LEN, TRAILER_LEN};
+
+    /// A layout-1 snapshot (no layout byte, no counter) still restores, and
+    /// resumes signing at the window.
+    #[test]
+    fn layout_1_still_restores() {
+        let cfg = Config::new(DeviceId::new("tv-old").unwrap());
+        let mut c: SyncClient<'_, 4> = SyncClient::new(minilm_v1().unwrap(), cfg.clone());
+        c.seq = 9;
+        c.global_version = 77;
+        let mut buf = [0u8; 256];
+        let n = c.snapshot(&mut buf).unwrap();
+        // Rewrite the body as layout 1.
+        let mut v1 = std::vec::Vec::from(&buf[..HEADER_LEN + 1]);
+        let head = HeadV1 {
+            device_id: "tv-old",
+            seq: 9,
+            global_version: 77,
+            count: 0,
+        };
+        let mut tmp = [0u8; 128];
+        v1.extend_from_slice(postcard::to_slice(&head, &mut tmp).unwrap());
+        let crc = crc32(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert!(v1.len() < n);
+        let _ = TRAILER_LEN;
+        let mut r: SyncClient<'_, 4> = SyncClient::new(minilm_v1().unwrap(), cfg);
+        r.restore_into(&v1).unwrap();
+        assert_eq!((r.seq(), r.global_version()), (9, 77));
+        assert_eq!(r.auth_counter(), crate::auth::COUNTER_WINDOW);
+        // And a body that is neither layout is refused.
+        let mut bad = v1.clone();
+        bad[HEADER_LEN + 1] = 0x81;
+        let end = bad.len() - 4;
+        let crc = crc32(&bad[..end]);
+        bad[end..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(r.restore_into(&bad), Err(Error::UnsupportedVersion));
+    }
 }

@@ -682,6 +682,7 @@ fn snapshot_bound_holds_for_extreme_state() {
     }
     c.seq = u64::MAX;
     c.global_version = u64::MAX;
+    c.auth_counter = u64::MAX;
     let mut snap = std::vec![0u8; Client::MAX_SNAPSHOT_LEN];
     let n = c.snapshot(&mut snap).unwrap();
     // Tight but for the slot count's varint (16 takes 1 of its 3 bytes).
@@ -711,10 +712,16 @@ fn removal_is_uploaded_then_the_slot_freed() {
 
 #[test]
 fn last_seq_parsing() {
-    assert_eq!(parse_last_seq(br#"{"error":"x","last_seq":42}"#), Some(42));
-    assert_eq!(parse_last_seq(br#"{"last_seq" : 7, "a":1}"#), Some(7));
-    assert_eq!(parse_last_seq(br#"{"error":"x"}"#), None);
-    assert_eq!(parse_last_seq(br#"{"last_seq":}"#), None);
+    assert_eq!(
+        parse_json_u64(br#"{"error":"x","last_seq":42}"#, b"\"last_seq\""),
+        Some(42)
+    );
+    assert_eq!(
+        parse_json_u64(br#"{"last_seq" : 7, "a":1}"#, b"\"last_seq\""),
+        Some(7)
+    );
+    assert_eq!(parse_json_u64(br#"{"error":"x"}"#, b"\"last_seq\""), None);
+    assert_eq!(parse_json_u64(br#"{"last_seq":}"#, b"\"last_seq\""), None);
     let mut b = [0u8; 20];
     assert_eq!(fmt_u64(0, &mut b), "0");
     assert_eq!(fmt_u64(u64::MAX, &mut b), "18446744073709551615");
@@ -820,6 +827,222 @@ fn restore_into_and_reset_work_in_place_and_keep_state_on_error() {
     assert_eq!(r.config().device_id.as_str(), "tv-12");
     assert_eq!(r.restore_into(&snap[..n]), Err(Error::ProtocolViolation));
     assert!(r.is_empty());
+}
+
+/// A [`Loop`] behind the server's authentication rules (docs/wire-format.md,
+/// "Authentication"): signature over the canonical message, counter greater
+/// than the last accepted one, the counter advanced only by a 200.
+struct AuthLoop<'p> {
+    peer: &'p mut Peer,
+    key: crate::DeviceKey,
+    last_counter: u64,
+    seen: Vec<u64>,
+    refused: Vec<&'static str>,
+}
+
+impl Transport for AuthLoop<'_> {
+    type Error = Dropped;
+    async fn send(
+        &mut self,
+        req: Request<'_>,
+        buf: &mut [u8],
+    ) -> core::result::Result<Response, Dropped> {
+        let device = req.headers.iter().find(|h| h.0 == "X-Device-ID").unwrap().1;
+        let refuse = |buf: &mut [u8], code: &'static str, last: u64| {
+            let j = if code == "replayed_counter" {
+                std::format!("{{\"error\":\"{code}\",\"last_counter\":{last}}}")
+            } else {
+                std::format!("{{\"error\":\"{code}\"}}")
+            };
+            buf[..j.len()].copy_from_slice(j.as_bytes());
+            Ok(Response {
+                status: 401,
+                body_len: j.len(),
+                retry_after_s: None,
+            })
+        };
+        let Some(h) = req.headers.iter().find(|h| h.0 == crate::auth::HEADER) else {
+            self.refused.push("missing_auth");
+            return refuse(buf, "missing_auth", self.last_counter);
+        };
+        let (counter, sig) = crate::auth::parse_header(h.1.as_bytes()).unwrap();
+        self.seen.push(counter);
+        let hash = crate::auth::body_hash(req.body);
+        if !crate::auth::verify(&self.key, "POST", req.path, device, counter, &hash, &sig) {
+            self.refused.push("bad_signature");
+            return refuse(buf, "bad_signature", self.last_counter);
+        }
+        if counter <= self.last_counter {
+            self.refused.push("replayed_counter");
+            return refuse(buf, "replayed_counter", self.last_counter);
+        }
+        let r = Loop(self.peer).send(req, buf).await;
+        if matches!(r, Ok(Response { status: 200, .. }))
+            || (r.is_err() && self.peer.requests > 0 && self.peer.last.is_some())
+        {
+            // Applied (a lost response was applied on the peer too).
+            self.last_counter = counter;
+        }
+        r
+    }
+}
+
+fn signed_client(id: &str, key: &crate::DeviceKey) -> Client {
+    let mut cfg = Config::new(DeviceId::new(id).unwrap());
+    cfg.auth_key = Some(key.clone());
+    SyncClient::new(minilm_v1().unwrap(), cfg)
+}
+
+#[test]
+fn every_attempt_is_signed_with_a_new_counter() {
+    let v = vectors();
+    let key = crate::DeviceKey::new([7; 32]);
+    let mut c = signed_client("tv-auth", &key);
+    assert_eq!(c.auth_counter(), 1);
+    c.upsert(&pattern("p", &v[0], 0.9, 30), 0).unwrap();
+    let mut peer = Peer::default();
+    let mut net = AuthLoop {
+        peer: &mut peer,
+        key: key.clone(),
+        last_counter: 0,
+        seen: Vec::new(),
+        refused: Vec::new(),
+    };
+    let mut tx = [0u8; 4096];
+    let mut rx = [0u8; 16 * 1024];
+    // Lost in transit, then applied with the response lost, then replayed.
+    net.peer.fail_next = 1;
+    assert!(block(c.exchange(&mut net, &mut tx, &mut rx, 0, &mut ())).is_err());
+    net.peer.drop_response_next = 1;
+    assert!(block(c.exchange(&mut net, &mut tx, &mut rx, 1, &mut ())).is_err());
+    let out = block(c.exchange(&mut net, &mut tx, &mut rx, 2, &mut ())).unwrap();
+    assert!(matches!(out, Outcome::Synced(s) if s.acked == 1));
+    assert_eq!(net.seen, [1, 2, 3], "one counter per attempt");
+    assert!(net.refused.is_empty(), "{:?}", net.refused);
+    assert_eq!(c.auth_counter(), 4);
+    // Same seq throughout: the retry was the same request, signed anew.
+    assert_eq!(c.seq(), 2);
+
+    // The snapshot reserves a window: a restored client never reuses one.
+    let mut snap = std::vec![0u8; Client::MAX_SNAPSHOT_LEN];
+    let n = c.snapshot(&mut snap).unwrap();
+    let mut r = Client::restore(minilm_v1().unwrap(), c.config().clone(), &snap[..n]).unwrap();
+    assert_eq!(r.auth_counter(), 4 + crate::auth::COUNTER_WINDOW);
+    // Nothing signed since: the snapshot restores to itself.
+    let mut again = std::vec![0u8; Client::MAX_SNAPSHOT_LEN];
+    let m = r.snapshot(&mut again).unwrap();
+    assert_eq!(again[..m], snap[..n]);
+    // One request signed: the next snapshot stores the counter after it.
+    let mut ab = [0u8; crate::auth::HEADER_MAX];
+    r.authorization(crate::Method::Post, SYNC_PATH, b"x", &mut ab)
+        .unwrap();
+    let m = r.snapshot(&mut again).unwrap();
+    let r2 = Client::restore(minilm_v1().unwrap(), c.config().clone(), &again[..m]).unwrap();
+    assert_eq!(r2.auth_counter(), 5 + 2 * crate::auth::COUNTER_WINDOW);
+
+    // A client without a key sends no Authorization header: refused.
+    let mut plain = client("tv-auth");
+    plain.upsert(&pattern("p", &v[0], 0.9, 30), 0).unwrap();
+    let r = block(plain.exchange(&mut net, &mut tx, &mut rx, 3, &mut ()));
+    assert!(matches!(r, Err(SyncError::Core(Error::Rejected))));
+    assert_eq!(net.refused, ["missing_auth"]);
+    // A client with the wrong key: refused, nothing applied.
+    let mut wrong = signed_client("tv-auth", &crate::DeviceKey::new([8; 32]));
+    wrong.upsert(&pattern("p", &v[0], 0.9, 30), 0).unwrap();
+    let before = net.peer.requests;
+    let r = block(wrong.exchange(&mut net, &mut tx, &mut rx, 3, &mut ()));
+    assert!(matches!(r, Err(SyncError::Core(Error::Rejected))));
+    assert_eq!(net.refused, ["missing_auth", "bad_signature"]);
+    assert_eq!(net.peer.requests, before);
+}
+
+#[test]
+fn a_counter_behind_the_server_catches_up_once() {
+    let v = vectors();
+    let key = crate::DeviceKey::new([9; 32]);
+    let mut a = signed_client("tv-twin", &key);
+    a.upsert(&pattern("p", &v[0], 0.9, 30), 0).unwrap();
+    let mut peer = Peer::default();
+    let mut net = AuthLoop {
+        peer: &mut peer,
+        key: key.clone(),
+        last_counter: 0,
+        seen: Vec::new(),
+        refused: Vec::new(),
+    };
+    let mut tx = [0u8; 4096];
+    let mut rx = [0u8; 16 * 1024];
+    block(a.exchange(&mut net, &mut tx, &mut rx, 0, &mut ())).unwrap();
+    // A clone restored from a's snapshot syncs first, far ahead.
+    let mut snap = std::vec![0u8; Client::MAX_SNAPSHOT_LEN];
+    let n = a.snapshot(&mut snap).unwrap();
+    let mut b = Client::restore(minilm_v1().unwrap(), a.config().clone(), &snap[..n]).unwrap();
+    b.upsert(&pattern("q", &v[1], 0.9, 30), 10).unwrap();
+    let mut tx_b = [0u8; 4096];
+    block(b.exchange(&mut net, &mut tx_b, &mut rx, 10, &mut ())).unwrap();
+    let ahead = net.last_counter;
+    assert_eq!(ahead, 2 + crate::auth::COUNTER_WINDOW);
+    // a is behind: one 401 replayed_counter, then the same request resent.
+    a.upsert(&pattern("p", &v[2], 0.9, 31), 20).unwrap();
+    let out = block(a.exchange(&mut net, &mut tx, &mut rx, 20, &mut ())).unwrap();
+    assert_eq!(out, Outcome::RetryLater { at_ms: 20 });
+    assert_eq!(a.auth_counter(), ahead + 1);
+    assert_eq!(a.stats().counter_resyncs, 1);
+    assert!(a.in_flight().is_some(), "the request stays in flight");
+    // The clone took seq 2 with another body: the sequence moves on too.
+    let out = block(a.exchange(&mut net, &mut tx, &mut rx, 20, &mut ())).unwrap();
+    assert_eq!(out, Outcome::Resequenced { seq: 3 });
+    let out = block(a.exchange(&mut net, &mut tx, &mut rx, 20, &mut ())).unwrap();
+    assert!(matches!(out, Outcome::Synced(_)), "{out:?}");
+    assert_eq!(net.refused, ["replayed_counter"]);
+    assert_eq!(net.last_counter, ahead + 2);
+
+    // An answer that would jump the counter too far is not followed.
+    let mut c = signed_client("tv-twin", &key);
+    c.prepare(0, &mut tx).unwrap();
+    let n = c.in_flight().unwrap();
+    let body = std::format!(
+        "{{\"error\":\"replayed_counter\",\"last_counter\":{}}}",
+        u64::MAX - 5
+    );
+    let resp = Response {
+        status: 401,
+        body_len: body.len(),
+        retry_after_s: None,
+    };
+    let r = c.apply(&tx[..n], resp, body.as_bytes(), 0, &mut ());
+    assert_eq!(r, Err(Error::Rejected));
+    assert_eq!(c.auth_counter(), 1);
+
+    // Two boxes restored from one snapshot sign the same counter: the second
+    // is refused with last_counter = its own counter and simply resends
+    // with its next one (no jump).
+    let mut d = signed_client("tv-twin", &key);
+    let mut ab = [0u8; crate::auth::HEADER_MAX];
+    d.prepare(0, &mut tx).unwrap();
+    let n = d.in_flight().unwrap();
+    for _ in 0..10 {
+        d.authorization(crate::Method::Post, SYNC_PATH, &tx[..n], &mut ab)
+            .unwrap();
+    }
+    assert_eq!(d.auth_counter(), 11);
+    let refused =
+        |last: u64| std::format!("{{\"error\":\"replayed_counter\",\"last_counter\":{last}}}");
+    let r401 = |b: &str| Response {
+        status: 401,
+        body_len: b.len(),
+        retry_after_s: None,
+    };
+    let b = refused(10);
+    let out = d.apply(&tx[..n], r401(&b), b.as_bytes(), 5, &mut ());
+    assert_eq!(out, Ok(Outcome::RetryLater { at_ms: 5 }));
+    assert_eq!(d.auth_counter(), 11);
+    assert!(d.in_flight().is_some());
+    // An answer below the counter just sent is inconsistent: not retried.
+    let b = refused(5);
+    let out = d.apply(&tx[..n], r401(&b), b.as_bytes(), 6, &mut ());
+    assert_eq!(out, Err(Error::Rejected));
+    assert_eq!(d.auth_counter(), 11);
 }
 
 #[test]

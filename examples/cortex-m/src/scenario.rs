@@ -46,10 +46,19 @@ pub const SERVER_SAMPLES: u32 = 50;
 #[allow(dead_code)]
 pub const SERVER_RATE: f32 = 0.6;
 
-/// The device's configuration (`accept_zstd` for the compressed cycle).
+/// The device's signing key (a test key: `constellation device add` issues
+/// real ones).
+pub const DEVICE_KEY: [u8; 32] = [
+    0x6f, 0x6d, 0x65, 0x67, 0x61, 0x2d, 0x74, 0x76, 0x2d, 0x73, 0x79, 0x6e, 0x63, 0x2d, 0x71, 0x65,
+    0x6d, 0x75, 0x2d, 0x63, 0x6f, 0x72, 0x74, 0x65, 0x78, 0x2d, 0x6d, 0x34, 0x66, 0x2d, 0x6b, 0x31,
+];
+
+/// The device's configuration (`accept_zstd` for the compressed cycle),
+/// signing its requests with [`DEVICE_KEY`].
 pub fn config(accept_zstd: bool) -> Result<Config, Error> {
     let mut c = Config::new(DeviceId::new("stb-qemu-mps2-an386")?);
     c.accept_zstd = accept_zstd;
+    c.auth_key = Some(omega_tv_sync::DeviceKey::new(DEVICE_KEY));
     Ok(c)
 }
 

@@ -39,6 +39,7 @@ macro_rules! fixture {
 /// What the host recorded for one profile and one zstd setting.
 struct Fixture {
     upload: &'static [u8],
+    auth: &'static [u8],
     response: &'static [u8],
     snapshot: &'static [u8],
 }
@@ -46,23 +47,27 @@ struct Fixture {
 static V1_PLAIN: Fixture = Fixture {
     upload: fixture!("upload-v1-plain.bin"),
     response: fixture!("response-v1-plain.bin"),
+    auth: fixture!("auth-v1-plain.txt"),
     snapshot: fixture!("snapshot-v1-plain.bin"),
 };
 static SMALL_PLAIN: Fixture = Fixture {
     upload: fixture!("upload-small-plain.bin"),
     response: fixture!("response-small-plain.bin"),
+    auth: fixture!("auth-small-plain.txt"),
     snapshot: fixture!("snapshot-small-plain.bin"),
 };
 #[cfg(feature = "zstd")]
 static V1_ZSTD: Fixture = Fixture {
     upload: fixture!("upload-v1-zstd.bin"),
     response: fixture!("response-v1-zstd.bin"),
+    auth: fixture!("auth-v1-zstd.txt"),
     snapshot: fixture!("snapshot-v1-zstd.bin"),
 };
 #[cfg(feature = "zstd")]
 static SMALL_ZSTD: Fixture = Fixture {
     upload: fixture!("upload-small-zstd.bin"),
     response: fixture!("response-small-zstd.bin"),
+    auth: fixture!("auth-small-zstd.txt"),
     snapshot: fixture!("snapshot-small-zstd.bin"),
 };
 
@@ -184,9 +189,10 @@ pub fn run(c: &mut Checks, rows: &'static [u8]) {
         }
     }
     cortex_m_semihosting::hprintln!(
-        "core_stack_bytes upsert={} prepare={} apply={} apply_zstd={} snapshot={} restore_into={} flash_save_load={}",
+        "core_stack_bytes upsert={} prepare={} sign={} apply={} apply_zstd={} snapshot={} restore_into={} flash_save_load={}",
         cs.upsert,
         cs.prepare,
+        cs.sign,
         cs.apply,
         cs.apply_zstd,
         cs.snapshot,
@@ -207,6 +213,8 @@ pub struct CoreStack {
     pub apply: usize,
     /// `apply_zstd` (the same after decompressing).
     pub apply_zstd: usize,
+    /// `authorization` (HMAC-SHA256 request signature).
+    pub sign: usize,
     /// `snapshot`.
     pub snapshot: usize,
     /// `restore_into`.
@@ -272,6 +280,23 @@ fn cycle(
     c.check(
         "  upload frame equals the host's byte for byte",
         tx[..n] == *fx.upload,
+    );
+    // 2b. The request signature, equal to the host's.
+    let mut ab = [0u8; omega_tv_sync::auth::HEADER_MAX];
+    let (r, used) = measure(|| {
+        client
+            .authorization(
+                omega_tv_sync::Method::Post,
+                omega_tv_sync::sync::SYNC_PATH,
+                &tx[..n],
+                &mut ab,
+            )
+            .map(|h| h.map(str::len))
+    });
+    cs.sign = cs.sign.max(used);
+    c.check(
+        "  Authorization header (HMAC-SHA256) equals the host's",
+        matches!(r, Ok(Some(len)) if ab[..len] == *fx.auth) && client.auth_counter() == 2,
     );
     let sent = &tx[..n];
     let resp = Response {

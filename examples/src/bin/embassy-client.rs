@@ -4,7 +4,7 @@
 //! only with a TAP device instead of an Ethernet MAC.
 //!
 //! ```text
-//! embassy-client --tap TAP --addr 10.77.0.2/24 --server 10.77.0.1:8080 [--rounds N] [--syncs N]
+//! embassy-client --tap TAP --addr 10.77.0.2/24 --server 10.77.0.1:8080 [--rounds N] [--syncs N] [--key HEX]
 //! ```
 //!
 //! Run by `scripts/netns-sync.sh` inside a private network namespace (a TAP
@@ -53,6 +53,9 @@ struct Args {
     server: (Ipv4Address, u16),
     rounds: usize,
     syncs: Option<usize>,
+    /// The device key (`constellation device add` printed it): requests are
+    /// signed with it.
+    key: Option<omega_tv_sync::DeviceKey>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -61,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
     let mut server = None;
     let mut rounds = 3usize;
     let mut syncs = None;
+    let mut key = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -90,6 +94,12 @@ fn parse_args() -> Result<Args, String> {
                 }
                 syncs = Some(n);
             }
+            "--key" => {
+                key = Some(
+                    omega_tv_sync::DeviceKey::from_hex(&value)
+                        .map_err(|_| "--key wants 64 hex digits")?,
+                );
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -99,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
         server: server.ok_or("--server is required")?,
         rounds,
         syncs,
+        key,
     })
 }
 
@@ -171,7 +182,7 @@ async fn main(spawner: Spawner) {
 
     let mut checks = Checks::default();
     if let Some(n) = args.syncs {
-        let code = run_sync(&mut transport, n, &mut checks).await;
+        let code = run_sync(&mut transport, n, args.key.clone(), &mut checks).await;
         println!(
             "embassy-client: {} passed, {} failed",
             checks.passed, checks.failed
@@ -358,6 +369,7 @@ fn drifted(pats: &[Embedding], items: &[Embedding], i: usize, k: usize) -> Optio
 async fn run_sync<T: Transport<Error = Error>>(
     t: &mut T,
     n: usize,
+    key: Option<omega_tv_sync::DeviceKey>,
     checks: &mut Checks,
 ) -> Option<i32> {
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/minilm/");
@@ -375,8 +387,9 @@ async fn run_sync<T: Transport<Error = Error>>(
         checks.check("codebook and device id", false);
         return None;
     };
-    let mut client: Box<SyncClient<'static, 16>> =
-        Box::new(SyncClient::new(cb, SyncConfig::new(id)));
+    let mut sync_cfg = SyncConfig::new(id);
+    sync_cfg.auth_key = key;
+    let mut client: Box<SyncClient<'static, 16>> = Box::new(SyncClient::new(cb, sync_cfg));
     let mut tx = vec![0u8; 32 * 1024];
     let mut rx = vec![0u8; client.config().caps.max_bytes as usize];
     let start = embassy_time::Instant::now();

@@ -35,6 +35,9 @@ pub struct Args {
     pub out: Option<PathBuf>,
     /// Where to write the JSON report.
     pub json: Option<PathBuf>,
+    /// With `--server`: the TVs' keys, as `constellation device add` printed
+    /// them (`ID KEY` lines). The embedded server enrols its TVs itself.
+    pub keys: Option<PathBuf>,
     /// No progress bar.
     pub quiet: bool,
 }
@@ -54,10 +57,12 @@ impl Default for Args {
                 },
                 watch_rate: 1.5,
                 patterns: (8, 20),
+                keys: None,
             },
             server: None,
             out: None,
             json: None,
+            keys: None,
             quiet: false,
         }
     }
@@ -75,6 +80,9 @@ USAGE: fleet [OPTIONS]
                      and device-side counts (timings and what the server published
                      by when may differ)
   --server URL       use a running server instead of the embedded one
+  --keys FILE        with --server: the TVs' keys as `constellation device add --db DB
+                     tv-000000 tv-000001 ...` printed them (ID KEY lines); without it
+                     requests go unsigned (server run with --insecure-no-auth)
   --out DIR          write report.md and SVG plots there
   --json FILE        write the report as JSON
   --concurrency C    exchanges in flight (default 64)
@@ -111,6 +119,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
             "--server" => a.server = Some(val("--server")?),
             "--out" => a.out = Some(PathBuf::from(val("--out")?)),
             "--json" => a.json = Some(PathBuf::from(val("--json")?)),
+            "--keys" => a.keys = Some(PathBuf::from(val("--keys")?)),
             "--concurrency" => a.sim.concurrency = num("--concurrency", val("--concurrency")?)?,
             "--drop" => a.sim.faults.drop = prob("--drop", val("--drop")?)?,
             "--offline" => a.sim.faults.offline = prob("--offline", val("--offline")?)?,
@@ -225,6 +234,31 @@ async fn global_summary(t: &mut HttpTransport) -> Result<(u64, u64), String> {
     Err("the global feed did not end".into())
 }
 
+/// Reads `ID KEY` lines (the output of `constellation device add`).
+fn read_keys(
+    path: &std::path::Path,
+) -> Result<std::collections::HashMap<String, omega_tv_sync::DeviceKey>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut keys = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, key) = line
+            .split_once(' ')
+            .ok_or_else(|| format!("{}:{}: expected `ID KEY`", path.display(), n + 1))?;
+        let key = omega_tv_sync::DeviceKey::from_hex(key.trim()).map_err(|_| {
+            format!(
+                "{}:{}: the key must be 64 hex digits",
+                path.display(),
+                n + 1
+            )
+        })?;
+        keys.insert(id.to_string(), key);
+    }
+    Ok(keys)
+}
+
 /// Runs the whole job: server, simulation, settle, checker, report.
 pub async fn run(args: Args) -> Result<Report, String> {
     let cat = Arc::new(model::Catalog::load().map_err(|e| format!("loading data/minilm: {e}"))?);
@@ -233,6 +267,22 @@ pub async fn run(args: Args) -> Result<Report, String> {
         Some(_) => None,
         None => Some(start_embedded(args.sim.seed).await?),
     };
+    let mut args = args;
+    let ids: Vec<String> = (0..args.sim.devices).map(sim::device_id).collect();
+    let keys = match (&embedded, &args.keys) {
+        // The embedded server enrols every TV (authentication is on).
+        (Some(e), _) => {
+            let keys = e
+                .handle
+                .enrol_many(&ids)
+                .await
+                .map_err(|e| format!("enrolling the TVs: {e}"))?;
+            Some(ids.iter().cloned().zip(keys).collect())
+        }
+        (None, Some(path)) => Some(read_keys(path)?),
+        (None, None) => None,
+    };
+    args.sim.keys = keys.map(Arc::new);
     let url = match (&args.server, &embedded) {
         (Some(u), _) => u.clone(),
         (None, Some(e)) => e.handle.url(),

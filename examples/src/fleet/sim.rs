@@ -52,6 +52,14 @@ pub struct SimConfig {
     pub watch_rate: f64,
     /// Patterns per TV: a range.
     pub patterns: (usize, usize),
+    /// Each TV's signing key, by device id (`None`: requests go unsigned,
+    /// for a server run with `--insecure-no-auth`).
+    pub keys: Option<Arc<std::collections::HashMap<String, omega_tv_sync::DeviceKey>>>,
+}
+
+/// The id of TV number `index`.
+pub fn device_id(index: usize) -> String {
+    format!("tv-{index:06}")
 }
 
 /// One exchange, as measured.
@@ -137,8 +145,11 @@ pub struct SimResult {
     pub virtual_s: f64,
 }
 
-fn device_config(id: DeviceId, seed: u64, index: usize) -> Config {
+fn device_config(id: DeviceId, cfg: &SimConfig, index: usize) -> Config {
+    let seed = cfg.seed;
+    let key = cfg.keys.as_ref().and_then(|k| k.get(id.as_str()).cloned());
     let mut c = Config::new(id);
+    c.auth_key = key;
     // Sync responses stay small (the server stores each for replay); the
     // rest comes from the feed in pages of up to RX_BYTES.
     c.caps.max_bytes = 16 * 1024;
@@ -153,8 +164,8 @@ impl Tv {
         let mut rng = Rng::new(cfg.seed, index as u64);
         let n = rng.range(cfg.patterns.0 as u64, cfg.patterns.1 as u64) as usize;
         let patterns = initial_patterns(cat, &mut rng, n.min(CAPACITY));
-        let id = DeviceId::new(&format!("tv-{index:06}")).expect("short id");
-        let client = SyncClient::new(cb, device_config(id.clone(), cfg.seed, index));
+        let id = DeviceId::new(&device_id(index)).expect("short id");
+        let client = SyncClient::new(cb, device_config(id.clone(), cfg, index));
         Tv {
             id,
             patterns,
@@ -588,8 +599,7 @@ async fn run_twin(
     t0: Instant,
 ) {
     let index: usize = tv.id.as_str()[3..].parse().unwrap_or(0);
-    let Ok(mut client) = Client::restore(cb, device_config(tv.id.clone(), cfg.seed, index), snap)
-    else {
+    let Ok(mut client) = Client::restore(cb, device_config(tv.id.clone(), cfg, index), snap) else {
         return;
     };
     let mut rng = Rng::new(

@@ -15,12 +15,21 @@ impl IntoResponse for ApiError {
         if let (Some(n), Some(obj)) = (self.last_seq, body.as_object_mut()) {
             obj.insert("last_seq".into(), n.into());
         }
+        if let (Some(n), Some(obj)) = (self.last_counter, body.as_object_mut()) {
+            obj.insert("last_counter".into(), n.into());
+        }
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after_s {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        if self.status == 401 {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(omega_tv_sync::auth::SCHEME),
+            );
         }
         resp
     }

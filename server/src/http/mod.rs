@@ -63,6 +63,9 @@ async fn sync_handler(State(st): St, headers: HeaderMap, body: Body) -> Response
                 .syncs_rejected
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             st.metrics.error(e.code);
+            if e.status == 401 {
+                st.metrics.auth.failure(e.code);
+            }
             if e.status >= 500 {
                 tracing::warn!(code = e.code, detail = %e.detail, "sync failed");
             } else {
@@ -80,6 +83,14 @@ async fn sync_inner(
 ) -> Result<Response, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let device = sync::check_device_id(headers.get("x-device-id").map(|v| v.as_bytes()))?;
+    // Authentication first (crate::auth): nothing is decoded or stored for
+    // a request that does not carry a well-formed signature header.
+    let presented = match st.config.auth.required {
+        true => Some(crate::auth::presented(
+            headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        )?),
+        false => None,
+    };
     let version = sync::check_sync_version(headers.get("x-sync-version").map(|v| v.as_bytes()))?;
     if !is_octet_stream(headers) {
         return Err(ApiError::new(
@@ -117,6 +128,20 @@ async fn sync_inner(
             ApiError::new(400, "truncated", format!("reading the body: {e}"))
         })?;
     st.metrics.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
+    let counter = match (&presented, &st.config.auth.master) {
+        (Some(p), Some(master)) => {
+            let hash = omega_tv_sync::auth::body_hash(&bytes);
+            match store::read(&*st.store, |t| {
+                crate::auth::verify(t, master, &device, p, &hash)
+            }) {
+                Ok(Ok(c)) => Some(c),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(error::internal(e.to_string())),
+            }
+        }
+        (Some(_), None) => return Err(error::internal("no master secret")),
+        (None, _) => None,
+    };
     let mut up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
     if let Some(wait) = st.rate_limited(&up.device) {
         return Err(error::rate_limited(wait));
@@ -131,7 +156,10 @@ async fn sync_inner(
     let device = up.device.clone();
     let accept_zstd = up.accept_zstd;
     let result = store::write(&*st.store, move |txn| {
-        sync::apply(txn, &up, &codebooks, next)
+        let dev = up.device.clone();
+        crate::auth::guarded(txn, &dev, counter, |txn| {
+            sync::apply(txn, &up, &codebooks, next)
+        })
     })
     .await;
     let applied = match result {
@@ -186,7 +214,11 @@ async fn version(State(st): St) -> Response {
 
 async fn health(State(st): St) -> Response {
     match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
-        Ok(_) => Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Ok(_) => Json(serde_json::json!({
+            "status": "ok",
+            "auth": if st.config.auth.required { "required" } else { "DISABLED" },
+        }))
+        .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": "error", "detail": e.to_string() })),

@@ -17,6 +17,7 @@ pub struct MemState {
     changes: BTreeMap<u64, (String, String)>,
     contributions: BTreeMap<(String, String), Contribution>,
     aggregates: BTreeMap<u32, GlobalAggregate>,
+    enrolments: BTreeMap<String, Enrolment>,
 }
 
 impl MemState {
@@ -29,6 +30,9 @@ impl MemState {
 }
 
 impl ReadTxn for MemState {
+    fn enrolment(&self, device: &str) -> StoreResult<Option<Enrolment>> {
+        Ok(self.enrolments.get(device).cloned())
+    }
     fn device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {
         Ok(self.devices.get(id).cloned())
     }
@@ -95,6 +99,10 @@ impl ReadTxn for MemState {
 }
 
 impl WriteTxn for MemState {
+    fn put_enrolment(&mut self, device: &str, e: &Enrolment) -> StoreResult<()> {
+        self.enrolments.insert(device.to_string(), e.clone());
+        Ok(())
+    }
     fn put_device(&mut self, id: &str, rec: &DeviceRecord) -> StoreResult<()> {
         self.devices.insert(id.to_string(), rec.clone());
         Ok(())

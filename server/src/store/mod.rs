@@ -94,6 +94,21 @@ pub struct DeviceRecord {
     pub syncs: u64,
 }
 
+/// A device's enrolment for request signing (`crate::auth`): no key is
+/// stored, only what is needed to derive and check it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolment {
+    /// Key generation: the device key is derived from the master secret,
+    /// this number and the device id; re-enrolling bumps it (a new key).
+    pub generation: u32,
+    /// When it was (last) enrolled, Unix seconds.
+    pub enrolled_at: u64,
+    /// Revoked devices are refused (`401 unknown_device`).
+    pub revoked: bool,
+    /// Counter of the last accepted request (0: none yet).
+    pub last_counter: u64,
+}
+
 /// A device pattern as the server holds it: absolute integer codes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredPattern {
@@ -362,10 +377,14 @@ pub trait ReadTxn {
     fn aggregates(&self) -> StoreResult<Vec<(u32, GlobalAggregate)>>;
     /// Number of devices with an idempotency record.
     fn device_count(&self) -> StoreResult<u64>;
+    /// A device's enrolment (request signing).
+    fn enrolment(&self, device: &str) -> StoreResult<Option<Enrolment>>;
 }
 
 /// Write access inside one (group) transaction.
 pub trait WriteTxn: ReadTxn {
+    /// Stores a device's enrolment.
+    fn put_enrolment(&mut self, device: &str, e: &Enrolment) -> StoreResult<()>;
     /// Stores a device's idempotency record.
     fn put_device(&mut self, id: &str, rec: &DeviceRecord) -> StoreResult<()>;
     /// Stores a pattern and records the change for aggregation.

@@ -31,6 +31,7 @@ const ITEMS: TableDefinition<&str, u64> = TableDefinition::new("global_items");
 const CHANGES: TableDefinition<u64, (&str, &str)> = TableDefinition::new("device_changes");
 const CONTRIB: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contributions");
 const AGG: TableDefinition<u32, &[u8]> = TableDefinition::new("aggregates");
+const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_devices");
 
 fn be<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -94,6 +95,7 @@ impl RedbStore {
             txn.open_table(CHANGES).map_err(be)?;
             txn.open_table(CONTRIB).map_err(be)?;
             txn.open_table(AGG).map_err(be)?;
+            txn.open_table(AUTH).map_err(be)?;
             txn.commit().map_err(be)?;
         }
         let db = Arc::new(db);
@@ -294,6 +296,7 @@ struct RedbRead {
     changes_c: OnceCell<ReadOnlyTable<u64, Pair>>,
     contrib_c: OnceCell<ReadOnlyTable<Pair, Bytes>>,
     agg_c: OnceCell<ReadOnlyTable<u32, Bytes>>,
+    auth_c: OnceCell<ReadOnlyTable<Str, Bytes>>,
 }
 
 fn lazy<'c, K: ::redb::Key + 'static, V: ::redb::Value + 'static>(
@@ -319,6 +322,7 @@ impl RedbRead {
             changes_c: OnceCell::new(),
             contrib_c: OnceCell::new(),
             agg_c: OnceCell::new(),
+            auth_c: OnceCell::new(),
         }
     }
     fn devices_t(&self) -> StoreResult<&ReadOnlyTable<Str, Bytes>> {
@@ -342,6 +346,9 @@ impl RedbRead {
     fn agg_t(&self) -> StoreResult<&ReadOnlyTable<u32, Bytes>> {
         lazy(&self.agg_c, &self.txn, AGG)
     }
+    fn auth_t(&self) -> StoreResult<&ReadOnlyTable<Str, Bytes>> {
+        lazy(&self.auth_c, &self.txn, AUTH)
+    }
 }
 
 /// A write transaction with every table opened once for the whole group.
@@ -354,6 +361,7 @@ struct RedbWrite<'t> {
     changes_t: Table<'t, u64, Pair>,
     contrib_t: Table<'t, Pair, Bytes>,
     agg_t: Table<'t, u32, Bytes>,
+    auth_t: Table<'t, Str, Bytes>,
 }
 
 /// The same accessors as [`RedbRead`], over the tables opened for the group.
@@ -379,6 +387,9 @@ impl RedbWrite<'_> {
     fn agg_t(&self) -> StoreResult<&Table<'_, u32, Bytes>> {
         Ok(&self.agg_t)
     }
+    fn auth_t(&self) -> StoreResult<&Table<'_, Str, Bytes>> {
+        Ok(&self.auth_t)
+    }
 }
 
 impl<'t> RedbWrite<'t> {
@@ -392,6 +403,7 @@ impl<'t> RedbWrite<'t> {
             changes_t: txn.open_table(CHANGES).map_err(be)?,
             contrib_t: txn.open_table(CONTRIB).map_err(be)?,
             agg_t: txn.open_table(AGG).map_err(be)?,
+            auth_t: txn.open_table(AUTH).map_err(be)?,
         })
     }
 }
@@ -496,6 +508,11 @@ macro_rules! impl_read {
                 let t = self.devices_t()?;
                 t.len().map_err(be)
             }
+            fn enrolment(&self, device: &str) -> StoreResult<Option<Enrolment>> {
+                let t = self.auth_t()?;
+                let r = t.get(device).map_err(be)?;
+                r.map(|g| decode(g.value(), "enrolment")).transpose()
+            }
         }
     };
 }
@@ -514,6 +531,12 @@ impl RedbWrite<'_> {
 }
 
 impl WriteTxn for RedbWrite<'_> {
+    fn put_enrolment(&mut self, device: &str, e: &Enrolment) -> StoreResult<()> {
+        let bytes = encode(e)?;
+        let t = &mut self.auth_t;
+        t.insert(device, bytes.as_slice()).map_err(be)?;
+        Ok(())
+    }
     fn put_device(&mut self, id: &str, rec: &DeviceRecord) -> StoreResult<()> {
         let bytes = encode(rec)?;
         let t = &mut self.devices_t;

@@ -147,7 +147,9 @@ pub fn head(frame: &[u8]) -> omega_tv_sync::wire::DownloadHead {
     }
 }
 
-/// A server config on a fresh temp redb file, loopback, manual aggregation.
+/// A server config on a fresh temp redb file, loopback, manual aggregation,
+/// authentication off: these tests exercise the sync protocol with
+/// hand-made requests; `tests/auth.rs` runs with authentication on.
 pub fn config(db: &Path) -> Config {
     let mut c = Config::new();
     c.db = Some(db.to_path_buf());
@@ -155,6 +157,7 @@ pub fn config(db: &Path) -> Config {
     c.codebooks = constellation::codes::default_codebooks();
     c.admin = true;
     c.aggregate.interval = Duration::from_secs(3600);
+    c.auth = constellation::AuthConfig::disabled();
     c
 }
 
@@ -289,6 +292,7 @@ pub fn spawn_server(db: &Path) -> Child_ {
         .args(["serve", "--db"])
         .arg(db)
         .args(["--listen", "127.0.0.1:0", "--admin", "--log-level", "warn"])
+        .arg("--insecure-no-auth")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
