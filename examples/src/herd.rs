@@ -71,7 +71,7 @@ impl Default for HerdConfig {
             devices: 10_000,
             seed: 42,
             boot_s: 900,
-            outage_at_s: 900,
+            outage_at_s: 1800,
             outage_s: 1800,
             observe_s: 60,
             backoff: Backoff::default(),
@@ -149,6 +149,8 @@ impl Transport for Switch {
 
 struct Tv {
     client: Client,
+    /// The request bytes: a retry re-sends them as they are.
+    tx: Vec<u8>,
     failed: bool,
 }
 
@@ -159,9 +161,12 @@ enum Result_ {
 }
 
 async fn exchange(tv: &mut Tv, t: &mut Switch, now: u64) -> Result_ {
-    let mut tx = [0u8; TX];
     let mut rx = vec![0u8; RX];
-    match tv.client.exchange(t, &mut tx, &mut rx, now, &mut ()).await {
+    match tv
+        .client
+        .exchange(t, &mut tv.tx, &mut rx, now, &mut ())
+        .await
+    {
         Ok(Outcome::Synced(_)) => Result_::Applied,
         Ok(Outcome::RetryLater { .. }) => Result_::Overloaded,
         Ok(Outcome::Resequenced { .. }) => Result_::Failed,
@@ -183,6 +188,7 @@ pub async fn run(cfg: &HerdConfig, url: &str, counter: Counter) -> Result<HerdRe
             c.jitter_seed = Rng::new(cfg.seed, i as u64).next_u64() | 1;
             Some(Box::new(Tv {
                 client: SyncClient::new(cb, c),
+                tx: vec![0u8; TX],
                 failed: false,
             }))
         })
