@@ -154,23 +154,23 @@ struct Tv {
     failed: bool,
 }
 
-enum Result_ {
+enum Ended {
     Applied,
     Overloaded,
     Failed,
 }
 
-async fn exchange(tv: &mut Tv, t: &mut Switch, now: u64) -> Result_ {
+async fn exchange(tv: &mut Tv, t: &mut Switch, now: u64) -> Ended {
     let mut rx = vec![0u8; RX];
     match tv
         .client
         .exchange(t, &mut tv.tx, &mut rx, now, &mut ())
         .await
     {
-        Ok(Outcome::Synced(_)) => Result_::Applied,
-        Ok(Outcome::RetryLater { .. }) => Result_::Overloaded,
-        Ok(Outcome::Resequenced { .. }) => Result_::Failed,
-        Err(_) => Result_::Failed,
+        Ok(Outcome::Synced(_)) => Ended::Applied,
+        Ok(Outcome::RetryLater { .. }) => Ended::Overloaded,
+        Ok(Outcome::Resequenced { .. }) => Ended::Failed,
+        Err(_) => Ended::Failed,
     }
 }
 
@@ -250,7 +250,7 @@ pub async fn run(cfg: &HerdConfig, url: &str, counter: Counter) -> Result<HerdRe
                 if window_start_count.is_none() {
                     // Everything before the return has completed.
                     while let Some(d) = running.join_next().await {
-                        let (i, tv, _, _, _): (usize, Box<Tv>, u64, bool, Result_) =
+                        let (i, tv, _, _, _): (usize, Box<Tv>, u64, bool, Ended) =
                             d.map_err(|e| format!("task: {e}"))?;
                         queue.push(Reverse((tv.client.next_sync_at(), i)));
                         tvs[i] = Some(tv);
@@ -307,9 +307,9 @@ pub async fn run(cfg: &HerdConfig, url: &str, counter: Counter) -> Result<HerdRe
         };
         let (i, tv, due, window, r) = d.map_err(|e| format!("task: {e}"))?;
         match r {
-            Result_::Applied if window => rep.applied_in_window += 1,
-            Result_::Applied if due < down_at => rep.syncs_before += 1,
-            Result_::Overloaded if window => rep.overloaded_in_window += 1,
+            Ended::Applied if window => rep.applied_in_window += 1,
+            Ended::Applied if due < down_at => rep.syncs_before += 1,
+            Ended::Overloaded if window => rep.overloaded_in_window += 1,
             _ => {}
         }
         queue.push(Reverse((tv.client.next_sync_at(), i)));
