@@ -71,7 +71,7 @@ pub struct ProxyCounts {
     pub connections: AtomicU64,
     /// Requests read from clients.
     pub exchanges: AtomicU64,
-    /// Exchanges relayed without a fault (delayed ones included).
+    /// Exchanges whose full response was passed on (delayed ones included).
     pub relayed: AtomicU64,
     /// Requests dropped before forwarding.
     pub dropped: AtomicU64,
@@ -351,9 +351,117 @@ async fn connection(
             }
             return;
         }
+        counts.relayed.fetch_add(1, Relaxed);
         if timed(client.write_all(&resp.bytes)).await.is_err() {
             return;
         }
-        counts.relayed.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
+
+    /// An upstream that answers every request with `RESPONSE` and counts
+    /// the requests it received.
+    async fn upstream() -> (SocketAddr, Arc<AtomicU64>) {
+        let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let s2 = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let seen = s2.clone();
+                tokio::spawn(async move {
+                    let mut carry = Vec::new();
+                    while let Ok(Some(_)) = read_message(&mut s, &mut carry, false).await {
+                        seen.fetch_add(1, Relaxed);
+                        if s.write_all(RESPONSE).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    /// Sends one request and reads until the proxy closes: the bytes that
+    /// came back, and whether the read ended in an error (a reset).
+    async fn exchange(proxy: SocketAddr) -> (Vec<u8>, bool) {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        s.write_all(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match timed(s.read(&mut buf)).await {
+                Ok(0) => return (got, false),
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.len() >= RESPONSE.len() {
+                        return (got, false);
+                    }
+                }
+                Err(_) => return (got, true),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_fault_does_what_it_says() {
+        let (up, seen) = upstream().await;
+        let only = |f: &dyn Fn(&mut ProxyFaults)| {
+            let mut p = ProxyFaults {
+                delay_max: Duration::from_millis(5),
+                ..ProxyFaults::default()
+            };
+            f(&mut p);
+            p
+        };
+        // No faults: the full response, relayed.
+        let p = FaultProxy::start(up, ProxyFaults::default(), 1)
+            .await
+            .unwrap();
+        assert_eq!(exchange(p.addr()).await.0, RESPONSE);
+        assert_eq!(p.totals().relayed, 1);
+        // Drop: nothing back, the server never saw it.
+        let before = seen.load(Relaxed);
+        let p = FaultProxy::start(up, only(&|f| f.drop = 1.0), 1)
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            assert!(exchange(p.addr()).await.0.is_empty());
+        }
+        assert_eq!(seen.load(Relaxed), before, "dropped requests reach nobody");
+        assert_eq!(p.totals().dropped, 5);
+        // Delay: the full response.
+        let p = FaultProxy::start(up, only(&|f| f.delay = 1.0), 1)
+            .await
+            .unwrap();
+        assert_eq!(exchange(p.addr()).await.0, RESPONSE);
+        assert_eq!(p.totals().delayed, 1);
+        // Cut and reset: the server saw every request, the client never
+        // got a whole response.
+        for kind in ["cut", "reset"] {
+            let before = seen.load(Relaxed);
+            let f = if kind == "cut" {
+                only(&|f| f.cut = 1.0)
+            } else {
+                only(&|f| f.reset = 1.0)
+            };
+            let p = FaultProxy::start(up, f, 7).await.unwrap();
+            for _ in 0..20 {
+                let (got, _) = exchange(p.addr()).await;
+                assert!(got.len() < RESPONSE.len(), "{kind}: {got:?}");
+                assert_eq!(&RESPONSE[..got.len()], &got[..], "{kind}: a prefix");
+            }
+            assert_eq!(seen.load(Relaxed), before + 20, "{kind}: forwarded");
+            let t = p.totals();
+            assert_eq!(if kind == "cut" { t.cut } else { t.reset }, 20);
+        }
     }
 }
