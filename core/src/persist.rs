@@ -273,11 +273,18 @@ async fn commit<S: NorFlash>(m: &mut Map<'_, S>, buf: &mut [u8]) -> Result<Optio
 /// when not page-aligned or shorter than two pages); `buf` is a work buffer
 /// of at least [`work_len`]`::<S>()` bytes.
 ///
+/// The snapshot is read back before `save` returns. When it does not read
+/// back (the range held bytes this module did not write, and the new items
+/// went over them), the range is erased and the snapshot stored again: a
+/// power cut in that window leaves no snapshot, which the protocol recovers
+/// from (the server answers the reused sequence with 409).
+///
 /// Errors: [`Error::BufferTooSmall`], [`Error::CapacityExceeded`] (the
 /// snapshot exceeds [`max_snapshot_len`] of `range`, or the map ran out of
 /// space), [`Error::Flash`] (the driver failed; [`load`] then returns the
 /// old snapshot, or the new one if the failure came after its commit record
-/// was complete), [`Error::StorageCorrupt`].
+/// was complete), [`Error::StorageCorrupt`] (it did not read back even
+/// after the erase).
 pub async fn save<S: NorFlash>(
     flash: &mut S,
     range: Range<u32>,
@@ -293,6 +300,31 @@ pub async fn save<S: NorFlash>(
         Some(c) => c.generation.wrapping_add(1),
         None => 1,
     };
+    store(&mut m, buf, snapshot, generation).await?;
+    if reads_back(&mut m, buf, snapshot, generation).await? {
+        return Ok(());
+    }
+    // The snapshot did not land: the range holds bytes the map did not
+    // write (another firmware's data, or damage) and the new items went
+    // over them. Start the range afresh rather than report a save that no
+    // load returns.
+    warn!("snapshot did not read back; erasing the snapshot range");
+    m.erase_all().await.map_err(storage_err)?;
+    store(&mut m, buf, snapshot, 1).await?;
+    if reads_back(&mut m, buf, snapshot, 1).await? {
+        Ok(())
+    } else {
+        Err(Error::StorageCorrupt)
+    }
+}
+
+/// Writes the chunks of `snapshot` under `generation`, then its commit record.
+async fn store<S: NorFlash>(
+    m: &mut Map<'_, S>,
+    buf: &mut [u8],
+    snapshot: &[u8],
+    generation: u32,
+) -> Result<()> {
     let mut chunks = 0u16;
     for (i, data) in snapshot.chunks(chunk_len::<S>()).enumerate() {
         let chunk = Chunk { generation, data };
@@ -310,6 +342,43 @@ pub async fn save<S: NorFlash>(
     m.store_item(buf, &COMMIT_KEY, &c)
         .await
         .map_err(storage_err)
+}
+
+/// True when what [`load`] would return is `snapshot` of `generation`,
+/// compared chunk by chunk (no output buffer). Only a driver failure is an
+/// error; anything unreadable is `false`.
+async fn reads_back<S: NorFlash>(
+    m: &mut Map<'_, S>,
+    buf: &mut [u8],
+    snapshot: &[u8],
+    generation: u32,
+) -> Result<bool> {
+    let fail = |e: Error| if e == Error::Flash { Err(e) } else { Ok(false) };
+    let c = match commit(m, buf).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(false),
+        Err(e) => return fail(e),
+    };
+    if c.generation != generation || c.len as usize != snapshot.len() || c.crc != crc32(snapshot) {
+        return Ok(false);
+    }
+    let mut at = 0usize;
+    for i in 0..usize::from(c.chunks) {
+        let chunk = match m
+            .fetch_item::<Chunk<'_>>(buf, &chunk_key(generation, i))
+            .await
+        {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(false),
+            Err(e) => return fail(storage_err(e)),
+        };
+        let end = at + chunk.data.len();
+        if chunk.generation != generation || snapshot.get(at..end) != Some(chunk.data) {
+            return Ok(false);
+        }
+        at = end;
+    }
+    Ok(at == snapshot.len())
 }
 
 /// Reads the last completely saved snapshot into `out` and returns its

@@ -16,6 +16,10 @@ use omega_tv_sync::{Category, ContentId, Error, PatternId, Region, TrendSignal};
 
 use crate::store::{GlobalChange, Meta, ReadTxn, StoreError, StoreResult};
 
+/// Most changelog entries one page looks at (entries passed over by caps of 0
+/// or a foreign codebook count too), so a page costs bounded work.
+pub const MAX_VISITED: usize = 65_536;
+
 /// A per-pattern answer that goes in front of the global records.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
@@ -304,7 +308,13 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
         last = 0;
     }
     let mut more = false;
+    let mut visited = 0usize;
     txn.log_after(from, &mut |version, change| {
+        visited += 1;
+        if visited > MAX_VISITED {
+            more = true;
+            return Ok(false);
+        }
         if reset && change.is_tombstone() {
             last = version;
             return Ok(true);

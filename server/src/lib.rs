@@ -59,8 +59,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Codebooks accepted in frames; the first is the one globals are published in.
     pub codebooks: Codebooks,
-    /// `next_sync_s` is drawn uniformly from this range (seconds).
+    /// `next_sync_s` is drawn uniformly from this range (seconds), as a
+    /// hash of (`pacing_seed`, device id, sequence): spread evenly over the
+    /// fleet, and the same for a retry of the same request.
     pub sync_interval: RangeInclusive<u32>,
+    /// Seed of the pacing jitter; `None` draws one at start-up. A fixed seed
+    /// makes a simulation's schedule repeatable.
+    pub pacing_seed: Option<u64>,
     /// A device whose last sync (without `more`) is more recent than this
     /// gets `429`; 0 turns the limit off (the default).
     pub min_sync_interval_s: u32,
@@ -89,6 +94,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             codebooks: Codebooks::empty(),
             sync_interval: 300..=900,
+            pacing_seed: None,
             min_sync_interval_s: 0,
             queue_limit: 4096,
             max_batch: 1024,
@@ -136,20 +142,24 @@ pub struct AppState {
     /// Metrics.
     pub metrics: Metrics,
     rng: AtomicU64,
+    pace_seed: u64,
     pub(crate) aggregator: tokio::sync::Mutex<aggregate::Aggregator>,
     limiter: Mutex<std::collections::HashMap<String, (Instant, bool)>>,
 }
 
 impl AppState {
     fn new(store: Arc<dyn Store>, config: Config) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x5eed, |d| d.as_nanos() as u64);
+        let seed = config.pacing_seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x5eed, |d| d.as_nanos() as u64)
+        });
         AppState {
             store,
             config,
             metrics: Metrics::default(),
             rng: AtomicU64::new(seed),
+            pace_seed: seed,
             aggregator: Default::default(),
             limiter: Mutex::new(Default::default()),
         }
@@ -165,6 +175,28 @@ impl AppState {
             .rng
             .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
             .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        lo + (z % (u64::from(hi - lo) + 1)) as u32
+    }
+
+    /// The pacing of one request: uniform in `config.sync_interval`, a
+    /// function of the seed, the device and the sequence only.
+    pub fn pace(&self, device: &str, seq: u64) -> u32 {
+        let range = &self.config.sync_interval;
+        let (lo, hi) = (*range.start(), *range.end());
+        if hi <= lo {
+            return lo;
+        }
+        // FNV-1a over the device id, then splitmix64 over (seed, hash, seq).
+        let h = device.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let mut z = self
+            .pace_seed
+            .wrapping_add(h.rotate_left(17))
+            .wrapping_add(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;

@@ -111,6 +111,8 @@ pub struct Upload {
     pub codebook: u32,
     /// SHA-256 of the body.
     pub sha256: [u8; 32],
+    /// The device takes a zstd-compressed response (upload flag bit 1).
+    pub accept_zstd: bool,
     /// Pattern records, in frame order.
     pub items: Vec<Item>,
 }
@@ -147,6 +149,55 @@ pub fn check_sync_version(v: Option<&[u8]>) -> Result<u64, ApiError> {
         })
 }
 
+/// Decompresses a zstd upload body; the records may take at most
+/// `MAX_UPLOAD_FRAME` bytes (a larger output is `decompression`, 400).
+fn decompress(body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    use omega_tv_sync::compress::{Decompressor, DCTX_WORKSPACE_WORDS};
+    thread_local! {
+        static WORKSPACE: std::cell::RefCell<Vec<u64>> =
+            std::cell::RefCell::new(vec![0u64; DCTX_WORKSPACE_WORDS]);
+    }
+    let mut out = vec![0u8; MAX_UPLOAD_FRAME];
+    let n = WORKSPACE
+        .with_borrow_mut(|ws| Decompressor::new(ws)?.decompress(body, &mut out))
+        .map_err(|e| ApiError::core(e, "zstd body"))?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// The response as sent to a device that accepts zstd: the body compressed
+/// when that makes the frame smaller, else `frame` unchanged. Deterministic,
+/// so a replayed response is byte for byte the first one (the idempotency
+/// record keeps the uncompressed frame).
+pub fn compress_response(frame: &[u8]) -> Vec<u8> {
+    use omega_tv_sync::compress::{Compressor, CCTX_WORKSPACE_WORDS};
+    use omega_tv_sync::wire::{FLAG_ZSTD, HEADER_LEN, TRAILER_LEN};
+    thread_local! {
+        static WORKSPACE: std::cell::RefCell<Vec<u64>> =
+            std::cell::RefCell::new(vec![0u64; CCTX_WORKSPACE_WORDS]);
+    }
+    let Some(body) = frame.get(HEADER_LEN..frame.len().saturating_sub(TRAILER_LEN)) else {
+        return frame.to_vec();
+    };
+    if body.len() < 2 {
+        return frame.to_vec();
+    }
+    let mut z = vec![0u8; body.len() - 1];
+    let n = WORKSPACE.with_borrow_mut(|ws| Compressor::new(ws)?.compress(body, &mut z));
+    match n {
+        Ok(n) if n < body.len() => {
+            let mut out = Vec::with_capacity(HEADER_LEN + n + TRAILER_LEN);
+            out.extend_from_slice(&frame[..HEADER_LEN]);
+            out[4] |= FLAG_ZSTD;
+            out.extend_from_slice(&z[..n]);
+            let crc = omega_tv_sync::wire::crc32(&out);
+            out.extend_from_slice(&crc.to_le_bytes());
+            out
+        }
+        _ => frame.to_vec(),
+    }
+}
+
 /// Validates an upload body sent by `device` holding global version
 /// `header_version`.
 pub fn validate(
@@ -163,6 +214,14 @@ pub fn validate(
         ));
     }
     let frame = FrameReader::parse(body).map_err(|e| ApiError::core(e, "frame"))?;
+    let accept_zstd = frame.accepts_zstd();
+    let plain: Vec<u8>;
+    let frame = if frame.is_compressed() {
+        plain = decompress(frame.body())?;
+        FrameReader::from_body(frame.kind(), frame.codebook_id(), &plain)
+    } else {
+        frame
+    };
     if frame.kind() != Kind::Upload {
         return Err(ApiError::new(
             400,
@@ -251,6 +310,7 @@ pub fn validate(
         caps: head.caps,
         codebook: frame.codebook_id(),
         sha256: Sha256::digest(body).into(),
+        accept_zstd,
         items,
     })
 }

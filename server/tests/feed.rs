@@ -160,6 +160,13 @@ async fn pages_follow_caps_and_the_feed_is_cacheable() {
     assert_eq!(got, full);
     let _ = v;
 
+    // A bad query is a JSON 400.
+    let r = feed(addr, "since=abc");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("invalid_query"))
+    );
+
     // ETag / If-None-Match.
     let r = feed(addr, "since=0");
     let etag = r.header("etag").expect("etag").to_string();
@@ -174,8 +181,23 @@ async fn pages_follow_caps_and_the_feed_is_cacheable() {
     assert_eq!(r304.status, 304);
     assert!(r304.body.is_empty());
     assert_eq!(metric(addr, "constellation_feed_not_modified_total"), 1.0);
-    // A new version changes the tag.
+    // A new version changes the tag: a fifth device brings "lonely" to k = 5,
+    // which publishes it. (More samples alone do not: a republication needs
+    // a material change, see `GlobalAggregate::material_change`.)
     populate(addr, 2, 40).await;
+    srv.aggregate_now().await.unwrap();
+    let unchanged = raw(
+        addr,
+        "GET",
+        "/api/v1/global?since=0",
+        &[("If-None-Match", &etag)],
+        &[],
+    );
+    assert_eq!(unchanged.status, 304, "more samples alone publish nothing");
+    let v = patterns();
+    let fifth = Up::abs("lonely", quantize(&v[1500]));
+    let r = post_sync(addr, "tv-fifth", "0", &upload(1, 0, &[fifth]));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     srv.aggregate_now().await.unwrap();
     let r = raw(
         addr,
@@ -186,5 +208,114 @@ async fn pages_follow_caps_and_the_feed_is_cacheable() {
     );
     assert_eq!(r.status, 200);
     assert_ne!(r.header("etag").unwrap(), etag);
+    srv.shutdown().await;
+}
+
+/// An upload that removes pattern `id` acknowledged at `base_rev`.
+fn removal(seq: u64, id: &str, base_rev: u32) -> Vec<u8> {
+    use omega_tv_sync::wire::{FrameWriter, Kind, PatternRemoval, UploadHead};
+    let mut buf = vec![0u8; 4096];
+    let mut w = FrameWriter::new(&mut buf, Kind::Upload, book().id()).unwrap();
+    w.push(&Record::UploadHead(UploadHead {
+        seq,
+        since: 0,
+        caps: caps(),
+    }))
+    .unwrap();
+    w.push(&Record::Removal(PatternRemoval {
+        id: omega_tv_sync::PatternId::new(id).unwrap(),
+        base_rev,
+    }))
+    .unwrap();
+    w.finish().unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawn_globals_leave_tombstones_and_old_cursors_get_a_snapshot() {
+    let (_dir, db) = temp_db();
+    let mut cfg = config(&db);
+    cfg.aggregate.retention_versions = 1;
+    let srv = constellation::Server::start(cfg).await.unwrap();
+    let addr = srv.local_addr();
+    populate(addr, 1, 20).await;
+    srv.aggregate_now().await.unwrap();
+    let v1 = srv.global_version().unwrap();
+    let before = records(&feed(addr, "since=0").body)
+        .iter()
+        .filter(|r| matches!(r, Record::GlobalUpsert(_)))
+        .count();
+    // Two of six devices drop p0: its global falls below k and is withdrawn.
+    for d in 0..2 {
+        let r = post_sync(addr, &format!("tv-{d}"), "0", &removal(2, "p0", 1));
+        assert_eq!(r.status, 200);
+    }
+    srv.aggregate_now().await.unwrap();
+    let v2 = srv.global_version().unwrap();
+    assert!(v2 > v1);
+    // A device that was at v1 learns of the withdrawal (a removal record) or,
+    // if the tombstone is already past the retention horizon, gets a reset.
+    let r = feed(addr, &format!("since={v1}"));
+    let h = head(&r.body);
+    let removed = records(&r.body)
+        .iter()
+        .any(|x| matches!(x, Record::GlobalRemove(_)));
+    assert!(removed || h.reset, "the withdrawal reaches a device at v1");
+    // One more publish moves the horizon past the tombstone (retention 1).
+    populate(addr, 3, 80).await;
+    srv.aggregate_now().await.unwrap();
+    let now = srv.global_version().unwrap();
+    // An old cursor: a snapshot, paged; applied like a device would, it
+    // yields exactly the live global patterns.
+    let mut since = 1;
+    let mut horizon: Option<String> = None;
+    let mut live = std::collections::BTreeSet::new();
+    let mut first = true;
+    for _ in 0..100 {
+        let q = match &horizon {
+            Some(h) => format!("since={since}&limit=1&horizon={h}"),
+            None => format!("since={since}&limit=1"),
+        };
+        let r = feed(addr, &q);
+        let h = head(&r.body);
+        assert_eq!(h.reset, first, "only the first page resets");
+        if first {
+            horizon = r.header("x-snapshot-horizon").map(str::to_string);
+            assert!(horizon.is_some());
+        }
+        for rec in records(&r.body) {
+            match rec {
+                Record::GlobalRemove(g) => {
+                    assert!(!first, "no tombstones on the page that resets");
+                    live.remove(&g.id);
+                }
+                Record::GlobalUpsert(g) => {
+                    live.insert(g.id);
+                }
+                _ => {}
+            }
+        }
+        first = false;
+        since = h.global_version;
+        if !h.more {
+            break;
+        }
+    }
+    assert_eq!(since, now);
+    assert_eq!(live.len(), before - 1, "every live global pattern");
+    let mut full = std::collections::BTreeSet::new();
+    for rec in records(&feed(addr, "since=0").body) {
+        match rec {
+            Record::GlobalRemove(g) => {
+                full.remove(&g.id);
+            }
+            Record::GlobalUpsert(g) => {
+                full.insert(g.id);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(live, full);
+    // A fresh device (since 0) is never reset.
+    assert!(!head(&feed(addr, "since=0").body).reset);
     srv.shutdown().await;
 }

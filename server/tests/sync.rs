@@ -378,3 +378,124 @@ async fn version_health_and_pacing() {
     }
     srv.shutdown().await;
 }
+
+/// Re-frames `frame` with its body zstd-compressed (flag bit 0).
+fn compressed(frame: &[u8]) -> Vec<u8> {
+    use omega_tv_sync::compress::{Compressor, CCTX_WORKSPACE_WORDS};
+    use omega_tv_sync::wire::{FLAG_ZSTD, HEADER_LEN};
+    let body = &frame[HEADER_LEN..frame.len() - 4];
+    let mut ws = vec![0u64; CCTX_WORKSPACE_WORDS];
+    let mut z = vec![0u8; body.len() + 1024];
+    let n = Compressor::new(&mut ws)
+        .unwrap()
+        .compress(body, &mut z)
+        .unwrap();
+    let mut out = frame[..HEADER_LEN].to_vec();
+    out[4] |= FLAG_ZSTD;
+    out.extend_from_slice(&z[..n]);
+    out.extend_from_slice(&[0; 4]);
+    patch_crc(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_uploads_are_accepted() {
+    let (_dir, db) = temp_db();
+    let srv = start(&db).await;
+    let addr = srv.local_addr();
+    let v = patterns();
+    let items = [
+        Up::abs("p1", quantize(&v[0])),
+        Up::abs("p2", quantize(&v[1])),
+    ];
+    let body = compressed(&upload(1, 0, &items));
+    let r = post_sync(addr, "tv-z", "0", &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let st = srv.device_state("tv-z").unwrap();
+    assert_eq!(st.patterns.len(), 2);
+    assert_eq!(st.patterns[0].codes, items[0].codes.to_vec());
+    // Garbage behind the flag: a 400, nothing stored.
+    let mut bad = upload(2, 0, &[Up::abs("p3", quantize(&v[2]))]);
+    bad[4] |= omega_tv_sync::wire::FLAG_ZSTD;
+    patch_crc(&mut bad);
+    let r = post_sync(addr, "tv-z", "0", &bad);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "decompression");
+    assert_eq!(srv.device_state("tv-z").unwrap().patterns.len(), 2);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_answers_503_with_retry_after() {
+    let (_dir, db) = temp_db();
+    let mut cfg = config(&db);
+    cfg.queue_limit = 1;
+    cfg.overload_retry_after_s = 3;
+    let srv = constellation::Server::start(cfg).await.unwrap();
+    let addr = srv.local_addr();
+    // Hold the writer inside a transaction, and fill the one queue slot.
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let store = srv.state().store.clone();
+    let hold: constellation::store::Work = Box::new(move |_txn| {
+        let _ = release_rx.recv_timeout(std::time::Duration::from_secs(30));
+        let f: constellation::store::Finish = Box::new(|_| {});
+        (f, Ok(()))
+    });
+    store.submit(hold).unwrap();
+    // Bounded wait until the writer has taken it and the slot is free again.
+    let mut filled = false;
+    for _ in 0..1000 {
+        let filler: constellation::store::Work = Box::new(|_txn| {
+            let f: constellation::store::Finish = Box::new(|_| {});
+            (f, Ok(()))
+        });
+        if store.submit(filler).is_ok() && store.queue_depth() == 1 {
+            filled = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(filled, "queue slot filled");
+    let v = patterns();
+    let body = upload(1, 0, &[Up::abs("p1", quantize(&v[0]))]);
+    let r = post_sync(addr, "tv-busy", "0", &body);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "overloaded");
+    let after: u32 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3).contains(&after));
+    // Released, the same request applies.
+    release_tx.send(()).unwrap();
+    let mut ok = false;
+    for _ in 0..1000 {
+        let r = post_sync(addr, "tv-busy", "0", &body);
+        if r.status == 200 {
+            ok = true;
+            break;
+        }
+        assert_eq!(r.status, 503);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(ok);
+    assert_eq!(srv.device_state("tv-busy").unwrap().patterns.len(), 1);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_process_on_the_same_file() {
+    let (_dir, db) = temp_db();
+    let srv = start(&db).await;
+    let v = patterns();
+    let body = upload(1, 0, &[Up::abs("p1", quantize(&v[0]))]);
+    assert_eq!(post_sync(srv.local_addr(), "tv-r", "0", &body).status, 200);
+    let before = srv.device_state("tv-r").unwrap();
+    srv.shutdown().await;
+    let srv = start(&db).await;
+    assert_eq!(srv.device_state("tv-r").unwrap(), before);
+    // The retry after the restart is a replay.
+    let r = post_sync(srv.local_addr(), "tv-r", "0", &body);
+    assert_eq!((r.status, r.header("x-replayed")), (200, Some("true")));
+    let m = raw(srv.local_addr(), "GET", "/metrics", &[], &[]);
+    let text = String::from_utf8(m.body).unwrap();
+    assert!(text.contains("constellation_sync_duration_seconds_bucket{le=\"+Inf\"} 1"));
+    srv.shutdown().await;
+}

@@ -590,9 +590,13 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         let mut summary = Summary::default();
         for r in req.records() {
             if let Record::Pattern(_) = r? {
-                summary.uploaded += 1;
+                summary.uploaded = summary.uploaded.saturating_add(1);
             }
         }
+        // Request records already answered: each gets one ack or one
+        // conflict, never both or two (a second would be applied on top of
+        // the first).
+        let mut answered: u128 = 0;
         for r in resp.records() {
             match r? {
                 Record::DownloadHead(h) => {
@@ -602,22 +606,24 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
                     head = Some(h);
                 }
                 Record::Ack(a) => {
-                    find_sent(&req, &a.id)?;
-                    summary.acked += 1;
+                    answer(&req, &a.id, &mut answered)?;
+                    summary.acked = summary.acked.saturating_add(1);
                 }
                 Record::Conflict(c) => {
-                    find_sent(&req, &c.id)?;
+                    answer(&req, &c.id, &mut answered)?;
                     if let Some(st) = &c.state {
                         self.cb.decode(st.code, None, &mut scratch)?;
                     }
-                    summary.conflicts += 1;
+                    summary.conflicts = summary.conflicts.saturating_add(1);
                 }
                 Record::GlobalUpsert(g) => {
                     self.cb.decode(g.code, None, &mut scratch)?;
-                    summary.globals += 1;
+                    summary.globals = summary.globals.saturating_add(1);
                 }
-                Record::GlobalRemove(_) => summary.globals += 1,
-                Record::Trend(_) => summary.trends += 1,
+                // A broken server may send more than the caps asked for;
+                // the counts are diagnostics and saturate.
+                Record::GlobalRemove(_) => summary.globals = summary.globals.saturating_add(1),
+                Record::Trend(_) => summary.trends = summary.trends.saturating_add(1),
                 _ => return Err(Error::UnknownKind),
             }
         }
@@ -638,9 +644,6 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         }
 
         // Pass 2: apply.
-        if head.reset {
-            sink.reset();
-        }
         for r in resp.records() {
             match r? {
                 Record::Ack(a) => {
@@ -652,24 +655,10 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
                     self.resolve_conflict(&c, &mut scratch)?;
                     self.stats.conflicts += 1;
                 }
-                Record::GlobalUpsert(g) => {
-                    self.cb.decode(g.code, None, &mut scratch)?;
-                    let embedding = self.cb.reconstruct(&scratch)?;
-                    sink.global_upsert(&GlobalPattern {
-                        id: g.id,
-                        embedding,
-                        success_rate: g.success_rate,
-                        sample_count: g.sample_count,
-                        contributors: g.contributors,
-                        category: g.category,
-                        version: g.version,
-                    });
-                }
-                Record::GlobalRemove(g) => sink.global_remove(g.id, g.version),
-                Record::Trend(t) => sink.trend(&t.signal, t.version),
                 _ => {}
             }
         }
+        self.apply_globals(&resp, head.reset, sink, &mut scratch)?;
         self.global_version = head.global_version;
         self.seq = inflight.seq.saturating_add(1);
         self.inflight = None;
@@ -768,6 +757,104 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         Ok(())
     }
 
+    /// Path of the `GET` feed page that continues after the device's global
+    /// version: `/api/v1/global?since=V&limit=L&max_bytes=B`, at most `limit`
+    /// records and `max_bytes` bytes (the caller's response buffer). Use it
+    /// for the further pages after a sync whose response said `more`: the
+    /// feed is read-only and cacheable, so it costs the server no write, and
+    /// its pages may be larger than the sync response's `caps`.
+    pub fn feed_path<'b>(&self, limit: u16, max_bytes: u32, buf: &'b mut [u8; 96]) -> &'b str {
+        let mut w = 0usize;
+        let mut put = |s: &[u8], buf: &mut [u8; 96]| {
+            let end = (w + s.len()).min(buf.len());
+            buf[w..end].copy_from_slice(&s[..end - w]);
+            w = end;
+        };
+        let mut d = [0u8; 20];
+        put(b"/api/v1/global?since=", buf);
+        put(fmt_u64(self.global_version, &mut d).as_bytes(), buf);
+        put(b"&limit=", buf);
+        put(fmt_u64(u64::from(limit.max(1)), &mut d).as_bytes(), buf);
+        put(b"&max_bytes=", buf);
+        put(fmt_u64(u64::from(max_bytes), &mut d).as_bytes(), buf);
+        core::str::from_utf8(&buf[..w]).unwrap_or("/api/v1/global")
+    }
+
+    /// Applies one page of the global feed (a download frame with `seq = 0`
+    /// holding only global records and trends), checked whole before
+    /// anything changes. Moves the cursor to the page's `global_version`.
+    /// [`Error::Busy`] while a sync request is in flight (its response will
+    /// move the cursor).
+    pub fn apply_feed<S: GlobalSink>(&mut self, body: &[u8], sink: &mut S) -> Result<Summary> {
+        if self.inflight.is_some() {
+            return Err(Error::Busy);
+        }
+        let resp = FrameReader::parse(body)?;
+        if resp.is_compressed() {
+            return Err(Error::BadFlags);
+        }
+        if resp.kind() != Kind::Download {
+            return Err(Error::UnknownKind);
+        }
+        if resp.codebook_id() != self.cb.id() {
+            return Err(Error::UnknownCodebook);
+        }
+        let mut scratch: Codes = [0; crate::DIM];
+        let mut head = None;
+        let mut summary = Summary::default();
+        for r in resp.records() {
+            match r? {
+                Record::DownloadHead(h) if h.seq == 0 => head = Some(h),
+                Record::GlobalUpsert(g) => {
+                    self.cb.decode(g.code, None, &mut scratch)?;
+                    summary.globals += 1;
+                }
+                Record::GlobalRemove(_) => summary.globals += 1,
+                Record::Trend(_) => summary.trends += 1,
+                _ => return Err(Error::ProtocolViolation),
+            }
+        }
+        let head = head.ok_or(Error::Truncated)?;
+        self.apply_globals(&resp, head.reset, sink, &mut scratch)?;
+        self.global_version = head.global_version;
+        summary.more = head.more;
+        Ok(summary)
+    }
+
+    /// Pass 2 of a checked download: global records and trends to the sink.
+    fn apply_globals<S: GlobalSink>(
+        &self,
+        resp: &FrameReader<'_>,
+        reset: bool,
+        sink: &mut S,
+        scratch: &mut Codes,
+    ) -> Result<()> {
+        if reset {
+            sink.reset();
+        }
+        for r in resp.records() {
+            match r? {
+                Record::GlobalUpsert(g) => {
+                    self.cb.decode(g.code, None, scratch)?;
+                    let embedding = self.cb.reconstruct(scratch)?;
+                    sink.global_upsert(&GlobalPattern {
+                        id: g.id,
+                        embedding,
+                        success_rate: g.success_rate,
+                        sample_count: g.sample_count,
+                        contributors: g.contributors,
+                        category: g.category,
+                        version: g.version,
+                    });
+                }
+                Record::GlobalRemove(g) => sink.global_remove(g.id, g.version),
+                Record::Trend(t) => sink.trend(&t.signal, t.version),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Prepares (or resends) a request, sends it over `transport` and applies
     /// the answer. `tx` must stay untouched between calls while a request is
     /// in flight; `rx` must hold `caps.max_bytes`.
@@ -820,6 +907,30 @@ fn find_sent<'a>(req: &FrameReader<'a>, id: &PatternId) -> Result<Option<Record<
         }
     }
     Err(Error::ProtocolViolation)
+}
+
+/// Marks the request record that carried `id` as answered; an id the
+/// request does not carry, or one already answered, is a protocol
+/// violation. `req`'s records were checked before.
+fn answer(req: &FrameReader<'_>, id: &PatternId, answered: &mut u128) -> Result<()> {
+    let i = req
+        .records()
+        .position(|r| match r {
+            Ok(Record::Pattern(p)) => &p.id == id,
+            Ok(Record::Removal(x)) => &x.id == id,
+            _ => false,
+        })
+        .ok_or(Error::ProtocolViolation)?;
+    // An upload holds at most 1 + MAX_UPLOAD_PATTERNS records.
+    let bit = u32::try_from(i)
+        .ok()
+        .and_then(|i| 1u128.checked_shl(i))
+        .ok_or(Error::ProtocolViolation)?;
+    if *answered & bit != 0 {
+        return Err(Error::ProtocolViolation);
+    }
+    *answered |= bit;
+    Ok(())
 }
 
 /// Round-half-away-from-zero integer division (`d > 0`).

@@ -164,7 +164,7 @@ async fn start_embedded(seed: u64) -> Result<Embedded, String> {
     cfg.listen = "127.0.0.1:0".parse().expect("loopback address");
     cfg.admin = true;
     cfg.codebooks = constellation::codes::default_codebooks();
-    let _ = seed;
+    cfg.pacing_seed = Some(seed);
     let handle = constellation::Server::start(cfg)
         .await
         .map_err(|e| format!("starting the server: {e}"))?;

@@ -18,13 +18,16 @@ pub struct Report {
     pub rounds: u32,
     /// Run seed.
     pub seed: u64,
-    /// Applied syncs (exchanges that ended in an applied 200).
+    /// Scheduled syncs applied (a 200 the TV applied). Further pages fetched
+    /// at once after a `more`, and stale twins' exchanges, are `extra_exchanges`.
     pub syncs: u64,
+    /// Applied exchanges that were not scheduled syncs.
+    pub extra_exchanges: u64,
     /// Exchanges attempted, including failed ones.
     pub exchanges: u64,
-    /// Mean request body per applied sync, bytes.
+    /// Request bytes of all applied exchanges per scheduled sync.
     pub up_bytes_per_sync_mean: f64,
-    /// Mean response body per applied sync, bytes.
+    /// Response bytes of all applied exchanges per scheduled sync.
     pub down_bytes_per_sync_mean: f64,
     /// Steady state: request bytes of syncs that uploaded patterns, per
     /// pattern uploaded (frame header, head, records and CRC included; HTTP
@@ -102,7 +105,9 @@ pub fn build(
     global_version: u64,
 ) -> Report {
     let applied: Vec<_> = r.samples.iter().filter(|s| s.applied).collect();
-    let syncs = applied.len() as u64;
+    // Scheduled syncs; further pages and twins' exchanges are extra, but
+    // their bytes count towards the syncs they belong to.
+    let syncs = applied.iter().filter(|s| !s.extra).count() as u64;
     let n = syncs.max(1) as f64;
     let per_pattern = |boot: bool| {
         let (mut bytes, mut n) = (0u64, 0u64);
@@ -130,6 +135,7 @@ pub fn build(
         rounds: cfg.rounds,
         seed: cfg.seed,
         syncs,
+        extra_exchanges: applied.len() as u64 - syncs,
         exchanges: r.samples.len() as u64,
         up_bytes_per_sync_mean: applied.iter().map(|s| f64::from(s.up)).sum::<f64>() / n,
         down_bytes_per_sync_mean: applied.iter().map(|s| f64::from(s.down)).sum::<f64>() / n,

@@ -19,7 +19,7 @@ pub const CAPACITY: usize = 24;
 /// Request buffer per exchange in flight.
 const TX_BYTES: usize = 8 * 1024;
 /// Response buffer (advertised as `caps.max_bytes`).
-const RX_BYTES: usize = 32 * 1024;
+const RX_BYTES: usize = 128 * 1024;
 
 /// A simulated TV's sync client.
 pub type Client = SyncClient<'static, CAPACITY>;
@@ -72,6 +72,10 @@ pub struct SyncSample {
     /// Part of the TV's first sync after boot, which uploads every pattern
     /// it starts with (absolute codes); reported apart from steady state.
     pub boot: bool,
+    /// Not one of a TV's scheduled syncs: a further page of global changes
+    /// fetched right after a sync whose response said `more`, or an exchange
+    /// of a stale twin.
+    pub extra: bool,
 }
 
 /// A simulated TV.
@@ -91,7 +95,9 @@ pub struct Tv {
     last_watch_at: u64,
     /// Acks and conflicts seen by this TV and any twin of it.
     pub ledger: Ledger,
-    snapshot: Vec<u8>,
+    /// A copy of the persisted state taken after sync `.1`: a stale twin
+    /// box restored from it syncs before this TV's sync `.1 + 2`.
+    twin: Option<(Vec<u8>, u32)>,
     tx: Option<Vec<u8>>,
 }
 
@@ -133,8 +139,10 @@ pub struct SimResult {
 
 fn device_config(id: DeviceId, seed: u64, index: usize) -> Config {
     let mut c = Config::new(id);
-    c.caps.max_bytes = RX_BYTES as u32;
-    c.caps.max_globals = 64;
+    // Sync responses stay small (the server stores each for replay); the
+    // rest comes from the feed in pages of up to RX_BYTES.
+    c.caps.max_bytes = 16 * 1024;
+    c.caps.max_globals = 32;
     c.caps.max_trends = 32;
     c.jitter_seed = seed ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407) | 1;
     c
@@ -157,7 +165,7 @@ impl Tv {
             offline_until: 0,
             last_watch_at: 0,
             ledger: Ledger::default(),
-            snapshot: Vec::new(),
+            twin: None,
             tx: None,
         }
     }
@@ -214,7 +222,7 @@ impl Ledger {
 
 /// Outcome of one attempt, for the scheduler.
 enum Step {
-    Synced,
+    Synced { more: bool },
     Retry,
 }
 
@@ -240,12 +248,13 @@ async fn attempt(
         latency_us: ex.latency_us.min(u64::from(u32::MAX)) as u32,
         applied: false,
         boot: false,
+        extra: false,
     };
     let step = match r {
-        Ok(Outcome::Synced(_)) => {
+        Ok(Outcome::Synced(summary)) => {
             sample.applied = true;
             ledger.record(&ex);
-            Step::Synced
+            Step::Synced { more: summary.more }
         }
         Ok(Outcome::RetryLater { .. }) => {
             counters.retries += 1;
@@ -294,12 +303,163 @@ struct Done {
     tv: Box<Tv>,
     samples: Vec<SyncSample>,
     counters: Counters,
-    twin: Option<Vec<u8>>,
+    synced: bool,
 }
 
-/// Runs the fleet. `transport` makes one transport per exchange in flight
-/// (they may share a connection pool). `progress` is called with the number
-/// of successful syncs so far.
+/// Most further pages fetched after one sync.
+const MAX_PAGES: u32 = 32;
+
+/// One scheduled step of one TV: a pending stale twin syncs first, then the
+/// TV lives until `due`, syncs (or resends its request in flight), and
+/// fetches further pages while the server says `more`.
+///
+/// Everything random here comes from the TV's own streams, so a TV's
+/// behaviour depends on the seed and the server's answers, not on how the
+/// scheduler interleaves TVs.
+#[allow(clippy::too_many_arguments)]
+async fn step(
+    mut tv: Box<Tv>,
+    i: usize,
+    due: u64,
+    cat: Arc<Catalog>,
+    cb: Codebook<'static>,
+    cfg: SimConfig,
+    net: Net,
+    t0: Instant,
+) -> Done {
+    let mut c = Counters::default();
+    let mut smp = Vec::new();
+    let idle = tv.client.in_flight().is_none();
+    if idle && tv.twin.as_ref().is_some_and(|t| tv.synced >= t.1 + 2) {
+        if let Some((snap, _)) = tv.twin.take() {
+            run_twin(
+                &cat,
+                cb,
+                &cfg,
+                &mut tv,
+                &snap,
+                due,
+                net.clone(),
+                &mut c,
+                &mut smp,
+                t0,
+            )
+            .await;
+        }
+    }
+    if idle {
+        tv.live_until(&cat, due, cfg.watch_rate);
+    }
+    let mut tx = tv.tx.take().unwrap_or_else(|| vec![0u8; TX_BYTES]);
+    tv.attempts += 1;
+    let mut t = Faulty {
+        inner: net,
+        drop_p: cfg.faults.drop,
+        rng: Rng::new(cfg.seed ^ 0xD0D0, (i as u64) << 32 | u64::from(tv.attempts)),
+        last: Exchange::default(),
+    };
+    let boot = tv.synced == 0;
+    let tvr = &mut *tv;
+    let (first, mut s) = attempt(
+        &mut tvr.client,
+        &mut t,
+        &mut tx,
+        &mut tvr.ledger,
+        &mut c,
+        due,
+        t0,
+    )
+    .await;
+    s.boot = boot;
+    smp.push(s);
+    let synced = matches!(first, Step::Synced { .. });
+    if let Step::Synced { mut more } = first {
+        // Further pages come from the read-only, cacheable feed: no write on
+        // the server, and not faulted, so their number (which depends on what
+        // the server published meanwhile) cannot shift the TV's fault stream.
+        let mut pages = 0;
+        while more && pages < MAX_PAGES {
+            pages += 1;
+            match feed_page(&mut tvr.client, &mut t.inner, t0).await {
+                Some((m, s)) => {
+                    more = m;
+                    smp.push(s);
+                }
+                None => break,
+            }
+        }
+        tv.synced += 1;
+        let offline = tv.rng.chance(cfg.faults.offline);
+        let offline_len = tv.rng.range(3_600_000, 4 * 3_600_000);
+        let twin = tv.rng.chance(cfg.faults.twin);
+        if offline {
+            tv.offline_until = tv.client.next_sync_at() + offline_len;
+            c.offline_periods += 1;
+        }
+        if twin && tv.twin.is_none() {
+            let mut snap = vec![0u8; Client::MAX_SNAPSHOT_LEN];
+            if let Ok(n) = tv.client.snapshot(&mut snap) {
+                snap.truncate(n);
+                tv.twin = Some((snap, tv.synced));
+                c.twins += 1;
+            }
+        }
+    }
+    if tv.client.in_flight().is_some() {
+        tv.tx = Some(tx);
+    }
+    Done {
+        index: i,
+        tv,
+        samples: smp,
+        counters: c,
+        synced,
+    }
+}
+
+/// Fetches the next page of the global feed and applies it; `None` when it
+/// failed (the next sync picks up from the same cursor).
+async fn feed_page(client: &mut Client, net: &mut Net, t0: Instant) -> Option<(bool, SyncSample)> {
+    use omega_tv_sync::{Method, Request, Transport};
+    let mut path = [0u8; 96];
+    let path = client
+        .feed_path(512, RX_BYTES as u32, &mut path)
+        .to_string();
+    let mut rx = vec![0u8; RX_BYTES];
+    let started = Instant::now();
+    let r = net
+        .send(
+            Request {
+                method: Method::Get,
+                path: &path,
+                headers: &[],
+                body: &[],
+            },
+            &mut rx,
+        )
+        .await
+        .ok()?;
+    let latency_us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    if r.status != 200 {
+        return None;
+    }
+    let summary = client.apply_feed(&rx[..r.body_len], &mut ()).ok()?;
+    let s = SyncSample {
+        at_s: t0.elapsed().as_secs_f64(),
+        up: 0,
+        down: r.body_len as u32,
+        patterns_up: 0,
+        latency_us,
+        applied: true,
+        boot: false,
+        extra: true,
+    };
+    Some((summary.more, s))
+}
+
+/// Runs the fleet. `transport` makes the transport of each step (clones of
+/// one HTTP client share its connection pool). `progress` is called with the
+/// number of scheduled syncs applied so far.
 pub async fn run<F>(
     cat: Arc<Catalog>,
     cb: Codebook<'static>,
@@ -320,148 +480,48 @@ where
         // Boxes boot over the first five virtual minutes.
         queue.push(Reverse((start_rng.range(0, 300_000), i)));
     }
-    let mut twins: Vec<(u64, usize, Vec<u8>)> = Vec::new();
     let mut samples = Vec::new();
     let mut counters = Counters::default();
     let mut synced_total = 0u64;
     let mut virtual_now = 0u64;
     let mut running = tokio::task::JoinSet::new();
-    let mut in_flight = 0usize;
-    let mut fault_rng = Rng::new(cfg.seed, u64::MAX - 1);
-
     loop {
-        // Launch due TVs while there is room.
-        while in_flight < cfg.concurrency {
+        while running.len() < cfg.concurrency {
             let Some(Reverse((due, i))) = queue.pop() else {
                 break;
             };
             virtual_now = virtual_now.max(due);
-            let Some(mut tv) = tvs[i].take() else {
+            let Some(tv) = tvs[i].take() else {
                 continue;
             };
-            if tv.synced >= cfg.rounds && tv.client.in_flight().is_none() {
-                tvs[i] = Some(tv);
-                continue;
-            }
             if tv.offline_until > due {
                 queue.push(Reverse((tv.offline_until, i)));
                 tvs[i] = Some(tv);
                 continue;
             }
-            let cat2 = cat.clone();
-            let faults = cfg.faults;
-            let watch_rate = cfg.watch_rate;
-            let mut t = Faulty {
-                inner: transport(),
-                drop_p: faults.drop,
-                rng: Rng::new(cfg.seed ^ 0xD0D0, (i as u64) << 32 | u64::from(tv.attempts)),
-                last: Exchange::default(),
-            };
-            let twin_roll = fault_rng.f64();
-            let offline_roll = fault_rng.f64();
-            let offline_len = fault_rng.range(3_600_000, 4 * 3_600_000);
-            in_flight += 1;
-            running.spawn(async move {
-                let mut c = Counters::default();
-                let mut smp = Vec::new();
-                if tv.client.in_flight().is_none() {
-                    tv.live_until(&cat2, due, watch_rate);
-                }
-                let mut tx = tv.tx.take().unwrap_or_else(|| vec![0u8; TX_BYTES]);
-                tv.attempts += 1;
-                let tvr = &mut *tv;
-                let boot = tvr.synced == 0;
-                let (step, mut s) = attempt(
-                    &mut tvr.client,
-                    &mut t,
-                    &mut tx,
-                    &mut tvr.ledger,
-                    &mut c,
-                    due,
-                    t0,
-                )
-                .await;
-                s.boot = boot;
-                smp.push(s);
-                let mut twin = None;
-                match step {
-                    Step::Synced => {
-                        tv.synced += 1;
-                        let mut snap = vec![0u8; Client::MAX_SNAPSHOT_LEN];
-                        if let Ok(n) = tv.client.snapshot(&mut snap) {
-                            snap.truncate(n);
-                            tv.snapshot = snap;
-                        }
-                        if offline_roll < faults.offline {
-                            tv.offline_until = tv.client.next_sync_at() + offline_len;
-                            c.offline_periods += 1;
-                        }
-                        if twin_roll < faults.twin && !tv.snapshot.is_empty() {
-                            twin = Some(tv.snapshot.clone());
-                        }
-                    }
-                    Step::Retry => {
-                        if tv.client.in_flight().is_some() {
-                            tv.tx = Some(tx);
-                        }
-                    }
-                }
-                Done {
-                    index: i,
-                    tv,
-                    samples: smp,
-                    counters: c,
-                    twin,
-                }
-            });
-        }
-        // Twins whose time has come run inline (rare).
-        if let Some(pos) = twins.iter().position(|t| t.0 <= virtual_now) {
-            let (at, i, snap) = twins.swap_remove(pos);
-            // Only while the original has nothing in flight: a twin that
-            // moved the sequence under a pending retry would leave that
-            // retry's application unacknowledged to every session.
-            match tvs[i].as_mut() {
-                Some(tv) if tv.client.in_flight().is_none() => {
-                    run_twin(
-                        &cat,
-                        cb,
-                        &cfg,
-                        tv,
-                        &snap,
-                        at,
-                        &transport,
-                        &mut counters,
-                        &mut samples,
-                        t0,
-                    )
-                    .await;
-                }
-                _ => twins.push((at + 1_000, i, snap)),
-            }
+            running.spawn(step(
+                tv,
+                i,
+                due,
+                cat.clone(),
+                cb,
+                cfg.clone(),
+                transport(),
+                t0,
+            ));
         }
         let Some(done) = running.join_next().await else {
-            if queue.is_empty() {
-                break;
-            }
-            continue;
+            break;
         };
-        in_flight -= 1;
         let done = done.expect("sync task panicked");
         let i = done.index;
-        if let Some(s) = done.samples.iter().find(|s| s.applied) {
-            let _ = s;
+        if done.synced {
             synced_total += 1;
             progress(synced_total);
         }
         samples.extend(done.samples);
         add(&mut counters, &done.counters);
         let tv = done.tv;
-        if let Some(snap) = done.twin {
-            // The stale twin appears after the original has moved on.
-            twins.push((tv.client.next_sync_at() + 60_000, i, snap));
-            counters.twins += 1;
-        }
         let next = tv.client.next_sync_at().max(tv.offline_until);
         let done_rounds = tv.synced >= cfg.rounds && tv.client.in_flight().is_none();
         // A TV that needs 20 exchanges per applied sync is stuck: stop it
@@ -473,14 +533,16 @@ where
         tvs[i] = Some(tv);
         if counters.fatal.is_some() {
             queue.clear();
-            twins.clear();
         } else if !done_rounds && !stuck {
             queue.push(Reverse((next, i)));
         }
     }
-    // Twins still pending run now, so every original syncs after them.
-    for (at, i, snap) in std::mem::take(&mut twins) {
-        if let Some(tv) = tvs[i].as_mut() {
+    // Twins still pending sync now, before the settle phase, so every
+    // original syncs after its twin.
+    let net = transport();
+    for tv in tvs.iter_mut().flatten() {
+        if let Some((snap, _)) = tv.twin.take() {
+            let at = tv.client.next_sync_at();
             run_twin(
                 &cat,
                 cb,
@@ -488,7 +550,7 @@ where
                 tv,
                 &snap,
                 at,
-                &transport,
+                net.clone(),
                 &mut counters,
                 &mut samples,
                 t0,
@@ -513,26 +575,27 @@ where
 /// A second box restored from `tv`'s older state: it learns a little on its
 /// own and syncs, on stale bases, until the server has taken it.
 #[allow(clippy::too_many_arguments)]
-async fn run_twin<F>(
+async fn run_twin(
     cat: &Arc<Catalog>,
     cb: Codebook<'static>,
     cfg: &SimConfig,
     tv: &mut Tv,
     snap: &[u8],
     at: u64,
-    transport: &F,
+    net: Net,
     counters: &mut Counters,
     samples: &mut Vec<SyncSample>,
     t0: Instant,
-) where
-    F: Fn() -> Net,
-{
+) {
     let index: usize = tv.id.as_str()[3..].parse().unwrap_or(0);
     let Ok(mut client) = Client::restore(cb, device_config(tv.id.clone(), cfg.seed, index), snap)
     else {
         return;
     };
-    let mut rng = Rng::new(cfg.seed ^ 0x7717, at);
+    let mut rng = Rng::new(
+        cfg.seed ^ 0x7717,
+        (index as u64) << 32 | u64::from(tv.synced),
+    );
     let mut patterns = tv.patterns.clone();
     for _ in 0..3 {
         watch(cat, &mut rng, &mut patterns);
@@ -541,7 +604,7 @@ async fn run_twin<F>(
         let _ = client.upsert(&p.to_pattern(), at);
     }
     let mut t = Faulty {
-        inner: transport(),
+        inner: net,
         drop_p: 0.0,
         rng,
         last: Exchange::default(),
@@ -559,8 +622,8 @@ async fn run_twin<F>(
             t0,
         )
         .await;
-        samples.push(s);
-        if matches!(step, Step::Synced) && client.pending() == 0 {
+        samples.push(SyncSample { extra: true, ..s });
+        if matches!(step, Step::Synced { more: false }) && client.pending() == 0 {
             break;
         }
         now = client.next_sync_at().max(now + 1);
@@ -611,10 +674,21 @@ where
                 t0,
             )
             .await;
-            if matches!(step, Step::Synced)
-                && tv.client.pending() == 0
-                && tv.client.in_flight().is_none()
-            {
+            let mut synced = matches!(step, Step::Synced { .. });
+            let mut more = matches!(step, Step::Synced { more: true });
+            for _ in 0..MAX_PAGES {
+                if !more {
+                    break;
+                }
+                match feed_page(&mut tv.client, &mut t.inner, t0).await {
+                    Some((m, _)) => more = m,
+                    None => {
+                        synced = false;
+                        break;
+                    }
+                }
+            }
+            if synced && !more && tv.client.pending() == 0 && tv.client.in_flight().is_none() {
                 ok = true;
                 break;
             }

@@ -60,6 +60,12 @@ pub struct AggregateConfig {
     /// Tombstones more than this many versions old are dropped (devices
     /// behind them get a snapshot); 0 keeps every tombstone.
     pub retention_versions: u64,
+    /// A published global pattern is republished only when its direction
+    /// turned by more than this (1 - cosine), its contributor count crossed
+    /// a power of two, or its success rate moved by 0.02
+    /// (`GlobalAggregate::material_change`). Default 2e-4, about three times
+    /// the codec's own error.
+    pub republish_turn: f32,
 }
 
 impl Default for AggregateConfig {
@@ -73,6 +79,7 @@ impl Default for AggregateConfig {
             interval: Duration::from_secs(1),
             batch: 4096,
             retention_versions: 0,
+            republish_turn: 2e-4,
         }
     }
 }
@@ -82,8 +89,43 @@ impl Default for AggregateConfig {
 pub struct Aggregator {
     loaded: bool,
     aggs: HashMap<u32, GlobalAggregate>,
+    /// Unit centroids of the aggregates with weight, per category: the
+    /// candidates a changed pattern is compared with.
+    units: HashMap<String, HashMap<u32, Vec<f32>>>,
     next_id: u32,
     trends: TrendTracker,
+}
+
+impl Aggregator {
+    /// Refreshes the cached unit centroid of aggregate `id`.
+    fn refresh(&mut self, id: u32) {
+        let Some(a) = self.aggs.get(&id) else {
+            for m in self.units.values_mut() {
+                m.remove(&id);
+            }
+            return;
+        };
+        let m = self.units.entry(a.category.clone()).or_default();
+        match unit(&a.sum).filter(|_| a.weight > 0.0) {
+            Some(u) => {
+                m.insert(id, u);
+            }
+            None => {
+                m.remove(&id);
+            }
+        }
+    }
+}
+
+/// Dot product with eight independent accumulators (vectorises).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum()
 }
 
 /// Runs aggregation passes every `interval` until `stop` turns true.
@@ -202,6 +244,11 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
             Ok((t.aggregates()?, t.meta(Meta::GlobalId)?))
         })?;
         agg.aggs = aggs.into_iter().collect();
+        agg.units.clear();
+        let ids: Vec<u32> = agg.aggs.keys().copied().collect();
+        for id in ids {
+            agg.refresh(id);
+        }
         agg.next_id = u32::try_from(next_id).unwrap_or(u32::MAX);
         agg.loaded = true;
     }
@@ -267,6 +314,7 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
                 }
                 touched.insert(o.global);
             }
+            agg.refresh(o.global);
         }
         let Some(p) = p else {
             contributions.push((device, pattern, None));
@@ -286,17 +334,14 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
         };
         let v: Vec<f32> = e.as_array().to_vec();
         let mut best: Option<(f32, u32)> = None;
-        for (id, a) in &agg.aggs {
-            if a.category != p.category || a.weight <= 0.0 {
-                continue;
-            }
-            let n = a.sum.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if n <= 1e-9 {
-                continue;
-            }
-            let cos = a.sum.iter().zip(&v).map(|(a, b)| a * b).sum::<f32>() / n;
-            if cos >= cfg.similarity && best.is_none_or(|(c, _)| cos > c) {
-                best = Some((cos, *id));
+        if let Some(cands) = agg.units.get(&p.category) {
+            for (id, u) in cands {
+                let cos = dot(u, &v);
+                if cos >= cfg.similarity
+                    && best.is_none_or(|(c, b)| cos > c || (cos == c && *id < b))
+                {
+                    best = Some((cos, *id));
+                }
             }
         }
         let id = match best {
@@ -318,6 +363,7 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
             a.samples += u64::from(p.sample_count.min(clip));
             *a.devices.entry(device.clone()).or_insert(0) += 1;
         }
+        agg.refresh(id);
         touched.insert(id);
         // Trend activity: the samples gained since the last contribution.
         let gained = p
@@ -373,44 +419,53 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
         let mut upsert = None;
         if publishable {
             if let (Some(book), Some(u)) = (&primary, unit(&a.sum)) {
-                let arr: Option<[f32; DIM]> = u.try_into().ok();
+                let devs = u32::try_from(devices).unwrap_or(u32::MAX);
+                if !a.material_change(&u, devs, rate, cfg.republish_turn) {
+                    // Published and still close enough: nothing to send.
+                    aggregates.push((id, Some(a.clone())));
+                    continue;
+                }
+                let arr: Option<[f32; DIM]> = u.clone().try_into().ok();
                 if let Some(e) = arr.and_then(|arr| Embedding::normalize(arr).ok()) {
                     let codes = book.quantize(&e);
                     let fp = fingerprint(&codes, devices, rate, a.samples);
                     let mut buf = vec![0u8; omega_tv_sync::wire::MAX_CODE_LEN];
                     if let Ok(n) = book.encode(&codes, &mut buf) {
                         buf.truncate(n);
-                        upsert = Some((fp, book.id(), buf));
+                        upsert = Some((fp, book.id(), buf, u, devs));
                     }
                 }
             }
         }
         match upsert {
-            Some((fp, codebook, code)) => {
-                if !a.published || a.fingerprint != fp {
-                    changes.push(GlobalChange::Upsert {
-                        id,
-                        success_rate: rate,
-                        sample_count: u32::try_from(a.samples).unwrap_or(u32::MAX),
-                        contributors: u32::try_from(devices).unwrap_or(u32::MAX),
-                        category: a.category.clone(),
-                        codebook,
-                        code,
-                    });
-                    a.published = true;
-                    a.fingerprint = fp;
-                }
+            Some((fp, codebook, code, u, devs)) => {
+                changes.push(GlobalChange::Upsert {
+                    id,
+                    success_rate: rate,
+                    sample_count: u32::try_from(a.samples).unwrap_or(u32::MAX),
+                    contributors: devs,
+                    category: a.category.clone(),
+                    codebook,
+                    code,
+                });
+                a.published = true;
+                a.fingerprint = fp;
+                a.published_unit = u;
+                a.published_devices = devs;
+                a.published_rate = rate;
             }
             None => {
                 if a.published {
                     changes.push(GlobalChange::Remove { id });
                     a.published = false;
                     a.fingerprint = 0;
+                    a.published_unit.clear();
                 }
             }
         }
         if a.devices.is_empty() && !a.published {
             agg.aggs.remove(&id);
+            agg.refresh(id);
             aggregates.push((id, None));
         } else {
             aggregates.push((id, Some(a.clone())));

@@ -126,9 +126,10 @@ async fn sync_inner(
     }) {
         return Err(error::internal(e.to_string()));
     }
-    let next = st.random_in(&st.config.sync_interval);
+    let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
     let device = up.device.clone();
+    let accept_zstd = up.accept_zstd;
     let result = store::write(&*st.store, move |txn| {
         sync::apply(txn, &up, &codebooks, next)
     })
@@ -152,9 +153,14 @@ async fn sync_inner(
             .fetch_add(applied.conflicts as u64, Relaxed);
         st.note_sync(&device, applied.more);
     }
+    let response = if accept_zstd {
+        sync::compress_response(&applied.response)
+    } else {
+        applied.response
+    };
     st.metrics
         .bytes_out
-        .fetch_add(applied.response.len() as u64, Relaxed);
+        .fetch_add(response.len() as u64, Relaxed);
     tracing::debug!(
         device = %device,
         replayed = applied.replayed,
@@ -163,7 +169,7 @@ async fn sync_inner(
         changes = applied.changes,
         "sync"
     );
-    let mut resp = octet(applied.response);
+    let mut resp = octet(response);
     if applied.replayed {
         resp.headers_mut()
             .insert("x-replayed", HeaderValue::from_static("true"));
@@ -211,8 +217,19 @@ pub struct FeedQuery {
     pub horizon: Option<u64>,
 }
 
-async fn feed(State(st): St, Query(q): Query<FeedQuery>, headers: HeaderMap) -> Response {
+async fn feed(
+    State(st): St,
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => {
+            st.metrics.error("invalid_query");
+            return ApiError::new(400, "invalid_query", e.body_text()).into_response();
+        }
+    };
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(256);
     let max_bytes = q.max_bytes.unwrap_or(MAX_DOWNLOAD_FRAME as u32);

@@ -111,45 +111,57 @@ pub struct StoredPattern {
     pub codes: Box<Codes>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct PatternRow {
-    revision: u32,
-    codebook: u32,
-    success_rate: f32,
-    sample_count: u32,
-    category: String,
-    codes: Vec<i16>,
-}
-
 impl StoredPattern {
-    /// Serialises for storage.
+    /// Serialises for storage: revision, codebook, rate, samples (4 bytes
+    /// each, little-endian), category (length byte + bytes), then the 384
+    /// codes as little-endian `i16` (a plain copy, no varints: the sync path
+    /// reads and writes these on every update).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let row = PatternRow {
-            revision: self.revision,
-            codebook: self.codebook,
-            success_rate: self.success_rate,
-            sample_count: self.sample_count,
-            category: self.category.clone(),
-            codes: self.codes.to_vec(),
-        };
-        postcard::to_stdvec(&row).unwrap_or_default()
+        let cat = self.category.as_bytes();
+        let cat = &cat[..cat.len().min(255)];
+        let mut out = Vec::with_capacity(17 + cat.len() + 2 * DIM);
+        out.extend_from_slice(&self.revision.to_le_bytes());
+        out.extend_from_slice(&self.codebook.to_le_bytes());
+        out.extend_from_slice(&self.success_rate.to_le_bytes());
+        out.extend_from_slice(&self.sample_count.to_le_bytes());
+        out.push(cat.len() as u8);
+        out.extend_from_slice(cat);
+        for c in self.codes.iter() {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        out
     }
 
     /// Reads what [`to_bytes`](Self::to_bytes) wrote.
     pub fn from_bytes(b: &[u8]) -> StoreResult<Self> {
-        let row: PatternRow =
-            postcard::from_bytes(b).map_err(|_| StoreError::Corrupt("pattern"))?;
-        let codes: Codes = row
-            .codes
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("pattern codes"))?;
+        let bad = StoreError::Corrupt("pattern");
+        let u32_at = |i: usize| -> StoreResult<u32> {
+            let s = b.get(i..i + 4).ok_or(bad.clone())?;
+            Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        };
+        let revision = u32_at(0)?;
+        let codebook = u32_at(4)?;
+        let success_rate = f32::from_bits(u32_at(8)?);
+        let sample_count = u32_at(12)?;
+        let n = usize::from(*b.get(16).ok_or(bad.clone())?);
+        let category = std::str::from_utf8(b.get(17..17 + n).ok_or(bad.clone())?)
+            .map_err(|_| bad.clone())?
+            .to_string();
+        let raw = b.get(17 + n..).ok_or(bad.clone())?;
+        if raw.len() != 2 * DIM {
+            return Err(bad);
+        }
+        let mut codes: Box<Codes> = Box::new([0; DIM]);
+        for (c, x) in codes.iter_mut().zip(raw.chunks_exact(2)) {
+            *c = i16::from_le_bytes([x[0], x[1]]);
+        }
         Ok(StoredPattern {
-            revision: row.revision,
-            codebook: row.codebook,
-            success_rate: row.success_rate,
-            sample_count: row.sample_count,
-            category: row.category,
-            codes: Box::new(codes),
+            revision,
+            codebook,
+            success_rate,
+            sample_count,
+            category,
+            codes,
         })
     }
 }
@@ -274,6 +286,12 @@ pub struct GlobalAggregate {
     pub published: bool,
     /// Fingerprint of what was last published (codes, contributors, rate).
     pub fingerprint: u64,
+    /// The unit direction last published (empty when never published).
+    pub published_unit: Vec<f32>,
+    /// Contributors at the last publication.
+    pub published_devices: u32,
+    /// Success rate at the last publication.
+    pub published_rate: f32,
 }
 
 impl GlobalAggregate {
@@ -288,7 +306,32 @@ impl GlobalAggregate {
             devices: Default::default(),
             published: false,
             fingerprint: 0,
+            published_unit: Vec::new(),
+            published_devices: 0,
+            published_rate: 0.0,
         }
+    }
+
+    /// Whether a new state differs enough from the last published one to be
+    /// published again. Every republication is downloaded by every device,
+    /// so a centroid that moved less than the codec's own error is not news:
+    /// it must have turned by more than `min_turn` (1 - cosine), or its
+    /// contributor count crossed a power of two, or its success rate moved by
+    /// 0.02 or more.
+    pub fn material_change(&self, unit: &[f32], devices: u32, rate: f32, min_turn: f32) -> bool {
+        if !self.published || self.published_unit.len() != unit.len() {
+            return true;
+        }
+        let cos: f32 = self
+            .published_unit
+            .iter()
+            .zip(unit)
+            .map(|(a, b)| a * b)
+            .sum();
+        let bucket = |d: u32| 32 - d.max(1).leading_zeros();
+        1.0 - cos > min_turn
+            || bucket(devices) != bucket(self.published_devices)
+            || (rate - self.published_rate).abs() >= 0.02
     }
 }
 
@@ -411,4 +454,38 @@ where
         Ok(())
     })?;
     out.ok_or(StoreError::Closed)
+}
+
+#[cfg(test)]
+mod material_change_tests {
+    use super::GlobalAggregate;
+
+    #[test]
+    fn only_material_changes_republish() {
+        let mut a = GlobalAggregate::new("drama");
+        let mut u = vec![0f32; 384];
+        u[0] = 1.0;
+        assert!(a.material_change(&u, 5, 0.8, 2e-4), "never published");
+        a.published = true;
+        a.published_unit = u.clone();
+        a.published_devices = 5;
+        a.published_rate = 0.8;
+        assert!(!a.material_change(&u, 5, 0.8, 2e-4));
+        assert!(
+            !a.material_change(&u, 7, 0.81, 2e-4),
+            "same power-of-two bucket, small rate move"
+        );
+        assert!(
+            a.material_change(&u, 8, 0.8, 2e-4),
+            "contributors crossed 8"
+        );
+        assert!(a.material_change(&u, 5, 0.83, 2e-4), "rate moved 0.03");
+        // Turn by angle t: 1 - cos t; 0.01 rad is 5e-5 (no), 0.03 rad is 4.5e-4 (yes).
+        for (t, expect) in [(0.01f32, false), (0.03f32, true)] {
+            let mut v = vec![0f32; 384];
+            v[0] = t.cos();
+            v[1] = t.sin();
+            assert_eq!(a.material_change(&v, 5, 0.8, 2e-4), expect, "turn {t}");
+        }
+    }
 }

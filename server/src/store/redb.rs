@@ -7,6 +7,7 @@
 //! [`Finish`]. Throughput therefore does not stop at one fsync per sync.
 //! Reads use MVCC read transactions and never wait for the writer.
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -163,7 +164,7 @@ impl Store for RedbStore {
 
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()> {
         let txn = self.db.begin_read().map_err(be)?;
-        f(&RedbRead::open(&txn)?)
+        f(&RedbRead::new(txn))
     }
 
     fn queue_depth(&self) -> usize {
@@ -283,27 +284,63 @@ type Bytes = &'static [u8];
 type Str = &'static str;
 type Pair = (&'static str, &'static str);
 
+/// A read transaction; each table is opened on first use.
 struct RedbRead {
-    devices_t: ReadOnlyTable<Str, Bytes>,
-    patterns_t: ReadOnlyTable<Pair, Bytes>,
-    meta_t: ReadOnlyTable<Str, u64>,
-    log_t: ReadOnlyTable<u64, Bytes>,
-    changes_t: ReadOnlyTable<u64, Pair>,
-    contrib_t: ReadOnlyTable<Pair, Bytes>,
-    agg_t: ReadOnlyTable<u32, Bytes>,
+    txn: ::redb::ReadTransaction,
+    devices_c: OnceCell<ReadOnlyTable<Str, Bytes>>,
+    patterns_c: OnceCell<ReadOnlyTable<Pair, Bytes>>,
+    meta_c: OnceCell<ReadOnlyTable<Str, u64>>,
+    log_c: OnceCell<ReadOnlyTable<u64, Bytes>>,
+    changes_c: OnceCell<ReadOnlyTable<u64, Pair>>,
+    contrib_c: OnceCell<ReadOnlyTable<Pair, Bytes>>,
+    agg_c: OnceCell<ReadOnlyTable<u32, Bytes>>,
+}
+
+fn lazy<'c, K: ::redb::Key + 'static, V: ::redb::Value + 'static>(
+    cell: &'c OnceCell<ReadOnlyTable<K, V>>,
+    txn: &::redb::ReadTransaction,
+    def: TableDefinition<'static, K, V>,
+) -> StoreResult<&'c ReadOnlyTable<K, V>> {
+    if cell.get().is_none() {
+        let t = txn.open_table(def).map_err(be)?;
+        let _ = cell.set(t);
+    }
+    cell.get().ok_or(StoreError::Closed)
 }
 
 impl RedbRead {
-    fn open(txn: &::redb::ReadTransaction) -> StoreResult<Self> {
-        Ok(RedbRead {
-            devices_t: txn.open_table(DEVICES).map_err(be)?,
-            patterns_t: txn.open_table(PATTERNS).map_err(be)?,
-            meta_t: txn.open_table(META).map_err(be)?,
-            log_t: txn.open_table(LOG).map_err(be)?,
-            changes_t: txn.open_table(CHANGES).map_err(be)?,
-            contrib_t: txn.open_table(CONTRIB).map_err(be)?,
-            agg_t: txn.open_table(AGG).map_err(be)?,
-        })
+    fn new(txn: ::redb::ReadTransaction) -> Self {
+        RedbRead {
+            txn,
+            devices_c: OnceCell::new(),
+            patterns_c: OnceCell::new(),
+            meta_c: OnceCell::new(),
+            log_c: OnceCell::new(),
+            changes_c: OnceCell::new(),
+            contrib_c: OnceCell::new(),
+            agg_c: OnceCell::new(),
+        }
+    }
+    fn devices_t(&self) -> StoreResult<&ReadOnlyTable<Str, Bytes>> {
+        lazy(&self.devices_c, &self.txn, DEVICES)
+    }
+    fn patterns_t(&self) -> StoreResult<&ReadOnlyTable<Pair, Bytes>> {
+        lazy(&self.patterns_c, &self.txn, PATTERNS)
+    }
+    fn meta_t(&self) -> StoreResult<&ReadOnlyTable<Str, u64>> {
+        lazy(&self.meta_c, &self.txn, META)
+    }
+    fn log_t(&self) -> StoreResult<&ReadOnlyTable<u64, Bytes>> {
+        lazy(&self.log_c, &self.txn, LOG)
+    }
+    fn changes_t(&self) -> StoreResult<&ReadOnlyTable<u64, Pair>> {
+        lazy(&self.changes_c, &self.txn, CHANGES)
+    }
+    fn contrib_t(&self) -> StoreResult<&ReadOnlyTable<Pair, Bytes>> {
+        lazy(&self.contrib_c, &self.txn, CONTRIB)
+    }
+    fn agg_t(&self) -> StoreResult<&ReadOnlyTable<u32, Bytes>> {
+        lazy(&self.agg_c, &self.txn, AGG)
     }
 }
 
@@ -317,6 +354,31 @@ struct RedbWrite<'t> {
     changes_t: Table<'t, u64, Pair>,
     contrib_t: Table<'t, Pair, Bytes>,
     agg_t: Table<'t, u32, Bytes>,
+}
+
+/// The same accessors as [`RedbRead`], over the tables opened for the group.
+impl RedbWrite<'_> {
+    fn devices_t(&self) -> StoreResult<&Table<'_, Str, Bytes>> {
+        Ok(&self.devices_t)
+    }
+    fn patterns_t(&self) -> StoreResult<&Table<'_, Pair, Bytes>> {
+        Ok(&self.patterns_t)
+    }
+    fn meta_t(&self) -> StoreResult<&Table<'_, Str, u64>> {
+        Ok(&self.meta_t)
+    }
+    fn log_t(&self) -> StoreResult<&Table<'_, u64, Bytes>> {
+        Ok(&self.log_t)
+    }
+    fn changes_t(&self) -> StoreResult<&Table<'_, u64, Pair>> {
+        Ok(&self.changes_t)
+    }
+    fn contrib_t(&self) -> StoreResult<&Table<'_, Pair, Bytes>> {
+        Ok(&self.contrib_t)
+    }
+    fn agg_t(&self) -> StoreResult<&Table<'_, u32, Bytes>> {
+        Ok(&self.agg_t)
+    }
 }
 
 impl<'t> RedbWrite<'t> {
@@ -339,17 +401,17 @@ macro_rules! impl_read {
     ($t:ty) => {
         impl ReadTxn for $t {
             fn device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {
-                let t = &self.devices_t;
+                let t = self.devices_t()?;
                 let r = t.get(id).map_err(be)?;
                 r.map(|g| decode(g.value(), "device")).transpose()
             }
             fn pattern(&self, device: &str, pattern: &str) -> StoreResult<Option<StoredPattern>> {
-                let t = &self.patterns_t;
+                let t = self.patterns_t()?;
                 let r = t.get((device, pattern)).map_err(be)?;
                 r.map(|g| StoredPattern::from_bytes(g.value())).transpose()
             }
             fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>> {
-                let t = &self.patterns_t;
+                let t = self.patterns_t()?;
                 let mut out = Vec::new();
                 for e in t.range((device, "")..).map_err(be)? {
                     let (k, v) = e.map_err(be)?;
@@ -362,7 +424,7 @@ macro_rules! impl_read {
                 Ok(out)
             }
             fn meta(&self, key: Meta) -> StoreResult<u64> {
-                let t = &self.meta_t;
+                let t = self.meta_t()?;
                 let r = t.get(key.key()).map_err(be)?;
                 Ok(r.map(|g| g.value()).unwrap_or(0))
             }
@@ -374,7 +436,7 @@ macro_rules! impl_read {
                 let Some(from) = after.checked_add(1) else {
                     return Ok(());
                 };
-                let t = &self.log_t;
+                let t = self.log_t()?;
                 for e in t.range(from..).map_err(be)? {
                     let (k, v) = e.map_err(be)?;
                     if !visit(k.value(), GlobalChange::from_bytes(v.value())?)? {
@@ -391,7 +453,7 @@ macro_rules! impl_read {
                 let Some(from) = after.checked_add(1) else {
                     return Ok(Vec::new());
                 };
-                let t = &self.changes_t;
+                let t = self.changes_t()?;
                 let mut out = Vec::new();
                 for e in t.range(from..).map_err(be)?.take(limit) {
                     let (k, v) = e.map_err(be)?;
@@ -409,17 +471,17 @@ macro_rules! impl_read {
                 device: &str,
                 pattern: &str,
             ) -> StoreResult<Option<Contribution>> {
-                let t = &self.contrib_t;
+                let t = self.contrib_t()?;
                 let r = t.get((device, pattern)).map_err(be)?;
                 r.map(|g| decode(g.value(), "contribution")).transpose()
             }
             fn aggregate(&self, id: u32) -> StoreResult<Option<GlobalAggregate>> {
-                let t = &self.agg_t;
+                let t = self.agg_t()?;
                 let r = t.get(id).map_err(be)?;
                 r.map(|g| decode(g.value(), "aggregate")).transpose()
             }
             fn aggregates(&self) -> StoreResult<Vec<(u32, GlobalAggregate)>> {
-                let t = &self.agg_t;
+                let t = self.agg_t()?;
                 let mut out = Vec::new();
                 for e in t.iter().map_err(be)? {
                     let (k, v) = e.map_err(be)?;
@@ -431,7 +493,7 @@ macro_rules! impl_read {
                 Ok(out)
             }
             fn device_count(&self) -> StoreResult<u64> {
-                let t = &self.devices_t;
+                let t = self.devices_t()?;
                 t.len().map_err(be)
             }
         }

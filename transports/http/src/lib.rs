@@ -321,6 +321,48 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn reuses_the_connection() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let a = accepts.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut b = [0u8; 4096];
+                    // One answer per request head, on the same connection.
+                    for _ in 0..10 {
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        });
+        let mut t = HttpTransport::new(&format!("http://{addr}")).unwrap();
+        let mut buf = [0u8; 8];
+        for _ in 0..3 {
+            let r = t.send(get(), &mut buf).await.unwrap();
+            assert_eq!((r.status, &buf[..r.body_len]), (200, &b"ok"[..]));
+        }
+        assert_eq!(
+            accepts.load(Ordering::SeqCst),
+            1,
+            "one connection for three requests"
+        );
+    }
+
     #[test]
     fn rejects_bad_urls() {
         assert!(HttpTransport::new("https://example.invalid").is_err());

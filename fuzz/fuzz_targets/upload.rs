@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = omega_tv_sync_fuzz::core_targets::upload(data);
+});
