@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,21 +29,37 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
     let cat = Arc::new(model::Catalog::load().unwrap());
     let cb = omega_tv_sync::codec::minilm_v1().unwrap();
 
-    // The killer, started with the run: every 250..450 ms (a fixed sequence),
-    // SIGKILL, wait for the process to be gone, stay down 150 ms, restart on
-    // the same store and port.
+    // The killer: at 10%, 25%, 40%, 55% and 70% of the run's applied syncs
+    // (the fleet cannot progress while the server is down, so every kill
+    // falls inside the run), SIGKILL, wait for the process to be gone, stay
+    // down 150 ms, restart on the same store and port. Bounded: it gives up
+    // waiting after 120 s.
+    let mut cfg = fleet::Args::default().sim;
+    cfg.devices = 200;
+    cfg.rounds = 30;
+    cfg.seed = 3;
+    cfg.concurrency = 16;
+    cfg.faults = Faults {
+        drop: 0.01,
+        offline: 0.01,
+        twin: 0.01,
+    };
+    let total = (cfg.devices as u64) * u64::from(cfg.rounds);
+    let progress = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (stop2, bin2, db2) = (stop.clone(), bin.clone(), db.clone());
+    let (stop2, progress2, bin2, db2) = (stop.clone(), progress.clone(), bin.clone(), db.clone());
     let killer = std::thread::spawn(move || {
         let mut child = child;
         let mut kills = 0u32;
-        let gaps = [300u64, 450, 250, 400, 350];
-        for gap in gaps.iter().take(KILLS as usize) {
-            let until = Instant::now() + Duration::from_millis(*gap);
-            while Instant::now() < until && !stop2.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(10));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for pct in [10u64, 25, 40, 55, 70].iter().take(KILLS as usize) {
+            while progress2.load(Ordering::Relaxed) < total * pct / 100
+                && !stop2.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
             }
-            if stop2.load(Ordering::Relaxed) {
+            if stop2.load(Ordering::Relaxed) || Instant::now() >= deadline {
                 break;
             }
             child.kill().expect("SIGKILL");
@@ -55,18 +71,12 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
         (child, kills)
     });
 
-    let mut cfg = fleet::Args::default().sim;
-    cfg.devices = 200;
-    cfg.rounds = 30;
-    cfg.seed = 3;
-    cfg.concurrency = 16;
-    cfg.faults = Faults {
-        drop: 0.01,
-        offline: 0.01,
-        twin: 0.01,
-    };
     let h = http.clone();
-    let mut result = sim::run(cat, cb, cfg.clone(), move || h.clone(), &|_| {}).await;
+    let p = progress.clone();
+    let mut result = sim::run(cat, cb, cfg.clone(), move || h.clone(), &move |n| {
+        p.store(n, Ordering::Relaxed)
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let (mut child, kills) = killer.join().unwrap();
     assert!(
@@ -79,7 +89,7 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
         "kills during the run: {kills}; applied {applied}; transport errors {}; retries {}; wall {:.1} s; virtual {:.0} s",
         result.counters.transport_errors, result.counters.retries, result.wall_s, result.virtual_s
     );
-    assert!(kills >= 3, "only {kills} kills happened during the run");
+    assert_eq!(kills, KILLS, "every kill fell inside the run");
     assert!(result.counters.transport_errors > 0);
     assert_eq!(result.counters.stuck, 0);
 
