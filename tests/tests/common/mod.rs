@@ -45,10 +45,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A server child process, killed (SIGKILL) and reaped when dropped, so a
+/// failing test leaves no server behind.
+pub struct Served(pub Child);
+
+impl Served {
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts `constellation serve --admin` on `addr` with `db`; retries a
 /// bind that fails while the previous process's socket goes away (at most
 /// 50 tries, 100 ms apart).
-pub fn serve(bin: &Path, db: &Path, addr: SocketAddr, extra: &[&str]) -> Child {
+pub fn serve(bin: &Path, db: &Path, addr: SocketAddr, extra: &[&str]) -> Served {
     for _ in 0..50 {
         let mut child = Command::new(bin)
             .args(["serve", "--db"])
@@ -70,7 +88,7 @@ pub fn serve(bin: &Path, db: &Path, addr: SocketAddr, extra: &[&str]) -> Child {
         let mut line = String::new();
         let _ = BufReader::new(out).read_line(&mut line);
         if line.starts_with("listening on ") {
-            return child;
+            return Served(child);
         }
         let _ = child.kill();
         let _ = child.wait();
