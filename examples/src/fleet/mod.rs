@@ -82,7 +82,9 @@ USAGE: fleet [OPTIONS]
 
   --devices N        TVs to simulate (default 1000)
   --rounds R         applied syncs per TV, at least (default 10)
-  --seed S           run seed (default 42); the same seed gives the same counts
+  --seed S           run seed (default 42); the same seed gives the same TV behaviour
+                     and device-side counts (timings and what the server published
+                     by when may differ)
   --server URL       use a running server instead of the embedded one
   --check-server URL read the state back from this URL (default: the server)
   --proxy-faults P   route the TVs through a fault-injecting TCP proxy: per
