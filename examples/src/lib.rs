@@ -16,3 +16,5 @@ pub fn pattern_bytes(len: usize) -> Vec<u8> {
 
 pub mod data;
 pub mod fleet;
+pub mod herd;
+pub mod proxy;

@@ -93,6 +93,14 @@ async fn download_since_v_returns_exactly_the_changes_after_v() {
 
     // New changes: exactly those after the old version.
     populate(addr, 2, 40).await;
+    // A seventh device joins the first group at a higher rate: its global
+    // is republished (more samples alone are not a material change, and no
+    // trend signal comes from a group below k).
+    let mut joiner = Up::abs("p0", quantize(&v[0]));
+    joiner.rate = 1.0;
+    joiner.samples = 40;
+    let r = post_sync(addr, "tv-6", "0", &upload(1, 0, &[joiner]));
+    assert_eq!(r.status, 200);
     let n = srv.aggregate_now().await.unwrap();
     assert!(n > 0);
     let now = srv.global_version().unwrap();

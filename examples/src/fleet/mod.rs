@@ -31,6 +31,15 @@ pub struct Args {
     /// An external server (`http://host:port`); default: start the embedded
     /// server on loopback with a redb file in a temporary directory.
     pub server: Option<String>,
+    /// Where the end-of-run settle, checker and global summary talk to the
+    /// server; default: `server` (or the embedded server). Set it when
+    /// `server` is a proxy, so the read-back does not pass through faults.
+    pub check_server: Option<String>,
+    /// Put a fault-injecting TCP proxy ([`crate::proxy`]) between the TVs
+    /// and the server, with this total fault probability per exchange split
+    /// evenly over drop, delay, cut and reset. The checker reads back
+    /// directly from the server.
+    pub proxy_faults: Option<f64>,
     /// Where to write `report.md` and the SVG plots.
     pub out: Option<PathBuf>,
     /// Where to write the JSON report.
@@ -60,6 +69,8 @@ impl Default for Args {
                 keys: None,
             },
             server: None,
+            check_server: None,
+            proxy_faults: None,
             out: None,
             json: None,
             keys: None,
@@ -83,6 +94,10 @@ USAGE: fleet [OPTIONS]
   --keys FILE        with --server: the TVs' keys as `constellation device add --db DB
                      tv-000000 tv-000001 ...` printed them (ID KEY lines); without it
                      requests go unsigned (server run with --insecure-no-auth)
+  --check-server URL read the state back from this URL (default: the server)
+  --proxy-faults P   route the TVs through a fault-injecting TCP proxy: per
+                     exchange, probability P split evenly over drop, delay,
+                     cut response and reset connection
   --out DIR          write report.md and SVG plots there
   --json FILE        write the report as JSON
   --concurrency C    exchanges in flight (default 64)
@@ -117,6 +132,10 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String
             "--rounds" => a.sim.rounds = num("--rounds", val("--rounds")?)?,
             "--seed" => a.sim.seed = num("--seed", val("--seed")?)?,
             "--server" => a.server = Some(val("--server")?),
+            "--check-server" => a.check_server = Some(val("--check-server")?),
+            "--proxy-faults" => {
+                a.proxy_faults = Some(prob("--proxy-faults", val("--proxy-faults")?)?)
+            }
             "--out" => a.out = Some(PathBuf::from(val("--out")?)),
             "--json" => a.json = Some(PathBuf::from(val("--json")?)),
             "--keys" => a.keys = Some(PathBuf::from(val("--keys")?)),
@@ -259,6 +278,20 @@ fn read_keys(
     Ok(keys)
 }
 
+/// `host:port` of an `http://` URL, resolved.
+fn upstream_addr(url: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs can be proxied"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address"))
+}
+
 /// Runs the whole job: server, simulation, settle, checker, report.
 pub async fn run(args: Args) -> Result<Report, String> {
     let cat = Arc::new(model::Catalog::load().map_err(|e| format!("loading data/minilm: {e}"))?);
@@ -288,7 +321,22 @@ pub async fn run(args: Args) -> Result<Report, String> {
         (None, Some(e)) => e.handle.url(),
         (None, None) => unreachable!("one of them is set"),
     };
+    let check_url = args.check_server.clone().unwrap_or_else(|| url.clone());
+    let proxy = match args.proxy_faults {
+        Some(p) => {
+            let upstream = upstream_addr(&url)?;
+            let faults = crate::proxy::ProxyFaults::even(p);
+            Some(
+                crate::proxy::FaultProxy::start(upstream, faults, args.sim.seed)
+                    .await
+                    .map_err(|e| format!("starting the proxy: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    let url = proxy.as_ref().map_or(url, |p| p.url());
     let http = HttpTransport::new(&url).map_err(|e| format!("{url}: {e}"))?;
+    let direct = HttpTransport::new(&check_url).map_err(|e| format!("{check_url}: {e}"))?;
     let target = (args.sim.devices as u64) * u64::from(args.sim.rounds);
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
@@ -325,7 +373,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
     if let Some(fatal) = &result.counters.fatal {
         return Err(fatal.clone());
     }
-    let h = http.clone();
+    let h = direct.clone();
     let unsettled = sim::settle(&mut result, move || h.clone(), 8).await;
     if let Some(e) = &embedded {
         // Publish what the last syncs contributed before reading the totals.
@@ -334,10 +382,10 @@ pub async fn run(args: Args) -> Result<Report, String> {
             .await
             .map_err(|e| format!("aggregation: {e}"))?;
     }
-    let mut t = http.clone();
+    let mut t = direct.clone();
     let verdict = check::check_all(&cb, &result.tvs, &mut t).await?;
     let (global_version, global_patterns) = global_summary(&mut t).await?;
-    let rep = report::build(
+    let mut rep = report::build(
         &args.sim,
         &result,
         &verdict,
@@ -345,6 +393,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         global_patterns,
         global_version,
     );
+    rep.proxy = proxy.as_ref().map(|p| p.totals());
     if let Some(dir) = &args.out {
         report::write_dir(dir, &args.sim, &rep, &result)
             .map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -51,6 +51,12 @@ pub struct Report {
     pub retries: u64,
     /// Responses lost by fault injection.
     pub dropped_responses: u64,
+    /// Exchanges that failed in transport (refused, reset, cut, timed out),
+    /// each retried with the same bytes.
+    pub transport_errors: u64,
+    /// Faults injected by the TCP proxy (`--proxy-faults`), when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy::ProxyTotals>,
     /// Offline periods.
     pub offline_periods: u64,
     /// Stale twins that synced.
@@ -142,6 +148,8 @@ pub fn build(
         conflicts_resolved: resolved,
         retries: r.counters.retries,
         dropped_responses: r.counters.dropped,
+        transport_errors: r.counters.transport_errors,
+        proxy: None,
         offline_periods: r.counters.offline_periods,
         twins: r.counters.twins,
         duplicates_applied: v.duplicates_applied,
@@ -161,7 +169,7 @@ pub fn build(
 
 /// The terminal and markdown table.
 pub fn table(r: &Report) -> String {
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         ("devices", r.devices.to_string()),
         (
             "syncs applied (exchanges)",
@@ -196,6 +204,7 @@ pub fn table(r: &Report) -> String {
             "retries (dropped responses)",
             format!("{} ({})", r.retries, r.dropped_responses),
         ),
+        ("transport errors", r.transport_errors.to_string()),
         (
             "offline periods / stale twins",
             format!("{} / {}", r.offline_periods, r.twins),
@@ -217,6 +226,15 @@ pub fn table(r: &Report) -> String {
             format!("{:.1} / {:.0}", r.wall_s, r.virtual_s),
         ),
     ];
+    if let Some(p) = &r.proxy {
+        rows.push((
+            "proxy: exchanges / dropped / delayed / cut / reset",
+            format!(
+                "{} / {} / {} / {} / {}",
+                p.exchanges, p.dropped, p.delayed, p.cut, p.reset
+            ),
+        ));
+    }
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let mut s = format!(
         "| {:w$} | value |\n|{}|---:|\n",

@@ -621,7 +621,15 @@ async fn run_twin(
     };
     let mut tx = vec![0u8; TX_BYTES];
     let mut now = at;
-    for _ in 0..8 {
+    // Eight answered exchanges at most. A request lost in transit (the
+    // server may have applied it) is re-sent until the server answers, as a
+    // real box would: giving it up would leave an application no session
+    // was told about. At most 1,000 exchanges in all, 5 ms of wall time
+    // apart after a transport error (at least 5 s of outage).
+    let (mut answered, mut total) = (0, 0);
+    while answered < 8 && total < 1000 {
+        total += 1;
+        let transport_errors = counters.transport_errors;
         let (step, s) = attempt(
             &mut client,
             &mut t,
@@ -633,6 +641,15 @@ async fn run_twin(
         )
         .await;
         samples.push(SyncSample { extra: true, ..s });
+        let in_transit =
+            counters.transport_errors > transport_errors && client.in_flight().is_some();
+        if in_transit {
+            // Virtual time does not pass for the server: give a restarting
+            // one a moment of wall time, so 1,000 tries cover an outage.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        } else {
+            answered += 1;
+        }
         if matches!(step, Step::Synced { more: false }) && client.pending() == 0 {
             break;
         }

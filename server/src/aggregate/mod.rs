@@ -9,7 +9,13 @@
 //!    most similar global pattern of its category (cosine of the weighted
 //!    centroid `>= similarity`), or starts a new one. Its weight is
 //!    `min(sample_count, max_weight_samples) * success_rate`: clipped, so no
-//!    single device dominates.
+//!    single device dominates. Its samples count toward the global's
+//!    published sample count and toward trend activity clipped the same way
+//!    (`min(sample_count, max_weight_samples)`).
+//!
+//! Trend activity is counted only from contributions to a global pattern
+//! that has at least `k` distinct devices, so no trend signal stems from
+//! fewer than `k` households.
 //!
 //! A global pattern is published (a changelog upsert) once at least `k`
 //! distinct devices contribute, republished when its quantised codes,
@@ -283,6 +289,9 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
             next_id: agg.next_id,
         }));
     }
+    // The most samples one contribution counts for (weight, published
+    // sample count, trend activity).
+    let clip = cfg.max_weight_samples.max(1);
     let mut touched: BTreeSet<u32> = BTreeSet::new();
     let mut contributions = Vec::with_capacity(items.len());
     for (device, pattern, p, old) in items {
@@ -294,7 +303,9 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
                 }
                 a.weight = (a.weight - f64::from(o.weight)).max(0.0);
                 a.rate_sum = (a.rate_sum - f64::from(o.weight * o.success_rate)).max(0.0);
-                a.samples = a.samples.saturating_sub(u64::from(o.sample_count));
+                a.samples = a
+                    .samples
+                    .saturating_sub(u64::from(o.sample_count.min(clip)));
                 if let Some(n) = a.devices.get_mut(&device) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
@@ -349,14 +360,23 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
             }
             a.weight += f64::from(weight);
             a.rate_sum += f64::from(weight * p.success_rate);
-            a.samples += u64::from(p.sample_count);
+            a.samples += u64::from(p.sample_count.min(clip));
             *a.devices.entry(device.clone()).or_insert(0) += 1;
         }
         agg.refresh(id);
         touched.insert(id);
         // Trend activity: the samples gained since the last contribution.
-        let gained = p.sample_count.saturating_sub(old_samples);
-        if gained > 0 {
+        let gained = p
+            .sample_count
+            .min(clip)
+            .saturating_sub(old_samples.min(clip));
+        // Only from a global pattern with k distinct devices: a trend
+        // signal must not reveal what fewer than k households watch.
+        let k_reached = agg
+            .aggs
+            .get(&id)
+            .is_some_and(|a| a.devices.len() >= cfg.k.max(1) as usize);
+        if gained > 0 && k_reached {
             let content = match &state.config.trends.catalogue {
                 Some(c) => c.nearest(&v).map(str::to_string),
                 None => None,

@@ -1,0 +1,98 @@
+//! `constellation serve` as a child process on a fixed loopback port, so it
+//! can be killed and restarted where the devices expect it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Builds (or finds up to date) the `constellation` binary of this
+/// workspace and returns its path. `cargo test --workspace` has built it
+/// already; then this is a no-op check.
+pub fn constellation_bin() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "constellation",
+            "--bin",
+            "constellation",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(st.success(), "cargo build -p constellation failed");
+    // target/<profile>/deps/<test> -> target/<profile>/constellation
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("constellation");
+    assert!(bin.exists(), "{} is missing", bin.display());
+    bin
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server child process, killed (SIGKILL) and reaped when dropped, so a
+/// failing test leaves no server behind.
+pub struct Served(pub Child);
+
+impl Served {
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `constellation serve --admin` on `addr` with `db`; retries a
+/// bind that fails while the previous process's socket goes away (at most
+/// 50 tries, 100 ms apart).
+pub fn serve(bin: &Path, db: &Path, addr: SocketAddr, extra: &[&str]) -> Served {
+    for _ in 0..50 {
+        let mut child = Command::new(bin)
+            .args(["serve", "--db"])
+            .arg(db)
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--admin",
+                "--log-level",
+                "error",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn constellation");
+        let out = child.stdout.take().unwrap();
+        // The server prints one line once it listens; EOF means it exited.
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        if line.starts_with("listening on ") {
+            return Served(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("constellation did not start on {addr}");
+}
