@@ -16,6 +16,9 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.codebooks = constellation::codes::default_codebooks();
     cfg.admin = true;
+    // This run tests faults, not authentication (server/tests/auth.rs does):
+    // the fleet goes through the proxy as an external server, unsigned.
+    cfg.auth.required = false;
     let srv = constellation::Server::start(cfg).await.unwrap();
     let faults = ProxyFaults {
         drop: 0.03,
