@@ -668,12 +668,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         sink: &mut S,
     ) -> Result<Summary> {
         let req = FrameReader::parse(sent)?;
-        if resp.kind() != Kind::Download {
-            return Err(Error::UnknownKind);
-        }
-        if resp.codebook_id() != self.cb.id() {
-            return Err(Error::UnknownCodebook);
-        }
+        self.check_download(&resp)?;
         let mut scratch: Codes = [0; crate::DIM];
 
         // Pass 1: check everything, change nothing.
@@ -884,12 +879,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         if resp.is_compressed() {
             return Err(Error::BadFlags);
         }
-        if resp.kind() != Kind::Download {
-            return Err(Error::UnknownKind);
-        }
-        if resp.codebook_id() != self.cb.id() {
-            return Err(Error::UnknownCodebook);
-        }
+        self.check_download(&resp)?;
         let mut scratch: Codes = [0; crate::DIM];
         let mut head = None;
         let mut summary = Summary::default();
@@ -910,6 +900,17 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         self.global_version = head.global_version;
         summary.more = head.more;
         Ok(summary)
+    }
+
+    /// A response must be a download frame coded with this client's codebook.
+    fn check_download(&self, resp: &FrameReader<'_>) -> Result<()> {
+        if resp.kind() != Kind::Download {
+            return Err(Error::UnknownKind);
+        }
+        if resp.codebook_id() != self.cb.id() {
+            return Err(Error::UnknownCodebook);
+        }
+        Ok(())
     }
 
     /// Pass 2 of a checked download: global records and trends to the sink.
