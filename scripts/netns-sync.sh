@@ -9,23 +9,28 @@
 #   2. creates network namespace $NETNS with its loopback up and a TAP device
 #      $TAP carrying $HOST_ADDR/24 (the kernel's end of the link; the client's
 #      embassy-net stack is the other end, with $DEVICE_ADDR/24);
-#   3. enrols the client's device id (`constellation device add`, which
-#      prints its key once) and starts `constellation serve --admin` inside
-#      the namespace (authentication on), bound to $HOST_ADDR:$PORT, with a
-#      fresh redb file in a temporary directory;
+#   3. enrols two device ids (`constellation device add`, which prints each
+#      key once), writes the TLS PSK of the second (`constellation device
+#      tls-psk`, ID:HEX) to a mode-0600 file, and starts `constellation serve
+#      --admin` inside the namespace (authentication on), bound to
+#      $HOST_ADDR:$PORT, with a fresh redb file in a temporary directory;
 #   4. runs the client inside the namespace for $SYNCS syncs of the real
-#      sync client, every request signed with that key (patterns drifting
-#      between syncs), bounded in time
-#      ($CLIENT_TIMEOUT seconds); the client then reads the server's state
-#      back (GET /api/v1/devices/{id}/patterns) and checks that the server
-#      holds exactly its acked revisions and codes;
-#   5. passes only if the client exits 0 (every check passed);
-#   If the server answers the first sync `422 unknown_codebook` (a
-#   Constellation built without the codec), it says so loudly and runs the
-#   HTTP checks against `embassy-test-server` instead ($ROUNDS rounds). With
-#   SERVER=test it runs only those.
-#   6. always stops the server and deletes the namespace (trap), which also
-#      removes the TAP device.
+#      sync client over plain HTTP, every request signed with the first key
+#      (patterns drifting between syncs), bounded in time ($CLIENT_TIMEOUT
+#      seconds); the client then reads the server's state back
+#      (GET /api/v1/devices/{id}/patterns) and checks that the server holds
+#      exactly its acked revisions and codes;
+#   5. starts stunnel in the namespace as a TLS 1.3 PSK terminator on
+#      $HOST_ADDR:$TLS_PORT in front of the server, and runs the client again
+#      as the second device with the `tls` transport: a handshake with a
+#      wrong key must fail (`Error::Tls`), then $SYNCS syncs and the same
+#      read-back, all through TLS;
+#   6. runs the transport's HTTP edge cases against `embassy-test-server`
+#      ($ROUNDS rounds: echo, chunked, oversize, 503, refused connection);
+#      with SERVER=test only these;
+#   passes only if every client run exits 0 (every check passed);
+#   7. always stops the server and stunnel and deletes the namespace (trap),
+#      which also removes the TAP device.
 # No route leaves the namespace: it has no other interface, so traffic never
 # reaches the host or any network.
 #
@@ -42,6 +47,9 @@
 #   ROUNDS          HTTP check rounds against the test server [3]
 #   CLIENT_TIMEOUT  hard bound on the client run, seconds [60]
 #   NETNS TAP HOST_ADDR DEVICE_ADDR PORT   [omega-sync-$$ omtap0 10.77.0.1 10.77.0.2 8080]
+#   TLS_PORT        the TLS terminator's port [8443]
+#   DEVICE TLS_DEVICE   device ids [stb-netns-embassy-0001 stb-netns-embassy-tls-0002]
+#   STUNNEL         the stunnel binary [stunnel4 or stunnel on PATH]
 #   CARGO_PROFILE   debug or release [debug]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +63,9 @@ ROUNDS=${ROUNDS:-3}
 SYNCS=${SYNCS:-5}
 SERVER=${SERVER:-constellation}
 CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-60}
+TLS_PORT=${TLS_PORT:-8443}
+DEVICE=${DEVICE:-stb-netns-embassy-0001}
+TLS_DEVICE=${TLS_DEVICE:-stb-netns-embassy-tls-0002}
 CARGO_PROFILE=${CARGO_PROFILE:-debug}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN="$TARGET_DIR/$CARGO_PROFILE"
@@ -73,6 +84,12 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+STUNNEL=${STUNNEL:-$(command -v stunnel4 || command -v stunnel || true)}
+if [ "$SERVER" = constellation ] && [ -z "$STUNNEL" ]; then
+    banner "netns-sync: FAILED: stunnel is missing (scripts/setup.sh installs stunnel4): the TLS PSK sync cannot run"
+    exit 1
+fi
+
 release_flag=()
 [ "$CARGO_PROFILE" = release ] && release_flag=(--release)
 cargo build -q "${release_flag[@]}" -p omega-tv-sync-examples --bin embassy-client --bin embassy-test-server
@@ -82,7 +99,13 @@ fi
 
 server_pid=""
 tmp=$(mktemp -d)
+stunnel_pid=""
 stop_server() {
+    if [ -n "$stunnel_pid" ]; then
+        kill "$stunnel_pid" 2>/dev/null || true
+        wait "$stunnel_pid" 2>/dev/null || true
+        stunnel_pid=""
+    fi
     if [ -n "$server_pid" ]; then
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
@@ -132,23 +155,45 @@ run_client() {
 }
 
 if [ "$SERVER" = constellation ]; then
-    key=$(target/release/constellation device add --db "$tmp/ns.redb" stb-netns-embassy-0001 |
-        awk '$1 == "stb-netns-embassy-0001" { print $2 }')
-    [ ${#key} -eq 64 ] || { echo "netns-sync: FAILED: enrolment printed no key" >&2; exit 1; }
+    keys=$(target/release/constellation device add --db "$tmp/ns.redb" "$DEVICE" "$TLS_DEVICE")
+    key=$(awk -v d="$DEVICE" '$1 == d { print $2 }' <<<"$keys")
+    tls_key=$(awk -v d="$TLS_DEVICE" '$1 == d { print $2 }' <<<"$keys")
+    [ ${#key} -eq 64 ] && [ ${#tls_key} -eq 64 ] ||
+        { echo "netns-sync: FAILED: enrolment printed no key" >&2; exit 1; }
+    # The TLS terminator's PSK file (ID:HEX, what the TLS device derives).
+    (umask 077 && target/release/constellation device tls-psk --db "$tmp/ns.redb" "$TLS_DEVICE" >"$tmp/psk.txt")
     start_server target/release/constellation serve --db "$tmp/ns.redb" \
         --listen "$HOST_ADDR:$PORT" --admin --log-level warn
-    run_client --syncs "$SYNCS" --key "$key"
-    stop_server
-    if [ "$rc" -eq 0 ]; then
-        echo "netns-sync: passed ($SYNCS syncs with Constellation, server state checked)"
-        exit 0
-    fi
-    if [ "$rc" -ne 3 ]; then
-        echo "netns-sync: FAILED: client exited with $rc" >&2
+
+    # 1. Plain HTTP.
+    run_client --syncs "$SYNCS" --key "$key" --device "$DEVICE"
+    if [ "$rc" -ne 0 ]; then
+        echo "netns-sync: FAILED: plain client exited with $rc" >&2
         exit 1
     fi
-    banner "netns-sync: this Constellation build has no codec (422 unknown_codebook): running the HTTP checks against embassy-test-server instead"
+
+    # 2. TLS 1.3 with a pre-shared key, through stunnel in the namespace.
+    printf '%s\n' "foreground = yes" "pid =" "debug = 3" "[constellation-tls]" \
+        "accept = $HOST_ADDR:$TLS_PORT" "connect = $HOST_ADDR:$PORT" \
+        "PSKsecrets = $tmp/psk.txt" "ciphers = PSK" "sslVersionMin = TLSv1.3" >"$tmp/stunnel.conf"
+    echo "netns-sync: TLS terminator: $STUNNEL on $HOST_ADDR:$TLS_PORT -> $HOST_ADDR:$PORT"
+    ip netns exec "$NETNS" "$STUNNEL" "$tmp/stunnel.conf" 2>"$tmp/stunnel.log" &
+    stunnel_pid=$!
+    for _ in $(seq 1 100); do
+        if nsx ss -ltn 2>/dev/null | grep -q "$HOST_ADDR:$TLS_PORT"; then break; fi
+        sleep 0.1
+    done
+    run_client --syncs "$SYNCS" --key "$tls_key" --device "$TLS_DEVICE" --tls-port "$TLS_PORT"
+    stop_server
+    if [ "$rc" -ne 0 ]; then
+        echo "netns-sync: FAILED: TLS client exited with $rc; stunnel said:" >&2
+        cat "$tmp/stunnel.log" >&2
+        exit 1
+    fi
+    echo "netns-sync: constellation: $SYNCS syncs over HTTP and $SYNCS over TLS 1.3 PSK, server state checked"
 fi
+
+# 3. The transport's HTTP edge cases against the test server.
 
 server_cmd=${SERVER_CMD//\{ADDR\}/$HOST_ADDR:$PORT}
 # shellcheck disable=SC2086 # the command line is meant to be split
@@ -158,4 +203,8 @@ if [ "$rc" -ne 0 ]; then
     echo "netns-sync: FAILED: client exited with $rc" >&2
     exit 1
 fi
-echo "netns-sync: passed (HTTP checks against embassy-test-server)"
+if [ "$SERVER" = constellation ]; then
+    echo "netns-sync: passed ($SYNCS syncs over HTTP and $SYNCS over TLS 1.3 PSK with Constellation, server state checked; HTTP edge cases against embassy-test-server)"
+else
+    echo "netns-sync: passed (HTTP checks against embassy-test-server)"
+fi

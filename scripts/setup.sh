@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the checks need beyond the Rust toolchain: the Cortex-M target,
-# the ARM C cross compiler and newlib (zstd-sys), and QEMU. Idempotent; run as
+# the ARM C cross compiler and newlib (zstd-sys), QEMU, and stunnel (the TLS
+# PSK terminator of the netns test). Idempotent; run as
 # root (or with sudo available) on Debian.
 set -uo pipefail
 
@@ -18,6 +19,8 @@ need=()
 command -v arm-none-eabi-gcc >/dev/null || need+=(gcc-arm-none-eabi)
 [ -e /usr/lib/arm-none-eabi/include/string.h ] || need+=(libnewlib-arm-none-eabi)
 command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
+# The TLS 1.3 PSK terminator of scripts/netns-sync.sh.
+command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need+=(stunnel4)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -87,7 +87,28 @@ impl DeviceKey {
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
+
+    /// The device's TLS 1.3 pre-shared key: HMAC-SHA256(key,
+    /// [`TLS_PSK_DOMAIN`]), 32 bytes. Its identity is the device id.
+    ///
+    /// Derived, so enrolment hands out one secret; a different value from
+    /// the signing key, so the TLS terminator that holds PSKs cannot sign
+    /// requests. `constellation device tls-psk` prints the same value.
+    pub fn tls_psk(&self) -> [u8; 32] {
+        // HMAC takes keys of any length: `new_from_slice` cannot fail, and a
+        // failure would only yield a PSK no server accepts.
+        match HmacSha256::new_from_slice(&self.0) {
+            Ok(mut mac) => {
+                mac.update(TLS_PSK_DOMAIN);
+                mac.finalize().into_bytes().into()
+            }
+            Err(_) => [0; 32],
+        }
+    }
 }
+
+/// The message [`DeviceKey::tls_psk`] authenticates.
+pub const TLS_PSK_DOMAIN: &[u8] = b"OTS1 tls-psk";
 
 impl core::fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -281,6 +302,19 @@ mod tests {
         let h = format_header(42, &sig, &mut buf);
         assert_eq!(h, std::format!("OTS1-HMAC-SHA256 counter=42,sig={SIG_HEX}"));
         assert_eq!(parse_header(h.as_bytes()).unwrap(), (42, sig));
+    }
+
+    /// The TLS PSK of the documented key, computed with Python's `hmac`.
+    #[test]
+    fn tls_psk_matches_the_documented_vector() {
+        let mut want = [0u8; 32];
+        decode_hex(
+            b"c1d522085c4dc365c0358d00d2aa9d0c2db20e6f66bf86ffe380a3498970eed1",
+            &mut want,
+        )
+        .unwrap();
+        assert_eq!(key().tls_psk(), want);
+        assert_ne!(&key().tls_psk(), key().as_bytes());
     }
 
     #[test]

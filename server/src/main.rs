@@ -33,6 +33,11 @@ enum DeviceCmd {
     Add(DeviceArgs),
     /// Revoke devices: their requests are refused until enrolled again.
     Remove(DeviceArgs),
+    /// Print enrolled devices' TLS pre-shared keys as `ID:HEX` lines, the
+    /// `PSKsecrets` format of a TLS 1.3 PSK terminator such as stunnel
+    /// (the device derives the same key, `DeviceKey::tls_psk`). Keep the
+    /// output as secret as the master secret.
+    TlsPsk(DeviceArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -47,6 +52,51 @@ struct DeviceArgs {
     /// Device ids.
     #[arg(required = true)]
     ids: Vec<String>,
+}
+
+/// `ID:HEX` for each enrolled, unrevoked device in `args.ids`; fails (and
+/// prints nothing) if any is not enrolled or the master secret is missing.
+fn print_tls_psks(
+    store: &constellation::store::redb::RedbStore,
+    args: &DeviceArgs,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let path = master_path(&args.db, &args.master_secret);
+    if !path.exists() {
+        eprintln!(
+            "constellation: no master secret at {}: enrol devices first",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let master = match constellation::MasterSecret::load_or_create(&path) {
+        Ok((m, _)) => m,
+        Err(e) => {
+            eprintln!("constellation: master secret {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut lines = Vec::with_capacity(args.ids.len());
+    for id in &args.ids {
+        match constellation::auth::enrolment(store, id) {
+            Ok(Some(e)) if !e.revoked => {
+                let psk = master.device_key(id, e.generation).tls_psk();
+                lines.push(format!("{id}:{}", constellation::auth::hex(&psk)));
+            }
+            Ok(_) => {
+                eprintln!("constellation: {id} is not enrolled (or revoked)");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("constellation: reading {id}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn master_path(db: &std::path::Path, flag: &Option<PathBuf>) -> PathBuf {
@@ -133,9 +183,16 @@ fn parse_range(s: &str) -> Result<(u32, u32), String> {
 fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
     use constellation::store::redb::{RedbOptions, RedbStore};
     use std::process::ExitCode;
-    let (add, args) = match cmd {
-        DeviceCmd::Add(a) => (true, a),
-        DeviceCmd::Remove(a) => (false, a),
+    #[derive(PartialEq)]
+    enum Op {
+        Add,
+        Remove,
+        TlsPsk,
+    }
+    let (op, args) = match cmd {
+        DeviceCmd::Add(a) => (Op::Add, a),
+        DeviceCmd::Remove(a) => (Op::Remove, a),
+        DeviceCmd::TlsPsk(a) => (Op::TlsPsk, a),
     };
     for id in &args.ids {
         if let Err(e) = constellation::sync::check_device_id(Some(id.as_bytes())) {
@@ -161,7 +218,10 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
         }
     };
     let code = rt.block_on(async {
-        if add {
+        if op == Op::TlsPsk {
+            return print_tls_psks(&store, &args);
+        }
+        if op == Op::Add {
             let path = master_path(&args.db, &args.master_secret);
             let master = match constellation::MasterSecret::load_or_create(&path) {
                 Ok((m, created)) => {

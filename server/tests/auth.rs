@@ -365,6 +365,20 @@ fn cli_enrols_and_serve_requires_signatures() {
     for (_, k) in &keys {
         assert!(!raw_db.windows(32).any(|w| w == k.as_bytes()));
     }
+    // The TLS PSKs the terminator needs: the ones the devices derive.
+    let out = Command::new(bin)
+        .args(["device", "tls-psk", "--db"])
+        .arg(&db)
+        .args(["tv-1", "tv-2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let want: Vec<String> = keys
+        .iter()
+        .map(|(id, k)| format!("{id}:{}", constellation::auth::hex(&k.tls_psk())))
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), want);
     let out = Command::new(bin)
         .args(["device", "remove", "--db"])
         .arg(&db)
@@ -372,6 +386,15 @@ fn cli_enrols_and_serve_requires_signatures() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // A revoked (or unknown) device has no PSK, and nothing is printed.
+    let out = Command::new(bin)
+        .args(["device", "tls-psk", "--db"])
+        .arg(&db)
+        .args(["tv-1", "tv-2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
 
     let mut child = std::process::Command::new(bin)
         .args(["serve", "--db"])

@@ -4,7 +4,8 @@
 //! only with a TAP device instead of an Ethernet MAC.
 //!
 //! ```text
-//! embassy-client --tap TAP --addr 10.77.0.2/24 --server 10.77.0.1:8080 [--rounds N] [--syncs N] [--key HEX]
+//! embassy-client --tap TAP --addr 10.77.0.2/24 --server 10.77.0.1:8080 [--rounds N]
+//!                [--syncs N --key HEX [--device ID] [--tls-port PORT]]
 //! ```
 //!
 //! Run by `scripts/netns-sync.sh` inside a private network namespace (a TAP
@@ -19,7 +20,11 @@
 //!   revision and integer codes there equal what the client holds as
 //!   acknowledged. Exit code 3 (and nothing else checked) when the server
 //!   answers the first sync `422 unknown_codebook`: a server built without
-//!   the codec.
+//!   the codec. With `--tls-port`, everything goes through
+//!   `EmbassyTlsTransport` (TLS 1.3, the PSK derived from `--key`, identity
+//!   the device id, 4 KiB records) to that port of the server's address (a
+//!   TLS PSK terminator in front of Constellation); first a handshake with
+//!   a wrong key must fail with `Error::Tls`.
 //! - otherwise (against `embassy-test-server`): `--rounds` rounds of HTTP
 //!   exchanges, each checked: binary POST bodies echoed back, a chunked
 //!   response decoded, oversize responses (fixed-length and chunked)
@@ -37,8 +42,10 @@ use omega_tv_sync::sync::{Config as SyncConfig, Outcome, SyncClient, SyncError};
 use omega_tv_sync::{
     Category, DeviceId, Embedding, Method, Pattern, PatternId, Request, Transport, DIM,
 };
+use omega_tv_sync_embassy::tls::{RECOMMENDED_READ_BUFFER, RECOMMENDED_WRITE_BUFFER};
 use omega_tv_sync_embassy::{
-    Buffers, Config, EmbassyTransport, Error, RECOMMENDED_HEADER_BUFFER, RECOMMENDED_TCP_BUFFER,
+    Buffers, Config, EmbassyTlsTransport, EmbassyTransport, Error, Psk, TlsBuffers,
+    RECOMMENDED_HEADER_BUFFER, RECOMMENDED_TCP_BUFFER,
 };
 use omega_tv_sync_examples::{pattern_bytes, BIG_LEN, CHUNKED_LEN};
 use static_cell::StaticCell;
@@ -56,6 +63,10 @@ struct Args {
     /// The device key (`constellation device add` printed it): requests are
     /// signed with it.
     key: Option<omega_tv_sync::DeviceKey>,
+    /// The sync mode's device id.
+    device: String,
+    /// Sync over TLS (PSK) to this port.
+    tls_port: Option<u16>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -65,6 +76,8 @@ fn parse_args() -> Result<Args, String> {
     let mut rounds = 3usize;
     let mut syncs = None;
     let mut key = None;
+    let mut device = SYNC_DEVICE.to_string();
+    let mut tls_port = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -100,6 +113,13 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| "--key wants 64 hex digits")?,
                 );
             }
+            "--device" => {
+                DeviceId::new(&value).map_err(|e| format!("--device: {e:?}"))?;
+                device = value;
+            }
+            "--tls-port" => {
+                tls_port = Some(value.parse().map_err(|e| format!("--tls-port: {e}"))?);
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -110,6 +130,8 @@ fn parse_args() -> Result<Args, String> {
         rounds,
         syncs,
         key,
+        device,
+        tls_port,
     })
 }
 
@@ -181,8 +203,31 @@ async fn main(spawner: Spawner) {
     );
 
     let mut checks = Checks::default();
+    if let (Some(n), Some(port)) = (args.syncs, args.tls_port) {
+        let Some(key) = args.key.clone() else {
+            eprintln!("embassy-client: --tls-port needs --key");
+            std::process::exit(2);
+        };
+        let code = run_tls_sync(stack, &args, port, key, n, &mut checks).await;
+        println!(
+            "embassy-client: {} passed, {} failed",
+            checks.passed, checks.failed
+        );
+        std::process::exit(code.unwrap_or(if checks.failed == 0 && checks.passed > 0 {
+            0
+        } else {
+            1
+        }));
+    }
     if let Some(n) = args.syncs {
-        let code = run_sync(&mut transport, n, args.key.clone(), &mut checks).await;
+        let code = run_sync(
+            &mut transport,
+            &args.device,
+            n,
+            args.key.clone(),
+            &mut checks,
+        )
+        .await;
         println!(
             "embassy-client: {} passed, {} failed",
             checks.passed, checks.failed
@@ -220,6 +265,95 @@ async fn main(spawner: Spawner) {
     } else {
         1
     });
+}
+
+/// The sync mode over TLS: a handshake with a wrong key must fail, then
+/// `n` syncs and the read-back, as [`run_sync`], through
+/// [`EmbassyTlsTransport`].
+async fn run_tls_sync(
+    stack: embassy_net::Stack<'static>,
+    args: &Args,
+    port: u16,
+    key: omega_tv_sync::DeviceKey,
+    n: usize,
+    checks: &mut Checks,
+) -> Option<i32> {
+    let host = format!("{}:{port}", args.server.0);
+    let mut cfg = Config::new((args.server.0, port).into(), &host);
+    cfg.timeout = Duration::from_secs(5);
+    let mut tcp_rx = [0u8; RECOMMENDED_TCP_BUFFER];
+    let mut tcp_tx = [0u8; RECOMMENDED_TCP_BUFFER];
+    let mut header = [0u8; RECOMMENDED_HEADER_BUFFER];
+    let mut record_read = [0u8; RECOMMENDED_READ_BUFFER];
+    let mut record_write = [0u8; RECOMMENDED_WRITE_BUFFER];
+    let identity = args.device.as_bytes();
+
+    // A wrong key: the terminator refuses the handshake.
+    let wrong = omega_tv_sync::DeviceKey::new([0x5a; 32]).tls_psk();
+    let refused = EmbassyTlsTransport::new(
+        stack,
+        cfg,
+        Buffers {
+            tcp_rx: &mut tcp_rx,
+            tcp_tx: &mut tcp_tx,
+            header: &mut header,
+        },
+        TlsBuffers {
+            record_read: &mut record_read,
+            record_write: &mut record_write,
+        },
+        Psk {
+            identity,
+            key: &wrong,
+        },
+        rand_core::OsRng,
+    );
+    match refused {
+        Ok(mut t) => {
+            let mut buf = [0u8; 256];
+            let r = t.send(get("/api/v1/health"), &mut buf).await;
+            checks.check(
+                &format!("TLS with a wrong PSK -> Error::Tls ({r:?})"),
+                r == Err(Error::Tls),
+            );
+        }
+        Err(e) => checks.check(&format!("TLS transport: {e:?}"), false),
+    }
+
+    let psk = key.tls_psk();
+    let mut transport = match EmbassyTlsTransport::new(
+        stack,
+        cfg,
+        Buffers {
+            tcp_rx: &mut tcp_rx,
+            tcp_tx: &mut tcp_tx,
+            header: &mut header,
+        },
+        TlsBuffers {
+            record_read: &mut record_read,
+            record_write: &mut record_write,
+        },
+        Psk {
+            identity,
+            key: &psk,
+        },
+        rand_core::OsRng,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            checks.check(&format!("TLS transport: {e:?}"), false);
+            return None;
+        }
+    };
+    checks.check(
+        &format!(
+            "TLS asks for {:?} records ({} B read buffer)",
+            transport.max_fragment_length(),
+            RECOMMENDED_READ_BUFFER
+        ),
+        transport.max_fragment_length().is_some(),
+    );
+    run_sync(&mut transport, &args.device, n, Some(key), checks).await
 }
 
 #[derive(Default)]
@@ -309,7 +443,10 @@ fn env_logger_lite() {
     struct L;
     impl log::Log for L {
         fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::max_level()
+            // embedded-tls warns on every connection that the read buffer is
+            // below 16,640 B; the transport asks the server for records
+            // that fit it (max_fragment_length), so that warning is noise.
+            m.level() <= log::max_level() && m.target() != "embedded_tls::record_reader"
         }
         fn log(&self, r: &log::Record) {
             if self.enabled(r.metadata()) {
@@ -333,7 +470,7 @@ fn env_logger_lite() {
 
 /// Patterns the sync mode keeps (real vectors, rows `0..SYNC_PATTERNS`).
 const SYNC_PATTERNS: usize = 6;
-/// Device id of the sync mode.
+/// Device id of the sync mode (default of `--device`).
 const SYNC_DEVICE: &str = "stb-netns-embassy-0001";
 
 fn rows(path: &str, n: usize) -> Result<Vec<Embedding>, String> {
@@ -368,6 +505,7 @@ fn drifted(pats: &[Embedding], items: &[Embedding], i: usize, k: usize) -> Optio
 /// Returns `Some(3)` when the server has no codec yet.
 async fn run_sync<T: Transport<Error = Error>>(
     t: &mut T,
+    device: &str,
     n: usize,
     key: Option<omega_tv_sync::DeviceKey>,
     checks: &mut Checks,
@@ -383,7 +521,7 @@ async fn run_sync<T: Transport<Error = Error>>(
             return None;
         }
     };
-    let (Ok(cb), Ok(id)) = (minilm_v1(), DeviceId::new(SYNC_DEVICE)) else {
+    let (Ok(cb), Ok(id)) = (minilm_v1(), DeviceId::new(device)) else {
         checks.check("codebook and device id", false);
         return None;
     };
@@ -448,7 +586,7 @@ async fn run_sync<T: Transport<Error = Error>>(
     }
 
     // Read back what the server holds.
-    let path = format!("/api/v1/devices/{SYNC_DEVICE}/patterns");
+    let path = format!("/api/v1/devices/{device}/patterns");
     let mut buf = vec![0u8; 256 * 1024];
     let r = t
         .send(

@@ -37,20 +37,21 @@
 //! the socket's inactivity timeout is set to the same value. On expiry the
 //! connection is aborted and [`Error::Timeout`] returned.
 //!
-//! ## TLS: not implemented yet
-//! Only plain HTTP exists today. The intended design: a `tls` feature with
-//! TLS 1.3 and a pre-shared key through embedded-tls 0.18 (the version
-//! reqwless 0.14 uses; `TLS_AES_128_GCM_SHA256`, no certificate parsing on
-//! the device). [`exchange`] is already generic over the connection, so the
-//! TLS transport wraps the `TcpSocket` in an `embedded_tls::TlsConnection`
-//! (two more caller buffers for TLS records, 16,640 B each for full-size
-//! records) and calls the same function.
+//! ## TLS (feature `tls`)
+//! [`EmbassyTlsTransport`] runs the same [`exchange`] inside a TLS 1.3
+//! session with a pre-shared key (embedded-tls 0.19,
+//! `TLS_AES_128_GCM_SHA256`, an ephemeral P-256 key exchange, no
+//! certificate parsing on the device). It needs two more caller buffers for
+//! TLS records; a read buffer smaller than a full record (16,645 B) makes it
+//! ask the server for smaller records (`max_fragment_length`). See the
+//! [`tls`] module for the sizes, and `docs/memory.md` for the figures.
 //!
 //! ## Features
 //! | feature | effect |
 //! |---|---|
 //! | `defmt` | `defmt::Format` for [`Error`] |
 //! | `log` | a `debug!` line per exchange through the `log` crate |
+//! | `tls` | [`EmbassyTlsTransport`]: TLS 1.3 with a pre-shared key |
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -60,6 +61,8 @@
 )]
 
 mod http;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpEndpoint, Stack};
@@ -67,6 +70,8 @@ use embassy_time::{with_timeout, Duration};
 use omega_tv_sync::{Request, Response, Transport};
 
 pub use http::{exchange, parse_retry_after};
+#[cfg(feature = "tls")]
+pub use tls::{EmbassyTlsTransport, Psk, TlsBuffers};
 
 /// Recommended size of each TCP buffer (`tcp_rx`, `tcp_tx`).
 pub const RECOMMENDED_TCP_BUFFER: usize = 1024;
@@ -94,6 +99,10 @@ pub enum Error {
     ConnectionClosed,
     /// The exchange took longer than [`Config::timeout`].
     Timeout,
+    /// The TLS handshake failed: the server refused the pre-shared key (a
+    /// wrong key or identity), is not a TLS 1.3 PSK server, or sent a
+    /// record larger than the read buffer. Feature `tls` only.
+    Tls,
 
     // ---- resource ----
     /// The response head (status line + headers) does not fit the header
@@ -109,6 +118,9 @@ pub enum Error {
     /// request field is not valid HTTP (a path that does not start with `/`,
     /// a header holding CR, LF or NUL).
     InvalidRequest,
+    /// A TLS record buffer is below its minimum (see the `tls` module).
+    /// Feature `tls` only.
+    TlsBufferTooSmall,
 
     // ---- peer ----
     /// The response is not valid HTTP/1.1 (bad status line, bad chunk
@@ -123,11 +135,13 @@ impl core::fmt::Display for Error {
             Error::Network(k) => write!(f, "network error: {k:?}"),
             Error::ConnectionClosed => f.write_str("connection closed early"),
             Error::Timeout => f.write_str("timed out"),
+            Error::Tls => f.write_str("TLS handshake failed"),
             Error::HeaderTooLarge => f.write_str("response head larger than the header buffer"),
             Error::ResponseTooLarge { limit } => {
                 write!(f, "response body larger than the {limit} B buffer")
             }
             Error::InvalidRequest => f.write_str("invalid request"),
+            Error::TlsBufferTooSmall => f.write_str("TLS record buffer too small"),
             Error::Protocol => f.write_str("malformed HTTP response"),
         }
     }
@@ -140,7 +154,10 @@ impl Error {
     pub const fn is_resource(self) -> bool {
         matches!(
             self,
-            Error::HeaderTooLarge | Error::ResponseTooLarge { .. } | Error::InvalidRequest
+            Error::HeaderTooLarge
+                | Error::ResponseTooLarge { .. }
+                | Error::InvalidRequest
+                | Error::TlsBufferTooSmall
         )
     }
 }
