@@ -1,6 +1,8 @@
 //! The device: the real `SyncClient::exchange` over the embassy transport
-//! on stack A, once per [`RUNS`] entry, then (feature `tls`) once through
-//! `EmbassyTlsTransport` against the same plain peer.
+//! on stack A, once per [`RUNS`] entry; then (feature `tls`) through
+//! `EmbassyTlsTransport`, against the plain peer (the handshake must fail)
+//! and (feature `tls-peer`) against the TLS peer (a full handshake and a
+//! sync).
 
 use core::cell::Cell;
 use core::future::poll_fn;
@@ -88,18 +90,27 @@ pub const PHASE_SETUP: usize = 0;
 pub const PHASE_FILL: usize = 1;
 /// `PHASE_EXCHANGE + 2k`: exchange `RUNS[k]`.
 pub const PHASE_EXCHANGE: usize = 2;
-/// The TLS attempt.
+/// The TLS transport against the plain peer (ClientHello only).
 pub const PHASE_TLS: usize = 1 + 2 * RUNS.len();
+/// Fill the client again for the sync over TLS.
+#[cfg(feature = "tls-peer")]
+pub const PHASE_TLS_FILL: usize = PHASE_TLS + 1;
+/// The sync over TLS: full handshake, then the exchange.
+#[cfg(feature = "tls-peer")]
+pub const PHASE_TLS_EXCHANGE: usize = PHASE_TLS + 2;
 /// Number of phases.
-pub const PHASES: usize = PHASE_TLS + cfg!(feature = "tls") as usize;
+pub const PHASES: usize =
+    PHASE_TLS + cfg!(feature = "tls") as usize + 2 * cfg!(feature = "tls-peer") as usize;
 /// What each phase is called in the output.
-pub const PHASE_NAMES: [&str; 1 + 2 * RUNS.len() + 1] = [
+pub const PHASE_NAMES: [&str; PHASE_TLS + 3] = [
     "setup",
     "fill_v1(harness)",
     "exchange_v1_content_length",
     "fill_small(harness)",
     "exchange_small_chunked",
-    "tls_client_hello",
+    "tls_client_hello_vs_plain_peer",
+    "fill_v1_tls(harness)",
+    "exchange_v1_tls_full_handshake",
 ];
 
 /// `size_of` of the device's futures on the target.
@@ -198,11 +209,7 @@ pub async fn run(
         exchange(c, stack, m, client, &mut sizes).await;
     }
     #[cfg(feature = "tls")]
-    {
-        enter(shared, PHASE_TLS).await;
-        peer_listening(shared, RUNS.len() as u32 + 1).await;
-        tls(c, stack, m, client, &mut sizes).await;
-    }
+    tls(c, stack, m, client, shared, &mut sizes).await;
     enter(shared, PHASE_SETUP).await;
     sizes
 }
@@ -254,7 +261,7 @@ const WANT: Summary = Summary {
 #[inline(never)]
 fn fill(c: &mut Checks, client: &mut Client, run: &Run) -> bool {
     cortex_m_semihosting::hprintln!(
-        "exchange: {} over EmbassyTransport, response body framed by {:?}",
+        "sync: {}, response body framed by {:?}",
         run.name,
         run.framing
     );
@@ -330,28 +337,17 @@ fn future_sizes<T: Transport, S: GlobalSink>(
     (t, send, exchange)
 }
 
-/// The TLS transport against the plain peer: the ClientHello (with its
-/// P-256 key generation) runs on the target; the peer answers it with an
-/// HTTP 400, which is no TLS record, so the handshake fails with
-/// `Error::Tls` and the request stays in flight.
+/// `EmbassyTlsTransport` over `m`'s buffers (4 KiB records), with the
+/// sync client's `tx` and `rx`.
 #[cfg(feature = "tls")]
-async fn tls(
-    c: &mut Checks,
+fn tls_transport<'b>(
     stack: Stack<'static>,
-    m: &mut Memory,
-    client: &mut Client,
-    sizes: &mut Sizes,
-) {
-    use omega_tv_sync::sync::SyncError;
-    use omega_tv_sync_embassy::{EmbassyTlsTransport, Error, Psk, TlsBuffers};
-    cortex_m_semihosting::hprintln!(
-        "TLS: EmbassyTlsTransport (4 KiB records) against the plain peer"
-    );
-    let psk = omega_tv_sync::DeviceKey::new(DEVICE_KEY).tls_psk();
-    let Ok(cfg) = config(false) else {
-        c.check("  config", false);
-        return;
-    };
+    m: &'b mut Memory,
+    identity: &'b str,
+    psk: &'b [u8; 32],
+    seed: u64,
+) -> Result<(TlsTransport<'b>, &'b mut [u8], &'b mut [u8]), omega_tv_sync_embassy::Error> {
+    use omega_tv_sync_embassy::{EmbassyTlsTransport, Psk, TlsBuffers};
     let Memory {
         tx,
         rx,
@@ -374,30 +370,115 @@ async fn tls(
             record_write,
         },
         Psk {
-            identity: cfg.device_id.as_str().as_bytes(),
-            key: &psk,
+            identity: identity.as_bytes(),
+            key: psk,
         },
-        crate::rng::TestRng::new(0x6f6d_6567_612d_7476),
+        crate::rng::TestRng::new(seed),
+    )?;
+    Ok((t, tx, rx))
+}
+
+#[cfg(feature = "tls")]
+type TlsTransport<'b> =
+    omega_tv_sync_embassy::EmbassyTlsTransport<'static, 'b, crate::rng::TestRng>;
+
+/// The TLS transport against the plain peer: the ClientHello (with its
+/// P-256 key generation) runs on the target; the peer answers it with an
+/// HTTP 400, which is no TLS record, so the handshake fails with
+/// `Error::Tls` and the request stays in flight. Then (feature `tls-peer`)
+/// `tls_sync`.
+#[cfg(feature = "tls")]
+async fn tls(
+    c: &mut Checks,
+    stack: Stack<'static>,
+    m: &mut Memory,
+    client: &mut Client,
+    shared: &Shared,
+    sizes: &mut Sizes,
+) {
+    use omega_tv_sync::sync::SyncError;
+    use omega_tv_sync_embassy::Error;
+    let psk = omega_tv_sync::DeviceKey::new(DEVICE_KEY).tls_psk();
+    let Ok(cfg) = config(false) else {
+        c.check("  config", false);
+        return;
+    };
+    let id = cfg.device_id.as_str();
+
+    enter(shared, PHASE_TLS).await;
+    peer_listening(shared, RUNS.len() as u32 + 1).await;
+    cortex_m_semihosting::hprintln!(
+        "TLS: EmbassyTlsTransport (4 KiB records) against the plain HTTP peer"
     );
-    let mut t = match t {
-        Ok(t) => t,
+    match tls_transport(stack, m, id, &psk, 0x6f6d_6567_612d_7476) {
+        Ok((mut t, tx, rx)) => {
+            (sizes.tls_transport, sizes.tls_send, sizes.tls_exchange) =
+                future_sizes(client, &mut t, tx, rx, &mut ());
+            let before = client.pending();
+            let r = client.exchange(&mut t, tx, rx, NOW_MS, &mut ()).await;
+            if let Err(e) = &r {
+                cortex_m_semihosting::hprintln!("  exchange over TLS: {:?}", e);
+            }
+            c.check(
+                "  handshake with a plain HTTP peer fails with Error::Tls, request kept",
+                matches!(r, Err(SyncError::Transport(Error::Tls)))
+                    && client.in_flight().is_some()
+                    && client.pending() == before,
+            );
+        }
         Err(e) => {
             cortex_m_semihosting::hprintln!("  EmbassyTlsTransport::new: {:?}", e);
             c.check("  TLS transport", false);
-            return;
         }
-    };
-    (sizes.tls_transport, sizes.tls_send, sizes.tls_exchange) =
-        future_sizes(client, &mut t, tx, rx, &mut ());
-    let before = client.pending();
-    let r = client.exchange(&mut t, tx, rx, NOW_MS, &mut ()).await;
-    if let Err(e) = &r {
-        cortex_m_semihosting::hprintln!("  exchange over TLS: {:?}", e);
     }
-    c.check(
-        "  handshake with a plain HTTP peer fails with Error::Tls, request kept",
-        matches!(r, Err(SyncError::Transport(Error::Tls)))
-            && client.in_flight().is_some()
-            && client.pending() == before,
+
+    #[cfg(feature = "tls-peer")]
+    tls_sync(c, stack, m, client, shared, id, &psk).await;
+}
+
+/// A full handshake with the TLS peer, then the sync inside the session.
+#[cfg(feature = "tls-peer")]
+async fn tls_sync(
+    c: &mut Checks,
+    stack: Stack<'static>,
+    m: &mut Memory,
+    client: &mut Client,
+    shared: &Shared,
+    id: &str,
+    psk: &[u8; 32],
+) {
+    enter(shared, PHASE_TLS_FILL).await;
+    let run = &RUNS[0];
+    cortex_m_semihosting::hprintln!(
+        "TLS: full handshake with the TLS peer, then the sync inside it"
     );
+    if !fill(c, client, run) {
+        return;
+    }
+    enter(shared, PHASE_TLS_EXCHANGE).await;
+    peer_listening(shared, RUNS.len() as u32 + 2).await;
+    match tls_transport(stack, m, id, psk, 0x7473_796e_632d_746c) {
+        Ok((mut t, tx, rx)) => {
+            let mut sink = Sink {
+                upserts: 0,
+                removed: None,
+                trends: 0,
+                ok: true,
+            };
+            let r = client.exchange(&mut t, tx, rx, NOW_MS, &mut sink).await;
+            if let Err(e) = &r {
+                cortex_m_semihosting::hprintln!("  exchange over TLS: {:?}", e);
+            }
+            check_sync(
+                c,
+                client,
+                &sink,
+                r.is_ok_and(|o| o == Outcome::Synced(WANT)),
+            );
+        }
+        Err(e) => {
+            cortex_m_semihosting::hprintln!("  EmbassyTlsTransport::new: {:?}", e);
+            c.check("  TLS transport", false);
+        }
+    }
 }

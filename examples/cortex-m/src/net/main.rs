@@ -8,14 +8,17 @@
 //! scenario of `src/scenario.rs` for both codebook profiles. Stack B is a
 //! small HTTP peer ([`peer`]) that checks each request byte for byte against
 //! what the host recorded at build time (`build.rs`) and answers with the
-//! recorded response, once with `Content-Length` and once chunked. With
-//! feature `tls` the device then opens `EmbassyTlsTransport` (4 KiB records,
-//! a deterministic test-only RNG) against the same plain peer: the
-//! ClientHello, P-256 key generation included, runs on the target and the
-//! handshake fails with `Error::Tls`, as it must against a server that does
-//! not speak TLS.
+//! recorded response, once with `Content-Length` and once chunked.
 //!
-//! No executor, no interrupt, no heap: [`main`] polls the two stack runners,
+//! With feature `tls` the device then uses `EmbassyTlsTransport` (4 KiB
+//! records, a deterministic test-only RNG, `rng.rs`) against the plain
+//! peer: the ClientHello (P-256 key generation included) runs on the target
+//! and the handshake must fail with `Error::Tls`. With feature `tls-peer`
+//! it also syncs through a minimal TLS 1.3 PSK peer (`tls_peer.rs`, test
+//! only): the whole handshake (ECDH, key schedule, both Finished messages)
+//! and a sync inside the session run on the target.
+//!
+//! No executor, no interrupt, no heap: `run` polls the two stack runners,
 //! the peer and the device with a no-op waker in one bounded loop and moves
 //! embassy-time's software clock ([`clock`]) by [`STEP`] after each round.
 //! Every poll runs under [`stack::deepest`], so the stack each future needs
@@ -53,6 +56,8 @@ mod scenario;
 #[path = "../stack.rs"]
 #[allow(dead_code)]
 mod stack;
+#[cfg(feature = "tls-peer")]
+mod tls_peer;
 
 use device::{Shared, PHASES, PHASE_NAMES, PHASE_SETUP};
 
@@ -244,6 +249,21 @@ fn run(c: &mut Checks) {
                     hprintln!("  peer: TLS: {}", e);
                     c.check("peer: ClientHello", false);
                 }
+            }
+            #[cfg(feature = "tls-peer")]
+            {
+                let t = &r.tls;
+                if let Err(e) = t.hello.and(t.http) {
+                    hprintln!("  TLS peer: {}", e);
+                }
+                c.check(
+                    "TLS peer: ClientHello parsed, the device's Finished MAC verified",
+                    t.hello.is_ok() && t.client_finished,
+                );
+                c.check(
+                    "TLS peer: the request inside the session = the recorded one, response sent",
+                    t.http.is_ok(),
+                );
             }
         }
         None => c.check("peer finished within the round bound", false),

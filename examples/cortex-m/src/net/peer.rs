@@ -10,9 +10,11 @@
 //! byte-identical to the recorded upload. It then answers `200 OK` with the
 //! recorded response frame, framed as the run says (`Content-Length` or
 //! chunked), or `400 Bad Request` on any mismatch (the device then fails
-//! its checks too). With feature `tls` a last connection receives the TLS
+//! its checks too). With feature `tls` a third connection receives the TLS
 //! transport's ClientHello, which is parsed and checked, and answered as a
-//! plain HTTP server answers garbage: `400 Bad Request`.
+//! plain HTTP server answers garbage: `400 Bad Request`; with feature
+//! `tls-peer` a fourth is served by the TLS peer (`tls_peer.rs`): handshake,
+//! then the same checks on the request inside the session.
 
 use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
@@ -32,6 +34,13 @@ pub struct Memory {
     tcp_rx: [u8; TCP],
     tcp_tx: [u8; TCP],
     request: [u8; REQUEST],
+    /// TLS: one incoming record (the device writes records of at most
+    /// 1 KiB plus overhead).
+    #[cfg(feature = "tls-peer")]
+    record: [u8; TCP],
+    /// TLS: one outgoing record.
+    #[cfg(feature = "tls-peer")]
+    out: [u8; TCP],
 }
 
 impl Memory {
@@ -41,6 +50,10 @@ impl Memory {
             tcp_rx: [0; TCP],
             tcp_tx: [0; TCP],
             request: [0; REQUEST],
+            #[cfg(feature = "tls-peer")]
+            record: [0; TCP],
+            #[cfg(feature = "tls-peer")]
+            out: [0; TCP],
         }
     }
 }
@@ -50,9 +63,12 @@ pub struct Report {
     /// Per run: `Ok` when the request was exactly the recorded one (and the
     /// response went out), else what was wrong.
     pub http: [Result<(), &'static str>; RUNS.len()],
-    /// The ClientHello of the TLS attempt.
+    /// The ClientHello of the TLS attempt against the plain server.
     #[cfg(feature = "tls")]
     pub hello: Result<Hello, &'static str>,
+    /// The TLS session (full handshake and a sync inside it).
+    #[cfg(feature = "tls-peer")]
+    pub tls: crate::tls_peer::Outcome,
 }
 
 /// Serves every connection of the run, in order.
@@ -63,6 +79,7 @@ pub async fn serve(stack: Stack<'static>, m: &'static mut Memory, shared: &Share
             tcp_rx,
             tcp_tx,
             request,
+            ..
         } = &mut *m;
         let mut s = TcpSocket::new(stack, tcp_rx, tcp_tx);
         http[k] = match accept(&mut s, shared).await {
@@ -77,6 +94,7 @@ pub async fn serve(stack: Stack<'static>, m: &'static mut Memory, shared: &Share
             tcp_rx,
             tcp_tx,
             request,
+            ..
         } = &mut *m;
         let mut s = TcpSocket::new(stack, tcp_rx, tcp_tx);
         let hello = match accept(&mut s, shared).await {
@@ -86,10 +104,33 @@ pub async fn serve(stack: Stack<'static>, m: &'static mut Memory, shared: &Share
         finish(&mut s, request).await;
         hello
     };
+    #[cfg(feature = "tls-peer")]
+    let tls = {
+        let Memory {
+            tcp_rx,
+            tcp_tx,
+            request,
+            record,
+            out,
+        } = &mut *m;
+        let mut s = TcpSocket::new(stack, tcp_rx, tcp_tx);
+        let outcome = match accept(&mut s, shared).await {
+            Ok(()) => crate::tls_peer::serve(&mut s, record, out, request, &RUNS[0]).await,
+            Err(e) => crate::tls_peer::Outcome {
+                hello: Err(e),
+                client_finished: false,
+                http: Err(e),
+            },
+        };
+        finish(&mut s, request).await;
+        outcome
+    };
     Report {
         http,
         #[cfg(feature = "tls")]
         hello,
+        #[cfg(feature = "tls-peer")]
+        tls,
     }
 }
 
@@ -140,21 +181,36 @@ async fn read_request(
     run: &Run,
 ) -> Result<(), &'static str> {
     let mut n = 0;
-    let head_end = loop {
-        if let Some(p) = find(&buf[..n], b"\r\n\r\n") {
-            break p + 4;
+    loop {
+        if let Some(end) = complete(&buf[..n], run)? {
+            if n >= end {
+                return body_ok(&buf[..n], end, run);
+            }
         }
         n += read_some(s, buf, n).await?;
+    }
+}
+
+/// The request's total length once its head has arrived (and passed
+/// [`check_head`]); `None` while the head is incomplete.
+pub fn complete(buf: &[u8], run: &Run) -> Result<Option<usize>, &'static str> {
+    let Some(p) = find(buf, b"\r\n\r\n") else {
+        return Ok(None);
     };
-    let body_len = check_head(&buf[..head_end], run)?;
-    let end = head_end + body_len;
-    if end > buf.len() {
-        return Err("request larger than the peer's buffer");
+    let end = p + 4 + check_head(&buf[..p + 4], run)?;
+    Ok(Some(end))
+}
+
+/// The complete request `buf` (`end` bytes long) carries the recorded
+/// upload as its body, and nothing after it.
+pub fn body_ok(buf: &[u8], end: usize, run: &Run) -> Result<(), &'static str> {
+    if buf.len() != end {
+        return Err("bytes after the request body");
     }
-    while n < end {
-        n += read_some(s, &mut buf[..end], n).await?;
-    }
-    if buf[head_end..end] != *run.upload {
+    let body = end
+        .checked_sub(run.upload.len())
+        .and_then(|start| buf.get(start..end));
+    if body != Some(run.upload) {
         return Err("body differs from the recorded upload");
     }
     Ok(())
@@ -268,7 +324,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
+pub fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -314,6 +370,20 @@ pub struct Hello {
     pub max_fragment: Option<u8>,
 }
 
+/// Key material of a ClientHello, for the TLS peer.
+#[cfg(feature = "tls")]
+#[cfg_attr(not(feature = "tls-peer"), allow(dead_code))]
+pub struct HelloKeys {
+    /// x-coordinate of the P-256 key share.
+    pub share_x: [u8; 32],
+    /// `legacy_session_id`, echoed by the server.
+    pub session_id: [u8; 32],
+    /// Its length.
+    pub session_id_len: usize,
+    /// The `max_fragment_length` code, if sent.
+    pub max_fragment: Option<u8>,
+}
+
 /// Reads one TLS record (bounded by the buffer) and parses the ClientHello
 /// in it; then answers `400 Bad Request`, as an HTTP server would.
 #[cfg(feature = "tls")]
@@ -328,7 +398,9 @@ async fn client_hello(s: &mut TcpSocket<'_>, buf: &mut [u8]) -> Result<Hello, &'
         }
         n += read_some(s, buf, n).await?;
     };
-    let hello = parse_client_hello(&buf[..end]).ok_or("not a ClientHello record");
+    let hello = parse_client_hello(&buf[..end])
+        .map(|(h, _)| h)
+        .ok_or("not a ClientHello record");
     write(s, BAD_REQUEST).await?;
     let _ = s.flush().await;
     hello
@@ -367,11 +439,17 @@ impl<'a> Cursor<'a> {
 
 /// Parses a TLS record holding a ClientHello (RFC 8446 4.1.2).
 #[cfg(feature = "tls")]
-fn parse_client_hello(record: &[u8]) -> Option<Hello> {
+pub fn parse_client_hello(record: &[u8]) -> Option<(Hello, HelloKeys)> {
     let identity = crate::scenario::config(false).ok()?.device_id;
     let mut h = Hello {
         len: record.len(),
         ..Hello::default()
+    };
+    let mut k = HelloKeys {
+        share_x: [0; 32],
+        session_id: [0; 32],
+        session_id_len: 0,
+        max_fragment: None,
     };
     let mut r = Cursor(record);
     // Record header: handshake (22), legacy version, length.
@@ -383,7 +461,9 @@ fn parse_client_hello(record: &[u8]) -> Option<Hello> {
     let mut ch = Cursor(body.take(n)?);
     ch.u16()?; // legacy_version
     ch.take(32)?; // random
-    ch.vec8()?; // legacy_session_id
+    let sid = ch.vec8()?; // legacy_session_id
+    k.session_id.get_mut(..sid.len())?.copy_from_slice(sid);
+    k.session_id_len = sid.len();
     let suites = ch.vec16()?;
     h.aes128gcm = suites.chunks_exact(2).any(|s| s == [0x13, 0x01]);
     ch.vec8()?; // legacy_compression_methods
@@ -403,7 +483,10 @@ fn parse_client_hello(record: &[u8]) -> Option<Hello> {
                 while !shares.0.is_empty() {
                     let group = shares.u16()?;
                     let key = shares.vec16()?;
-                    h.p256_share |= group == 0x0017 && key.len() == 65 && key[0] == 4;
+                    if group == 0x0017 && key.len() == 65 && key[0] == 4 {
+                        h.p256_share = true;
+                        k.share_x.copy_from_slice(&key[1..33]);
+                    }
                 }
             }
             41 => {
@@ -417,5 +500,6 @@ fn parse_client_hello(record: &[u8]) -> Option<Hello> {
             _ => {}
         }
     }
-    Some(h)
+    k.max_fragment = h.max_fragment;
+    Some((h, k))
 }
