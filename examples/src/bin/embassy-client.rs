@@ -615,7 +615,11 @@ async fn run_sync<T: Transport<Error = Error>>(
     };
     let stored = state["patterns"].as_array().cloned().unwrap_or_default();
     checks.check(
-        &format!("server holds {} patterns ({} B read back)", stored.len(), body.len()),
+        &format!(
+            "server holds {} patterns ({} B read back)",
+            stored.len(),
+            body.len()
+        ),
         stored.len() == SYNC_PATTERNS,
     );
     for i in 0..SYNC_PATTERNS {
