@@ -119,6 +119,11 @@ pub struct HerdReport {
     /// Requests the server counted (applied + replayed + rejected) over
     /// the window, from its metrics.
     pub server_counted_in_window: u64,
+    /// Every request was signed with the TV's enrolled key.
+    pub signed: bool,
+    /// Requests the server refused for authentication, over the whole run
+    /// (embedded server only).
+    pub auth_refused: u64,
 }
 
 /// The server's count of sync requests received.
@@ -174,15 +179,31 @@ async fn exchange(tv: &mut Tv, t: &mut Switch, now: u64) -> Ended {
     }
 }
 
+/// The id of herd TV number `index`.
+pub fn device_id(index: usize) -> String {
+    format!("herd-{index:06}")
+}
+
 /// Runs the herd against `url`; `counter` reads the server's request count.
-pub async fn run(cfg: &HerdConfig, url: &str, counter: Counter) -> Result<HerdReport, String> {
+/// `keys[i]` is TV `i`'s signing key (`None`: requests go unsigned, for a
+/// server run with `--insecure-no-auth`).
+pub async fn run(
+    cfg: &HerdConfig,
+    url: &str,
+    counter: Counter,
+    keys: Option<&[omega_tv_sync::DeviceKey]>,
+) -> Result<HerdReport, String> {
+    if keys.is_some_and(|k| k.len() < cfg.devices) {
+        return Err("fewer keys than TVs".into());
+    }
     let cb = omega_tv_sync::codec::minilm_v1().map_err(|e| format!("codebook: {e}"))?;
     let http = HttpTransport::new(url).map_err(|e| format!("{url}: {e}"))?;
     let mut rng = Rng::new(cfg.seed, 0x4e4d);
     let mut tvs: Vec<Option<Box<Tv>>> = (0..cfg.devices)
         .map(|i| {
-            let id = DeviceId::new(&format!("herd-{i:06}")).expect("short id");
+            let id = DeviceId::new(&device_id(i)).expect("short id");
             let mut c = Config::new(id);
+            c.auth_key = keys.map(|k| k[i].clone());
             c.caps.max_bytes = RX as u32;
             c.backoff = cfg.backoff;
             c.jitter_seed = Rng::new(cfg.seed, i as u64).next_u64() | 1;
@@ -201,6 +222,7 @@ pub async fn run(cfg: &HerdConfig, url: &str, counter: Counter) -> Result<HerdRe
     let end = up_at + cfg.observe_s * 1000;
     let mut rep = HerdReport {
         devices: cfg.devices,
+        signed: keys.is_some(),
         cap_s: cfg.backoff.cap_ms as f64 / 1000.0,
         outage_s: cfg.outage_s,
         per_virtual_s: vec![0; cfg.observe_s as usize],
@@ -335,19 +357,22 @@ pub async fn run(cfg: &HerdConfig, url: &str, counter: Counter) -> Result<HerdRe
     Ok(rep)
 }
 
-/// Starts the embedded server (redb in `dir`, default pacing), runs the
-/// herd and shuts the server down.
+/// Starts the embedded server (redb in `dir`, default pacing, authentication
+/// on), enrols the TVs, runs the herd with every request signed and shuts
+/// the server down.
 pub async fn run_embedded(cfg: &HerdConfig, dir: &std::path::Path) -> Result<HerdReport, String> {
     let mut c = constellation::Config::new();
     c.db = Some(dir.join("herd.redb"));
     c.listen = "127.0.0.1:0".parse().expect("loopback address");
     c.codebooks = constellation::codes::default_codebooks();
-    // The herd measures pacing and backoff, not authentication: its TVs
-    // sync unsigned.
-    c.auth.required = false;
     let h = constellation::Server::start(c)
         .await
         .map_err(|e| format!("starting the server: {e}"))?;
+    let ids: Vec<String> = (0..cfg.devices).map(device_id).collect();
+    let keys = h
+        .enrol_many(&ids)
+        .await
+        .map_err(|e| format!("enrolling the TVs: {e}"))?;
     let st = h.state().clone();
     let counter: Counter = Box::new(move || {
         use std::sync::atomic::Ordering::Relaxed;
@@ -356,7 +381,20 @@ pub async fn run_embedded(cfg: &HerdConfig, dir: &std::path::Path) -> Result<Her
             + m.retries_replayed.load(Relaxed)
             + m.syncs_rejected.load(Relaxed)
     });
-    let r = run(cfg, &h.url(), counter).await;
+    let mut r = run(cfg, &h.url(), counter, Some(&keys)).await;
+    if let Ok(r) = &mut r {
+        let auth = &h.state().metrics.auth;
+        r.auth_refused = [
+            "missing_auth",
+            "malformed_auth",
+            "unknown_device",
+            "bad_signature",
+            "replayed_counter",
+        ]
+        .iter()
+        .map(|c| auth.failures_for(c))
+        .sum();
+    }
     h.shutdown().await;
     r
 }
@@ -366,6 +404,14 @@ pub fn table(r: &HerdReport) -> String {
     let mut s = String::from("| measure | value |\n|---|---:|\n");
     let mut row = |k: &str, v: String| s.push_str(&format!("| {k} | {v} |\n"));
     row("TVs", r.devices.to_string());
+    row(
+        "requests signed / refused for authentication",
+        format!(
+            "{} / {}",
+            if r.signed { "yes" } else { "no" },
+            r.auth_refused
+        ),
+    );
     row("backoff cap C (s)", format!("{:.0}", r.cap_s));
     row("outage (virtual s)", r.outage_s.to_string());
     row("syncs before the outage", r.syncs_before.to_string());

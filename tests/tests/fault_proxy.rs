@@ -3,6 +3,9 @@
 //! random prefix) in front of the real server on loopback. The checker reads
 //! every device back directly from the server: nothing acknowledged may be
 //! lost, nothing applied twice, and every kind of fault must have happened.
+//! Authentication is on (the server's default): every TV is enrolled and
+//! signs its requests, so each retry through the proxy is signed again with
+//! a new counter.
 
 use omega_tv_sync_examples::fleet::{self, Faults};
 use omega_tv_sync_examples::proxy::{FaultProxy, ProxyFaults};
@@ -16,9 +19,7 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.codebooks = constellation::codes::default_codebooks();
     cfg.admin = true;
-    // This run tests faults, not authentication (server/tests/auth.rs does):
-    // the fleet goes through the proxy as an external server, unsigned.
-    cfg.auth.required = false;
+    assert!(cfg.auth.required, "authentication is on by default");
     let srv = constellation::Server::start(cfg).await.unwrap();
     let faults = ProxyFaults {
         drop: 0.03,
@@ -32,6 +33,19 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
         .unwrap();
 
     let mut a = fleet::Args::default();
+    // The fleet goes through the proxy as an external server: its TVs are
+    // enrolled here and their keys handed over as `constellation device
+    // add` prints them (`--keys`).
+    let ids: Vec<String> = (0..200).map(fleet::sim::device_id).collect();
+    let keys = srv.enrol_many(&ids).await.unwrap();
+    let lines: String = ids
+        .iter()
+        .zip(&keys)
+        .map(|(id, k)| format!("{id} {}\n", constellation::auth::hex(k.as_bytes())))
+        .collect();
+    let keys_file = dir.path().join("keys.txt");
+    std::fs::write(&keys_file, lines).unwrap();
+    a.keys = Some(keys_file);
     a.sim.devices = 200;
     a.sim.rounds = 4;
     a.sim.seed = 5;
@@ -82,5 +96,22 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
         .retries_replayed
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(replayed > 0, "no retry was replayed");
+    // Every request was signed, and the signatures held through the faults:
+    // the only authentication refusals are `replayed_counter`, which a
+    // stale twin's original meets once (the twin, restored from a snapshot,
+    // signs ahead of it) and resolves by continuing after `last_counter`.
+    let auth = &srv.state().metrics.auth;
+    for code in [
+        "missing_auth",
+        "malformed_auth",
+        "unknown_device",
+        "bad_signature",
+    ] {
+        assert_eq!(auth.failures_for(code), 0, "{code}");
+    }
+    eprintln!(
+        "replayed_counter refusals: {}",
+        auth.failures_for("replayed_counter")
+    );
     srv.shutdown().await;
 }

@@ -6,7 +6,8 @@
 //! with every TV at the cap, the expected rate right after the return is
 //! 2N/C per second; the stated bound is 3N/C (see docs/reliability.md).
 //! The same run with a 1 s cap (no long backoff) must break the bound, which
-//! shows the count can fail.
+//! shows the count can fail. The server runs with authentication on (its
+//! default) and every TV signs with its enrolled key.
 
 use omega_tv_sync::sync::Backoff;
 use omega_tv_sync_examples::herd::{self, HerdConfig};
@@ -31,6 +32,10 @@ async fn after_an_outage_the_first_minute_stays_within_3n_over_cap() {
     let r = herd::run_embedded(&cfg(), dir.path()).await.unwrap();
     eprintln!("{}\nper second: {:?}", herd::table(&r), r.per_virtual_s);
     assert_eq!(r.tvs_failed, N as u64, "every TV met the outage");
+    // Authentication on: every TV enrolled, every request signed, none
+    // refused (a refusal would also break the counts below).
+    assert!(r.signed);
+    assert_eq!(r.auth_refused, 0);
     // What the clients sent is what the server received.
     assert_eq!(r.server_counted_in_window, r.requests_in_window);
     let bound_per_window = r.bound_per_s * W as f64;

@@ -59,9 +59,10 @@ pub struct Verdict {
     /// Acknowledged patterns compared.
     pub checked: u64,
     /// An update acknowledged to a device but absent on the server: the
-    /// server's revision is behind the device's acked revision, its codes
-    /// differ at the same revision, or it applied fewer updates than were
-    /// acknowledged.
+    /// server's revision is behind a revision acknowledged to one of the
+    /// device id's sessions, its codes differ from the device's at the
+    /// device's acknowledged revision, or one revision was acknowledged to
+    /// two sessions with different states.
     pub lost_updates: u64,
     /// Updates the server applied more often than they were acknowledged
     /// (a retry applied twice).
@@ -75,6 +76,10 @@ pub struct Verdict {
     pub cos_count: u64,
     /// Acknowledged states later replaced by another session's update.
     pub superseded: u64,
+    /// Acknowledgements of an application already acknowledged to another
+    /// session (byte-identical requests of two sessions under one sequence
+    /// number; see [`super::sim::Ledger`]).
+    pub shared_acks: u64,
 }
 
 /// Compares one device with the server's view of it.
@@ -88,17 +93,32 @@ pub fn check_device(
     let by_id: HashMap<&str, &ServerPattern> =
         server.patterns.iter().map(|p| (p.id.as_str(), p)).collect();
     let cb_q = |p: &super::model::TvPattern| cb.quantize(&p.to_pattern().embedding);
+    // Two applications given one revision: the server lost one of them.
+    v.lost_updates += tv.ledger.reused_revisions;
+    v.shared_acks += tv.ledger.shared_acks;
+    let none = std::collections::BTreeMap::new();
     for p in &tv.patterns {
-        let acks = tv.ledger.acks.get(p.id.as_str()).copied().unwrap_or(0);
+        let acked_revs = tv.ledger.acks.get(p.id.as_str()).unwrap_or(&none);
         let srv = by_id.get(p.id.as_str());
         let srv_rev = srv.map_or(0, |s| s.revision);
-        // Each application bumps the revision by one; each was acknowledged
-        // to exactly one session of this device.
-        if srv_rev > acks {
-            v.duplicates_applied += u64::from(srv_rev - acks);
-        }
-        if acks > srv_rev {
-            v.lost_updates += u64::from(acks - srv_rev);
+        // Each application is the next revision, and each was acknowledged
+        // to at least one session of this device (a session re-sends until
+        // it is answered). An acknowledged revision above the server's is an
+        // update the server does not hold; a revision the server reached
+        // that no session was told about is an application nobody asked
+        // for (a retry applied twice).
+        let lost = acked_revs.range(srv_rev.saturating_add(1)..).count() as u64;
+        let told = acked_revs.range(1..=srv_rev).count() as u64;
+        v.lost_updates += lost;
+        v.duplicates_applied += u64::from(srv_rev) - told;
+        if (lost > 0 || told < u64::from(srv_rev)) && std::env::var_os("FLEET_DEBUG").is_some() {
+            eprintln!(
+                "fleet: check {} {}: acknowledged revisions {:?}, server revision {srv_rev}, device acked {:?}",
+                tv.id.as_str(),
+                p.id.as_str(),
+                acked_revs.keys().collect::<Vec<_>>(),
+                tv.client.acked(&p.id).map(|a| a.0)
+            );
         }
         let Some((rev, acked)) = tv.client.acked(&p.id) else {
             continue;
@@ -111,7 +131,7 @@ pub fn check_device(
         let same = s.codes.len() == DIM && s.codes.iter().zip(acked.iter()).all(|(a, b)| a == b);
         // Behind the device, or different at the same revision: lost. Ahead
         // of it: a later update from another session of the same device id
-        // superseded it (that update's ack is in the ledger's count above).
+        // superseded it (that update's revision is in the ledger above).
         if s.revision < rev || (s.revision == rev && !same) {
             v.lost_updates += 1;
             continue;

@@ -20,6 +20,12 @@ pub struct Exchange {
     pub patterns_up: usize,
     /// Ids acknowledged by a delivered 200 (a dropped one delivers nothing).
     pub acked: Vec<String>,
+    /// Revisions of the acks in `acked`, in the same order.
+    pub acked_revs: Vec<u32>,
+    /// Sequence number of the request (0 when not an upload).
+    pub seq: u64,
+    /// The request body's CRC-32 trailer (debug).
+    pub body_crc: u32,
     /// Ids that came back as conflicts in a delivered 200.
     pub conflicts: Vec<String>,
     /// HTTP status of a delivered response (0 when none was delivered).
@@ -62,9 +68,23 @@ impl<T: Transport> Transport for Faulty<T> {
                     .count()
             })
             .unwrap_or(0);
+        let seq = FrameReader::parse(req.body)
+            .ok()
+            .and_then(|f| {
+                f.records().find_map(|r| match r {
+                    Ok(Record::UploadHead(h)) => Some(h.seq),
+                    _ => None,
+                })
+            })
+            .unwrap_or(0);
+        let body_crc = req.body.len().checked_sub(4).map_or(0, |n| {
+            u32::from_le_bytes(req.body[n..].try_into().unwrap_or([0; 4]))
+        });
         self.last = Exchange {
             up: req.body.len(),
             patterns_up,
+            seq,
+            body_crc,
             ..Exchange::default()
         };
         let t0 = std::time::Instant::now();
@@ -87,6 +107,7 @@ impl<T: Transport> Transport for Faulty<T> {
                     match r {
                         Record::Ack(a) if a.revision > 0 => {
                             self.last.acked.push(a.id.as_str().to_string());
+                            self.last.acked_revs.push(a.revision);
                         }
                         Record::Conflict(c) => self.last.conflicts.push(c.id.as_str().to_string()),
                         _ => {}

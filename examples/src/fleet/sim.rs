@@ -1,13 +1,13 @@
 //! The simulation: TVs on a virtual clock, syncing when the server says.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{btree_map, BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use omega_tv_sync::codec::Codebook;
 use omega_tv_sync::sync::{Config, Outcome, SyncClient, SyncError};
-use omega_tv_sync::types::DeviceId;
+use omega_tv_sync::types::{DeviceId, PatternId};
 use omega_tv_sync_http::HttpTransport as Net;
 
 use super::faults::{Exchange, FaultError, Faulty};
@@ -204,10 +204,30 @@ impl Tv {
 }
 
 /// What a device id's sessions were told, for the checker.
+///
+/// Every application of an update gives the pattern the next revision on
+/// the server, so an application is identified by (pattern, revision), not
+/// by an acknowledgement: one application can be acknowledged to two
+/// sessions. That happens when a stale twin and its original, restored from
+/// the same snapshot and sharing the device id and sequence numbers, send
+/// byte-identical requests under one sequence number (both made the same
+/// change): the server cannot tell the second from a retry of the first and
+/// replays the first's response, which acknowledges to the second exactly
+/// the state it asked for. (Patterns are never removed in the simulation,
+/// so a pattern's revisions only grow.)
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
-    /// Acks received per pattern id (each is one application on the server).
-    pub acks: HashMap<String, u32>,
+    /// Per pattern id: each revision acknowledged to a session, with a
+    /// fingerprint of the state acknowledged at it (codes, rate, samples,
+    /// category).
+    pub acks: HashMap<String, BTreeMap<u32, u64>>,
+    /// Acknowledgements of a revision already acknowledged to a session with
+    /// the same state (one application, two sessions told).
+    pub shared_acks: u64,
+    /// Acknowledgements of a revision already acknowledged with a different
+    /// state: two applications were given one revision, so the server lost
+    /// one of them (each is a lost update).
+    pub reused_revisions: u64,
     /// Patterns with a conflict not yet followed by an ack.
     pub unresolved: HashMap<String, u32>,
     /// Conflicts received.
@@ -217,9 +237,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    fn record(&mut self, ex: &Exchange) {
-        for id in &ex.acked {
-            *self.acks.entry(id.clone()).or_default() += 1;
+    /// Records the acks and conflicts of an exchange `client` applied;
+    /// `sent` is its request.
+    fn record(&mut self, ex: &Exchange, client: &Client, sent: &[u8]) {
+        for (id, &rev) in ex.acked.iter().zip(&ex.acked_revs) {
+            let state = fingerprint(client, sent, id);
+            match self.acks.entry(id.clone()).or_default().entry(rev) {
+                btree_map::Entry::Vacant(v) => {
+                    v.insert(state);
+                }
+                btree_map::Entry::Occupied(o) if *o.get() == state => self.shared_acks += 1,
+                btree_map::Entry::Occupied(_) => self.reused_revisions += 1,
+            }
             if let Some(n) = self.unresolved.remove(id) {
                 self.resolved += u64::from(n);
             }
@@ -231,13 +260,40 @@ impl Ledger {
     }
 }
 
+/// The state acknowledged for pattern `id`: the client's acknowledged codes
+/// (what it sent, decoded) and the rate, samples and category of the
+/// request's record.
+fn fingerprint(client: &Client, sent: &[u8], id: &str) -> u64 {
+    use omega_tv_sync::wire::{FrameReader, Record};
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let pid = PatternId::new(id).ok();
+    if let Some((_, codes)) = pid.as_ref().and_then(|p| client.acked(p)) {
+        codes.hash(&mut h);
+    }
+    if let Ok(f) = FrameReader::parse(sent) {
+        for r in f.records().flatten() {
+            if let Record::Pattern(p) = r {
+                if p.id.as_str() == id {
+                    p.success_rate.to_bits().hash(&mut h);
+                    p.sample_count.hash(&mut h);
+                    p.category.as_str().hash(&mut h);
+                }
+            }
+        }
+    }
+    h.finish()
+}
+
 /// Outcome of one attempt, for the scheduler.
 enum Step {
     Synced { more: bool },
     Retry,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
+    who: &str,
     client: &mut Client,
     transport: &mut Faulty<Net>,
     tx: &mut [u8],
@@ -250,7 +306,29 @@ async fn attempt(
     let r = client
         .exchange(transport, tx, &mut rx, now_ms, &mut ())
         .await;
-    let ex: Exchange = std::mem::take(&mut transport.last);
+    // Left in `transport.last` for the caller (tests read it).
+    let ex: Exchange = transport.last.clone();
+    if std::env::var_os("FLEET_DEBUG").is_some() {
+        let res = match &r {
+            Ok(Outcome::Synced(_)) => "synced".to_string(),
+            Ok(o) => format!("{o:?}"),
+            Err(SyncError::Transport(FaultError::Dropped)) => "dropped".into(),
+            Err(SyncError::Transport(FaultError::Inner(e))) => format!("transport {e:?}"),
+            Err(SyncError::Core(e)) => format!("core {e:?}"),
+        };
+        eprintln!(
+            "fleet: exchange {} {who} seq={} crc={:08x} status={} up={} acked={:?} revs={:?} conflicts={:?} now={now_ms} res={res} next_seq={}",
+            client.config().device_id.as_str(),
+            ex.seq,
+            ex.body_crc,
+            ex.status,
+            ex.patterns_up,
+            ex.acked,
+            ex.acked_revs,
+            ex.conflicts,
+            client.seq(),
+        );
+    }
     let mut sample = SyncSample {
         at_s: t0.elapsed().as_secs_f64(),
         up: ex.up as u32,
@@ -264,7 +342,7 @@ async fn attempt(
     let step = match r {
         Ok(Outcome::Synced(summary)) => {
             sample.applied = true;
-            ledger.record(&ex);
+            ledger.record(&ex, client, tx.get(..ex.up).unwrap_or(&[]));
             Step::Synced { more: summary.more }
         }
         Ok(Outcome::RetryLater { .. }) => {
@@ -372,6 +450,7 @@ async fn step(
     let boot = tv.synced == 0;
     let tvr = &mut *tv;
     let (first, mut s) = attempt(
+        "orig",
         &mut tvr.client,
         &mut t,
         &mut tx,
@@ -631,6 +710,7 @@ async fn run_twin(
         total += 1;
         let transport_errors = counters.transport_errors;
         let (step, s) = attempt(
+            "twin",
             &mut client,
             &mut t,
             &mut tx,
@@ -692,6 +772,7 @@ where
         for _ in 0..max_attempts {
             tv.hand_over(now);
             let (step, _) = attempt(
+                "settle",
                 &mut tv.client,
                 &mut t,
                 &mut tx,
@@ -726,4 +807,148 @@ where
         }
     }
     unsettled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::check;
+
+    /// One exchange of `client` until the server applies it (a restored
+    /// twin's counter is ahead of the original's: the original's first
+    /// signed request gets `401 replayed_counter` and is re-sent).
+    async fn sync(
+        who: &str,
+        client: &mut Client,
+        net: &Net,
+        ledger: &mut Ledger,
+        now: u64,
+    ) -> Exchange {
+        let mut t = Faulty {
+            inner: net.clone(),
+            drop_p: 0.0,
+            rng: Rng::new(1, 1),
+            last: Exchange::default(),
+        };
+        let mut tx = vec![0u8; TX_BYTES];
+        let mut c = Counters::default();
+        for _ in 0..4 {
+            let t0 = Instant::now();
+            let (step, _) = attempt(who, client, &mut t, &mut tx, ledger, &mut c, now, t0).await;
+            assert!(c.fatal.is_none(), "{:?}", c.fatal);
+            if matches!(step, Step::Synced { .. }) {
+                return t.last;
+            }
+        }
+        panic!("{who} did not sync");
+    }
+
+    /// A stale twin and its original, restored from one snapshot, make the
+    /// same change (a watch that did not complete: one more sample, same
+    /// direction) and send byte-identical requests under one sequence
+    /// number. The server cannot tell the second from a retry of the first
+    /// and replays the first's response: one application, acknowledged to
+    /// both sessions, with the state each of them sent. Counting acks as
+    /// applications (the ledger before) made that a lost update; it is one
+    /// revision acknowledged twice, and the checker finds nothing lost. The
+    /// same ledger with an acknowledged revision the server does not hold,
+    /// a revision no session was told about, or one revision acknowledged
+    /// with two different states is caught.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_application_acknowledged_to_two_sessions_is_not_a_lost_update() {
+        let server = crate::fleet::start_embedded(5).await.unwrap();
+        let id = device_id(0);
+        let keys = server
+            .handle
+            .enrol_many(std::slice::from_ref(&id))
+            .await
+            .unwrap();
+        let cat = Arc::new(Catalog::load().unwrap());
+        let cb = omega_tv_sync::codec::minilm_v1().unwrap();
+        let mut cfg = crate::fleet::Args::default().sim;
+        cfg.devices = 1;
+        cfg.keys = Some(Arc::new([(id.clone(), keys[0].clone())].into()));
+        let net = Net::new(&server.handle.url()).unwrap();
+        let mut tv = Tv::new(&cat, cb, &cfg, 0);
+        for p in tv.patterns.iter_mut() {
+            // Every pattern passes the quality filter.
+            (p.samples, p.hits) = (20, 18);
+            p.changed = true;
+        }
+        tv.hand_over(0);
+        let mut ledger = Ledger::default();
+        sync("orig", &mut tv.client, &net, &mut ledger, 0).await;
+        let mut snap = vec![0u8; Client::MAX_SNAPSHOT_LEN];
+        let n = tv.client.snapshot(&mut snap).unwrap();
+        let mut twin =
+            Client::restore(cb, device_config(tv.id.clone(), &cfg, 0), &snap[..n]).unwrap();
+        assert_eq!(twin.seq(), tv.client.seq());
+
+        // The same change on both boxes.
+        tv.patterns[0].samples += 1;
+        let changed = tv.patterns[0].to_pattern();
+        twin.upsert(&changed, 1_000).unwrap();
+        tv.client.upsert(&changed, 1_000).unwrap();
+        let a = sync("twin", &mut twin, &net, &mut ledger, 1_000).await;
+        let b = sync("orig", &mut tv.client, &net, &mut ledger, 1_000).await;
+        let pid = tv.patterns[0].id.as_str().to_string();
+        assert_eq!(
+            (a.seq, a.body_crc),
+            (b.seq, b.body_crc),
+            "byte-identical requests"
+        );
+        assert_eq!(a.acked, vec![pid.clone()]);
+        assert_eq!(
+            (a.acked_revs.clone(), b.acked_revs.clone()),
+            (vec![2], vec![2]),
+            "one revision, told twice"
+        );
+        assert_eq!(ledger.shared_acks, 1);
+        assert_eq!(ledger.reused_revisions, 0);
+
+        let mut t = net.clone();
+        let srv = check::read_device(&mut t, &id).await.unwrap();
+        let srv_rev = srv.patterns.iter().find(|p| p.id == pid).unwrap().revision;
+        assert_eq!(srv_rev, 2, "applied once");
+        assert_eq!(tv.client.acked(&tv.patterns[0].id).unwrap().0, 2);
+        // Three acks for two applications: counting acks called this lost.
+        let acks: usize = ledger.acks[&pid].len() + ledger.shared_acks as usize;
+        assert_eq!(acks, 3);
+
+        let verdict = |tv: &Tv| {
+            let mut v = check::Verdict::default();
+            check::check_device(&cb, tv, &srv, &mut v, &mut 0.0);
+            (v.lost_updates, v.duplicates_applied, v.shared_acks)
+        };
+        tv.ledger = ledger.clone();
+        assert_eq!(verdict(&tv), (0, 0, 1));
+        // The checker still fails what it must.
+        let mut l = ledger.clone();
+        l.acks.get_mut(&pid).unwrap().insert(3, 0);
+        tv.ledger = l;
+        assert_eq!(
+            verdict(&tv).0,
+            1,
+            "an acknowledged revision the server does not hold"
+        );
+        let mut l = ledger.clone();
+        l.acks.get_mut(&pid).unwrap().remove(&2);
+        tv.ledger = l;
+        assert_eq!(
+            verdict(&tv).1,
+            1,
+            "an application no session was told about"
+        );
+        // The second ack recorded again without the request's rate, samples
+        // and category: the same revision with another state.
+        let mut l = ledger.clone();
+        l.record(&b, &twin, &[]);
+        tv.ledger = l;
+        assert_eq!(
+            verdict(&tv).0,
+            1,
+            "one revision acknowledged with two states"
+        );
+        server.handle.shutdown().await;
+    }
 }

@@ -8,10 +8,18 @@
 //!    reconstructs its embedding from the stored codes and merges it into the
 //!    most similar global pattern of its category (cosine of the weighted
 //!    centroid `>= similarity`), or starts a new one. Its weight is
-//!    `min(sample_count, max_weight_samples) * success_rate`: clipped, so no
-//!    single device dominates. Its samples count toward the global's
-//!    published sample count and toward trend activity clipped the same way
-//!    (`min(sample_count, max_weight_samples)`).
+//!    `min(sample_count, max_weight_samples) * success_rate`: clipped. Its
+//!    samples count toward the global's published sample count and toward
+//!    trend activity clipped the same way (`min(sample_count,
+//!    max_weight_samples)`).
+//! 3. caps each device's total in a global pattern: however many pattern
+//!    ids it spreads over one global pattern, a device counts there for at
+//!    most `max_weight_samples` samples together (each contribution scaled
+//!    by `max_weight_samples / total` when its clipped samples sum to more),
+//!    so weight at most `max_weight_samples`: no single device dominates a
+//!    centroid or its rate. Settled at the end of the pass for every
+//!    (device, global) pair the pass touched, over the device's current
+//!    contributions, so the result does not depend on the order of changes.
 //!
 //! Trend activity is counted only from contributions to a global pattern
 //! that has at least `k` distinct devices, so no trend signal stems from
@@ -51,7 +59,9 @@ pub struct AggregateConfig {
     pub min_success_rate: f32,
     /// Quality filter: least samples.
     pub min_samples: u32,
-    /// Samples above this count no further in a contribution's weight.
+    /// Samples above this count no further in a contribution's weight; and
+    /// the most samples one device counts for in one global pattern, over
+    /// all its pattern ids together (so its weight there is at most this).
     pub max_weight_samples: u32,
     /// Pause between passes.
     pub interval: Duration,
@@ -208,6 +218,114 @@ pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
 
 type ContributionUpdate = (String, String, Option<Contribution>);
 
+/// Adds contribution `c` to `a` (not its device count).
+fn add(a: &mut GlobalAggregate, c: &Contribution, clip: u32) {
+    for (s, x) in a.sum.iter_mut().zip(&c.vector) {
+        *s += c.weight * x;
+    }
+    a.weight += f64::from(c.weight);
+    a.rate_sum += f64::from(c.weight * c.success_rate);
+    a.samples += u64::from(c.counted(clip));
+}
+
+/// Takes contribution `c` back out of `a` (not its device count).
+fn take_back(a: &mut GlobalAggregate, c: &Contribution, clip: u32) {
+    for (s, v) in a.sum.iter_mut().zip(&c.vector) {
+        *s -= c.weight * v;
+    }
+    a.weight = (a.weight - f64::from(c.weight)).max(0.0);
+    a.rate_sum = (a.rate_sum - f64::from(c.weight * c.success_rate)).max(0.0);
+    a.samples = a.samples.saturating_sub(u64::from(c.counted(clip)));
+}
+
+/// The per-device cap: one device's contributions to one global pattern
+/// count together for at most `clip` samples (so at most `clip` of weight),
+/// however many pattern ids it spreads them over. When their own clipped
+/// samples `s_i` sum to `T > clip`, each counts for `floor(s_i * clip / T)`
+/// (weight: that times its rate); otherwise for `s_i`. Settled for every
+/// (device, global) pair in `pairs` over the device's current contributions
+/// (stored ones, overridden by this pass's `contributions`), so the result
+/// does not depend on the order the changes came in, and a device whose
+/// contribution left regains the weight for its others.
+fn cap_devices(
+    state: &AppState,
+    agg: &mut Aggregator,
+    clip: u32,
+    pairs: &BTreeSet<(String, u32)>,
+    contributions: &mut Vec<ContributionUpdate>,
+    touched: &mut BTreeSet<u32>,
+) -> StoreResult<()> {
+    let devices: BTreeSet<&str> = pairs.iter().map(|(d, _)| d.as_str()).collect();
+    let stored: HashMap<String, Vec<(String, Contribution)>> = store::read(&*state.store, |t| {
+        devices
+            .iter()
+            .map(|d| Ok((d.to_string(), t.device_contributions(d)?)))
+            .collect()
+    })?;
+    // This pass's updates, by (device, pattern): index into `contributions`.
+    let mut index: HashMap<(String, String), usize> = contributions
+        .iter()
+        .enumerate()
+        .map(|(i, (d, p, _))| ((d.clone(), p.clone()), i))
+        .collect();
+    for (device, global) in pairs {
+        // The device's current contributions to `global`.
+        let mut members: Vec<(String, Contribution)> = Vec::new();
+        for (p, c) in stored.get(device).into_iter().flatten() {
+            if !index.contains_key(&(device.clone(), p.clone())) && c.global == *global {
+                members.push((p.clone(), c.clone()));
+            }
+        }
+        for (d, p, c) in contributions.iter() {
+            if d == device {
+                if let Some(c) = c.as_ref().filter(|c| c.global == *global) {
+                    members.push((p.clone(), c.clone()));
+                }
+            }
+        }
+        let total: u64 = members
+            .iter()
+            .map(|(_, c)| u64::from(c.sample_count.min(clip)))
+            .sum();
+        let Some(a) = agg.aggs.get_mut(global) else {
+            continue;
+        };
+        let mut changed = false;
+        for (p, c) in members {
+            let own = c.sample_count.min(clip);
+            let target = if total <= u64::from(clip) {
+                own
+            } else {
+                (u64::from(own) * u64::from(clip) / total) as u32
+            };
+            if c.counted(clip) == target {
+                continue;
+            }
+            take_back(a, &c, clip);
+            let c = Contribution {
+                weight: target as f32 * c.success_rate,
+                counted: Some(target),
+                ..c
+            };
+            add(a, &c, clip);
+            changed = true;
+            let key = (device.clone(), p.clone());
+            match index.get(&key) {
+                Some(&i) => contributions[i].2 = Some(c),
+                None => {
+                    index.insert(key, contributions.len());
+                    contributions.push((device.clone(), p, Some(c)));
+                }
+            }
+        }
+        if changed {
+            touched.insert(*global);
+            agg.refresh(*global);
+        }
+    }
+    Ok(())
+}
+
 struct Plan {
     contributions: Vec<ContributionUpdate>,
     aggregates: Vec<(u32, Option<GlobalAggregate>)>,
@@ -294,22 +412,21 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
     let clip = cfg.max_weight_samples.max(1);
     let mut touched: BTreeSet<u32> = BTreeSet::new();
     let mut contributions = Vec::with_capacity(items.len());
+    // (device, global) pairs whose contributions changed in this pass: the
+    // per-device cap is settled for them at the end.
+    let mut recheck: BTreeSet<(String, u32)> = BTreeSet::new();
     for (device, pattern, p, old) in items {
         let old_samples = old.as_ref().map_or(0, |o| o.sample_count);
         if let Some(o) = &old {
             if let Some(a) = agg.aggs.get_mut(&o.global) {
-                for (s, v) in a.sum.iter_mut().zip(&o.vector) {
-                    *s -= o.weight * v;
-                }
-                a.weight = (a.weight - f64::from(o.weight)).max(0.0);
-                a.rate_sum = (a.rate_sum - f64::from(o.weight * o.success_rate)).max(0.0);
-                a.samples = a
-                    .samples
-                    .saturating_sub(u64::from(o.sample_count.min(clip)));
+                take_back(a, o, clip);
                 if let Some(n) = a.devices.get_mut(&device) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
                         a.devices.remove(&device);
+                    } else {
+                        // Its other contributions may regain weight.
+                        recheck.insert((device.clone(), o.global));
                     }
                 }
                 touched.insert(o.global);
@@ -353,15 +470,24 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
                 agg.next_id
             }
         };
-        let weight = p.sample_count.min(cfg.max_weight_samples.max(1)) as f32 * p.success_rate;
+        // Merged at its own clip; the device's total in this global pattern
+        // is capped below, once every change of the pass is in.
+        let counted = p.sample_count.min(clip);
+        let c = Contribution {
+            global: id,
+            weight: counted as f32 * p.success_rate,
+            success_rate: p.success_rate,
+            sample_count: p.sample_count,
+            vector: v,
+            counted: Some(counted),
+        };
         if let Some(a) = agg.aggs.get_mut(&id) {
-            for (s, x) in a.sum.iter_mut().zip(&v) {
-                *s += weight * x;
+            add(a, &c, clip);
+            let n = a.devices.entry(device.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                recheck.insert((device.clone(), id));
             }
-            a.weight += f64::from(weight);
-            a.rate_sum += f64::from(weight * p.success_rate);
-            a.samples += u64::from(p.sample_count.min(clip));
-            *a.devices.entry(device.clone()).or_insert(0) += 1;
         }
         agg.refresh(id);
         touched.insert(id);
@@ -378,7 +504,7 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
             .is_some_and(|a| a.devices.len() >= cfg.k.max(1) as usize);
         if gained > 0 && k_reached {
             let content = match &state.config.trends.catalogue {
-                Some(c) => c.nearest(&v).map(str::to_string),
+                Some(cat) => cat.nearest(&c.vector).map(str::to_string),
                 None => None,
             }
             .unwrap_or_else(|| format!("global-{id}"));
@@ -390,17 +516,10 @@ fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> 
                 &state.config.trends,
             );
         }
-        contributions.push((
-            device,
-            pattern,
-            Some(Contribution {
-                global: id,
-                weight,
-                success_rate: p.success_rate,
-                sample_count: p.sample_count,
-                vector: v,
-            }),
-        ));
+        contributions.push((device, pattern, Some(c)));
+    }
+    if !recheck.is_empty() {
+        cap_devices(state, agg, clip, &recheck, &mut contributions, &mut touched)?;
     }
     let primary = state.config.codebooks.primary().cloned();
     let mut changes = Vec::new();

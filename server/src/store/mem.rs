@@ -83,6 +83,14 @@ impl ReadTxn for MemState {
             .get(&(device.to_string(), pattern.to_string()))
             .cloned())
     }
+    fn device_contributions(&self, device: &str) -> StoreResult<Vec<(String, Contribution)>> {
+        Ok(self
+            .contributions
+            .range((device.to_string(), String::new())..)
+            .take_while(|((d, _), _)| d == device)
+            .map(|((_, p), c)| (p.clone(), c.clone()))
+            .collect())
+    }
     fn aggregate(&self, id: u32) -> StoreResult<Option<GlobalAggregate>> {
         Ok(self.aggregates.get(&id).cloned())
     }

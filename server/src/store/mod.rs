@@ -272,14 +272,65 @@ pub struct DeviceChange {
 pub struct Contribution {
     /// The global pattern it was merged into.
     pub global: u32,
-    /// Its weight (clipped).
+    /// Its weight: `counted * success_rate`.
     pub weight: f32,
     /// Its success rate.
     pub success_rate: f32,
-    /// Its samples.
+    /// Its samples, as uploaded.
     pub sample_count: u32,
     /// Its direction (unit norm), as merged.
     pub vector: Vec<f32>,
+    /// The samples it counts for in the global pattern (its weight and the
+    /// published sample count): `min(sample_count, max_weight_samples)`,
+    /// scaled down when the device's contributions to the same global
+    /// pattern together exceed `max_weight_samples`. `None` in records
+    /// stored before the per-device cap: `min(sample_count,
+    /// max_weight_samples)`.
+    pub counted: Option<u32>,
+}
+
+/// [`Contribution`] as stored before `counted` existed.
+#[derive(Deserialize)]
+struct ContributionV1 {
+    global: u32,
+    weight: f32,
+    success_rate: f32,
+    sample_count: u32,
+    vector: Vec<f32>,
+}
+
+impl Contribution {
+    /// The samples it counts for, `clip` being `max_weight_samples`.
+    pub fn counted(&self, clip: u32) -> u32 {
+        self.counted.unwrap_or(self.sample_count.min(clip))
+    }
+
+    /// Serialises for storage (postcard).
+    pub fn to_bytes(&self) -> StoreResult<Vec<u8>> {
+        postcard::to_stdvec(self).map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
+    /// Reads what [`to_bytes`](Self::to_bytes) wrote, or a record of the
+    /// earlier layout without `counted` (which ends where `counted` begins,
+    /// so it never reads as the current layout).
+    pub fn from_bytes(b: &[u8]) -> StoreResult<Self> {
+        let bad = || StoreError::Corrupt("contribution");
+        match postcard::take_from_bytes::<Contribution>(b) {
+            Ok((c, [])) => Ok(c),
+            Ok(_) => Err(bad()),
+            Err(_) => match postcard::take_from_bytes::<ContributionV1>(b) {
+                Ok((c, [])) => Ok(Contribution {
+                    global: c.global,
+                    weight: c.weight,
+                    success_rate: c.success_rate,
+                    sample_count: c.sample_count,
+                    vector: c.vector,
+                    counted: None,
+                }),
+                _ => Err(bad()),
+            },
+        }
+    }
 }
 
 /// A global pattern's aggregation state (never sent to devices).
@@ -371,6 +422,8 @@ pub trait ReadTxn {
     fn device_changes_after(&self, after: u64, limit: usize) -> StoreResult<Vec<DeviceChange>>;
     /// A device pattern's current contribution to a global pattern.
     fn contribution(&self, device: &str, pattern: &str) -> StoreResult<Option<Contribution>>;
+    /// Every current contribution of a device, by pattern id.
+    fn device_contributions(&self, device: &str) -> StoreResult<Vec<(String, Contribution)>>;
     /// A global pattern's aggregation state.
     fn aggregate(&self, id: u32) -> StoreResult<Option<GlobalAggregate>>;
     /// Every global pattern's aggregation state.
@@ -473,6 +526,51 @@ where
         Ok(())
     })?;
     out.ok_or(StoreError::Closed)
+}
+
+#[cfg(test)]
+mod contribution_tests {
+    use super::Contribution;
+
+    #[test]
+    fn contributions_round_trip_and_the_earlier_layout_still_reads() {
+        let c = Contribution {
+            global: 7,
+            weight: 83.0 * 0.9,
+            success_rate: 0.9,
+            sample_count: 4000,
+            vector: vec![0.5; 384],
+            counted: Some(83),
+        };
+        let b = c.to_bytes().unwrap();
+        assert_eq!(Contribution::from_bytes(&b).unwrap(), c);
+        assert_eq!(c.counted(1000), 83);
+        // Stored before the per-device cap: no `counted` at the end.
+        #[derive(serde::Serialize)]
+        struct V1 {
+            global: u32,
+            weight: f32,
+            success_rate: f32,
+            sample_count: u32,
+            vector: Vec<f32>,
+        }
+        let old = postcard::to_stdvec(&V1 {
+            global: 7,
+            weight: 900.0,
+            success_rate: 0.9,
+            sample_count: 4000,
+            vector: vec![0.5; 384],
+        })
+        .unwrap();
+        let r = Contribution::from_bytes(&old).unwrap();
+        assert_eq!((r.global, r.sample_count, r.counted), (7, 4000, None));
+        assert_eq!(r.counted(1000), 1000, "what the earlier code counted");
+        // Neither layout with bytes after it, nor a cut record, reads.
+        let mut long = b.clone();
+        long.push(0);
+        assert!(Contribution::from_bytes(&long).is_err());
+        assert!(Contribution::from_bytes(&b[..b.len() / 2]).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -485,7 +485,23 @@ macro_rules! impl_read {
             ) -> StoreResult<Option<Contribution>> {
                 let t = self.contrib_t()?;
                 let r = t.get((device, pattern)).map_err(be)?;
-                r.map(|g| decode(g.value(), "contribution")).transpose()
+                r.map(|g| Contribution::from_bytes(g.value())).transpose()
+            }
+            fn device_contributions(
+                &self,
+                device: &str,
+            ) -> StoreResult<Vec<(String, Contribution)>> {
+                let t = self.contrib_t()?;
+                let mut out = Vec::new();
+                for e in t.range((device, "")..).map_err(be)? {
+                    let (k, v) = e.map_err(be)?;
+                    let (d, p) = k.value();
+                    if d != device {
+                        break;
+                    }
+                    out.push((p.to_string(), Contribution::from_bytes(v.value())?));
+                }
+                Ok(out)
             }
             fn aggregate(&self, id: u32) -> StoreResult<Option<GlobalAggregate>> {
                 let t = self.agg_t()?;
@@ -615,7 +631,7 @@ impl WriteTxn for RedbWrite<'_> {
         let t = &mut self.contrib_t;
         match c {
             Some(c) => {
-                t.insert((device, pattern), encode(c)?.as_slice())
+                t.insert((device, pattern), c.to_bytes()?.as_slice())
                     .map_err(be)?;
             }
             None => {

@@ -2,11 +2,14 @@
 //! can be killed and restarted where the devices expect it.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use omega_tv_sync::DeviceKey;
 
 /// Builds (or finds up to date) the `constellation` binary of this
 /// workspace and returns its path. `cargo test --workspace` has built it
@@ -63,7 +66,33 @@ impl Drop for Served {
     }
 }
 
-/// Starts `constellation serve --admin` on `addr` with `db`; retries a
+/// Enrols `ids` with `constellation device add --db DB ID...` (the server
+/// must not be running: redb allows one process) and returns each device's
+/// key, as the command printed it (`ID KEY` lines). The master secret is
+/// created next to `db`, where `serve` finds it.
+pub fn enrol(bin: &Path, db: &Path, ids: &[String]) -> HashMap<String, DeviceKey> {
+    let out = Command::new(bin)
+        .args(["device", "add", "--db"])
+        .arg(db)
+        .args(ids)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run constellation device add");
+    assert!(out.status.success(), "constellation device add failed");
+    let keys: HashMap<String, DeviceKey> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (id, key) = l.split_once(' ').expect("ID KEY");
+            (id.to_string(), DeviceKey::from_hex(key).expect("a hex key"))
+        })
+        .collect();
+    assert_eq!(keys.len(), ids.len(), "one key per device");
+    keys
+}
+
+/// Starts `constellation serve --admin` on `addr` with `db` (authentication
+/// on, the default: enrol the devices first with [`enrol`]); retries a
 /// bind that fails while the previous process's socket goes away (at most
 /// 50 tries, 100 ms apart).
 pub fn serve(bin: &Path, db: &Path, addr: SocketAddr, extra: &[&str]) -> Served {
@@ -77,9 +106,6 @@ pub fn serve(bin: &Path, db: &Path, addr: SocketAddr, extra: &[&str]) -> Served 
                 "--admin",
                 "--log-level",
                 "error",
-                // These runs test faults, not authentication (tested in
-                // server/tests/auth.rs): the fleet's TVs sync unsigned.
-                "--insecure-no-auth",
             ])
             .args(extra)
             .stdout(Stdio::piped())
