@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load run: N TVs (default 20,000) of the fleet simulation against a
 # separately started `constellation serve` (release builds, loopback, redb
-# in a temp dir), so the server process's own CPU time and peak RSS (VmHWM)
+# in a temp dir, the TVs enrolled and every request signed), so the server
+# process's own CPU time and peak RSS (VmHWM)
 # can be read from /proc. Prints the fleet's table and a summary line.
 #
 #   [FLEET_ARGS="--no-faults ..."] scripts/load.sh [DEVICES] [ROUNDS] [CONCURRENCY]
@@ -12,18 +13,23 @@ rounds=${2:-5}
 conc=${3:-64}
 cargo build --release -q -p constellation -p omega-tv-sync-examples --bin constellation --bin fleet
 dir=$(mktemp -d)
+srv=""
+trap '[ -n "$srv" ] && kill $srv 2>/dev/null; rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Enrol the TVs (one key each, printed once): every request is signed, as
+# in production.
+./target/release/constellation device add --db "$dir/load.redb" \
+    $(seq -f 'tv-%06g' 0 $((devices - 1))) >"$dir/keys.txt"
 ./target/release/constellation serve --db "$dir/load.redb" --listen "127.0.0.1:$port" \
     --admin --log-level warn >"$dir/server.out" &
 srv=$!
-trap 'kill $srv 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$dir/server.out" 2>/dev/null && break; sleep 0.1; done
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$srv/stat"; }
 cpu0=$(cpu)
 start=$(date +%s.%N)
 ./target/release/fleet --devices "$devices" --rounds "$rounds" \
-    --concurrency "$conc" --server "http://127.0.0.1:$port" --quiet \
+    --concurrency "$conc" --server "http://127.0.0.1:$port" --keys "$dir/keys.txt" --quiet \
     --json "$dir/report.json" ${FLEET_ARGS:-} &
 fleet=$!
 # Once a second: wall, server CPU ticks, fleet CPU ticks, fleet VmHWM (kB).
