@@ -42,20 +42,21 @@
 //! connection is aborted and [`Error::Timeout`] returned.
 //!
 //! ## TLS (feature `tls`)
-//! [`EmbassyTlsTransport`] runs the same [`exchange`] inside a TLS 1.3
+//! `EmbassyTlsTransport` runs the same [`exchange`] inside a TLS 1.3
 //! session with a pre-shared key (embedded-tls 0.19,
 //! `TLS_AES_128_GCM_SHA256`, an ephemeral P-256 key exchange, no
 //! certificate parsing on the device). It needs two more caller buffers for
 //! TLS records; a read buffer smaller than a full record (16,645 B) makes it
 //! ask the server for smaller records (`max_fragment_length`). See the
-//! [`tls`] module for the sizes, and `docs/memory.md` for the figures.
+//! `tls` module for the sizes, and `docs/memory.md` for the figures.
 //!
 //! ## Features
 //! | feature | effect |
 //! |---|---|
 //! | `defmt` | `defmt::Format` for [`Error`] |
 //! | `log` | a `debug!` line per exchange through the `log` crate |
-//! | `tls` | [`EmbassyTlsTransport`]: TLS 1.3 with a pre-shared key |
+//! | `tls` | `EmbassyTlsTransport`: TLS 1.3 with a pre-shared key |
+//! | `proto-ipv4`, `proto-ipv6`, `medium-ethernet`, `medium-ip` (default: all) | the embassy-net protocols and media; an IPv4-only firmware takes `default-features = false` and `proto-ipv4` with its medium: 29 KB less flash on Cortex-M4 (`docs/memory.md`) |
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
