@@ -281,34 +281,12 @@ async fn run_tls_sync(
     let host = format!("{}:{port}", args.server.0);
     let mut cfg = Config::new((args.server.0, port).into(), &host);
     cfg.timeout = Duration::from_secs(5);
-    let mut tcp_rx = [0u8; RECOMMENDED_TCP_BUFFER];
-    let mut tcp_tx = [0u8; RECOMMENDED_TCP_BUFFER];
-    let mut header = [0u8; RECOMMENDED_HEADER_BUFFER];
-    let mut record_read = [0u8; RECOMMENDED_READ_BUFFER];
-    let mut record_write = [0u8; RECOMMENDED_WRITE_BUFFER];
+    let mut memory = TlsMemory::default();
     let identity = args.device.as_bytes();
 
     // A wrong key: the terminator refuses the handshake.
     let wrong = omega_tv_sync::DeviceKey::new([0x5a; 32]).tls_psk();
-    let refused = EmbassyTlsTransport::new(
-        stack,
-        cfg,
-        Buffers {
-            tcp_rx: &mut tcp_rx,
-            tcp_tx: &mut tcp_tx,
-            header: &mut header,
-        },
-        TlsBuffers {
-            record_read: &mut record_read,
-            record_write: &mut record_write,
-        },
-        Psk {
-            identity,
-            key: &wrong,
-        },
-        rand_core::OsRng,
-    );
-    match refused {
+    match memory.transport(stack, cfg, identity, &wrong) {
         Ok(mut t) => {
             let mut buf = [0u8; 256];
             let r = t.send(get("/api/v1/health"), &mut buf).await;
@@ -321,24 +299,7 @@ async fn run_tls_sync(
     }
 
     let psk = key.tls_psk();
-    let mut transport = match EmbassyTlsTransport::new(
-        stack,
-        cfg,
-        Buffers {
-            tcp_rx: &mut tcp_rx,
-            tcp_tx: &mut tcp_tx,
-            header: &mut header,
-        },
-        TlsBuffers {
-            record_read: &mut record_read,
-            record_write: &mut record_write,
-        },
-        Psk {
-            identity,
-            key: &psk,
-        },
-        rand_core::OsRng,
-    ) {
+    let mut transport = match memory.transport(stack, cfg, identity, &psk) {
         Ok(t) => t,
         Err(e) => {
             checks.check(&format!("TLS transport: {e:?}"), false);
@@ -354,6 +315,54 @@ async fn run_tls_sync(
         transport.max_fragment_length().is_some(),
     );
     run_sync(&mut transport, &args.device, n, Some(key), checks).await
+}
+
+/// The TLS transport's caller memory (on firmware these are statics).
+struct TlsMemory {
+    tcp_rx: [u8; RECOMMENDED_TCP_BUFFER],
+    tcp_tx: [u8; RECOMMENDED_TCP_BUFFER],
+    header: [u8; RECOMMENDED_HEADER_BUFFER],
+    record_read: [u8; RECOMMENDED_READ_BUFFER],
+    record_write: [u8; RECOMMENDED_WRITE_BUFFER],
+}
+
+impl Default for TlsMemory {
+    fn default() -> Self {
+        TlsMemory {
+            tcp_rx: [0; RECOMMENDED_TCP_BUFFER],
+            tcp_tx: [0; RECOMMENDED_TCP_BUFFER],
+            header: [0; RECOMMENDED_HEADER_BUFFER],
+            record_read: [0; RECOMMENDED_READ_BUFFER],
+            record_write: [0; RECOMMENDED_WRITE_BUFFER],
+        }
+    }
+}
+
+impl TlsMemory {
+    /// A TLS transport on this memory with the PSK `key` for `identity`.
+    fn transport<'b>(
+        &'b mut self,
+        stack: embassy_net::Stack<'static>,
+        cfg: Config<'b>,
+        identity: &'b [u8],
+        key: &'b [u8],
+    ) -> Result<EmbassyTlsTransport<'static, 'b, rand_core::OsRng>, Error> {
+        EmbassyTlsTransport::new(
+            stack,
+            cfg,
+            Buffers {
+                tcp_rx: &mut self.tcp_rx,
+                tcp_tx: &mut self.tcp_tx,
+                header: &mut self.header,
+            },
+            TlsBuffers {
+                record_read: &mut self.record_read,
+                record_write: &mut self.record_write,
+            },
+            Psk { identity, key },
+            rand_core::OsRng,
+        )
+    }
 }
 
 #[derive(Default)]
