@@ -13,8 +13,13 @@
 //!
 //! ```text
 //! types (validated values) -> codec (integer codes, entropy coding)
-//!        -> wire (frames) -> [Transport] -> server -> wire -> codec -> types
+//!        -> wire (frames, zstd) -> sync (the device's state machine)
+//!        -> transport ([Transport], request signing) -> server
 //! ```
+//!
+//! `ascii` (decimal text), `Error` and the logging macros are shared by all
+//! stages. A module imports only the stages before it; `sync` drives the
+//! `transport` boundary (its trait and signing), which imports no stage.
 //!
 //! ## Memory
 //! Nothing here allocates. Every variable-length value has a compile-time
@@ -27,13 +32,13 @@
 //! | `std` | implements `std::error::Error` for [`Error`] |
 //! | `defmt` | internal logging through defmt; `Format` impls |
 //! | `log` | internal logging through the `log` crate |
-//! | `zstd` | module `compress`: per-frame zstd in caller-provided static workspaces (builds the zstd C library) |
-//! | `flash` | [`persist`]: power-loss-safe snapshot storage on NOR flash (sequential-storage) |
+//! | `zstd` | module `wire::zstd`: per-frame zstd in caller-provided static workspaces (builds the zstd C library) |
+//! | `flash` | `sync::persist`: power-loss-safe snapshot storage on NOR flash (sequential-storage) |
 //!
 //! `defmt` and `log` are mutually exclusive. The default build has none of
 //! them and is `no_std`.
 #![no_std]
-// `unsafe` is denied everywhere except the FFI module `compress`.
+// `unsafe` is denied everywhere except the FFI module `wire::zstd`.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -47,23 +52,23 @@ extern crate std;
 #[macro_use]
 mod fmt;
 
-pub mod auth;
-pub mod codec;
-#[cfg(feature = "zstd")]
-#[allow(unsafe_code)]
-pub mod compress;
+pub mod ascii;
 mod error;
-mod filter;
-#[cfg(feature = "flash")]
-pub mod persist;
-pub mod sync;
-pub mod transport;
+
+// The stages, in data-flow order.
 pub mod types;
+
+pub mod codec;
+
 pub mod wire;
 
-pub use auth::DeviceKey;
+pub mod sync;
+
+pub mod transport;
+
 pub use error::{Error, Result};
-pub use filter::QualityFilter;
+pub use sync::QualityFilter;
+pub use transport::auth::DeviceKey;
 pub use transport::{Method, Request, Response, Transport};
 pub use types::{
     Category, ContentId, DeviceId, Embedding, GlobalPattern, Name, Pattern, PatternId, Region,

@@ -141,7 +141,7 @@ fn counters_of_a_huge_response_do_not_overflow() {
 /// success used to be unreadable, its item written over the stray bytes.
 #[test]
 fn a_save_over_foreign_data_loads_back() {
-    use omega_tv_sync::persist;
+    use omega_tv_sync::sync::persist;
     use t::ram_flash::{block_on, RamFlash, PAGE, PAGES};
     let input = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),

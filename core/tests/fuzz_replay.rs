@@ -254,7 +254,7 @@ fn write_seed_corpora() {
 
     #[cfg(feature = "zstd")]
     {
-        use omega_tv_sync::compress::{Compressor, CCTX_WORKSPACE_WORDS};
+        use omega_tv_sync::wire::zstd::{Compressor, CCTX_WORKSPACE_WORDS};
         let mut cws = vec![0u64; CCTX_WORKSPACE_WORDS];
         let mut c = Compressor::new(&mut cws).unwrap();
         let bodies: Vec<(String, u8, Vec<u8>)> = uploads

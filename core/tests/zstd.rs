@@ -1,7 +1,7 @@
 //! Host tests of the `zstd` feature: `cargo test -p omega-tv-sync --features zstd`.
 #![cfg(feature = "zstd")]
 
-use omega_tv_sync::compress::{
+use omega_tv_sync::wire::zstd::{
     Compressor, Decompressor, CCTX_WORKSPACE_BYTES, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_BYTES,
     DCTX_WORKSPACE_WORDS,
 };

@@ -2,10 +2,10 @@
 //! exactly. Run with `--features zstd`.
 #![cfg(feature = "zstd")]
 
-use omega_tv_sync::compress::{
+use omega_tv_sync::types::{Category, ContentId, Region, TrendSignal};
+use omega_tv_sync::wire::zstd::{
     Compressor, Decompressor, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_WORDS,
 };
-use omega_tv_sync::types::{Category, ContentId, Region, TrendSignal};
 use omega_tv_sync::wire::{DownloadHead, FrameReader, FrameWriter, Kind, Record, TrendRecord};
 
 fn movie_names() -> Vec<String> {

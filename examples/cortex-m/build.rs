@@ -92,8 +92,8 @@ fn main() {
 /// The firmware repeats the cycle on the target and compares byte for byte.
 fn fixtures(rows: &[u8], out: &Path) {
     use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, MAX_CODED_LEN};
-    use omega_tv_sync::compress::{Compressor, CCTX_WORKSPACE_WORDS};
     use omega_tv_sync::sync::{Outcome, SyncClient};
+    use omega_tv_sync::wire::zstd::{Compressor, CCTX_WORKSPACE_WORDS};
     use omega_tv_sync::wire::{
         Ack, Conflict, DownloadHead, FrameReader, FrameWriter, GlobalRemove, GlobalUpsert, Kind,
         Record, ServerState, TrendRecord,
@@ -118,7 +118,7 @@ fn fixtures(rows: &[u8], out: &Path) {
             let mut tx = vec![0u8; 16 * 1024];
             let n = c.prepare(NOW_MS, &mut tx).expect("prepare");
             let upload = &tx[..n];
-            let mut ab = [0u8; omega_tv_sync::auth::HEADER_MAX];
+            let mut ab = [0u8; omega_tv_sync::transport::auth::HEADER_MAX];
             let auth = c
                 .authorization(
                     omega_tv_sync::Method::Post,
@@ -210,7 +210,7 @@ fn fixtures(rows: &[u8], out: &Path) {
                 retry_after_s: None,
             };
             let outcome = if z {
-                use omega_tv_sync::compress::{Decompressor, DCTX_WORKSPACE_WORDS};
+                use omega_tv_sync::wire::zstd::{Decompressor, DCTX_WORKSPACE_WORDS};
                 let mut dws = vec![0u64; DCTX_WORKSPACE_WORDS];
                 let mut d = Decompressor::new(&mut dws).expect("dctx");
                 c.apply_zstd(upload, r, &response, &mut d, &mut scratch, NOW_MS, &mut ())

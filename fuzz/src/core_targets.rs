@@ -546,14 +546,14 @@ pub fn codec(data: &[u8]) -> Result<(), Error> {
 #[cfg(feature = "zstd")]
 pub const ZSTD_OUT: [usize; 4] = [0, 64, 4096, 70_000];
 
-/// `zstd`: the [`Decompressor`](omega_tv_sync::compress::Decompressor) on
+/// `zstd`: the [`Decompressor`](omega_tv_sync::wire::zstd::Decompressor) on
 /// arbitrary input (first byte: output size from [`ZSTD_OUT`], and as a
 /// frame kind for the records of the output). Output that fits must
 /// compress and decompress back to itself; as a frame body its records must
 /// iterate without panicking. Accepted means: it decompressed.
 #[cfg(feature = "zstd")]
 pub fn zstd(data: &[u8]) -> Result<(), Error> {
-    use omega_tv_sync::compress::{
+    use omega_tv_sync::wire::zstd::{
         Compressor, Decompressor, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_WORDS,
     };
     use std::cell::RefCell;
@@ -895,14 +895,14 @@ pub mod ram_flash {
     }
 }
 
-/// `flash`: [`persist::load`](omega_tv_sync::persist::load) from an
+/// `flash`: [`persist::load`](omega_tv_sync::sync::persist::load) from an
 /// arbitrary flash image (the input, 16 KiB at most, padded with erased bytes), as after
 /// any power cut or corruption, then `restore` of what it returns. When the
 /// image loads, saving a real snapshot over it must load back exactly.
 /// Accepted means: a snapshot was found and restored.
 #[cfg(feature = "flash")]
 pub fn flash(data: &[u8]) -> Result<(), Error> {
-    use omega_tv_sync::persist;
+    use omega_tv_sync::sync::persist;
     use ram_flash::{block_on, RamFlash, PAGE, PAGES};
     let mut image = vec![0xffu8; PAGE * PAGES];
     let n = data.len().min(image.len());
@@ -929,11 +929,11 @@ pub fn flash(data: &[u8]) -> Result<(), Error> {
     restored
 }
 
-/// Flash images of real snapshots saved by [`persist`](omega_tv_sync::persist)
+/// Flash images of real snapshots saved by [`persist`](omega_tv_sync::sync::persist)
 /// (one save, and several), for the `flash` seeds.
 #[cfg(feature = "flash")]
 pub fn real_flash_images() -> Vec<(String, Vec<u8>)> {
-    use omega_tv_sync::persist;
+    use omega_tv_sync::sync::persist;
     use ram_flash::{block_on, RamFlash, PAGE, PAGES};
     let range = 0..(PAGE * PAGES) as u32;
     let mut buf = vec![0u8; persist::work_len::<RamFlash>()];

@@ -3,7 +3,7 @@
 //! Every `POST /api/v1/sync` carries `Authorization: OTS1-HMAC-SHA256
 //! counter=N,sig=HEX` (the canonical message and header are specified in
 //! `docs/wire-format.md`, "Authentication", and implemented once, in
-//! `omega_tv_sync::auth`). The server checks it before it decodes the body or
+//! `omega_tv_sync::transport::auth`). The server checks it before it decodes the body or
 //! touches the store for writing:
 //!
 //! | failure | status | code |
@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
-use omega_tv_sync::auth as wire_auth;
+use omega_tv_sync::transport::auth as wire_auth;
 use omega_tv_sync::DeviceKey;
 use sha2::Sha256;
 

@@ -155,7 +155,7 @@ pub fn check_sync_version(v: Option<&[u8]>) -> Result<u64, ApiError> {
 /// Decompresses a zstd upload body; the records may take at most
 /// `MAX_UPLOAD_FRAME` bytes (a larger output is `decompression`, 400).
 fn decompress(body: &[u8]) -> Result<Vec<u8>, ApiError> {
-    use omega_tv_sync::compress::{Decompressor, DCTX_WORKSPACE_WORDS};
+    use omega_tv_sync::wire::zstd::{Decompressor, DCTX_WORKSPACE_WORDS};
     thread_local! {
         static WORKSPACE: std::cell::RefCell<Vec<u64>> =
             std::cell::RefCell::new(vec![0u64; DCTX_WORKSPACE_WORDS]);
@@ -173,7 +173,7 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>, ApiError> {
 /// so a replayed response is byte for byte the first one (the idempotency
 /// record keeps the uncompressed frame).
 pub fn compress_response(frame: &[u8]) -> Vec<u8> {
-    use omega_tv_sync::compress::{Compressor, CCTX_WORKSPACE_WORDS};
+    use omega_tv_sync::wire::zstd::{Compressor, CCTX_WORKSPACE_WORDS};
     use omega_tv_sync::wire::{FLAG_ZSTD, HEADER_LEN, TRAILER_LEN};
     thread_local! {
         static WORKSPACE: std::cell::RefCell<Vec<u64>> =

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use constellation::{AuthConfig, MasterSecret, Server, ServerHandle};
-use omega_tv_sync::auth::{format_header, sign, HEADER_MAX};
+use omega_tv_sync::transport::auth::{format_header, sign, HEADER_MAX};
 use omega_tv_sync::DeviceKey;
 
 async fn start_auth(db: &std::path::Path) -> ServerHandle {

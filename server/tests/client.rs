@@ -160,7 +160,7 @@ async fn a_cloned_box_resequences_and_resolves_conflicts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_responses_on_request() {
-    use omega_tv_sync::compress::{Decompressor, DCTX_WORKSPACE_WORDS};
+    use omega_tv_sync::wire::zstd::{Decompressor, DCTX_WORKSPACE_WORDS};
     use omega_tv_sync::{Method, Request, Transport};
     let (_dir, db) = temp_db();
     let srv = start(&db).await;

@@ -381,7 +381,7 @@ async fn version_health_and_pacing() {
 
 /// Re-frames `frame` with its body zstd-compressed (flag bit 0).
 fn compressed(frame: &[u8]) -> Vec<u8> {
-    use omega_tv_sync::compress::{Compressor, CCTX_WORKSPACE_WORDS};
+    use omega_tv_sync::wire::zstd::{Compressor, CCTX_WORKSPACE_WORDS};
     use omega_tv_sync::wire::{FLAG_ZSTD, HEADER_LEN};
     let body = &frame[HEADER_LEN..frame.len() - 4];
     let mut ws = vec![0u64; CCTX_WORKSPACE_WORDS];

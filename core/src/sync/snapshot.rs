@@ -22,7 +22,7 @@
 //!
 //! `auth_counter` is the next unused request counter at snapshot time; a
 //! restored client resumes at it plus
-//! [`COUNTER_WINDOW`](crate::auth::COUNTER_WINDOW), so requests signed after
+//! [`COUNTER_WINDOW`](crate::transport::auth::COUNTER_WINDOW), so requests signed after
 //! the snapshot and before a reboot (resends of a failing exchange) can never
 //! have their counters signed again. A restored client that has signed
 //! nothing yet writes the stored value back unchanged (every counter from
@@ -110,7 +110,12 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             seq: self.seq,
             global_version: self.global_version,
             auth_counter: match self.auth_restored {
-                Some(s) if self.auth_counter == s.saturating_add(crate::auth::COUNTER_WINDOW) => s,
+                Some(s)
+                    if self.auth_counter
+                        == s.saturating_add(crate::transport::auth::COUNTER_WINDOW) =>
+                {
+                    s
+                }
                 _ => self.auth_counter,
             },
             count: self.slots.len() as u16,
@@ -192,7 +197,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         self.auth_restored = Some(head.auth_counter);
         self.auth_counter = head
             .auth_counter
-            .saturating_add(crate::auth::COUNTER_WINDOW);
+            .saturating_add(crate::transport::auth::COUNTER_WINDOW);
         let slots = &mut self.slots;
         parse(body, self.cfg.device_id.as_str(), N, |slot| {
             slots.push(slot).map_err(|_| Error::CapacityExceeded)
@@ -295,7 +300,7 @@ mod tests {
         let mut r: SyncClient<'_, 4> = SyncClient::new(minilm_v1().unwrap(), cfg);
         r.restore_into(&v1).unwrap();
         assert_eq!((r.seq(), r.global_version()), (9, 77));
-        assert_eq!(r.auth_counter(), crate::auth::COUNTER_WINDOW);
+        assert_eq!(r.auth_counter(), crate::transport::auth::COUNTER_WINDOW);
         // And a body that is neither layout is refused.
         let mut bad = v1.clone();
         bad[HEADER_LEN + 1] = 0x81;

@@ -21,6 +21,9 @@ mod crc;
 mod reader;
 mod records;
 mod writer;
+#[cfg(feature = "zstd")]
+#[allow(unsafe_code)] // The FFI boundary to the zstd C library; each block has a SAFETY comment.
+pub mod zstd;
 
 pub use crc::crc32;
 pub use reader::{FrameReader, Records};

@@ -81,7 +81,7 @@ impl<'b> FrameReader<'b> {
     #[cfg(feature = "zstd")]
     pub fn decompress<'s>(
         &self,
-        zstd: &mut crate::compress::Decompressor<'_>,
+        zstd: &mut crate::wire::zstd::Decompressor<'_>,
         scratch: &'s mut [u8],
     ) -> Result<FrameReader<'s>>
     where

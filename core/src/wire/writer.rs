@@ -112,7 +112,7 @@ impl<'b> FrameWriter<'b> {
     #[cfg(feature = "zstd")]
     pub fn finish_zstd(
         mut self,
-        zstd: &mut crate::compress::Compressor<'_>,
+        zstd: &mut crate::wire::zstd::Compressor<'_>,
         scratch: &mut [u8],
     ) -> Result<&'b [u8]> {
         let body_len = self.len - HEADER_LEN;

@@ -17,8 +17,8 @@
 //!    through the `flash` feature (chunked: it is larger than a flash page).
 
 use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook};
-use omega_tv_sync::sync::{GlobalSink, Outcome, Summary, SyncClient};
-use omega_tv_sync::{persist, Error, GlobalPattern, Response, TrendSignal};
+use omega_tv_sync::sync::{persist, GlobalSink, Outcome, Summary, SyncClient};
+use omega_tv_sync::{Error, GlobalPattern, Response, TrendSignal};
 use static_cell::{ConstStaticCell, StaticCell};
 
 use crate::ramflash::{RamFlash, PAGE, PAGES};
@@ -91,7 +91,7 @@ pub struct Memory {
     snapshot: [u8; Client::MAX_SNAPSHOT_LEN],
     flash: [u8; PAGE * PAGES],
     #[cfg(feature = "zstd")]
-    dctx: [u64; omega_tv_sync::compress::DCTX_WORKSPACE_WORDS],
+    dctx: [u64; omega_tv_sync::wire::zstd::DCTX_WORKSPACE_WORDS],
 }
 
 static MEMORY: ConstStaticCell<Memory> = ConstStaticCell::new(Memory {
@@ -101,7 +101,7 @@ static MEMORY: ConstStaticCell<Memory> = ConstStaticCell::new(Memory {
     // Zero here so that all of it lands in .bss; `RamFlash::new` erases it.
     flash: [0; PAGE * PAGES],
     #[cfg(feature = "zstd")]
-    dctx: [0; omega_tv_sync::compress::DCTX_WORKSPACE_WORDS],
+    dctx: [0; omega_tv_sync::wire::zstd::DCTX_WORKSPACE_WORDS],
 });
 /// The client; created once, then [`SyncClient::reset`] in place per cycle.
 static CLIENT: StaticCell<Client> = StaticCell::new();
@@ -282,7 +282,7 @@ fn cycle(
         tx[..n] == *fx.upload,
     );
     // 2b. The request signature, equal to the host's.
-    let mut ab = [0u8; omega_tv_sync::auth::HEADER_MAX];
+    let mut ab = [0u8; omega_tv_sync::transport::auth::HEADER_MAX];
     let (r, used) = measure(|| {
         client
             .authorization(
@@ -457,7 +457,7 @@ fn apply(
     }
     #[cfg(feature = "zstd")]
     {
-        use omega_tv_sync::compress::Decompressor;
+        use omega_tv_sync::wire::zstd::Decompressor;
         // Plain apply refuses a compressed body and keeps the request.
         c.check(
             "  compressed response refused by plain apply",

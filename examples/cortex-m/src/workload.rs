@@ -4,10 +4,9 @@ use core::future::Future;
 use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 
+use omega_tv_sync::sync::persist;
 use omega_tv_sync::types::Name;
-use omega_tv_sync::{
-    persist, Category, DeviceId, Embedding, Error, Pattern, PatternId, QualityFilter, DIM,
-};
+use omega_tv_sync::{Category, DeviceId, Embedding, Error, Pattern, PatternId, QualityFilter, DIM};
 use postcard::experimental::max_size::MaxSize;
 use serde::{Deserialize, Serialize};
 use static_cell::StaticCell;

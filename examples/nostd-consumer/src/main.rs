@@ -87,7 +87,7 @@ mod zstd {
     use core::fmt::Write;
     use core::ptr::addr_of_mut;
 
-    use omega_tv_sync::compress::{
+    use omega_tv_sync::wire::zstd::{
         Compressor, Decompressor, CCTX_WORKSPACE_BYTES, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_BYTES,
         DCTX_WORKSPACE_WORDS,
     };

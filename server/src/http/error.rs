@@ -28,7 +28,7 @@ impl IntoResponse for ApiError {
         if self.status == 401 {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(omega_tv_sync::auth::SCHEME),
+                HeaderValue::from_static(omega_tv_sync::transport::auth::SCHEME),
             );
         }
         resp

@@ -130,7 +130,7 @@ async fn sync_inner(
     st.metrics.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
     let counter = match (&presented, &st.config.auth.master) {
         (Some(p), Some(master)) => {
-            let hash = omega_tv_sync::auth::body_hash(&bytes);
+            let hash = omega_tv_sync::transport::auth::body_hash(&bytes);
             match store::read(&*st.store, |t| {
                 crate::auth::verify(t, master, &device, p, &hash)
             }) {

@@ -1,4 +1,6 @@
-//! Power-cut tests on a simulated NOR flash.
+//! Tests of `persist` on a simulated NOR flash. This file holds the flash
+//! and the fixtures (a real client's snapshots); `layout` checks sizes,
+//! bounds and errors, `power_cut` cuts power at every flash operation.
 
 extern crate std;
 
@@ -16,9 +18,15 @@ use crate::sync::{Config, Outcome, SyncClient};
 use crate::wire::{Ack, DownloadHead, FrameReader, FrameWriter, Kind, Record};
 use crate::{Category, DeviceId, Embedding, Pattern, PatternId, Response, DIM};
 
+mod layout;
+mod power_cut;
+
 const WORD: usize = 4;
+
 const PAGE: usize = 1024;
+
 const PAGES: usize = 16;
+
 const RANGE: Range<u32> = 0..(PAGE * PAGES) as u32;
 
 /// How an operation behaves when power fails during it.
@@ -204,6 +212,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 const N: usize = 8;
+
 type Client = SyncClient<'static, N>;
 
 fn vectors() -> Vec<Embedding> {
@@ -324,226 +333,4 @@ fn save_ok(f: &mut SimFlash, blob: &[u8]) {
 fn load_now(f: &mut SimFlash) -> Result<Option<Vec<u8>>> {
     let mut out = vec![0u8; Client::MAX_SNAPSHOT_LEN];
     block_on(load(f, RANGE, &mut work(), &mut out)).map(|o| o.map(|n| out[..n].to_vec()))
-}
-
-#[test]
-fn sizes_follow_the_page() {
-    // 1 KiB pages, 4-byte words: two chunk items per page.
-    assert_eq!(work_len::<SimFlash>(), 500);
-    assert_eq!(chunk_len::<SimFlash>(), 494);
-    assert_eq!(region_len::<SimFlash>(494 * 4), 7 * PAGE);
-    assert_eq!(region_len::<SimFlash>(494 * 4 + 1), 9 * PAGE);
-    assert_eq!(max_snapshot_len::<SimFlash>(&RANGE), 6 * 494 * 2);
-    assert_eq!(max_snapshot_len::<SimFlash>(&(0..2 * PAGE as u32)), 0);
-    // A real client's snapshot spans several pages.
-    let s = snapshots(1);
-    assert!(s[0].len() > 3 * PAGE, "{}", s[0].len());
-}
-
-#[test]
-fn round_trip_blank_and_erase() {
-    let mut f = SimFlash::new();
-    assert_eq!(load_now(&mut f), Ok(None));
-    let snaps = snapshots(6);
-    for _ in 0..4 {
-        for s in &snaps {
-            save_ok(&mut f, s);
-            assert_eq!(load_now(&mut f.reboot()).unwrap().unwrap(), *s);
-        }
-    }
-    assert_eq!((f.reprograms, f.violations), (0, 0));
-    // Smaller after larger: the stale chunks of the larger one are ignored.
-    let small: Vec<u8> = snaps[0][..100].to_vec();
-    save_ok(&mut f, &small);
-    assert_eq!(load_now(&mut f).unwrap().unwrap(), small);
-    block_on(erase(&mut f, RANGE)).unwrap();
-    assert_eq!(load_now(&mut f), Ok(None));
-}
-
-#[test]
-fn bounds_are_checked() {
-    let mut f = SimFlash::new();
-    let s = snapshots(1).remove(0);
-    let mut small = [0u8; 16];
-    assert_eq!(
-        block_on(save(&mut f, RANGE, &mut small, &s)),
-        Err(Error::BufferTooSmall)
-    );
-    let max = max_snapshot_len::<SimFlash>(&RANGE);
-    let huge = vec![7u8; max + 1];
-    assert_eq!(
-        block_on(save(&mut f, RANGE, &mut work(), &huge)),
-        Err(Error::CapacityExceeded)
-    );
-    assert_eq!(
-        block_on(save(&mut f, RANGE, &mut work(), &[])),
-        Err(Error::CapacityExceeded)
-    );
-    // The largest allowed snapshot really fits, again and again.
-    for fill in 0..3u8 {
-        let largest = vec![9u8 ^ fill; max];
-        save_ok(&mut f, &largest);
-        let mut out = vec![0u8; max];
-        assert_eq!(
-            block_on(load(&mut f, RANGE, &mut work(), &mut out)),
-            Ok(Some(max))
-        );
-        assert_eq!(out, largest);
-    }
-    // Output buffer too small for the stored snapshot.
-    let mut tiny_out = [0u8; 8];
-    assert_eq!(
-        block_on(load(&mut f, RANGE, &mut work(), &mut tiny_out)),
-        Err(Error::BufferTooSmall)
-    );
-    // Misaligned or too small ranges.
-    let mut out = vec![0u8; max];
-    assert_eq!(
-        block_on(load(&mut f, 100..4096, &mut work(), &mut out)),
-        Err(Error::OutOfRange)
-    );
-    assert_eq!(
-        block_on(load(&mut f, 0..1024, &mut work(), &mut out)),
-        Err(Error::OutOfRange)
-    );
-}
-
-#[test]
-fn flash_driver_errors_are_reported() {
-    let s = snapshots(2);
-    let mut f = SimFlash::new();
-    save_ok(&mut f, &s[0]);
-    f.dead = true;
-    assert_eq!(
-        block_on(save(&mut f, RANGE, &mut work(), &s[1])),
-        Err(Error::Flash)
-    );
-}
-
-#[test]
-fn a_damaged_chunk_is_an_error_not_a_partial_snapshot() {
-    let s = snapshots(1).remove(0);
-    let mut f = SimFlash::new();
-    save_ok(&mut f, &s);
-    // Flip one data bit in the middle of the first chunk item: its item CRC
-    // fails, the chunk is missing, and load refuses the snapshot.
-    let at = f.data.iter().position(|&b| b != 0xff).unwrap() + 40;
-    f.data[at] ^= 0x10;
-    assert_eq!(load_now(&mut f.reboot()), Err(Error::StorageCorrupt));
-}
-
-/// Cuts power at every flash operation (write or erase) of saving a real
-/// sync client's snapshot, for many fill states of the flash (so that chunk
-/// appends, page changes, migrations and erases are all among the cut
-/// points), in both cut modes. After each cut the device reboots, loads and
-/// restores a `SyncClient`: its sequence, global version and acked
-/// revisions and codes must be exactly the old state or exactly the new
-/// one; then saving again must work.
-#[test]
-fn power_cut_at_every_write_recovers_old_or_new() {
-    let snaps = snapshots(8);
-    let states: Vec<State> = snaps.iter().map(|s| state_of(s)).collect();
-    for w in states.windows(2) {
-        assert!(w[0].0 < w[1].0 && w[0].1 < w[1].1 && w[0].2 != w[1].2);
-    }
-    let mut cut_points = 0usize;
-    let mut saw_old = 0usize;
-    let mut saw_new = 0usize;
-    let mut saw_none = 0usize;
-    let mut max_ops = 0usize;
-    let mut erase_saves = 0usize;
-    let mut reprograms = 0usize;
-
-    // First save ever, on blank flash: nothing or the new snapshot.
-    let blank = SimFlash::new();
-    let mut dry = blank.reboot();
-    save_ok(&mut dry, &snaps[0]);
-    for n in 1..=dry.ops {
-        for cut in [Cut::Before, Cut::Torn] {
-            let mut f = blank.with_cut(n, cut);
-            assert!(block_on(save(&mut f, RANGE, &mut work(), &snaps[0])).is_err());
-            match load_now(&mut f.reboot()).unwrap() {
-                None => saw_none += 1,
-                Some(g) => {
-                    assert_eq!(state_of(&g), states[0]);
-                    saw_new += 1;
-                }
-            }
-            cut_points += 1;
-        }
-    }
-
-    // Then every later save, through several wraps of the page ring.
-    let mut base = SimFlash::new();
-    save_ok(&mut base, &snaps[0]);
-    let mut i = 0usize;
-    for round in 0..3 {
-        for k in 1..snaps.len() {
-            i += 1;
-            let (old, new) = (&snaps[k - 1], &snaps[k]);
-            let mut dry = base.reboot();
-            save_ok(&mut dry, new);
-            assert_eq!((dry.reprograms, dry.violations), (0, 0));
-            let ops = dry.ops;
-            max_ops = max_ops.max(ops);
-            if dry
-                .data
-                .chunks(PAGE)
-                .zip(base.data.chunks(PAGE))
-                .any(|(a, b)| a.iter().all(|&x| x == 0xff) && b.iter().any(|&x| x != 0xff))
-            {
-                erase_saves += 1;
-            }
-            for n in 1..=ops {
-                for cut in [Cut::Before, Cut::Torn] {
-                    let mut f = base.with_cut(n, cut);
-                    let r = block_on(save(&mut f, RANGE, &mut work(), new));
-                    assert!(r.is_err(), "save {i}: cut at op {n} of {ops} not reported");
-                    let mut rebooted = f.reboot();
-                    let got = match load_now(&mut rebooted) {
-                        Ok(Some(g)) => g,
-                        other => panic!("save {i}, cut {cut:?} at op {n}/{ops}: {other:?}"),
-                    };
-                    // Byte-exact, and the restored client is exactly one state.
-                    let st = state_of(&got);
-                    if got == *old && st == states[k - 1] {
-                        saw_old += 1;
-                    } else if got == *new && st == states[k] {
-                        saw_new += 1;
-                    } else {
-                        panic!("save {i}, cut {cut:?} at op {n}/{ops}: neither old nor new");
-                    }
-                    // The device keeps working: the next save and load succeed.
-                    let next = &snaps[(k + 1) % snaps.len()];
-                    save_ok(&mut rebooted, next);
-                    assert_eq!(load_now(&mut rebooted.reboot()).unwrap().unwrap(), *next);
-                    assert_eq!(rebooted.violations, 0, "save {i}: a 0 bit had to become 1");
-                    assert_eq!(f.violations, 0);
-                    reprograms += rebooted.reprograms + f.reprograms;
-                    cut_points += 1;
-                }
-            }
-            base = dry.reboot();
-        }
-        // Wrap around: the last snapshot is followed by the first again.
-        if round < 2 {
-            save_ok(&mut base, &snaps[0]);
-        }
-    }
-    std::println!(
-        "power-cut: {cut_points} cut points (every write and erase of {} saves of a \
-         real SyncClient snapshot of {}..{} B in {}-B chunks, clean and torn), \
-         {saw_old} recovered old, {saw_new} recovered new, {saw_none} nothing (first save), \
-         up to {max_ops} flash ops per save, {erase_saves} saves erased a page, \
-         {reprograms} torn words re-programmed on recovery",
-        i + 1,
-        snaps.iter().map(|s| s.len()).min().unwrap_or(0),
-        snaps.iter().map(|s| s.len()).max().unwrap_or(0),
-        chunk_len::<SimFlash>(),
-    );
-    assert!(saw_old > 0 && saw_new > 0 && saw_none > 0);
-    assert!(
-        erase_saves > 0,
-        "no save reached a page erase: flash too large for the test"
-    );
 }

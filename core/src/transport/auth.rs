@@ -217,7 +217,7 @@ pub fn format_header<'b>(counter: u64, sig: &[u8; 32], buf: &'b mut [u8; HEADER_
     put(b" counter=", &mut at);
     let mut digits = [0u8; 20];
     put(
-        crate::sync::fmt_u64(counter, &mut digits).as_bytes(),
+        crate::ascii::fmt_u64(counter, &mut digits).as_bytes(),
         &mut at,
     );
     put(b",sig=", &mut at);
@@ -246,13 +246,7 @@ pub fn parse_header(value: &[u8]) -> Result<(u64, [u8; 32])> {
     if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(Error::Malformed);
     }
-    let mut counter = 0u64;
-    for &d in digits {
-        counter = counter
-            .checked_mul(10)
-            .and_then(|c| c.checked_add(u64::from(d - b'0')))
-            .ok_or(Error::Malformed)?;
-    }
+    let counter = crate::ascii::parse_u64(digits).ok_or(Error::Malformed)?;
     let hex = rest.strip_prefix(b",sig=").ok_or(Error::Malformed)?;
     let mut sig = [0u8; 32];
     decode_hex(hex, &mut sig)?;

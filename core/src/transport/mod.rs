@@ -3,6 +3,12 @@
 //! The sync logic builds request bytes and consumes response bytes; it never
 //! knows whether they travel over hyper on Linux, reqwless on embassy-net, or
 //! a loopback in a unit test.
+//!
+//! [`auth`] signs requests (HMAC-SHA256 over a canonical message); the sync
+//! client calls it for every request it sends. Nothing here imports the
+//! sync, wire or codec stages.
+
+pub mod auth;
 
 /// HTTP method of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
