@@ -43,8 +43,28 @@ pub struct Response {
     pub status: u16,
     /// Bytes of body written to the start of the response buffer.
     pub body_len: usize,
-    /// `Retry-After` in seconds, when the server sent one (429/503).
+    /// `Retry-After` in seconds, when the server sent one (429/503). Parse
+    /// the header with [`parse_retry_after`].
     pub retry_after_s: Option<u32>,
+}
+
+/// Parses a `Retry-After` header value given in seconds (`delta-seconds`,
+/// RFC 9110 10.2.3: one or more digits), spaces and tabs around it allowed.
+///
+/// A value above `u32::MAX` seconds, with any number of digits, **saturates**
+/// to `u32::MAX`: a server asking for a very long pause gets one (the client
+/// uses it as the floor of its backoff), never "no advice". The HTTP-date
+/// form, an empty value, a sign and anything else give `None`; the client
+/// then waits its own backoff. Every transport reads the header with this.
+///
+/// ```
+/// use omega_tv_sync::transport::parse_retry_after;
+/// assert_eq!(parse_retry_after(b" 120 "), Some(120));
+/// assert_eq!(parse_retry_after(b"99999999999"), Some(u32::MAX));
+/// assert_eq!(parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT"), None);
+/// ```
+pub fn parse_retry_after(value: &[u8]) -> Option<u32> {
+    crate::ascii::parse_u32_saturating(crate::ascii::trim_ows(value))
 }
 
 /// Sends one request and writes the response body into `response_buf`.
@@ -66,4 +86,41 @@ pub trait Transport {
         request: Request<'_>,
         response_buf: &mut [u8],
     ) -> Result<Response, Self::Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retry_after;
+
+    #[test]
+    fn retry_after_is_delta_seconds_and_saturates() {
+        assert_eq!(parse_retry_after(b"0"), Some(0));
+        assert_eq!(parse_retry_after(b"7"), Some(7));
+        assert_eq!(parse_retry_after(b" \t120\t "), Some(120));
+        assert_eq!(parse_retry_after(b"4294967295"), Some(u32::MAX));
+        // Overflow saturates, whatever the length.
+        assert_eq!(parse_retry_after(b"4294967296"), Some(u32::MAX));
+        assert_eq!(parse_retry_after(b"99999999999"), Some(u32::MAX));
+        assert_eq!(
+            parse_retry_after(b"184467440737095516150000000000000000000000"),
+            Some(u32::MAX)
+        );
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"-1",
+            b"+5",
+            b"1.5",
+            b"12 34",
+            b"0x10",
+            b"Wed, 21 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(
+                parse_retry_after(bad),
+                None,
+                "{:?}",
+                core::str::from_utf8(bad)
+            );
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! is written here, the response is parsed by reqwless.
 
 use embedded_io_async::{Read, Write};
+use omega_tv_sync::ascii::{fmt_u64, U64_DIGITS};
+use omega_tv_sync::transport::parse_retry_after;
 use omega_tv_sync::{Method, Request, Response};
 use reqwless::response::BodyReader;
 
@@ -83,35 +85,6 @@ pub async fn exchange<C: Read + Write>(
     })
 }
 
-/// Parses a `Retry-After` value given in seconds (`delta-seconds`, RFC 9110
-/// 10.2.3), surrounding whitespace allowed. Values above `u32::MAX` saturate.
-/// The HTTP-date form, an empty value and anything else give `None` (the
-/// client then falls back to its own backoff).
-pub fn parse_retry_after(value: &[u8]) -> Option<u32> {
-    let v = trim(value);
-    if v.is_empty() || v.len() > 32 {
-        return None;
-    }
-    let mut n: u32 = 0;
-    for &b in v {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n.saturating_mul(10).saturating_add(u32::from(b - b'0'));
-    }
-    Some(n)
-}
-
-fn trim(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
-}
-
 fn map_reqwless(e: reqwless::Error) -> Error {
     match e {
         reqwless::Error::Network(embedded_io_async::ErrorKind::TimedOut) => Error::Timeout,
@@ -165,9 +138,9 @@ async fn write_request<C: Write>(conn: &mut C, host: &str, r: &Request<'_>) -> R
         put(w, "Content-Type: application/octet-stream\r\n").await?;
     }
     if r.method == Method::Post || !r.body.is_empty() {
-        let mut digits = [0u8; 20];
+        let mut digits = [0u8; U64_DIGITS];
         put(w, "Content-Length: ").await?;
-        put(w, format_usize(r.body.len(), &mut digits)).await?;
+        put(w, fmt_u64(r.body.len() as u64, &mut digits)).await?;
         put(w, "\r\n").await?;
     }
     for (name, value) in r.headers {
@@ -200,20 +173,6 @@ fn io_err<E: embedded_io_async::Error>(e: E) -> Error {
         | embedded_io_async::ErrorKind::BrokenPipe => Error::ConnectionClosed,
         k => Error::Network(k),
     }
-}
-
-/// Decimal digits of `n` in `buf`, as a `&str`.
-fn format_usize(mut n: usize, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    core::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 #[cfg(test)]
@@ -481,11 +440,12 @@ Content-Type: application/octet-stream\r\nContent-Length: 6\r\nX-Device-ID: tv-1
 
     #[test]
     fn usize_formatting() {
-        let mut b = [0u8; 20];
-        assert_eq!(format_usize(0, &mut b), "0");
-        assert_eq!(format_usize(1536, &mut b), "1536");
+        // Content-Length is written with the core's formatter.
+        let mut b = [0u8; U64_DIGITS];
+        assert_eq!(fmt_u64(0, &mut b), "0");
+        assert_eq!(fmt_u64(1536, &mut b), "1536");
         assert_eq!(
-            format_usize(usize::MAX, &mut b),
+            fmt_u64(usize::MAX as u64, &mut b),
             std::format!("{}", usize::MAX)
         );
     }

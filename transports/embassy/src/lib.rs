@@ -53,8 +53,8 @@
 //! ## Features
 //! | feature | effect |
 //! |---|---|
-//! | `defmt` | `defmt::Format` for [`Error`] |
-//! | `log` | a `debug!` line per exchange through the `log` crate |
+//! | `defmt` | `defmt::Format` for [`Error`]; a `debug` line per exchange (a `warn` line per failed TLS handshake) through defmt |
+//! | `log` | the same lines through the `log` crate |
 //! | `tls` | `EmbassyTlsTransport`: TLS 1.3 with a pre-shared key |
 //! | `proto-ipv4`, `proto-ipv6`, `medium-ethernet`, `medium-ip` (default: all) | the embassy-net protocols and media; an IPv4-only firmware takes `default-features = false` and `proto-ipv4` with its medium: 29 KB less flash on Cortex-M4 (`docs/memory.md`) |
 #![no_std]
@@ -65,6 +65,9 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[macro_use]
+mod fmt;
+
 mod http;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -74,7 +77,7 @@ use embassy_net::{IpEndpoint, Stack};
 use embassy_time::{with_timeout, Duration};
 use omega_tv_sync::{Request, Response, Transport};
 
-pub use http::{exchange, parse_retry_after};
+pub use http::exchange;
 #[cfg(feature = "tls")]
 pub use tls::{EmbassyTlsTransport, Psk, TlsBuffers};
 
@@ -258,8 +261,7 @@ impl<'d, 'b> EmbassyTransport<'d, 'b> {
         }
         .await;
         close(&mut socket, result.is_ok()).await;
-        #[cfg(feature = "log")]
-        log::debug!(
+        debug!(
             "{:?} {} -> {:?}",
             request.method,
             request.path,

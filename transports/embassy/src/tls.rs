@@ -203,8 +203,7 @@ impl<'d, 'b, R: CryptoRngCore> EmbassyTlsTransport<'d, 'b, R> {
             }
         };
         close(&mut socket, result.is_ok()).await;
-        #[cfg(feature = "log")]
-        log::debug!(
+        debug!(
             "tls {:?} {} -> {:?}",
             request.method,
             request.path,
@@ -218,8 +217,7 @@ impl<'d, 'b, R: CryptoRngCore> EmbassyTlsTransport<'d, 'b, R> {
 /// (an alert such as a wrong key, a peer that is not a TLS 1.3 PSK server,
 /// a record larger than the read buffer) is [`Error::Tls`].
 fn handshake_error(e: TlsError) -> Error {
-    #[cfg(feature = "log")]
-    log::warn!("TLS handshake failed: {e:?}");
+    warn!("TLS handshake failed: {:?}", e);
     match e {
         TlsError::Io(embedded_io_async::ErrorKind::TimedOut) => Error::Timeout,
         TlsError::Io(k) => Error::Network(k),

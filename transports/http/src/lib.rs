@@ -8,8 +8,10 @@
 //! - The response body is written into the caller's buffer; a body larger
 //!   than the buffer is [`HttpError::TooLarge`], never truncated.
 //! - `Retry-After` (delay in seconds) is parsed into
-//!   [`Response::retry_after_s`](omega_tv_sync::Response); the HTTP-date form
-//!   is not used by Constellation and reads as absent.
+//!   [`Response::retry_after_s`](omega_tv_sync::Response) by the core's
+//!   [`parse_retry_after`](omega_tv_sync::transport::parse_retry_after), as
+//!   the embassy transport does: a value above `u32::MAX` saturates; the
+//!   HTTP-date form is not used by Constellation and reads as absent.
 //!
 //! Needs a tokio runtime.
 #![deny(missing_docs)]
@@ -27,6 +29,7 @@ use hyper::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use omega_tv_sync::transport::parse_retry_after;
 use omega_tv_sync::{Method, Request, Response, Transport};
 
 /// Default deadline of one exchange.
@@ -160,8 +163,7 @@ impl HttpTransport {
         let retry_after_s = resp
             .headers()
             .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u32>().ok());
+            .and_then(|v| parse_retry_after(v.as_bytes()));
         let capacity = buf.len();
         if let Some(n) = resp
             .headers()
@@ -273,6 +275,22 @@ mod tests {
         let r = t.send(get(), &mut buf).await.unwrap();
         assert_eq!((r.status, r.body_len, r.retry_after_s), (503, 5, Some(7)));
         assert_eq!(&buf[..5], b"hello");
+    }
+
+    /// A `Retry-After` beyond `u32::MAX` seconds is "wait very long", read
+    /// the same as by the embassy transport (it once read as no advice here,
+    /// so the client retried at its own short backoff).
+    #[tokio::test]
+    async fn an_overflowing_retry_after_saturates() {
+        let url = serve(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After:  99999999999 \r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            Duration::ZERO,
+        )
+        .await;
+        let mut t = HttpTransport::new(&url).unwrap();
+        let mut buf = [0u8; 16];
+        let r = t.send(get(), &mut buf).await.unwrap();
+        assert_eq!((r.status, r.retry_after_s), (429, Some(u32::MAX)));
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
 use embassy_time::{with_timeout, Duration};
 use embedded_io_async::Write;
+use omega_tv_sync::ascii::{fmt_u64, U64_DIGITS};
 
 use crate::device::Shared;
 use crate::runs::{Framing, Run, CHUNK, HOST, PEER_PORT, RUNS};
@@ -240,8 +241,8 @@ fn check_head(head: &[u8], run: &Run) -> Result<usize, &'static str> {
     }
     let device = crate::scenario::config(false).map_err(|_| "config")?;
     let auth = core::str::from_utf8(run.auth).map_err(|_| "recorded auth")?;
-    let mut digits = [0u8; 20];
-    let length = decimal(run.upload.len(), &mut digits);
+    let mut digits = [0u8; U64_DIGITS];
+    let length = fmt_u64(run.upload.len() as u64, &mut digits);
     let expected: [(&str, &str); 7] = [
         ("Host", HOST),
         ("Connection", "close"),
@@ -291,9 +292,9 @@ async fn respond(s: &mut TcpSocket<'_>, run: &Run) -> Result<(), &'static str> {
     .await?;
     match run.framing {
         Framing::Length => {
-            let mut digits = [0u8; 20];
+            let mut digits = [0u8; U64_DIGITS];
             write(s, b"Content-Length: ").await?;
-            write(s, decimal(body.len(), &mut digits).as_bytes()).await?;
+            write(s, fmt_u64(body.len() as u64, &mut digits).as_bytes()).await?;
             write(s, b"\r\nConnection: close\r\n\r\n").await?;
             write(s, body).await?;
         }
@@ -322,19 +323,6 @@ async fn write(s: &mut TcpSocket<'_>, bytes: &[u8]) -> Result<(), &'static str> 
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-pub fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    core::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {

@@ -197,8 +197,8 @@ async fn session(
     let mut head = [0u8; 128];
     let mut w = Writer::new(&mut head);
     w.put(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ")?;
-    let mut digits = [0u8; 20];
-    w.put(crate::peer::decimal(run.response.len(), &mut digits).as_bytes())?;
+    let mut digits = [0u8; omega_tv_sync::ascii::U64_DIGITS];
+    w.put(omega_tv_sync::ascii::fmt_u64(run.response.len() as u64, &mut digits).as_bytes())?;
     w.put(b"\r\nConnection: close\r\n\r\n")?;
     let head_len = w.len;
     for part in [&head[..head_len], run.response] {
