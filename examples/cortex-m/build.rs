@@ -116,7 +116,7 @@ fn fixtures(rows: &[u8], out: &Path) {
                     .expect("upsert");
             }
             let mut tx = vec![0u8; 16 * 1024];
-            let n = c.prepare(NOW_MS, &mut tx).expect("prepare");
+            let n = c.prepare(&mut tx).expect("prepare");
             let upload = &tx[..n];
             let mut ab = [0u8; omega_tv_sync::transport::auth::HEADER_MAX];
             let auth = c
@@ -210,10 +210,11 @@ fn fixtures(rows: &[u8], out: &Path) {
                 retry_after_s: None,
             };
             let outcome = if z {
-                use omega_tv_sync::wire::zstd::{Decompressor, DCTX_WORKSPACE_WORDS};
+                use omega_tv_sync::sync::ZstdBuffers;
+                use omega_tv_sync::wire::zstd::DCTX_WORKSPACE_WORDS;
                 let mut dws = vec![0u64; DCTX_WORKSPACE_WORDS];
-                let mut d = Decompressor::new(&mut dws).expect("dctx");
-                c.apply_zstd(upload, r, &response, &mut d, &mut scratch, NOW_MS, &mut ())
+                let mut z = ZstdBuffers::new(&mut dws, &mut scratch).expect("dctx");
+                c.apply_zstd(upload, r, &response, &mut z, NOW_MS, &mut ())
             } else {
                 c.apply(upload, r, &response, NOW_MS, &mut ())
             };

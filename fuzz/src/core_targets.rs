@@ -269,7 +269,7 @@ pub fn download_base() -> &'static [u8] {
                 .expect("upsert");
         }
         let mut tx = vec![0u8; 16 * 1024];
-        let n = c.prepare(0, &mut tx).expect("prepare");
+        let n = c.prepare(&mut tx).expect("prepare");
         let mut rx = vec![0u8; 4096];
         let mut w = FrameWriter::new(&mut rx, Kind::Download, book().id()).expect("writer");
         w.push(&Record::DownloadHead(DownloadHead {
@@ -318,7 +318,7 @@ pub fn download_client() -> (Client, Vec<u8>) {
     c.remove(&PatternId::new("p1").expect("id"), 1_000)
         .expect("remove");
     let mut tx = vec![0u8; 16 * 1024];
-    let n = c.prepare(1_000, &mut tx).expect("prepare");
+    let n = c.prepare(&mut tx).expect("prepare");
     tx.truncate(n);
     (c, tx)
 }
@@ -614,7 +614,7 @@ pub fn real_upload(k: usize, accept_zstd: bool) -> Vec<u8> {
         .expect("upsert");
     }
     let mut tx = vec![0u8; 64 * 1024];
-    let n = c.prepare(0, &mut tx).expect("prepare");
+    let n = c.prepare(&mut tx).expect("prepare");
     tx.truncate(n);
     tx
 }

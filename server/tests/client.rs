@@ -160,7 +160,8 @@ async fn a_cloned_box_resequences_and_resolves_conflicts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_responses_on_request() {
-    use omega_tv_sync::wire::zstd::{Decompressor, DCTX_WORKSPACE_WORDS};
+    use omega_tv_sync::sync::ZstdBuffers;
+    use omega_tv_sync::wire::zstd::DCTX_WORKSPACE_WORDS;
     use omega_tv_sync::{Method, Request, Transport};
     let (_dir, db) = temp_db();
     let srv = start(&db).await;
@@ -187,7 +188,7 @@ async fn compressed_responses_on_request() {
     let mut c: SyncClient<'static, N> = SyncClient::new(book(), cfg);
     c.upsert(&pattern(0, &v[3], 20), 1).unwrap();
     let mut tx = vec![0u8; omega_tv_sync::wire::MAX_UPLOAD_FRAME];
-    let n = c.prepare(1, &mut tx).unwrap();
+    let n = c.prepare(&mut tx).unwrap();
     let mut t = HttpTransport::new(&srv.url()).unwrap();
     let mut rx = vec![0u8; c.config().caps.max_bytes as usize];
     let headers = [("X-Device-ID", "tv-z"), ("X-Sync-Version", "0")];
@@ -206,19 +207,11 @@ async fn compressed_responses_on_request() {
     let r2 = t.send(req, &mut rx2).await.unwrap();
     assert_eq!(rx2[..r2.body_len], rx[..r.body_len]);
     let mut ws = vec![0u64; DCTX_WORKSPACE_WORDS];
-    let mut z = Decompressor::new(&mut ws).unwrap();
     let mut scratch = vec![0u8; rx.len()];
+    let mut z = ZstdBuffers::new(&mut ws, &mut scratch).unwrap();
     let mut sink = Sink::default();
     let out = c
-        .apply_zstd(
-            &tx[..n],
-            r,
-            &rx[..r.body_len],
-            &mut z,
-            &mut scratch,
-            2,
-            &mut sink,
-        )
+        .apply_zstd(&tx[..n], r, &rx[..r.body_len], &mut z, 2, &mut sink)
         .unwrap();
     assert!(matches!(out, Outcome::Synced(_)));
     assert!(sink.globals > 0);

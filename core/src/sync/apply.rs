@@ -5,8 +5,51 @@
 use super::{GlobalSink, InFlight, Outcome, Summary, SyncClient};
 use crate::codec::Codes;
 use crate::types::PatternId;
+#[cfg(feature = "zstd")]
+use crate::wire::zstd::Decompressor;
 use crate::wire::{Coding, FrameReader, Record};
 use crate::{Error, Response, Result};
+
+/// The caller's memory for [`SyncClient::apply_zstd`], built once at
+/// start-up and kept for every response (as embassy-net's
+/// `StackResources` or minimq's `Buffers` are).
+///
+/// | buffer | must hold | size |
+/// |---|---|---|
+/// | `workspace` (given to [`new`](Self::new)) | zstd's decompression context (`ZSTD_DCtx` and its literal buffer) | [`DCTX_WORKSPACE_WORDS`] `u64`s: 31,288 B on a Cortex-M4 with this repository's zstd C flags, 95,800 B with the stock ones (`docs/memory.md`); `new` checks it against the linked library |
+/// | `scratch` | the decompressed records of one response body | at least `Config::caps.max_bytes`, the response buffer's size: the server keeps the uncompressed frame within it. A body that decompresses to more is [`Error::Decompression`] and changes nothing |
+///
+/// Neither needs to be zeroed or keeps anything between responses.
+///
+/// ```ignore
+/// static DCTX: StaticCell<[u64; DCTX_WORKSPACE_WORDS]> = StaticCell::new();
+/// static SCRATCH: StaticCell<[u8; RX]> = StaticCell::new();
+/// let mut z = ZstdBuffers::new(DCTX.init([0; DCTX_WORKSPACE_WORDS]), SCRATCH.init([0; RX]))?;
+/// client.apply_zstd(sent, response, body, &mut z, now_ms, &mut sink)?;
+/// ```
+///
+/// [`DCTX_WORKSPACE_WORDS`]: crate::wire::zstd::DCTX_WORKSPACE_WORDS
+#[cfg(feature = "zstd")]
+pub struct ZstdBuffers<'a> {
+    decompressor: Decompressor<'a>,
+    scratch: &'a mut [u8],
+}
+
+#[cfg(feature = "zstd")]
+impl<'a> ZstdBuffers<'a> {
+    /// Sets up the decompressor in `workspace` and keeps `scratch` for the
+    /// decompressed records (sizes in the table above).
+    ///
+    /// # Errors
+    /// [`Error::BufferTooSmall`] when `workspace` is smaller than the linked
+    /// zstd library needs; [`Error::Decompression`] when zstd refuses it.
+    pub fn new(workspace: &'a mut [u64], scratch: &'a mut [u8]) -> Result<Self> {
+        Ok(ZstdBuffers {
+            decompressor: Decompressor::new(workspace)?,
+            scratch,
+        })
+    }
+}
 
 impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// The request in flight failed in transit: schedule a resend of the
@@ -52,21 +95,24 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
 
     /// [`apply`](Self::apply) for a device that asked for compressed
     /// responses (`Config::accept_zstd`): a compressed body is decompressed
-    /// with `zstd` into `scratch`, which must hold `caps.max_bytes`.
+    /// through `buffers` (built once, see [`ZstdBuffers`]); a plain body is
+    /// applied as [`apply`](Self::apply) would.
     #[cfg(feature = "zstd")]
-    #[allow(clippy::too_many_arguments)]
     pub fn apply_zstd<S: GlobalSink>(
         &mut self,
         sent: &[u8],
         response: Response,
         body: &[u8],
-        zstd: &mut crate::wire::zstd::Decompressor<'_>,
-        scratch: &mut [u8],
+        buffers: &mut ZstdBuffers<'_>,
         now_ms: u64,
         sink: &mut S,
     ) -> Result<Outcome> {
+        let ZstdBuffers {
+            decompressor,
+            scratch,
+        } = buffers;
         self.apply_opened(sent, response, body, now_ms, sink, move || {
-            FrameReader::parse(body)?.decompress(zstd, scratch)
+            FrameReader::parse(body)?.decompress(decompressor, scratch)
         })
     }
 

@@ -68,7 +68,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     ) -> core::result::Result<Outcome, SyncError<T::Error>> {
         let len = match self.inflight {
             Some(f) => f.len,
-            None => self.prepare(now_ms, tx)?,
+            None => self.prepare(tx)?,
         };
         let body = tx.get(..len).ok_or(Error::BufferTooSmall)?;
         // Every attempt, resends included, is signed with a new counter.

@@ -39,7 +39,7 @@
 //! |---|---|
 //! | `mod.rs` | [`Config`], [`SyncClient`], constructors and accessors |
 //! | `upload.rs` | `upsert`, `remove`, `prepare` (the upload frame) |
-//! | `apply.rs` | `apply`, `apply_zstd`: acks, conflicts, 409/401/429/5xx, backoff |
+//! | `apply.rs` | `apply`, `apply_zstd` and its `ZstdBuffers`: acks, conflicts, 409/401/429/5xx, backoff |
 //! | `feed.rs` | `feed_path`, `apply_feed`, global records and trends to the [`GlobalSink`] |
 //! | `exchange.rs` | `exchange` over a [`Transport`](crate::Transport), `authorization`, [`SyncError`] |
 //! | `snapshot.rs` | `snapshot`, `restore`, `restore_into` |
@@ -57,6 +57,8 @@ mod sink;
 mod snapshot;
 mod upload;
 
+#[cfg(feature = "zstd")]
+pub use apply::ZstdBuffers;
 pub use backoff::{Backoff, Jitter};
 pub use exchange::{SyncError, SYNC_PATH};
 pub use filter::QualityFilter;

@@ -273,6 +273,16 @@ mod tests {
     use crate::codec::minilm_v1;
     use crate::wire::{crc32, HEADER_LEN, TRAILER_LEN};
 
+    /// The formula the README and `max_snapshot_len`'s docs state (the
+    /// README once said 88 for the head).
+    #[test]
+    fn documented_snapshot_bound() {
+        for n in [0, 1, 8, 64, 1000] {
+            assert_eq!(max_snapshot_len(n), 13 + 1 + 99 + n * 1201, "n = {n}");
+        }
+        assert_eq!(max_snapshot_len(64), 76_977);
+    }
+
     /// A layout-1 snapshot (no layout byte, no counter) still restores, and
     /// resumes signing at the window.
     #[test]

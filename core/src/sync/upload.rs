@@ -87,15 +87,15 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// Writes the next upload frame into `buf` and returns its length: the
     /// head, then the uploadable patterns oldest change first, as many as fit
     /// `buf` and [`MAX_UPLOAD_PATTERNS`] (the rest go next time). A frame
-    /// with no pattern still asks for global changes.
+    /// with no pattern still asks for global changes. It takes no clock:
+    /// "oldest" is the time `upsert` or `remove` recorded for each change.
     ///
     /// `buf` needs at least `OVERHEAD + max_len::UPLOAD_HEAD` (45) bytes;
     /// ~150 bytes per changed pattern is typical, `max_len::PATTERN` the
     /// worst case. Keep the bytes until the exchange is applied: a retry
     /// sends them again. [`Error::Busy`] while a request is in flight.
     #[inline(never)] // own frame: see "Memory" above
-    pub fn prepare(&mut self, now_ms: u64, buf: &mut [u8]) -> Result<usize> {
-        let _ = now_ms;
+    pub fn prepare(&mut self, buf: &mut [u8]) -> Result<usize> {
         if self.inflight.is_some() {
             return Err(Error::Busy);
         }

@@ -7,7 +7,7 @@
 //!    entropy coding are bit-exact across platforms;
 //! 3. a corrupted copy of the recorded response is refused and changes
 //!    nothing (the request stays in flight);
-//! 4. `apply` (or `apply_zstd` through a static `Decompressor` workspace)
+//! 4. `apply` (or `apply_zstd` through `ZstdBuffers` over a static workspace)
 //!    the recorded server response: acks, a conflict with the server's
 //!    state, a global removal, global upserts, trends;
 //! 5. check the acked state (revisions, codes against the target's own
@@ -268,7 +268,7 @@ fn cycle(
     );
 
     // 2. The upload frame, byte-exact with the host's.
-    let (r, used) = measure(|| client.prepare(NOW_MS, tx));
+    let (r, used) = measure(|| client.prepare(tx));
     cs.prepare = cs.prepare.max(used);
     let n = match r {
         Ok(n) => n,
@@ -457,18 +457,17 @@ fn apply(
     }
     #[cfg(feature = "zstd")]
     {
-        use omega_tv_sync::wire::zstd::Decompressor;
+        use omega_tv_sync::sync::ZstdBuffers;
         // Plain apply refuses a compressed body and keeps the request.
         c.check(
             "  compressed response refused by plain apply",
             client.apply(sent, resp, body, NOW_MS, sink) == Err(Error::BadFlags),
         );
-        let Ok(mut d) = Decompressor::new(dctx) else {
+        let Ok(mut z) = ZstdBuffers::new(dctx, scratch) else {
             c.check("  zstd workspace", false);
             return None;
         };
-        let (r, used) =
-            measure(|| client.apply_zstd(sent, resp, body, &mut d, scratch, NOW_MS, sink));
+        let (r, used) = measure(|| client.apply_zstd(sent, resp, body, &mut z, NOW_MS, sink));
         cs.apply_zstd = cs.apply_zstd.max(used);
         r.ok()
     }

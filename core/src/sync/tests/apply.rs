@@ -90,7 +90,7 @@ fn racing_sessions_conflict_and_merge_by_sample_weight() {
     // Resolution: merged by weight (90 vs 31), uploaded as a delta on rev 2.
     let qa = cb.quantize(&ea);
     let qb = cb.quantize(&eb);
-    let n = b.prepare(4, &mut tx).unwrap();
+    let n = b.prepare(&mut tx).unwrap();
     assert_eq!(
         uploaded_ids(&tx[..n]),
         std::vec![("p".into(), Coding::Delta)]
@@ -126,7 +126,7 @@ fn corrupt_response_changes_nothing_and_the_request_stays_in_flight() {
     c.upsert(&pattern("p", &v[9], 0.9, 30), 0).unwrap();
     let mut peer = Peer::default();
     let mut tx = [0u8; 4096];
-    let n = c.prepare(0, &mut tx).unwrap();
+    let n = c.prepare(&mut tx).unwrap();
     let mut rx = [0u8; 4096];
     let (st, len) = peer.handle(&tx[..n], &mut rx);
     for i in 0..len {
@@ -184,7 +184,7 @@ fn last_seq_parsing() {
 #[cfg(feature = "zstd")]
 #[test]
 fn compressed_responses_apply_like_plain_ones() {
-    use crate::wire::zstd::{Compressor, Decompressor, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_WORDS};
+    use crate::wire::zstd::{Compressor, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_WORDS};
     let v = vectors();
     let mut cfg = Config::new(DeviceId::new("tv-z").unwrap());
     cfg.accept_zstd = true;
@@ -198,7 +198,7 @@ fn compressed_responses_apply_like_plain_ones() {
         ..Peer::default()
     };
     let mut tx = [0u8; 8192];
-    let n = c.prepare(0, &mut tx).unwrap();
+    let n = c.prepare(&mut tx).unwrap();
     assert!(FrameReader::parse(&tx[..n]).unwrap().accepts_zstd());
     let mut rx = std::vec![0u8; 16384];
     let (st, len) = peer.handle(&tx[..n], &mut rx);
@@ -227,9 +227,9 @@ fn compressed_responses_apply_like_plain_ones() {
     );
     // ... apply_zstd takes it.
     let mut dws = std::vec![0u64; DCTX_WORKSPACE_WORDS];
-    let mut d = Decompressor::new(&mut dws).unwrap();
+    let mut zb = ZstdBuffers::new(&mut dws, &mut scratch).unwrap();
     let out = c
-        .apply_zstd(&tx[..n], resp, &z, &mut d, &mut scratch, 0, &mut ())
+        .apply_zstd(&tx[..n], resp, &z, &mut zb, 0, &mut ())
         .unwrap();
     assert!(
         matches!(out, Outcome::Synced(s) if s.acked == 12 && s.trends == 39),
@@ -280,7 +280,7 @@ fn a_counter_behind_the_server_catches_up_once() {
 
     // An answer that would jump the counter too far is not followed.
     let mut c = signed_client("tv-twin", &key);
-    c.prepare(0, &mut tx).unwrap();
+    c.prepare(&mut tx).unwrap();
     let n = c.in_flight().unwrap();
     let body = std::format!(
         "{{\"error\":\"replayed_counter\",\"last_counter\":{}}}",
@@ -300,7 +300,7 @@ fn a_counter_behind_the_server_catches_up_once() {
     // with its next one (no jump).
     let mut d = signed_client("tv-twin", &key);
     let mut ab = [0u8; auth::HEADER_MAX];
-    d.prepare(0, &mut tx).unwrap();
+    d.prepare(&mut tx).unwrap();
     let n = d.in_flight().unwrap();
     for _ in 0..10 {
         d.authorization(crate::Method::Post, SYNC_PATH, &tx[..n], &mut ab)

@@ -111,6 +111,6 @@ fn feed_pages_move_the_cursor_and_refuse_sync_records() {
     );
     // Not while a sync request is in flight.
     let mut tx = [0u8; 1024];
-    c.prepare(0, &mut tx).unwrap();
+    c.prepare(&mut tx).unwrap();
     assert_eq!(c.apply_feed(&page(0, false), &mut sink), Err(Error::Busy));
 }

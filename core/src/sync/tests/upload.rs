@@ -21,7 +21,7 @@ fn uploads_only_changed_patterns_that_pass_the_filter() {
     assert_eq!(peer.pattern_records_seen, 2);
     assert_eq!(c.next_sync_at(), 10 + 600_000);
     // Nothing changed: the next upload carries no pattern.
-    let n = c.prepare(20, &mut tx).unwrap();
+    let n = c.prepare(&mut tx).unwrap();
     assert!(uploaded_ids(&tx[..n]).is_empty());
     c.apply(
         &tx[..n],
@@ -45,7 +45,7 @@ fn uploads_only_changed_patterns_that_pass_the_filter() {
     )
     .unwrap();
     c.upsert(&pattern("lowrate", &v[2], 0.75, 51), 41).unwrap();
-    let n = c.prepare(50, &mut tx).unwrap();
+    let n = c.prepare(&mut tx).unwrap();
     let ids = uploaded_ids(&tx[..n]);
     // Oldest change first: "lowrate" has waited (held back by the filter) since t=3.
     assert_eq!(
@@ -69,7 +69,7 @@ fn a_frame_too_small_for_all_sends_the_oldest_first() {
         .unwrap();
     }
     let mut small = [0u8; 700];
-    let n = c.prepare(200, &mut small).unwrap();
+    let n = c.prepare(&mut small).unwrap();
     let ids = uploaded_ids(&small[..n]);
     assert!(!ids.is_empty() && ids.len() < 10);
     // Oldest change first: p9 changed at 91, p8 at 92, ...

@@ -261,7 +261,7 @@ fn snapshots(steps: usize) -> Vec<Vec<u8>> {
             c.upsert(&pat, step as u64).unwrap();
         }
         let mut tx = vec![0u8; 16 * 1024];
-        let n = c.prepare(step as u64, &mut tx).unwrap();
+        let n = c.prepare(&mut tx).unwrap();
         let req = FrameReader::parse(&tx[..n]).unwrap();
         let mut rx = vec![0u8; 4096];
         let mut w = FrameWriter::new(&mut rx, Kind::Download, req.codebook_id()).unwrap();
