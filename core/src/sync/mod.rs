@@ -28,7 +28,8 @@
 //! response, `snapshot`, `restore_into`) are `#[inline(never)]`: each has
 //! its own frame, so the caller's frame does not grow by all of them at
 //! once. Measured on a Cortex-M4F (`examples/cortex-m`, `docs/memory.md`):
-//! a whole sync cycle peaks at about 12 KB of stack, 17 KB with zstd. Encoding uses a
+//! a whole sync cycle peaks at about 11.3 KB of stack, with or without zstd
+//! (`apply`'s `reconstruct` is the deepest point). Encoding uses a
 //! [`MAX_CODED_LEN`](crate::codec::MAX_CODED_LEN) scratch on the stack; [`apply`](SyncClient::apply) needs
 //! two [`Codes`] (1.5 KB) and one [`Embedding`](crate::Embedding) (1.5 KB) on
 //! the stack. The caller provides the request buffer (see

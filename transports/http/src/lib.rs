@@ -14,6 +14,7 @@
 //!   HTTP-date form is not used by Constellation and reads as absent.
 //!
 //! Needs a tokio runtime.
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
     not(test),
