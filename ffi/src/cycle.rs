@@ -214,7 +214,8 @@ pub unsafe extern "C" fn ots_client_remove(
 /// change first, as many patterns as fit `buf` (the rest go next time); a
 /// request with no pattern still asks for global changes.
 ///
-/// `buf` needs at least `OTS_MIN_REQUEST_LEN` (45) bytes; about 150 bytes
+/// `buf` needs at least `OTS_MIN_REQUEST_LEN` (45) bytes
+/// (`OTS_ERROR_BUFFER_TOO_SMALL` below that, whatever the request); about 150 bytes
 /// per changed pattern is typical. POST it to `OTS_SYNC_PATH` with the
 /// headers `X-Device-ID` (the device id), `X-Sync-Version`
 /// (`ots_client_global_version`), `Content-Type: application/octet-stream`
@@ -237,6 +238,11 @@ pub unsafe extern "C" fn ots_client_prepare(
     code((|| {
         if buf.is_null() || len.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
+        }
+        // The worst-case head, so that the rule does not depend on how
+        // many bytes the sequence number happens to take today.
+        if cap < crate::OTS_MIN_REQUEST_LEN {
+            return Err(E::OTS_ERROR_BUFFER_TOO_SMALL);
         }
         // SAFETY: forwarded contract.
         let out = unsafe { args::bytes_mut(buf, cap) }?;
