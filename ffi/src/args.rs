@@ -171,7 +171,10 @@ pub(crate) fn str_in_array(a: &[c_char]) -> Res<&str> {
 
 /// Copies `s` into a `char` array with a NUL after it.
 pub(crate) fn copy_to_array(s: &str, out: &mut [c_char]) -> Res<()> {
-    let room = out.len().checked_sub(1).ok_or(E::OTS_ERROR_BUFFER_TOO_SMALL)?;
+    let room = out
+        .len()
+        .checked_sub(1)
+        .ok_or(E::OTS_ERROR_BUFFER_TOO_SMALL)?;
     if s.len() > room {
         return Err(E::OTS_ERROR_BUFFER_TOO_SMALL);
     }

@@ -197,7 +197,13 @@ impl Guard {
         // SAFETY: by the contract, a valid `SyncClient<N>` lives `HEAD`
         // bytes after the (OTS_CLIENT_ALIGN-aligned) head, suitably aligned
         // (`fits`); the busy flag excludes every other borrow of it.
-        unsafe { &mut *self.head.cast::<u8>().add(HEAD).cast::<SyncClient<'static, N>>() }
+        unsafe {
+            &mut *self
+                .head
+                .cast::<u8>()
+                .add(HEAD)
+                .cast::<SyncClient<'static, N>>()
+        }
     }
 }
 

@@ -89,9 +89,11 @@ unsafe fn store(out: *mut ots_codebook_t, cb: Codebook<'static>) -> Res<()> {
 #[no_mangle]
 pub unsafe extern "C" fn ots_codebook_minilm_v1(out: *mut ots_codebook_t) -> ots_error_t {
     // SAFETY: forwarded contract.
-    code(codec::minilm_v1()
-        .map_err(ots_error_t::from)
-        .and_then(|cb| unsafe { store(out, cb) }))
+    code(
+        codec::minilm_v1()
+            .map_err(ots_error_t::from)
+            .and_then(|cb| unsafe { store(out, cb) }),
+    )
 }
 
 /// Fills `out` with the small-flash codebook `minilm_small_v1` (no basis,
@@ -103,9 +105,11 @@ pub unsafe extern "C" fn ots_codebook_minilm_v1(out: *mut ots_codebook_t) -> ots
 #[no_mangle]
 pub unsafe extern "C" fn ots_codebook_minilm_small_v1(out: *mut ots_codebook_t) -> ots_error_t {
     // SAFETY: forwarded contract.
-    code(codec::minilm_small_v1()
-        .map_err(ots_error_t::from)
-        .and_then(|cb| unsafe { store(out, cb) }))
+    code(
+        codec::minilm_small_v1()
+            .map_err(ots_error_t::from)
+            .and_then(|cb| unsafe { store(out, cb) }),
+    )
 }
 
 /// Validates a codebook blob (format in `docs/codec.md`) and fills `out`

@@ -355,7 +355,9 @@ pub unsafe extern "C" fn ots_client_apply(
         };
         // SAFETY: forwarded contract (NULL is no sink).
         let mut sink = CSink(unsafe { sink.as_ref() });
-        let o = with_client!(client, |c| Ok(apply(c, sent, resp, body, now_ms, &mut sink)?))?;
+        let o = with_client!(client, |c| Ok(apply(
+            c, sent, resp, body, now_ms, &mut sink
+        )?))?;
         // SAFETY: forwarded contract.
         unsafe { args::put(outcome, o.into()) }
     })())
@@ -420,9 +422,11 @@ pub unsafe extern "C" fn ots_client_feed_path(
             return Err(E::OTS_ERROR_BUFFER_TOO_SMALL);
         }
         let mut path = [0u8; crate::OTS_FEED_PATH_MAX];
-        let n = with_client!(client, |c| Ok(c.feed_path(limit, max_bytes, &mut path).len()))?;
-        let s =
-            core::str::from_utf8(path.get(..n).unwrap_or(&[])).map_err(|_| E::OTS_ERROR_MALFORMED)?;
+        let n = with_client!(client, |c| Ok(c
+            .feed_path(limit, max_bytes, &mut path)
+            .len()))?;
+        let s = core::str::from_utf8(path.get(..n).unwrap_or(&[]))
+            .map_err(|_| E::OTS_ERROR_MALFORMED)?;
         // SAFETY: forwarded contract.
         unsafe { args::put_str(s, buf, cap, len) }
     })())

@@ -59,9 +59,10 @@ pub use client::{
     OTS_CLIENT_BASE_BYTES, OTS_CLIENT_SLOT_BYTES,
 };
 pub use codebook::{
-    ots_codebook_flash_bytes, ots_codebook_from_blob, ots_codebook_id, ots_codebook_minilm_small_v1,
-    ots_codebook_minilm_v1, ots_codebook_quantize, ots_codebook_t, ots_quality_filter_accepts,
-    ots_quality_filter_default, ots_quality_filter_t, OTS_CODEBOOK_SIZE, OTS_CODEBOOK_WORDS,
+    ots_codebook_flash_bytes, ots_codebook_from_blob, ots_codebook_id,
+    ots_codebook_minilm_small_v1, ots_codebook_minilm_v1, ots_codebook_quantize, ots_codebook_t,
+    ots_quality_filter_accepts, ots_quality_filter_default, ots_quality_filter_t,
+    OTS_CODEBOOK_SIZE, OTS_CODEBOOK_WORDS,
 };
 pub use config::{ots_caps_t, ots_config_init, ots_config_set_key_hex, ots_config_t};
 pub use cycle::{
@@ -74,8 +75,8 @@ pub use error::{ots_error_class, ots_error_class_t, ots_error_str, ots_error_t};
 pub use sink::{ots_global_pattern_t, ots_sink_t, ots_trend_t};
 pub use state::{
     ots_client_acked, ots_client_auth_counter, ots_client_global_version, ots_client_in_flight,
-    ots_client_len, ots_client_next_sync_at, ots_client_pending, ots_client_seq,
-    ots_client_stats, ots_max_snapshot_len, ots_stats_t,
+    ots_client_len, ots_client_next_sync_at, ots_client_pending, ots_client_seq, ots_client_stats,
+    ots_max_snapshot_len, ots_stats_t,
 };
 
 /// Dimensions of an embedding (floats) and of its integer codes.

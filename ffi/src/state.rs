@@ -69,7 +69,10 @@ const _: () = assert!(
 /// `client` must be NULL or a handle from `ots_client_init`; `out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn ots_client_next_sync_at(client: *mut ots_client_t, out: *mut u64) -> ots_error_t {
+pub unsafe extern "C" fn ots_client_next_sync_at(
+    client: *mut ots_client_t,
+    out: *mut u64,
+) -> ots_error_t {
     code((|| {
         if out.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
@@ -105,7 +108,10 @@ pub unsafe extern "C" fn ots_client_seq(client: *mut ots_client_t, out: *mut u64
 /// `client` must be NULL or a handle from `ots_client_init`; `out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn ots_client_global_version(client: *mut ots_client_t, out: *mut u64) -> ots_error_t {
+pub unsafe extern "C" fn ots_client_global_version(
+    client: *mut ots_client_t,
+    out: *mut u64,
+) -> ots_error_t {
     code((|| {
         if out.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
@@ -122,7 +128,10 @@ pub unsafe extern "C" fn ots_client_global_version(client: *mut ots_client_t, ou
 /// `client` must be NULL or a handle from `ots_client_init`; `out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn ots_client_auth_counter(client: *mut ots_client_t, out: *mut u64) -> ots_error_t {
+pub unsafe extern "C" fn ots_client_auth_counter(
+    client: *mut ots_client_t,
+    out: *mut u64,
+) -> ots_error_t {
     code((|| {
         if out.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
@@ -140,7 +149,10 @@ pub unsafe extern "C" fn ots_client_auth_counter(client: *mut ots_client_t, out:
 /// `client` must be NULL or a handle from `ots_client_init`; `out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn ots_client_in_flight(client: *mut ots_client_t, out: *mut usize) -> ots_error_t {
+pub unsafe extern "C" fn ots_client_in_flight(
+    client: *mut ots_client_t,
+    out: *mut usize,
+) -> ots_error_t {
     code((|| {
         if out.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
@@ -176,7 +188,10 @@ pub unsafe extern "C" fn ots_client_len(client: *mut ots_client_t, out: *mut usi
 /// `client` must be NULL or a handle from `ots_client_init`; `out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn ots_client_pending(client: *mut ots_client_t, out: *mut usize) -> ots_error_t {
+pub unsafe extern "C" fn ots_client_pending(
+    client: *mut ots_client_t,
+    out: *mut usize,
+) -> ots_error_t {
     code((|| {
         if out.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
@@ -193,7 +208,10 @@ pub unsafe extern "C" fn ots_client_pending(client: *mut ots_client_t, out: *mut
 /// `client` must be NULL or a handle from `ots_client_init`; `out` NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn ots_client_stats(client: *mut ots_client_t, out: *mut ots_stats_t) -> ots_error_t {
+pub unsafe extern "C" fn ots_client_stats(
+    client: *mut ots_client_t,
+    out: *mut ots_stats_t,
+) -> ots_error_t {
     code((|| {
         if out.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
