@@ -187,18 +187,20 @@ pub unsafe extern "C" fn ots_codebook_quantize(
         // SAFETY: forwarded contract.
         let cb = unsafe { read(cb) }?;
         // SAFETY: forwarded contract.
-        let e = embedding_from(unsafe { args::array(embedding, embedding_len) }?)?;
+        let values = unsafe { args::array(embedding, embedding_len) }?;
         // SAFETY: forwarded contract.
         let out = unsafe { args::array_mut(codes, codes_len) }?;
         let out = out.get_mut(..DIM).ok_or(E::OTS_ERROR_BUFFER_TOO_SMALL)?;
-        out.copy_from_slice(&cb.quantize(&e));
-        Ok(())
+        quantize_into(&cb, values, out)
     })())
 }
 
-/// Validates `OTS_DIM` floats as an embedding.
-pub(crate) fn embedding_from(v: &[f32]) -> Res<Embedding> {
-    Ok(Embedding::from_slice(v)?)
+/// Checks and quantises in one frame of its own (one embedding on the stack).
+#[inline(never)]
+fn quantize_into(cb: &Codebook<'_>, values: &[f32], out: &mut [i16]) -> Res<()> {
+    let e = Embedding::from_slice(values)?;
+    out.copy_from_slice(&cb.quantize(&e));
+    Ok(())
 }
 
 /// The quality filter: which patterns are uploaded. A pattern is uploaded

@@ -4,11 +4,10 @@
 use core::ffi::c_char;
 
 use omega_tv_sync::sync::{Outcome, Summary, SyncClient};
-use omega_tv_sync::{auth, Category, Method, Pattern, PatternId, Response};
+use omega_tv_sync::{auth, Category, Embedding, Method, Pattern, PatternId, Response};
 
 use crate::args::{self, code, Res};
 use crate::client::{ots_client_t, with_client};
-use crate::codebook::embedding_from;
 use crate::error::ots_error_t;
 use crate::error::ots_error_t as E;
 use crate::sink::{ots_sink_t, CSink};
@@ -153,14 +152,30 @@ pub enum ots_method_t {
     OTS_METHOD_POST = 1,
 }
 
-fn pattern_from(p: &ots_pattern_t) -> Res<Pattern> {
+/// Builds the pattern from its C form and upserts it, in one frame: the
+/// embedding is checked where the pattern holds it (one 1.5 KB copy on the
+/// stack, not one per conversion step).
+#[inline(never)]
+fn upsert<const N: usize>(
+    c: &mut SyncClient<'static, N>,
+    p: &ots_pattern_t,
+    now_ms: u64,
+) -> Res<()> {
     // SAFETY: the C function's contract covers the pattern's pointers.
     let id = PatternId::new(unsafe { args::str_bounded(p.id, OTS_PATTERN_ID_MAX) }?)?;
     // SAFETY: as above.
-    let cat = Category::new(unsafe { args::str_bounded(p.category, OTS_CATEGORY_MAX) }?)?;
+    let category = Category::new(unsafe { args::str_bounded(p.category, OTS_CATEGORY_MAX) }?)?;
     // SAFETY: as above.
-    let e = embedding_from(unsafe { args::array(p.embedding, p.embedding_len) }?)?;
-    Ok(Pattern::new(id, e, p.success_rate, p.sample_count, cat)?)
+    let values = unsafe { args::array(p.embedding, p.embedding_len) }?;
+    let pattern = Pattern {
+        id,
+        embedding: Embedding::from_slice(values)?,
+        success_rate: p.success_rate,
+        sample_count: p.sample_count,
+        category,
+    };
+    // `upsert` validates the rate.
+    Ok(c.upsert(&pattern, now_ms)?)
 }
 
 /// Records the current state of a pattern (checked, then quantised; about
@@ -184,8 +199,8 @@ pub unsafe extern "C" fn ots_client_upsert(
 ) -> ots_error_t {
     code((|| {
         // SAFETY: forwarded contract.
-        let p = pattern_from(unsafe { args::get(pattern) }?)?;
-        with_client!(client, |c| Ok(c.upsert(&p, now_ms)?))
+        let p = unsafe { args::get(pattern) }?;
+        with_client!(client, |c| upsert(c, p, now_ms))
     })())
 }
 
