@@ -57,7 +57,7 @@ pub(crate) const fn bytes<const N: usize>() -> usize {
 const fn fits<const N: usize>() -> bool {
     bytes::<N>() <= OTS_CLIENT_BASE_BYTES + N * OTS_CLIENT_SLOT_BYTES
         && align_of::<SyncClient<'static, N>>() <= OTS_CLIENT_ALIGN
-        && HEAD % align_of::<SyncClient<'static, N>>() == 0
+        && HEAD.is_multiple_of(align_of::<SyncClient<'static, N>>())
 }
 
 /// Calls `$body` with `$c: &mut SyncClient<'static, N>` for the slot count
@@ -161,7 +161,7 @@ impl Guard {
         if p.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
         }
-        if (p as usize) % OTS_CLIENT_ALIGN != 0 {
+        if !(p as usize).is_multiple_of(OTS_CLIENT_ALIGN) {
             return Err(E::OTS_ERROR_MISALIGNED);
         }
         let head = p.cast::<Head>();
@@ -274,7 +274,7 @@ pub unsafe extern "C" fn ots_client_init(
         if mem.is_null() || out.is_null() {
             return Err(E::OTS_ERROR_NULL_POINTER);
         }
-        if (mem as usize) % OTS_CLIENT_ALIGN != 0 {
+        if !(mem as usize).is_multiple_of(OTS_CLIENT_ALIGN) {
             return Err(E::OTS_ERROR_MISALIGNED);
         }
         let need = size_for(slots);
