@@ -549,7 +549,7 @@ typedef struct {
    * (`constellation device add` prints it as 64 hex digits:
    * `ots_config_set_key_hex`).
    */
-  uint8_t auth_key[32];
+  uint8_t auth_key[OTS_AUTH_KEY_LEN];
 } ots_config_t;
 
 /**
@@ -1002,7 +1002,8 @@ ots_error_t ots_client_remove(ots_client_t *client, const char *id, uint64_t now
  * change first, as many patterns as fit `buf` (the rest go next time); a
  * request with no pattern still asks for global changes.
  *
- * `buf` needs at least `OTS_MIN_REQUEST_LEN` (45) bytes; about 150 bytes
+ * `buf` needs at least `OTS_MIN_REQUEST_LEN` (45) bytes
+ * (`OTS_ERROR_BUFFER_TOO_SMALL` below that, whatever the request); about 150 bytes
  * per changed pattern is typical. POST it to `OTS_SYNC_PATH` with the
  * headers `X-Device-ID` (the device id), `X-Sync-Version`
  * (`ots_client_global_version`), `Content-Type: application/octet-stream`
