@@ -830,7 +830,8 @@ size_t ots_client_size(uint32_t slots);
  *   `OTS_ERROR_INVALID_ARGUMENT` for `accept_zstd`).
  *
  * On error nothing is written. Calling it on memory that holds a client
- * replaces that client. The client is not thread-safe: call its functions
+ * replaces that client (`OTS_ERROR_REENTRANT` from that client's own
+ * callback). The client is not thread-safe: call its functions
  * from one thread at a time (different clients are independent).
  *
  * # Safety

@@ -255,7 +255,8 @@ pub extern "C" fn ots_client_size(slots: u32) -> usize {
 ///   `OTS_ERROR_INVALID_ARGUMENT` for `accept_zstd`).
 ///
 /// On error nothing is written. Calling it on memory that holds a client
-/// replaces that client. The client is not thread-safe: call its functions
+/// replaces that client (`OTS_ERROR_REENTRANT` from that client's own
+/// callback). The client is not thread-safe: call its functions
 /// from one thread at a time (different clients are independent).
 ///
 /// # Safety
@@ -289,6 +290,12 @@ pub unsafe extern "C" fn ots_client_init(
         // SAFETY: forwarded contract.
         let cfg = unsafe { args::get(config) }?.core_config()?;
         let p = mem.cast::<ots_client_t>();
+        // A callback of the client that lives here may not replace it.
+        // SAFETY: `mem` is non-null, aligned and at least a `Head` long.
+        let h = unsafe { p.cast::<Head>().read() };
+        if h.magic == MAGIC && h.busy != 0 {
+            return Err(E::OTS_ERROR_REENTRANT);
+        }
         for_slots!(slots, Err(E::OTS_ERROR_UNSUPPORTED_SLOTS), init(p, cb, cfg))?;
         // SAFETY: non-null (checked); writable by the caller's contract.
         unsafe { args::put(out, p) }
