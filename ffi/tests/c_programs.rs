@@ -37,7 +37,12 @@ fn skip(test: &str, why: &str) {
     if required() {
         panic!("OTS_REQUIRE_C=1 but {why}");
     }
-    eprintln!("!!!!!!!! SKIPPED {test}: {why} (scripts/setup.sh installs it) !!!!!!!!");
+    // Straight to the process's stderr: libtest does not capture it, so the
+    // line shows in a plain `cargo test` run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "!!!!!!!! SKIPPED {test}: {why} (scripts/setup.sh installs it) !!!!!!!!"
+    );
 }
 
 fn workspace() -> PathBuf {
