@@ -369,13 +369,26 @@ pub unsafe extern "C" fn ots_client_apply(
             retry_after_s: (r.has_retry_after != 0).then_some(r.retry_after_s),
         };
         // SAFETY: forwarded contract (NULL is no sink).
-        let mut sink = CSink(unsafe { sink.as_ref() });
+        let mut sink = CSink(unsafe { sink_from(sink) }?);
         let o = with_client!(client, |c| Ok(apply(
             c, sent, resp, body, now_ms, &mut sink
         )?))?;
         // SAFETY: forwarded contract.
         unsafe { args::put(outcome, o.into()) }
     })())
+}
+
+/// The sink behind a C pointer: NULL is none; otherwise checked like any
+/// other struct pointer (alignment).
+///
+/// # Safety
+/// A non-NULL `p` must point to a valid `ots_sink_t`.
+unsafe fn sink_from<'a>(p: *const ots_sink_t) -> Res<Option<&'a ots_sink_t>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { args::get(p) }.map(Some)
 }
 
 /// Kept out of line: the one place that monomorphises `apply` per slot count.
@@ -469,8 +482,8 @@ pub unsafe extern "C" fn ots_client_apply_feed(
         }
         // SAFETY: forwarded contract.
         let body = unsafe { args::bytes(body, len) }?;
-        // SAFETY: forwarded contract.
-        let mut sink = CSink(unsafe { sink.as_ref() });
+        // SAFETY: forwarded contract (NULL is no sink).
+        let mut sink = CSink(unsafe { sink_from(sink) }?);
         let s = with_client!(client, |c| Ok(c.apply_feed(body, &mut sink)?))?;
         // SAFETY: forwarded contract.
         unsafe { args::put(summary, s.into()) }

@@ -384,6 +384,9 @@ static void bad_responses(checks_t *c, const ots_codebook_t *cb) {
     reentry_t re = {client, OTS_OK, 0};
     ots_sink_t sink = {&re, 0, reenter, 0, 0};
     ots_response_t resp = {.status = 200, .body = fx_v1.response, .body_len = len};
+    check_err(c, "apply: misaligned sink",
+              ots_client_apply(client, tx, n, &resp, FX_NOW_MS, (const ots_sink_t *)((const uint8_t *)&sink + 1), &out),
+              OTS_ERROR_MISALIGNED);
     check_err(c, "the real response applies", ots_client_apply(client, tx, n, &resp, FX_NOW_MS, &sink, &out), OTS_OK);
     check(c, "a callback calling into its own client (a getter, init, deinit) gets OTS_ERROR_REENTRANT",
           re.calls == 2 && re.inner == OTS_ERROR_REENTRANT);
