@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the checks need beyond the Rust toolchain: the Cortex-M target,
-# the ARM C cross compiler and newlib (zstd-sys), QEMU, and stunnel (the TLS
-# PSK terminator of the netns test). Idempotent; run as
+# the ARM C cross compiler and newlib (zstd-sys), QEMU, stunnel (the TLS
+# PSK terminator of the netns test), and for the C API (ffi/): a host C
+# compiler, make, libcurl's headers, valgrind and the pinned cbindgen. Idempotent; run as
 # root (or with sudo available) on Debian.
 set -uo pipefail
 
@@ -21,6 +22,11 @@ command -v arm-none-eabi-gcc >/dev/null || need+=(gcc-arm-none-eabi)
 command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
 # The TLS 1.3 PSK terminator of scripts/netns-sync.sh.
 command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need+=(stunnel4)
+# The C API's host programs and checks (ffi/).
+command -v cc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+[ -e /usr/include/curl/curl.h ] || [ -n "$(ls /usr/include/*/curl/curl.h 2>/dev/null)" ] || need+=(libcurl4-openssl-dev)
+command -v valgrind >/dev/null || need+=(valgrind)
 if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -28,5 +34,13 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq >/dev/null 2>&1 || true
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
         || echo "setup: WARNING: could not install ${need[*]}" >&2
+fi
+# The header generator, pinned: .ci/run compares its output with the
+# checked-in ffi/include/omega_tv_sync.h.
+CBINDGEN_VERSION=0.29.4
+if [ "$(cbindgen --version 2>/dev/null)" != "cbindgen $CBINDGEN_VERSION" ]; then
+    echo "setup: installing cbindgen $CBINDGEN_VERSION"
+    cargo install cbindgen --version "$CBINDGEN_VERSION" --locked --quiet \
+        || echo "setup: WARNING: could not install cbindgen $CBINDGEN_VERSION" >&2
 fi
 exit 0
