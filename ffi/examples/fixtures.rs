@@ -88,9 +88,9 @@ fn record(cb: Codebook<'static>, rows: &[u8]) -> Result<Recorded, String> {
         c.upsert(&pattern(rows, i).map_err(e)?, NOW_MS).map_err(e)?;
     }
     let mut tx = vec![0u8; 16 * 1024];
-    let n = c.prepare(NOW_MS, &mut tx).map_err(e)?;
+    let n = c.prepare(&mut tx).map_err(e)?;
     let upload = tx[..n].to_vec();
-    let mut ab = [0u8; omega_tv_sync::auth::HEADER_MAX];
+    let mut ab = [0u8; omega_tv_sync::transport::auth::HEADER_MAX];
     let auth = c
         .authorization(
             omega_tv_sync::Method::Post,

@@ -1017,11 +1017,7 @@ ots_error_t ots_client_remove(ots_client_t *client, const char *id, uint64_t now
  * `client` as in `ots_client_upsert`; `buf` NULL or writable for `cap`
  * bytes; `len` NULL or writable.
  */
-ots_error_t ots_client_prepare(ots_client_t *client,
-                               uint64_t now_ms,
-                               uint8_t *buf,
-                               size_t cap,
-                               size_t *len);
+ots_error_t ots_client_prepare(ots_client_t *client, uint8_t *buf, size_t cap, size_t *len);
 
 /**
  * Signs a request with the client's key, taking the next request counter,

@@ -4,7 +4,8 @@
 use core::ffi::c_char;
 
 use omega_tv_sync::sync::{Outcome, Summary, SyncClient};
-use omega_tv_sync::{auth, Category, Embedding, Method, Pattern, PatternId, Response};
+use omega_tv_sync::transport::auth;
+use omega_tv_sync::{Category, Embedding, Method, Pattern, PatternId, Response};
 
 use crate::args::{self, code, Res};
 use crate::client::{ots_client_t, with_client};
@@ -245,7 +246,6 @@ pub unsafe extern "C" fn ots_client_remove(
 #[no_mangle]
 pub unsafe extern "C" fn ots_client_prepare(
     client: *mut ots_client_t,
-    now_ms: u64,
     buf: *mut u8,
     cap: usize,
     len: *mut usize,
@@ -261,7 +261,7 @@ pub unsafe extern "C" fn ots_client_prepare(
         }
         // SAFETY: forwarded contract.
         let out = unsafe { args::bytes_mut(buf, cap) }?;
-        let n = with_client!(client, |c| Ok(c.prepare(now_ms, out)?))?;
+        let n = with_client!(client, |c| Ok(c.prepare(out)?))?;
         // SAFETY: forwarded contract.
         unsafe { args::put(len, n) }
     })())

@@ -121,7 +121,8 @@ pub const OTS_SNAPSHOT_SLOT_BYTES: usize = 1201;
 
 // The header's literals are the core's values (cbindgen needs literals).
 const _: () = {
-    use omega_tv_sync::{auth, types, wire};
+    use omega_tv_sync::transport::auth;
+    use omega_tv_sync::{types, wire};
     assert!(OTS_DIM == omega_tv_sync::DIM);
     assert!(OTS_PATTERN_ID_MAX == types::PatternId::MAX_LEN);
     assert!(OTS_CATEGORY_MAX == types::Category::MAX_LEN);

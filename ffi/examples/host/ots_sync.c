@@ -261,7 +261,7 @@ static int sync_round(CURL *curl, ots_client_t *client, const args_t *a, unsigne
     for (unsigned attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         size_t n = 0;
         if ((e = ots_client_in_flight(client, &n)) != OTS_OK) return fail("in_flight", e);
-        if (n == 0 && (e = ots_client_prepare(client, now_ms(), tx, sizeof tx, &n)) != OTS_OK)
+        if (n == 0 && (e = ots_client_prepare(client, tx, sizeof tx, &n)) != OTS_OK)
             return fail("prepare", e);
         size_t auth_len = 0;
         e = ots_client_authorization(client, OTS_METHOD_POST, OTS_SYNC_PATH, tx, n, auth, sizeof auth, &auth_len);

@@ -277,9 +277,9 @@ static void bad_patterns(checks_t *c, const ots_codebook_t *cb) {
               OTS_ERROR_BUFFER_TOO_SMALL);
 
     /* Buffers too small and calls out of order. */
-    check_err(c, "prepare: NULL buffer", ots_client_prepare(client, 0, 0, TX, &len), OTS_ERROR_NULL_POINTER);
-    check_err(c, "prepare: NULL length", ots_client_prepare(client, 0, tx, TX, 0), OTS_ERROR_NULL_POINTER);
-    check_err(c, "prepare: 44-byte buffer", ots_client_prepare(client, 0, tx, OTS_MIN_REQUEST_LEN - 1, &len),
+    check_err(c, "prepare: NULL buffer", ots_client_prepare(client, 0, TX, &len), OTS_ERROR_NULL_POINTER);
+    check_err(c, "prepare: NULL length", ots_client_prepare(client, tx, TX, 0), OTS_ERROR_NULL_POINTER);
+    check_err(c, "prepare: 44-byte buffer", ots_client_prepare(client, tx, OTS_MIN_REQUEST_LEN - 1, &len),
               OTS_ERROR_BUFFER_TOO_SMALL);
     ots_client_in_flight(client, &n);
     check(c, "nothing in flight after a refused prepare", n == 0 && len == 99);
@@ -287,9 +287,9 @@ static void bad_patterns(checks_t *c, const ots_codebook_t *cb) {
     ots_response_t resp = {.status = 200, .body = fx_v1.response, .body_len = fx_v1.response_len};
     check_err(c, "apply with no request in flight", ots_client_apply(client, tx, 45, &resp, 0, 0, &out),
               OTS_ERROR_PROTOCOL_VIOLATION);
-    check_err(c, "prepare: the minimum buffer holds the head", ots_client_prepare(client, 0, tx, OTS_MIN_REQUEST_LEN, &len),
+    check_err(c, "prepare: the minimum buffer holds the head", ots_client_prepare(client, tx, OTS_MIN_REQUEST_LEN, &len),
               OTS_OK);
-    check_err(c, "prepare while in flight: BUSY", ots_client_prepare(client, 0, tx, TX, &len), OTS_ERROR_BUSY);
+    check_err(c, "prepare while in flight: BUSY", ots_client_prepare(client, tx, TX, &len), OTS_ERROR_BUSY);
     check_err(c, "apply: sent_len differs from the request's", ots_client_apply(client, tx, len - 1, &resp, 0, 0, &out),
               OTS_ERROR_WRONG_LENGTH);
     check_err(c, "apply: NULL sent", ots_client_apply(client, 0, len, &resp, 0, 0, &out), OTS_ERROR_NULL_POINTER);
@@ -337,7 +337,7 @@ static void bad_responses(checks_t *c, const ots_codebook_t *cb) {
         ok &= ots_client_upsert(client, &p, FX_NOW_MS) == OTS_OK;
     }
     size_t n = 0;
-    ok &= ots_client_prepare(client, FX_NOW_MS, tx, TX, &n) == OTS_OK;
+    ok &= ots_client_prepare(client, tx, TX, &n) == OTS_OK;
     check(c, "the recorded request, prepared again", ok && n == fx_v1.upload_len && bytes_eq(tx, fx_v1.upload, n));
 
     ots_outcome_t out;

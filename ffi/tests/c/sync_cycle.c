@@ -126,7 +126,7 @@ static void cycle(checks_t *c, call_stack_t *cs, const ots_codebook_t *cb, const
 
     /* 2. The upload, byte-exact with the host's, and its signature. */
     size_t n = 0;
-    MEASURE(cs->prepare, e = ots_client_prepare(client, FX_NOW_MS, tx, sizeof tx, &n));
+    MEASURE(cs->prepare, e = ots_client_prepare(client, tx, sizeof tx, &n));
     check_err(c, "  prepare", e, OTS_OK);
     check(c, "  upload frame equals the host's byte for byte",
           n == fx->upload_len && bytes_eq(tx, fx->upload, n));
