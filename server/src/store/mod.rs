@@ -4,7 +4,8 @@
 //! (`devices`, `patterns` keyed by device id and pattern id), an
 //! aggregation-input log of device-pattern changes ordered by commit, and the
 //! global changelog ordered by version. The embedded default backend is
-//! [`redb`](self::redb); a PostgreSQL backend implements the same traits.
+//! [`redb`](self::redb); [`mem`](self::mem) is the in-memory one the tests use.
+//! Another backend (a SQL database) would implement the same traits.
 //!
 //! Writes go through [`Store::submit`]: a backend runs each submitted
 //! [`Work`] inside a write transaction shared with whatever other work is
