@@ -380,7 +380,9 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
         global_version,
         more,
         reset,
-        snapshot_horizon: if more { snapshot_horizon } else { None },
+        // Every snapshot page names its horizon, the last one too (a
+        // one-page snapshot included), as docs/protocol.md says.
+        snapshot_horizon,
         changes: included.len(),
     })
 }

@@ -570,7 +570,13 @@ pub fn apply(
             last_seq: up.seq,
             body_sha256: up.sha256,
             response: page.frame.clone(),
-            snapshot_horizon: page.snapshot_horizon,
+            // Remembered only while the snapshot continues: a finished
+            // snapshot must not let a later stale cursor skip a reset.
+            snapshot_horizon: if page.more {
+                page.snapshot_horizon
+            } else {
+                None
+            },
             syncs: prev.as_ref().map_or(0, |r| r.syncs) + 1,
         },
     )?;

@@ -363,6 +363,12 @@ fn stale_cursor_gets_a_paged_snapshot() {
     let p3 = page(&s, p2.global_version, 2, h);
     assert_eq!(versions(&p3), vec![8]);
     assert!(!p3.more);
+    // The last page of a snapshot names its horizon too.
+    assert_eq!(p3.snapshot_horizon, h);
+    // So does a snapshot that fits on one page.
+    let one = page(&s, 2, 100, None);
+    assert!(one.reset && !one.more);
+    assert_eq!(one.snapshot_horizon, Some(8));
     // Without the horizon the continuation would restart the snapshot.
     assert!(page(&s, 4, 2, None).reset);
     // A fresh device (0) never needs a reset.

@@ -289,6 +289,12 @@ async fn withdrawn_globals_leave_tombstones_and_old_cursors_get_a_snapshot() {
         if first {
             horizon = r.header("x-snapshot-horizon").map(str::to_string);
             assert!(horizon.is_some());
+        } else {
+            assert_eq!(
+                r.header("x-snapshot-horizon").map(str::to_string),
+                horizon,
+                "every snapshot page, the last included, carries the horizon"
+            );
         }
         for rec in records(&r.body) {
             match rec {
