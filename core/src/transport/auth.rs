@@ -253,6 +253,78 @@ pub fn parse_header(value: &[u8]) -> Result<(u64, [u8; 32])> {
     Ok((counter, sig))
 }
 
+/// The response header that carries the server's signature of its answer
+/// (`X-OTS-Signature: <64 hex digits>`).
+pub const RESPONSE_HEADER: &str = "X-OTS-Signature";
+
+/// The domain tag of a response's canonical message. A request's message
+/// continues after `"OTS1"` with a `u16` method length; `"resp"` read as
+/// one would be 29,285, a method no request has, so the two kinds of
+/// message never coincide.
+pub const RESPONSE_DOMAIN: &[u8; 8] = b"OTS1resp";
+
+/// Signs a response: HMAC-SHA256 with the device's key over
+///
+/// ```text
+/// "OTS1resp" | u64 BE counter of the request answered | u16 BE status | SHA-256(body)
+/// ```
+///
+/// where the body is the response body exactly as sent (compressed or not).
+/// The counter binds the answer to one request: the client uses every
+/// counter once, so a response replayed from an earlier exchange, or
+/// delivered to another request, does not verify.
+pub fn sign_response(key: &DeviceKey, counter: u64, status: u16, body: &[u8]) -> Result<[u8; 32]> {
+    let mac = response_mac(key, counter, status, &body_hash(body))?;
+    Ok(mac.finalize().into_bytes().into())
+}
+
+/// Checks a response signature in constant time (see [`sign_response`]).
+pub fn verify_response(
+    key: &DeviceKey,
+    counter: u64,
+    status: u16,
+    body: &[u8],
+    sig: &[u8; 32],
+) -> bool {
+    match response_mac(key, counter, status, &body_hash(body)) {
+        Ok(mac) => mac.verify_slice(sig).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn response_mac(
+    key: &DeviceKey,
+    counter: u64,
+    status: u16,
+    body_sha256: &[u8; 32],
+) -> Result<HmacSha256> {
+    // HMAC takes keys of any length: this cannot fail.
+    let mut mac = HmacSha256::new_from_slice(&key.0).map_err(|_| Error::WrongLength)?;
+    mac.update(RESPONSE_DOMAIN);
+    mac.update(&counter.to_be_bytes());
+    mac.update(&status.to_be_bytes());
+    mac.update(body_sha256);
+    Ok(mac)
+}
+
+/// Parses an `X-OTS-Signature` value: exactly 64 hex digits (either case),
+/// spaces and tabs around them allowed. `None` for anything else.
+pub fn parse_response_header(value: &[u8]) -> Option<[u8; 32]> {
+    let mut sig = [0u8; 32];
+    decode_hex(crate::ascii::trim_ows(value), &mut sig).ok()?;
+    Some(sig)
+}
+
+/// Formats a response signature as the header value (64 lower-case hex).
+pub fn format_response_header<'b>(sig: &[u8; 32], buf: &'b mut [u8; 2 * KEY_LEN]) -> &'b str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in buf.chunks_exact_mut(2).zip(sig) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+    core::str::from_utf8(buf).unwrap_or("")
+}
+
 /// Decodes exactly `2 * out.len()` hex digits.
 fn decode_hex(hex: &[u8], out: &mut [u8]) -> Result<()> {
     if hex.len() != 2 * out.len() {
@@ -284,6 +356,32 @@ mod tests {
 
     fn key() -> DeviceKey {
         DeviceKey::from_hex(KEY_HEX).unwrap()
+    }
+
+    /// The response example of docs/wire-format.md ("Signed responses").
+    #[test]
+    fn response_signature_binds_counter_status_and_body() {
+        let body = br#"{"error":"stale_sequence","detail":"x","last_seq":5}"#;
+        let sig = sign_response(&key(), 42, 409, body).unwrap();
+        assert!(verify_response(&key(), 42, 409, body, &sig));
+        // Another request's counter, another status, another body, another key.
+        assert!(!verify_response(&key(), 43, 409, body, &sig));
+        assert!(!verify_response(&key(), 42, 200, body, &sig));
+        assert!(!verify_response(&key(), 42, 409, b"{}", &sig));
+        let other = DeviceKey::new([7; 32]);
+        assert!(!verify_response(&other, 42, 409, body, &sig));
+        // The header round-trips; anything but 64 hex digits is refused.
+        let mut buf = [0u8; 64];
+        let h = format_response_header(&sig, &mut buf);
+        assert_eq!(parse_response_header(h.as_bytes()), Some(sig));
+        let padded = std::format!(" {} ", h.to_uppercase());
+        assert_eq!(parse_response_header(padded.as_bytes()), Some(sig));
+        assert_eq!(parse_response_header(&h.as_bytes()[1..]), None);
+        assert_eq!(parse_response_header(b""), None);
+        // A request message never equals a response message: the request
+        // signature over the same counter and body differs.
+        let req = sign(&key(), "POST", "/api/v1/sync", "tv-0001", 42, body).unwrap();
+        assert_ne!(req, sig);
     }
 
     #[test]
