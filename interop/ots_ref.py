@@ -802,8 +802,9 @@ class Codebook:
         x = struct.unpack("<I", data[:4])[0]
         pos = 4
         n = len(data)
-        if x < L or x >= 1 << 31:
-            raise WireError("corrupt_stream")
+        # No range check of the initial state: codec.md names none, and the
+        # reference decodes on (a state outside [2^23, 2^31) ends in
+        # truncated / trailing_bytes / corrupt_stream like any corruption).
         cum = self.cum[family]
         lut = self.lookup[family]
 
