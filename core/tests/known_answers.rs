@@ -192,7 +192,8 @@ fn frame_vectors(book: &Codebook<'_>, all: &[f32]) -> Vec<String> {
     let c1 = book.quantize(&blend(&e0, &row(all, 1), 0.1));
     let abs = encode(book, &c0, None);
     let delta = encode(book, &c1, Some(&c0));
-    let glob = encode(book, &book.quantize(&row(all, 2)), None);
+    let glob_codes = book.quantize(&row(all, 2));
+    let glob = encode(book, &glob_codes, None);
     let id = book.id();
     let upload = frame(
         Kind::Upload,
@@ -305,16 +306,25 @@ fn frame_vectors(book: &Codebook<'_>, all: &[f32]) -> Vec<String> {
         obj(&[
             ("name", s("download")),
             ("records", s(describe_down)),
+            ("global_codes", ints(&glob_codes)),
             ("global_code", s(&hex(&glob))),
             ("bytes", s(&hex(&download))),
         ]),
-        obj(&[("name", s("snapshot")), ("bytes", s(&snapshot(book, all)))]),
+        snapshot(book, all),
     ]
 }
 
 /// A device that uploaded one pattern and got it acknowledged at revision 1,
 /// at seq 7 / version 305 / next counter 43, persists this snapshot.
 fn snapshot(book: &Codebook<'_>, all: &[f32]) -> String {
+    let (fields, bytes) = snapshot_bytes(book, all);
+    let mut f = vec![("name", s("snapshot"))];
+    f.extend(fields);
+    f.push(("bytes", s(&bytes)));
+    obj(&f)
+}
+
+fn snapshot_bytes(book: &Codebook<'_>, all: &[f32]) -> (Vec<(&'static str, String)>, String) {
     let mut cfg = Config::new(DeviceId::new("tv-0001").expect("device"));
     cfg.auth_key = Some(DeviceKey::new(core::array::from_fn(|i| i as u8)));
     let mut c: SyncClient<'_, 4> = SyncClient::new(*book, cfg);
@@ -350,7 +360,26 @@ fn snapshot(book: &Codebook<'_>, all: &[f32]) -> String {
     c.apply(&sent, resp, &down, 0, &mut ()).expect("apply");
     let mut buf = vec![0u8; SyncClient::<'_, 4>::MAX_SNAPSHOT_LEN];
     let n = c.snapshot(&mut buf).expect("snapshot");
-    hex(&buf[..n])
+    let acked = c.acked(&pid("evening-drama")).expect("acked").1;
+    let fields = vec![
+        ("device_id", s("tv-0001")),
+        ("seq", c.seq().to_string()),
+        ("global_version", c.global_version().to_string()),
+        ("auth_counter", c.auth_counter().to_string()),
+        (
+            "slot",
+            obj(&[
+                ("id", s("evening-drama")),
+                ("rev", "1".into()),
+                ("acked_valid", "true".into()),
+                ("success_rate", "0.75".into()),
+                ("sample_count", "12".into()),
+                ("category", s("drama")),
+                ("acked", ints(acked)),
+            ]),
+        ),
+    ];
+    (fields, hex(&buf[..n]))
 }
 
 fn auth_vectors() -> Vec<String> {
@@ -359,7 +388,7 @@ fn auth_vectors() -> Vec<String> {
     for (device, counter, body) in [
         ("tv-0001", 42u64, &b"hello"[..]),
         ("tv-0001", 1, &b""[..]),
-        ("box ~ 7", u64::MAX, &[0u8, 1, 2, 255][..]),
+        ("box_~7", u64::MAX, &[0u8, 1, 2, 255][..]),
     ] {
         let sig = auth::sign(&key, "POST", "/api/v1/sync", device, counter, body).expect("sign");
         let mut hb = [0u8; auth::HEADER_MAX];
