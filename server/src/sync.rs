@@ -14,48 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::codes::{Codebooks, Codes};
 use crate::download::{self, Answer, ConflictState, PageRequest};
+use crate::error::ApiError;
 use crate::store::{DeviceRecord, ReadTxn, StoreResult, StoredPattern, WriteTxn};
-
-/// A rejected request: status, machine-readable code and detail.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: u16,
-    /// Machine-readable code (`docs/protocol.md`, "Errors").
-    pub code: &'static str,
-    /// Human-readable detail.
-    pub detail: String,
-    /// For `sequence_reused` / `stale_sequence`: the last applied sequence.
-    pub last_seq: Option<u64>,
-    /// For 429/503: seconds to wait.
-    pub retry_after_s: Option<u32>,
-    /// For `401 replayed_counter`: the last accepted request counter.
-    pub last_counter: Option<u64>,
-}
-
-impl ApiError {
-    /// A new error without extras.
-    pub fn new(status: u16, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            detail: detail.into(),
-            last_seq: None,
-            retry_after_s: None,
-            last_counter: None,
-        }
-    }
-
-    /// A 400 from a core decoding error.
-    pub fn core(e: Error, what: &str) -> Self {
-        let status = if e == Error::UnknownCodebook {
-            422
-        } else {
-            400
-        };
-        ApiError::new(status, e.code(), format!("{what}: {}", e.code()))
-    }
-}
 
 /// One validated pattern record of an upload.
 #[derive(Clone, Debug, PartialEq)]
