@@ -47,8 +47,8 @@ use omega_tv_sync::transport::auth as wire_auth;
 use omega_tv_sync::DeviceKey;
 use sha2::Sha256;
 
+use crate::error::ApiError;
 use crate::store::{self, Enrolment, ReadTxn, Store, StoreResult, WriteTxn};
-use crate::sync::ApiError;
 
 /// Path the sync endpoint is signed under.
 pub const SYNC_PATH: &str = "/api/v1/sync";

@@ -7,7 +7,7 @@
 //! contract.
 //!
 //! ```text
-//! [tls] -> http (routes, headers, errors) -> auth (signature, counter)
+//! [tls] -> http (routes, headers) -> auth (signature, counter)
 //!      -> sync (validate -> apply -> respond)
 //!      -> store (trait; redb backend with group commit)
 //! aggregate (off the request path: device changes -> global changelog), trends
@@ -25,6 +25,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod codes;
 pub mod download;
+pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod store;

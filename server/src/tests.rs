@@ -85,7 +85,7 @@ fn frame(seq: u64, since: u64, items: &[U<'_>]) -> Vec<u8> {
 }
 
 /// Applies `body` for `dev-1` and returns the result.
-fn sync_once(store: &MemStore, body: &[u8]) -> Result<sync::Applied, sync::ApiError> {
+fn sync_once(store: &MemStore, body: &[u8]) -> Result<sync::Applied, crate::error::ApiError> {
     let since = match FrameReader::parse(body)
         .ok()
         .and_then(|f| f.records().next())

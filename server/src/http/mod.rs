@@ -1,8 +1,7 @@
 //! Routes: the sync endpoint, the cacheable global feed, health, version,
 //! metrics and the optional admin read-back.
 
-pub mod error;
-
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +15,9 @@ use omega_tv_sync::wire::{Caps, MAX_DOWNLOAD_FRAME, MAX_UPLOAD_FRAME};
 use serde::Deserialize;
 
 use crate::download::{self, PageRequest};
+use crate::error::{self, ApiError};
 use crate::store::{self, Meta, StoreError};
-use crate::sync::{self, ApiError};
+use crate::sync;
 use crate::AppState;
 
 type St = State<Arc<AppState>>;
@@ -59,29 +59,19 @@ async fn sync_handler(State(st): St, headers: HeaderMap, body: Body) -> Response
     match r {
         Ok(resp) => resp,
         Err(e) => {
-            st.metrics
-                .syncs_rejected
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            st.metrics.error(e.code);
-            if e.status == 401 {
-                st.metrics.auth.failure(e.code);
-            }
-            if e.status >= 500 {
-                tracing::warn!(code = e.code, detail = %e.detail, "sync failed");
-            } else {
-                tracing::debug!(code = e.code, detail = %e.detail, "sync rejected");
-            }
+            count_rejected(&st, &e);
             e.into_response()
         }
     }
 }
 
+/// One sync, in order: headers, authentication header, body, signature,
+/// validation, rate limit, pre-decoding, the write, the response.
 async fn sync_inner(
     st: &Arc<AppState>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    use std::sync::atomic::Ordering::Relaxed;
     let device = sync::check_device_id(headers.get("x-device-id").map(|v| v.as_bytes()))?;
     // Authentication first (crate::auth): nothing is decoded or stored for
     // a request that does not carry a well-formed signature header.
@@ -92,6 +82,44 @@ async fn sync_inner(
         false => None,
     };
     let version = sync::check_sync_version(headers.get("x-sync-version").map(|v| v.as_bytes()))?;
+    let bytes = read_body(headers, body).await?;
+    st.metrics
+        .bytes_in
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    let counter = authenticate(st, &device, presented.as_ref(), &bytes)?;
+    let mut up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
+    if let Some(wait) = st.rate_limited(&up.device) {
+        return Err(error::rate_limited(wait));
+    }
+    if let Err(e) = store::read(&*st.store, |t| {
+        sync::predecode(t, &mut up, &st.config.codebooks)
+    }) {
+        return Err(error::internal(e.to_string()));
+    }
+    let device = up.device.clone();
+    let accept_zstd = up.accept_zstd;
+    let applied = write(st, up, counter).await?;
+    count_applied(st, &device, &applied);
+    let response = if accept_zstd {
+        sync::compress_response(&applied.response)
+    } else {
+        applied.response
+    };
+    st.metrics
+        .bytes_out
+        .fetch_add(response.len() as u64, Ordering::Relaxed);
+    let mut resp = octet(response);
+    if applied.replayed {
+        resp.headers_mut()
+            .insert("x-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// Reads the body of a sync: `application/octet-stream`, at most
+/// `MAX_UPLOAD_FRAME` bytes (refused by `Content-Length` before reading,
+/// else while reading).
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     if !is_octet_stream(headers) {
         return Err(ApiError::new(
             415,
@@ -115,7 +143,7 @@ async fn sync_inner(
             return Err(too_large());
         }
     }
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_UPLOAD_FRAME)
+    axum::body::to_bytes(body, MAX_UPLOAD_FRAME)
         .await
         .map_err(|e| {
             let mut src: Option<&dyn std::error::Error> = Some(&e);
@@ -126,35 +154,43 @@ async fn sync_inner(
                 src = s.source();
             }
             ApiError::new(400, "truncated", format!("reading the body: {e}"))
-        })?;
-    st.metrics.bytes_in.fetch_add(bytes.len() as u64, Relaxed);
-    let counter = match (&presented, &st.config.auth.master) {
+        })
+}
+
+/// Verifies the signature `presented` over `body` for `device` (a read
+/// transaction); returns the counter to advance in the write, `None` when
+/// authentication is off.
+fn authenticate(
+    st: &AppState,
+    device: &str,
+    presented: Option<&crate::auth::Presented>,
+    body: &[u8],
+) -> Result<Option<u64>, ApiError> {
+    match (presented, &st.config.auth.master) {
         (Some(p), Some(master)) => {
-            let hash = omega_tv_sync::transport::auth::body_hash(&bytes);
+            let hash = omega_tv_sync::transport::auth::body_hash(body);
             match store::read(&*st.store, |t| {
-                crate::auth::verify(t, master, &device, p, &hash)
+                crate::auth::verify(t, master, device, p, &hash)
             }) {
-                Ok(Ok(c)) => Some(c),
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(error::internal(e.to_string())),
+                Ok(Ok(c)) => Ok(Some(c)),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(error::internal(e.to_string())),
             }
         }
-        (Some(_), None) => return Err(error::internal("no master secret")),
-        (None, _) => None,
-    };
-    let mut up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
-    if let Some(wait) = st.rate_limited(&up.device) {
-        return Err(error::rate_limited(wait));
+        (Some(_), None) => Err(error::internal("no master secret")),
+        (None, _) => Ok(None),
     }
-    if let Err(e) = store::read(&*st.store, |t| {
-        sync::predecode(t, &mut up, &st.config.codebooks)
-    }) {
-        return Err(error::internal(e.to_string()));
-    }
+}
+
+/// Queues the sync for the writer (guarded by the request counter) and
+/// waits until it is durable; a full queue is `503 overloaded`.
+async fn write(
+    st: &AppState,
+    up: sync::Upload,
+    counter: Option<u64>,
+) -> Result<sync::Applied, ApiError> {
     let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
-    let device = up.device.clone();
-    let accept_zstd = up.accept_zstd;
     let result = store::write(&*st.store, move |txn| {
         let dev = up.device.clone();
         crate::auth::guarded(txn, &dev, counter, |txn| {
@@ -162,15 +198,35 @@ async fn sync_inner(
         })
     })
     .await;
-    let applied = match result {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return Err(e),
+    match result {
+        Ok(r) => r,
         Err(StoreError::Overloaded) => {
             let wait = st.random_in(&(1..=st.config.overload_retry_after_s.max(1)));
-            return Err(error::overloaded(wait));
+            Err(error::overloaded(wait))
         }
-        Err(e) => return Err(error::internal(e.to_string())),
-    };
+        Err(e) => Err(error::internal(e.to_string())),
+    }
+}
+
+/// Counts a refused sync (by code; authentication failures also by their
+/// own code) and logs it.
+fn count_rejected(st: &AppState, e: &ApiError) {
+    st.metrics.syncs_rejected.fetch_add(1, Ordering::Relaxed);
+    st.metrics.error(e.code);
+    if e.status == 401 {
+        st.metrics.auth.failure(e.code);
+    }
+    if e.status >= 500 {
+        tracing::warn!(code = e.code, detail = %e.detail, "sync failed");
+    } else {
+        tracing::debug!(code = e.code, detail = %e.detail, "sync rejected");
+    }
+}
+
+/// Counts an answered sync (a replay, or an applied one with its acks and
+/// conflicts, noted for the rate limit) and logs it.
+fn count_applied(st: &AppState, device: &str, applied: &sync::Applied) {
+    use Ordering::Relaxed;
     if applied.replayed {
         st.metrics.retries_replayed.fetch_add(1, Relaxed);
     } else {
@@ -179,16 +235,8 @@ async fn sync_inner(
         st.metrics
             .conflicts
             .fetch_add(applied.conflicts as u64, Relaxed);
-        st.note_sync(&device, applied.more);
+        st.note_sync(device, applied.more);
     }
-    let response = if accept_zstd {
-        sync::compress_response(&applied.response)
-    } else {
-        applied.response
-    };
-    st.metrics
-        .bytes_out
-        .fetch_add(response.len() as u64, Relaxed);
     tracing::debug!(
         device = %device,
         replayed = applied.replayed,
@@ -197,12 +245,6 @@ async fn sync_inner(
         changes = applied.changes,
         "sync"
     );
-    let mut resp = octet(response);
-    if applied.replayed {
-        resp.headers_mut()
-            .insert("x-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(resp)
 }
 
 async fn version(State(st): St) -> Response {
@@ -254,7 +296,7 @@ async fn feed(
     q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    use std::sync::atomic::Ordering::Relaxed;
+    use Ordering::Relaxed;
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => {

@@ -1,10 +1,52 @@
-//! Errors as HTTP responses: JSON `{"error", "detail"}` plus the status and
-//! extras of `docs/protocol.md`.
+//! The server's one request error, [`ApiError`], and its HTTP response:
+//! JSON `{"error", "detail"}` plus the status and extras of
+//! `docs/protocol.md` ("Errors"). Every refusal, from the header checks to
+//! the store, is built here and answered through [`IntoResponse`].
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use omega_tv_sync::Error;
 
-use crate::sync::ApiError;
+/// A rejected request: status, machine-readable code and detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Machine-readable code (`docs/protocol.md`, "Errors").
+    pub code: &'static str,
+    /// Human-readable detail.
+    pub detail: String,
+    /// For `sequence_reused` / `stale_sequence`: the last applied sequence.
+    pub last_seq: Option<u64>,
+    /// For 429/503: seconds to wait.
+    pub retry_after_s: Option<u32>,
+    /// For `401 replayed_counter`: the last accepted request counter.
+    pub last_counter: Option<u64>,
+}
+
+impl ApiError {
+    /// A new error without extras.
+    pub fn new(status: u16, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            last_seq: None,
+            retry_after_s: None,
+            last_counter: None,
+        }
+    }
+
+    /// A 400 from a core decoding error.
+    pub fn core(e: Error, what: &str) -> Self {
+        let status = if e == Error::UnknownCodebook {
+            422
+        } else {
+            400
+        };
+        ApiError::new(status, e.code(), format!("{what}: {}", e.code()))
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
