@@ -346,6 +346,7 @@ fn snapshot(book: &Codebook<'_>, all: &[f32]) -> String {
         status: 200,
         body_len: down.len(),
         retry_after_s: None,
+        signature: None,
     };
     c.apply(&sent, resp, &down, 0, &mut ()).expect("apply");
     let mut buf = vec![0u8; SyncClient::<'_, 4>::MAX_SNAPSHOT_LEN];
