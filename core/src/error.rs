@@ -72,6 +72,11 @@ pub enum Error {
     /// The server refused the request with a 4xx other than 409/429: the
     /// request is dropped, the patterns stay dirty.
     Rejected,
+    /// A response to a signed request did not carry a valid signature of
+    /// the device's key bound to that request (`X-OTS-Signature`, see
+    /// `docs/wire-format.md`): it may be forged or replayed, so nothing of
+    /// it was applied; the same request is resent later.
+    Unauthenticated,
 
     // ---- state ----
     /// An exchange is in flight: resend its request (or apply its response)
@@ -126,6 +131,7 @@ impl Error {
             Error::UnknownCodebook => "unknown_codebook",
             Error::ProtocolViolation => "protocol_violation",
             Error::Rejected => "rejected",
+            Error::Unauthenticated => "unauthenticated",
             Error::Busy => "busy",
             Error::NotFound => "not_found",
             Error::BufferTooSmall => "buffer_too_small",

@@ -356,6 +356,7 @@ fn snapshot_bytes(book: &Codebook<'_>, all: &[f32]) -> (Vec<(&'static str, Strin
         status: 200,
         body_len: down.len(),
         retry_after_s: None,
+        signature: None,
     };
     c.apply(&sent, resp, &down, 0, &mut ()).expect("apply");
     let mut buf = vec![0u8; SyncClient::<'_, 4>::MAX_SNAPSHOT_LEN];

@@ -203,11 +203,26 @@ fn fixtures(rows: &[u8], out: &Path) {
                 w.finish().expect("finish").to_vec()
             };
 
+            // The server signs its answer for the request's counter.
+            let key = omega_tv_sync::DeviceKey::new(DEVICE_KEY);
+            let sig = omega_tv_sync::transport::auth::sign_response(
+                &key,
+                c.auth_counter() - 1,
+                200,
+                &response,
+            )
+            .expect("sign response");
+            let mut sig_hex = [0u8; 64];
+            let sig_text =
+                omega_tv_sync::transport::auth::format_response_header(&sig, &mut sig_hex);
+            fs::write(out.join(format!("sig-{tag}.txt")), sig_text).expect("write");
+
             // Apply it on the host, as the firmware will.
             let r = Response {
                 status: 200,
                 body_len: response.len(),
                 retry_after_s: None,
+                signature: Some(sig),
             };
             let outcome = if z {
                 use omega_tv_sync::sync::ZstdBuffers;

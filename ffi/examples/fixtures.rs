@@ -42,6 +42,8 @@ struct Recorded {
     upload: Vec<u8>,
     auth: String,
     response: Vec<u8>,
+    /// `X-OTS-Signature` of the response: signed for the request's counter.
+    response_sig: String,
     snapshot: Vec<u8>,
 }
 
@@ -167,10 +169,19 @@ fn record(cb: Codebook<'static>, rows: &[u8]) -> Result<Recorded, String> {
     }
     let response = w.finish().map_err(e)?.to_vec();
 
+    // The server signs its answer for the counter the request carried.
+    let key = omega_tv_sync::DeviceKey::new(DEVICE_KEY);
+    let sig =
+        omega_tv_sync::transport::auth::sign_response(&key, c.auth_counter() - 1, 200, &response)
+            .map_err(e)?;
+    let mut sig_buf = [0u8; 64];
+    let response_sig =
+        omega_tv_sync::transport::auth::format_response_header(&sig, &mut sig_buf).to_string();
     let r = Response {
         status: 200,
         body_len: response.len(),
         retry_after_s: None,
+        signature: Some(sig),
     };
     match c.apply(&upload, r, &response, NOW_MS, &mut ()) {
         Ok(Outcome::Synced(s)) if s.acked as usize == PATTERNS - 1 => {}
@@ -183,6 +194,7 @@ fn record(cb: Codebook<'static>, rows: &[u8]) -> Result<Recorded, String> {
         upload,
         auth,
         response,
+        response_sig,
         snapshot: snap,
     })
 }
@@ -278,7 +290,7 @@ fn header() -> String {
     let _ = writeln!(w, "extern const float fx_rows[FX_ROWS][384];");
     let _ = writeln!(
         w,
-        "\n/* What the host recorded for one codebook profile. */\ntypedef struct {{\n    const uint8_t *upload;\n    size_t upload_len;\n    const char *auth;\n    const uint8_t *response;\n    size_t response_len;\n    const uint8_t *snapshot;\n    size_t snapshot_len;\n}} fx_recorded_t;\n"
+        "\n/* What the host recorded for one codebook profile. */\ntypedef struct {{\n    const uint8_t *upload;\n    size_t upload_len;\n    const char *auth;\n    const uint8_t *response;\n    size_t response_len;\n    const uint8_t *snapshot;\n    size_t snapshot_len;\n    const char *response_sig;\n}} fx_recorded_t;\n"
     );
     let _ = writeln!(w, "extern const fx_recorded_t fx_v1;");
     let _ = writeln!(w, "extern const fx_recorded_t fx_small;");
@@ -319,8 +331,8 @@ fn source(rows: &[u8], v1: &Recorded, small: &Recorded) -> Result<String, String
         }
         let _ = writeln!(
             s,
-            "const fx_recorded_t fx_{tag} = {{\n    {tag}_upload, sizeof {tag}_upload,\n    \"{}\",\n    {tag}_response, sizeof {tag}_response,\n    {tag}_snapshot, sizeof {tag}_snapshot,\n}};\n",
-            r.auth
+            "const fx_recorded_t fx_{tag} = {{\n    {tag}_upload, sizeof {tag}_upload,\n    \"{}\",\n    {tag}_response, sizeof {tag}_response,\n    {tag}_snapshot, sizeof {tag}_snapshot,\n    \"{}\",\n}};\n",
+            r.auth, r.response_sig
         );
     }
     Ok(s)

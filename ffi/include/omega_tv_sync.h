@@ -323,6 +323,12 @@ typedef enum {
    */
   OTS_ERROR_REJECTED = 50,
   /**
+   * A response to a signed request was not signed for it (forged or
+   * replayed; `X-OTS-Signature` missing or wrong): nothing was applied,
+   * the request stays in flight and is resent after the backoff.
+   */
+  OTS_ERROR_UNAUTHENTICATED = 51,
+  /**
    * A request is in flight: resend it (or apply its response) first.
    */
   OTS_ERROR_BUSY = 64,
@@ -604,6 +610,17 @@ typedef struct {
    */
   uint32_t retry_after_s;
   /**
+   * The value of the response's `X-OTS-Signature` header as received
+   * (64 hex digits), or NULL when it had none. A client with a key applies
+   * nothing that is not signed for the request it sent
+   * (`OTS_ERROR_UNAUTHENTICATED`).
+   */
+  const uint8_t *signature;
+  /**
+   * Bytes of `signature`.
+   */
+  size_t signature_len;
+  /**
    * The body: `body_len` bytes (NULL allowed when 0).
    */
   const uint8_t *body;
@@ -797,6 +814,11 @@ typedef struct {
    * `401 replayed_counter` answers that moved the request counter on.
    */
   uint64_t counter_resyncs;
+  /**
+   * Answers to signed requests that were not signed for them: nothing
+   * of them was applied.
+   */
+  uint64_t unauthenticated;
 } ots_stats_t;
 
 #ifdef __cplusplus
@@ -1058,16 +1080,20 @@ ots_error_t ots_client_authorization(ots_client_t *client,
  * stack.
  *
  * Statuses: 200 applies; 401 with `replayed_counter` moves the request
- * counter on (`OTS_OUTCOME_RETRY_LATER` now); 409 resequences; 429 and
- * 5xx retry later; any other status is `OTS_ERROR_REJECTED` (the request is
- * dropped, its patterns stay pending). `OTS_ERROR_PROTOCOL_VIOLATION` when
+ * counter on (`OTS_OUTCOME_RETRY_LATER` now); 409 resequences (at once the
+ * first time, after the backoff when it repeats); 429 and 5xx retry later;
+ * any other status is `OTS_ERROR_REJECTED` (the request is dropped, its
+ * patterns stay pending). With a key, a 200, 409 or 401 that is not signed
+ * for the request (`signature`) is `OTS_ERROR_UNAUTHENTICATED` and changes
+ * nothing, and an unsigned `Retry-After` counts for at most the backoff
+ * cap. `OTS_ERROR_PROTOCOL_VIOLATION` when
  * no request is in flight, `OTS_ERROR_WRONG_LENGTH` when `sent_len` is not
  * its length.
  *
  * # Safety
  * `client` as in `ots_client_upsert`; `sent` readable for `sent_len`
  * bytes; `response` NULL or readable with `body` readable for `body_len`
- * bytes; `sink` NULL or readable with valid callbacks; `outcome` NULL or
+ * bytes and `signature` NULL or readable for `signature_len`; `sink` NULL or readable with valid callbacks; `outcome` NULL or
  * writable. None of the buffers may be written during the call.
  */
 ots_error_t ots_client_apply(ots_client_t *client,

@@ -134,6 +134,13 @@ pub struct ots_response_t {
     pub has_retry_after: u8,
     /// `Retry-After` in seconds.
     pub retry_after_s: u32,
+    /// The value of the response's `X-OTS-Signature` header as received
+    /// (64 hex digits), or NULL when it had none. A client with a key applies
+    /// nothing that is not signed for the request it sent
+    /// (`OTS_ERROR_UNAUTHENTICATED`).
+    pub signature: *const u8,
+    /// Bytes of `signature`.
+    pub signature_len: usize,
     /// The body: `body_len` bytes (NULL allowed when 0).
     pub body: *const u8,
     /// Bytes of body. The application's receive buffer must hold
@@ -332,16 +339,20 @@ pub unsafe extern "C" fn ots_client_authorization(
 /// stack.
 ///
 /// Statuses: 200 applies; 401 with `replayed_counter` moves the request
-/// counter on (`OTS_OUTCOME_RETRY_LATER` now); 409 resequences; 429 and
-/// 5xx retry later; any other status is `OTS_ERROR_REJECTED` (the request is
-/// dropped, its patterns stay pending). `OTS_ERROR_PROTOCOL_VIOLATION` when
+/// counter on (`OTS_OUTCOME_RETRY_LATER` now); 409 resequences (at once the
+/// first time, after the backoff when it repeats); 429 and 5xx retry later;
+/// any other status is `OTS_ERROR_REJECTED` (the request is dropped, its
+/// patterns stay pending). With a key, a 200, 409 or 401 that is not signed
+/// for the request (`signature`) is `OTS_ERROR_UNAUTHENTICATED` and changes
+/// nothing, and an unsigned `Retry-After` counts for at most the backoff
+/// cap. `OTS_ERROR_PROTOCOL_VIOLATION` when
 /// no request is in flight, `OTS_ERROR_WRONG_LENGTH` when `sent_len` is not
 /// its length.
 ///
 /// # Safety
 /// `client` as in `ots_client_upsert`; `sent` readable for `sent_len`
 /// bytes; `response` NULL or readable with `body` readable for `body_len`
-/// bytes; `sink` NULL or readable with valid callbacks; `outcome` NULL or
+/// bytes and `signature` NULL or readable for `signature_len`; `sink` NULL or readable with valid callbacks; `outcome` NULL or
 /// writable. None of the buffers may be written during the call.
 #[no_mangle]
 pub unsafe extern "C" fn ots_client_apply(
@@ -363,10 +374,13 @@ pub unsafe extern "C" fn ots_client_apply(
         let r = unsafe { args::get(response) }?;
         // SAFETY: forwarded contract.
         let body = unsafe { args::bytes(r.body, r.body_len) }?;
+        // SAFETY: forwarded contract (NULL with length 0 is no header).
+        let sig = unsafe { args::bytes(r.signature, r.signature_len) }?;
         let resp = Response {
             status: r.status,
             body_len: body.len(),
             retry_after_s: (r.has_retry_after != 0).then_some(r.retry_after_s),
+            signature: omega_tv_sync::transport::auth::parse_response_header(sig),
         };
         // SAFETY: forwarded contract (NULL is no sink).
         let mut sink = CSink(unsafe { sink_from(sink) }?);

@@ -100,6 +100,10 @@ pub enum ots_error_t {
     /// The server refused the request (a 4xx other than 401/409/429): it is
     /// dropped, the patterns stay pending.
     OTS_ERROR_REJECTED = 50,
+    /// A response to a signed request was not signed for it (forged or
+    /// replayed; `X-OTS-Signature` missing or wrong): nothing was applied,
+    /// the request stays in flight and is resent after the backoff.
+    OTS_ERROR_UNAUTHENTICATED = 51,
 
     // ---- state ----
     /// A request is in flight: resend it (or apply its response) first.
@@ -189,6 +193,7 @@ impl From<Error> for ots_error_t {
             Error::UnknownCodebook => E::OTS_ERROR_UNKNOWN_CODEBOOK,
             Error::ProtocolViolation => E::OTS_ERROR_PROTOCOL_VIOLATION,
             Error::Rejected => E::OTS_ERROR_REJECTED,
+            Error::Unauthenticated => E::OTS_ERROR_UNAUTHENTICATED,
             Error::Busy => E::OTS_ERROR_BUSY,
             Error::NotFound => E::OTS_ERROR_NOT_FOUND,
             Error::BufferTooSmall => E::OTS_ERROR_BUFFER_TOO_SMALL,
@@ -236,6 +241,7 @@ pub(crate) const TABLE: &[(ots_error_t, &core::ffi::CStr)] = &[
     (E::OTS_ERROR_UNKNOWN_CODEBOOK, c"unknown_codebook"),
     (E::OTS_ERROR_PROTOCOL_VIOLATION, c"protocol_violation"),
     (E::OTS_ERROR_REJECTED, c"rejected"),
+    (E::OTS_ERROR_UNAUTHENTICATED, c"unauthenticated"),
     (E::OTS_ERROR_BUSY, c"busy"),
     (E::OTS_ERROR_NOT_FOUND, c"not_found"),
     (E::OTS_ERROR_BUFFER_TOO_SMALL, c"buffer_too_small"),
@@ -313,6 +319,7 @@ mod tests {
             Error::UnknownCodebook,
             Error::ProtocolViolation,
             Error::Rejected,
+            Error::Unauthenticated,
             Error::Busy,
             Error::NotFound,
             Error::BufferTooSmall,

@@ -30,6 +30,9 @@ pub struct ots_stats_t {
     pub rejected: u64,
     /// `401 replayed_counter` answers that moved the request counter on.
     pub counter_resyncs: u64,
+    /// Answers to signed requests that were not signed for them: nothing
+    /// of them was applied.
+    pub unauthenticated: u64,
 }
 
 impl From<Stats> for ots_stats_t {
@@ -42,6 +45,7 @@ impl From<Stats> for ots_stats_t {
             resequenced: s.resequenced,
             rejected: s.rejected,
             counter_resyncs: s.counter_resyncs,
+            unauthenticated: s.unauthenticated,
         }
     }
 }

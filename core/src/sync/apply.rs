@@ -51,6 +51,15 @@ impl<'a> ZstdBuffers<'a> {
     }
 }
 
+/// Largest forward jump of the upload sequence a client takes from a `409`
+/// (`last_seq + 1`): as with the request counter, an answer must not be able
+/// to run the sequence to its end.
+pub const MAX_SEQ_JUMP: u64 = 1 << 32;
+
+/// Longest `Retry-After` a client honours from a signed answer: one day.
+/// (An unsigned one counts for at most the backoff cap.)
+pub const MAX_RETRY_AFTER_S: u64 = 86_400;
+
 impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// The request in flight failed in transit: schedule a resend of the
     /// same bytes with capped exponential backoff and full jitter.
@@ -131,32 +140,82 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         if sent.len() != inflight.len {
             return Err(Error::WrongLength);
         }
+        // A client with a key trusts only answers signed for the request it
+        // sent (the counter it signed it with is the one before the next).
+        let authentic = match &self.cfg.auth_key {
+            None => true,
+            Some(key) => response.signature.is_some_and(|sig| {
+                crate::transport::auth::verify_response(
+                    key,
+                    self.auth_counter.saturating_sub(1),
+                    response.status,
+                    body,
+                    &sig,
+                )
+            }),
+        };
         match response.status {
-            200 => match open().and_then(|f| self.apply_frame(sent, inflight, f, now_ms, sink)) {
+            // A frame that does not even parse is refused for that (an input
+            // error, whatever its signature); one that parses is applied only
+            // when signed for this request. Either way nothing changes and the
+            // same request is resent later.
+            200 => match open().and_then(|f| match authentic {
+                true => self.apply_frame(sent, inflight, f, now_ms, sink),
+                false => Err(Error::Unauthenticated),
+            }) {
                 Ok(summary) => Ok(Outcome::Synced(summary)),
                 Err(e) => {
                     self.fail(now_ms, 0);
                     self.stats.resends += 1;
+                    if e == Error::Unauthenticated {
+                        self.stats.unauthenticated += 1;
+                    }
                     Err(e)
                 }
             },
-            401 if self.counter_resync(body) => {
+
+            401 if authentic && self.counter_resync(body) => {
                 self.next_sync_at = now_ms;
                 Ok(Outcome::RetryLater { at_ms: now_ms })
             }
             409 => {
                 let last = crate::ascii::parse_json_u64(body, b"\"last_seq\"")
                     .ok_or(Error::ProtocolViolation)?;
-                self.seq = last.saturating_add(1).max(self.seq);
+                if !authentic {
+                    // Forged or replayed: keep the sequence, resend later.
+                    self.fail(now_ms, 0);
+                    self.stats.resends += 1;
+                    self.stats.unauthenticated += 1;
+                    return Err(Error::Unauthenticated);
+                }
+                let next = last.saturating_add(1).max(self.seq);
+                if next - self.seq > MAX_SEQ_JUMP || next == u64::MAX {
+                    // No real server is that far ahead: keep the sequence.
+                    self.fail(now_ms, 0);
+                    return Err(Error::ProtocolViolation);
+                }
+                self.seq = next;
                 self.inflight = None;
-                self.failures = 0;
-                self.next_sync_at = now_ms;
+                // The first 409 is answered at once; a 409 after another
+                // failure (409s in a row included) waits the backoff.
+                if self.failures == 0 {
+                    self.failures = 1;
+                    self.next_sync_at = now_ms;
+                } else {
+                    self.fail(now_ms, 0);
+                }
                 self.stats.resequenced += 1;
                 warn!("sequence conflict; continuing at {}", self.seq);
                 Ok(Outcome::Resequenced { seq: self.seq })
             }
             429 | 500..=599 => {
-                let ra = u64::from(response.retry_after_s.unwrap_or(0)) * 1000;
+                // An unsigned `Retry-After` cannot ask for more than the
+                // backoff cap; a signed one for at most a day.
+                let limit_s = match authentic {
+                    true => MAX_RETRY_AFTER_S,
+                    false => self.cfg.backoff.cap_ms / 1000,
+                };
+                let ra = u64::from(response.retry_after_s.unwrap_or(0)).min(limit_s) * 1000;
                 let at_ms = self.fail(now_ms, ra);
                 self.stats.resends += 1;
                 Ok(Outcome::RetryLater { at_ms })

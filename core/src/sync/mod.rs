@@ -166,6 +166,9 @@ pub struct Stats {
     pub rejected: u64,
     /// `401 replayed_counter` answers that moved the request counter forward.
     pub counter_resyncs: u64,
+    /// Answers to signed requests that were not signed for them (forged or
+    /// replayed): nothing of them was applied.
+    pub unauthenticated: u64,
 }
 
 /// What an applied response did.
@@ -180,7 +183,9 @@ pub enum Outcome {
         at_ms: u64,
     },
     /// The server's sequence was ahead (409): the request was dropped, the
-    /// patterns are still dirty; prepare a new one (now).
+    /// patterns are still dirty; prepare a new one at
+    /// [`next_sync_at`](SyncClient::next_sync_at) (at once after a first
+    /// 409, after the backoff when 409s or other failures repeat).
     Resequenced {
         /// The sequence number the next request uses.
         seq: u64,

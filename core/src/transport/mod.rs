@@ -46,6 +46,11 @@ pub struct Response {
     /// `Retry-After` in seconds, when the server sent one (429/503). Parse
     /// the header with [`parse_retry_after`].
     pub retry_after_s: Option<u32>,
+    /// The server's signature of this response (`X-OTS-Signature`, 64 hex
+    /// digits), when it sent one. Parse the header with
+    /// [`auth::parse_response_header`]. A client with a key applies nothing
+    /// that is not signed for the request it sent.
+    pub signature: Option<[u8; 32]>,
 }
 
 /// Parses a `Retry-After` header value given in seconds (`delta-seconds`,

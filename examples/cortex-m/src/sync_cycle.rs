@@ -41,18 +41,22 @@ struct Fixture {
     upload: &'static [u8],
     auth: &'static [u8],
     response: &'static [u8],
+    /// The response's `X-OTS-Signature` (64 hex digits).
+    sig: &'static [u8],
     snapshot: &'static [u8],
 }
 
 static V1_PLAIN: Fixture = Fixture {
     upload: fixture!("upload-v1-plain.bin"),
     response: fixture!("response-v1-plain.bin"),
+    sig: fixture!("sig-v1-plain.txt"),
     auth: fixture!("auth-v1-plain.txt"),
     snapshot: fixture!("snapshot-v1-plain.bin"),
 };
 static SMALL_PLAIN: Fixture = Fixture {
     upload: fixture!("upload-small-plain.bin"),
     response: fixture!("response-small-plain.bin"),
+    sig: fixture!("sig-small-plain.txt"),
     auth: fixture!("auth-small-plain.txt"),
     snapshot: fixture!("snapshot-small-plain.bin"),
 };
@@ -60,6 +64,7 @@ static SMALL_PLAIN: Fixture = Fixture {
 static V1_ZSTD: Fixture = Fixture {
     upload: fixture!("upload-v1-zstd.bin"),
     response: fixture!("response-v1-zstd.bin"),
+    sig: fixture!("sig-v1-zstd.txt"),
     auth: fixture!("auth-v1-zstd.txt"),
     snapshot: fixture!("snapshot-v1-zstd.bin"),
 };
@@ -67,6 +72,7 @@ static V1_ZSTD: Fixture = Fixture {
 static SMALL_ZSTD: Fixture = Fixture {
     upload: fixture!("upload-small-zstd.bin"),
     response: fixture!("response-small-zstd.bin"),
+    sig: fixture!("sig-small-zstd.txt"),
     auth: fixture!("auth-small-zstd.txt"),
     snapshot: fixture!("snapshot-small-zstd.bin"),
 };
@@ -303,6 +309,7 @@ fn cycle(
         status: 200,
         body_len: fx.response.len(),
         retry_after_s: None,
+        signature: omega_tv_sync::transport::auth::parse_response_header(fx.sig),
     };
 
     // 3. A corrupted response changes nothing.

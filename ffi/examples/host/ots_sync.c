@@ -143,13 +143,26 @@ static size_t on_body(char *data, size_t size, size_t n, void *user) {
     return k;
 }
 
+/* The response's X-OTS-Signature value (64 hex digits, header whitespace
+ * trimmed by the library); kept here until the response is applied. */
+static char sig_value[80];
+
 static size_t on_header(char *data, size_t size, size_t n, void *user) {
     ots_response_t *r = user;
     size_t k = size * n;
     const char name[] = "retry-after:";
+    const char sig[] = "x-ots-signature:";
     if (k > sizeof name - 1 && strncasecmp(data, name, sizeof name - 1) == 0) {
         r->retry_after_s = (uint32_t)strtoul(data + sizeof name - 1, NULL, 10);
         r->has_retry_after = 1;
+    } else if (k > sizeof sig - 1 && strncasecmp(data, sig, sizeof sig - 1) == 0) {
+        size_t v = k - (sizeof sig - 1);
+        while (v > 0 && (data[sizeof sig - 1 + v - 1] == '\r' || data[sizeof sig - 1 + v - 1] == '\n')) v--;
+        if (v <= sizeof sig_value) {
+            memcpy(sig_value, data + sizeof sig - 1, v);
+            r->signature = (const uint8_t *)sig_value;
+            r->signature_len = v;
+        }
     }
     return k;
 }

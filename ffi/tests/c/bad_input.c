@@ -339,12 +339,20 @@ static void bad_responses(checks_t *c, const ots_codebook_t *cb) {
     size_t n = 0;
     ok &= ots_client_prepare(client, tx, TX, &n) == OTS_OK;
     check(c, "the recorded request, prepared again", ok && n == fx_v1.upload_len && bytes_eq(tx, fx_v1.upload, n));
+    /* Signed as it was sent (counter 1): the recorded answer is signed for it. */
+    char auth[OTS_AUTH_HEADER_MAX + 1];
+    size_t auth_len = 0;
+    check_err(c, "the request is signed",
+              ots_client_authorization(client, OTS_METHOD_POST, OTS_SYNC_PATH, tx, n, auth, sizeof auth, &auth_len),
+              OTS_OK);
+    const uint8_t *sig = (const uint8_t *)fx_v1.response_sig;
 
     ots_outcome_t out;
     size_t len = fx_v1.response_len;
     unsigned refused = 0, truncated = 0;
     for (size_t k = 0; k < len; k++) {
-        ots_response_t resp = {.status = 200, .body = plat_exact_copy(fx_v1.response, k), .body_len = k};
+        ots_response_t resp = {
+            .status = 200, .body = plat_exact_copy(fx_v1.response, k), .body_len = k, .signature = sig, .signature_len = 64};
         ots_error_t e = ots_client_apply(client, tx, n, &resp, FX_NOW_MS, 0, &out);
         refused += e != OTS_OK && ots_error_class(e) == OTS_CLASS_INPUT;
         truncated += e == OTS_ERROR_TRUNCATED;
@@ -357,7 +365,7 @@ static void bad_responses(checks_t *c, const ots_codebook_t *cb) {
     for (size_t k = 0; k < len; k++) {
         uint8_t *b = plat_exact_copy(fx_v1.response, len);
         b[k] ^= 0x01;
-        ots_response_t resp = {.status = 200, .body = b, .body_len = len};
+        ots_response_t resp = {.status = 200, .body = b, .body_len = len, .signature = sig, .signature_len = 64};
         ots_error_t e = ots_client_apply(client, tx, n, &resp, FX_NOW_MS, 0, &out);
         flips += e != OTS_OK;
     }
@@ -376,6 +384,19 @@ static void bad_responses(checks_t *c, const ots_codebook_t *cb) {
     ots_response_t r409 = {.status = 409, .body = json409, .body_len = sizeof json409 - 1};
     check_err(c, "409 without last_seq: PROTOCOL_VIOLATION", ots_client_apply(client, tx, n, &r409, 0, 0, &out),
               OTS_ERROR_PROTOCOL_VIOLATION);
+    static const uint8_t forged409[] = "{\"error\":\"stale_sequence\",\"last_seq\":18446744073709551614}";
+    ots_response_t f409 = {.status = 409, .body = forged409, .body_len = sizeof forged409 - 1};
+    check_err(c, "an unsigned 409 (forged): UNAUTHENTICATED", ots_client_apply(client, tx, n, &f409, 0, 0, &out),
+              OTS_ERROR_UNAUTHENTICATED);
+    ots_client_seq(client, &seq);
+    ots_client_in_flight(client, &in_flight);
+    check(c, "  the sequence did not move, the request is still in flight", seq == 1 && in_flight == n);
+    ots_stats_t stats;
+    ots_client_stats(client, &stats);
+    check(c, "  counted as unauthenticated", stats.unauthenticated == 1);
+    ots_response_t unsigned200 = {.status = 200, .body = fx_v1.response, .body_len = len};
+    check_err(c, "the real response without its signature: UNAUTHENTICATED",
+              ots_client_apply(client, tx, n, &unsigned200, FX_NOW_MS, 0, &out), OTS_ERROR_UNAUTHENTICATED);
     ots_response_t r503 = {.status = 503, .has_retry_after = 1, .retry_after_s = 30, .body = 0, .body_len = 0};
     check_err(c, "503 with Retry-After", ots_client_apply(client, tx, n, &r503, 1000, 0, &out), OTS_OK);
     check(c, "  retry no sooner than Retry-After", out.kind == OTS_OUTCOME_RETRY_LATER && out.at_ms >= 31000);
@@ -383,7 +404,7 @@ static void bad_responses(checks_t *c, const ots_codebook_t *cb) {
     /* Re-entry from a callback. */
     reentry_t re = {client, OTS_OK, 0};
     ots_sink_t sink = {&re, 0, reenter, 0, 0};
-    ots_response_t resp = {.status = 200, .body = fx_v1.response, .body_len = len};
+    ots_response_t resp = {.status = 200, .body = fx_v1.response, .body_len = len, .signature = sig, .signature_len = 64};
     check_err(c, "apply: misaligned sink",
               ots_client_apply(client, tx, n, &resp, FX_NOW_MS, (const ots_sink_t *)((const uint8_t *)&sink + 1), &out),
               OTS_ERROR_MISALIGNED);

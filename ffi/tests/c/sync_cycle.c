@@ -143,7 +143,9 @@ static void cycle(checks_t *c, call_stack_t *cs, const ots_codebook_t *cb, const
     size_t len = fx->response_len;
     copy_bytes(rx, fx->response, len);
     rx[len / 2] ^= 0x20;
-    ots_response_t resp = {.status = 200, .body = rx, .body_len = len};
+    /* The server's X-OTS-Signature for the request's counter. */
+    ots_response_t resp = {
+        .status = 200, .body = rx, .body_len = len, .signature = (const uint8_t *)fx->response_sig, .signature_len = 64};
     ots_outcome_t out;
     sink_state_t st = {0, 1, 0, 0, 0, 0, 1, 0};
     ots_sink_t sink = {&st, on_reset, on_upsert, on_remove, on_trend};

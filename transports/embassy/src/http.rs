@@ -3,7 +3,7 @@
 
 use embedded_io_async::{Read, Write};
 use omega_tv_sync::ascii::{fmt_u64, U64_DIGITS};
-use omega_tv_sync::transport::parse_retry_after;
+use omega_tv_sync::transport::{auth, parse_retry_after};
 use omega_tv_sync::{Method, Request, Response};
 use reqwless::response::BodyReader;
 
@@ -43,6 +43,10 @@ pub async fn exchange<C: Read + Write>(
         .headers()
         .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
         .and_then(|(_, value)| parse_retry_after(value));
+    let signature = resp
+        .headers()
+        .find(|(name, _)| name.eq_ignore_ascii_case(auth::RESPONSE_HEADER))
+        .and_then(|(_, value)| auth::parse_response_header(value));
 
     let limit = response_buf.len();
     if let Some(cl) = content_length {
@@ -82,6 +86,7 @@ pub async fn exchange<C: Read + Write>(
         status,
         body_len: len,
         retry_after_s,
+        signature,
     })
 }
 

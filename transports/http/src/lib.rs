@@ -165,6 +165,10 @@ impl HttpTransport {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| parse_retry_after(v.as_bytes()));
+        let signature = resp
+            .headers()
+            .get(omega_tv_sync::transport::auth::RESPONSE_HEADER)
+            .and_then(|v| omega_tv_sync::transport::auth::parse_response_header(v.as_bytes()));
         let capacity = buf.len();
         if let Some(n) = resp
             .headers()
@@ -197,6 +201,7 @@ impl HttpTransport {
             status,
             body_len: len,
             retry_after_s,
+            signature,
         })
     }
 }

@@ -104,6 +104,7 @@ fn racing_sessions_conflict_and_merge_by_sample_weight() {
             status: st,
             body_len: len,
             retry_after_s: None,
+            signature: None,
         },
         &body,
         4,
@@ -138,6 +139,7 @@ fn corrupt_response_changes_nothing_and_the_request_stays_in_flight() {
                 status: st,
                 body_len: len,
                 retry_after_s: None,
+                signature: None,
             },
             &bad,
             0,
@@ -155,6 +157,7 @@ fn corrupt_response_changes_nothing_and_the_request_stays_in_flight() {
             status: st,
             body_len: len,
             retry_after_s: None,
+            signature: None,
         },
         &good,
         0,
@@ -219,6 +222,7 @@ fn compressed_responses_apply_like_plain_ones() {
         status: st,
         body_len: z.len(),
         retry_after_s: None,
+        signature: None,
     };
     // Plain apply refuses it and keeps the request in flight ...
     assert_eq!(
@@ -290,6 +294,7 @@ fn a_counter_behind_the_server_catches_up_once() {
         status: 401,
         body_len: body.len(),
         retry_after_s: None,
+        signature: Some(auth::sign_response(&key, 0, 401, body.as_bytes()).unwrap()),
     };
     let r = c.apply(&tx[..n], resp, body.as_bytes(), 0, &mut ());
     assert_eq!(r, Err(Error::Rejected));
@@ -309,10 +314,12 @@ fn a_counter_behind_the_server_catches_up_once() {
     assert_eq!(d.auth_counter(), 11);
     let refused =
         |last: u64| std::format!("{{\"error\":\"replayed_counter\",\"last_counter\":{last}}}");
+    // The server signs its answer for the counter the request carried (10).
     let r401 = |b: &str| Response {
         status: 401,
         body_len: b.len(),
         retry_after_s: None,
+        signature: Some(auth::sign_response(&key, 10, 401, b.as_bytes()).unwrap()),
     };
     let b = refused(10);
     let out = d.apply(&tx[..n], r401(&b), b.as_bytes(), 5, &mut ());
@@ -324,4 +331,181 @@ fn a_counter_behind_the_server_catches_up_once() {
     let out = d.apply(&tx[..n], r401(&b), b.as_bytes(), 6, &mut ());
     assert_eq!(out, Err(Error::Rejected));
     assert_eq!(d.auth_counter(), 11);
+}
+
+/// A signed client with one request in flight, signed with counter 1.
+fn signed_in_flight(key: &crate::DeviceKey, tx: &mut [u8]) -> (Client, usize) {
+    let v = vectors();
+    let mut c = signed_client("tv-signed", key);
+    c.upsert(&pattern("p", &v[0], 0.9, 30), 0).unwrap();
+    let n = c.prepare(tx).unwrap();
+    let mut ab = [0u8; auth::HEADER_MAX];
+    c.authorization(crate::Method::Post, SYNC_PATH, &tx[..n], &mut ab)
+        .unwrap();
+    assert_eq!(c.auth_counter(), 2);
+    (c, n)
+}
+
+fn answer(status: u16, body: &[u8], signature: Option<[u8; 32]>) -> Response {
+    Response {
+        status,
+        body_len: body.len(),
+        retry_after_s: None,
+        signature,
+    }
+}
+
+#[test]
+fn a_forged_409_does_not_move_the_sequence() {
+    let key = crate::DeviceKey::new([3; 32]);
+    let mut tx = [0u8; 4096];
+    let (mut c, n) = signed_in_flight(&key, &mut tx);
+    let seq = c.seq();
+    let body = br#"{"error":"stale_sequence","last_seq":18446744073709551614}"#;
+    // Unsigned, signed with another key, signed for another counter: all
+    // refused, nothing changes, the request stays in flight and backs off.
+    let other = crate::DeviceKey::new([4; 32]);
+    for sig in [
+        None,
+        Some(auth::sign_response(&other, 1, 409, body).unwrap()),
+        Some(auth::sign_response(&key, 0, 409, body).unwrap()),
+    ] {
+        let r = c.apply(&tx[..n], answer(409, body, sig), body, 100, &mut ());
+        assert_eq!(r, Err(Error::Unauthenticated));
+        assert_eq!(c.seq(), seq);
+        assert_eq!(c.in_flight(), Some(n));
+    }
+    assert_eq!(c.stats().unauthenticated, 3);
+    assert_eq!(c.stats().resequenced, 0);
+    // Even signed, a jump past MAX_SEQ_JUMP is not taken.
+    let sig = auth::sign_response(&key, 1, 409, body).unwrap();
+    let r = c.apply(&tx[..n], answer(409, body, Some(sig)), body, 100, &mut ());
+    assert_eq!(r, Err(Error::ProtocolViolation));
+    assert_eq!(c.seq(), seq);
+    // A signed, plausible 409 is followed.
+    let body = std::format!(r#"{{"error":"stale_sequence","last_seq":{}}}"#, seq + 10);
+    let sig = auth::sign_response(&key, 1, 409, body.as_bytes()).unwrap();
+    let r = c.apply(
+        &tx[..n],
+        answer(409, body.as_bytes(), Some(sig)),
+        body.as_bytes(),
+        100,
+        &mut (),
+    );
+    assert_eq!(r, Ok(Outcome::Resequenced { seq: seq + 11 }));
+}
+
+#[test]
+fn repeated_409s_back_off() {
+    let key = crate::DeviceKey::new([3; 32]);
+    let mut tx = [0u8; 4096];
+    let mut c = signed_client("tv-signed", &key);
+    let v = vectors();
+    c.upsert(&pattern("p", &v[0], 0.9, 30), 0).unwrap();
+    let mut ab = [0u8; auth::HEADER_MAX];
+    let mut waits = Vec::new();
+    for round in 0..6u64 {
+        let n = c.prepare(&mut tx).unwrap();
+        c.authorization(crate::Method::Post, SYNC_PATH, &tx[..n], &mut ab)
+            .unwrap();
+        let counter = c.auth_counter() - 1;
+        let body = std::format!(
+            r#"{{"error":"stale_sequence","last_seq":{}}}"#,
+            c.seq() + round
+        );
+        let sig = auth::sign_response(&key, counter, 409, body.as_bytes()).unwrap();
+        let now = 1_000_000 * (round + 1);
+        let r = c.apply(
+            &tx[..n],
+            answer(409, body.as_bytes(), Some(sig)),
+            body.as_bytes(),
+            now,
+            &mut (),
+        );
+        assert!(matches!(r, Ok(Outcome::Resequenced { .. })), "{r:?}");
+        waits.push(c.next_sync_at() - now);
+    }
+    // The first 409 is answered at once; later ones wait the backoff, whose
+    // bound doubles (full jitter: compare the bounds' maxima, not samples).
+    assert_eq!(waits[0], 0);
+    assert!(waits[1..].iter().any(|&w| w > 0), "{waits:?}");
+    assert!(
+        waits.iter().all(|&w| w <= Backoff::default().cap_ms),
+        "{waits:?}"
+    );
+}
+
+#[test]
+fn a_replayed_or_unsigned_200_changes_nothing() {
+    let key = crate::DeviceKey::new([5; 32]);
+    let v = vectors();
+    let mut peer = Peer::default();
+    let mut net = AuthLoop {
+        peer: &mut peer,
+        key: key.clone(),
+        last_counter: 0,
+        seen: Vec::new(),
+        refused: Vec::new(),
+    };
+    let mut c = signed_client("tv-signed", &key);
+    c.upsert(&pattern("p", &v[0], 0.9, 30), 0).unwrap();
+    let mut tx = [0u8; 4096];
+    let mut rx = [0u8; 16 * 1024];
+    block(c.exchange(&mut net, &mut tx, &mut rx, 0, &mut ())).unwrap();
+    // Keep the first answer as an attacker would (it was signed for counter 1).
+    let first = net.peer.last.clone().expect("a response").2;
+    let first_sig = auth::sign_response(&key, 1, 200, &first).unwrap();
+    // A new change, sent with counter 2; the attacker answers with the old bytes.
+    c.upsert(&pattern("p", &v[1], 0.9, 31), 10).unwrap();
+    let n = c.prepare(&mut tx).unwrap();
+    let mut ab = [0u8; auth::HEADER_MAX];
+    c.authorization(crate::Method::Post, SYNC_PATH, &tx[..n], &mut ab)
+        .unwrap();
+    let acked_before = c.acked(&PatternId::new("p").unwrap()).map(|(r, x)| (r, *x));
+    let (stats, version) = (c.stats(), c.global_version());
+    for sig in [Some(first_sig), None] {
+        let r = c.apply(&tx[..n], answer(200, &first, sig), &first, 20, &mut ());
+        assert_eq!(r, Err(Error::Unauthenticated));
+    }
+    assert_eq!(
+        c.acked(&PatternId::new("p").unwrap()).map(|(r, x)| (r, *x)),
+        acked_before
+    );
+    assert_eq!(c.global_version(), version);
+    assert_eq!(c.stats().synced, stats.synced);
+    assert_eq!(c.in_flight(), Some(n));
+}
+
+#[test]
+fn an_unsigned_retry_after_is_capped_by_the_backoff() {
+    let key = crate::DeviceKey::new([6; 32]);
+    let mut tx = [0u8; 4096];
+    let (mut c, n) = signed_in_flight(&key, &mut tx);
+    let mut r = answer(503, b"{}", None);
+    r.retry_after_s = Some(u32::MAX);
+    let out = c.apply(&tx[..n], r, b"{}", 1_000, &mut ()).unwrap();
+    let cap = Backoff::default().cap_ms;
+    assert!(
+        matches!(out, Outcome::RetryLater { at_ms } if at_ms <= 1_000 + cap),
+        "{out:?}"
+    );
+    // Signed, the server's advice counts (up to a day).
+    c.authorization(
+        crate::Method::Post,
+        SYNC_PATH,
+        &tx[..n],
+        &mut [0u8; auth::HEADER_MAX],
+    )
+    .unwrap();
+    let mut r = answer(
+        503,
+        b"{}",
+        Some(auth::sign_response(&key, 2, 503, b"{}").unwrap()),
+    );
+    r.retry_after_s = Some(3_600);
+    let out = c.apply(&tx[..n], r, b"{}", 1_000, &mut ()).unwrap();
+    assert!(
+        matches!(out, Outcome::RetryLater { at_ms } if at_ms >= 1_000 + 3_600_000),
+        "{out:?}"
+    );
 }

@@ -275,6 +275,7 @@ impl Transport for Loop<'_> {
                 status,
                 body_len: 0,
                 retry_after_s: retry,
+                signature: None,
             });
         }
         let (status, n) = self.0.handle(req.body, buf);
@@ -287,6 +288,7 @@ impl Transport for Loop<'_> {
             status,
             body_len: n,
             retry_after_s: None,
+            signature: None,
         })
     }
 }
@@ -334,7 +336,8 @@ fn uploaded_ids(frame: &[u8]) -> Vec<(String, Coding)> {
 
 /// A [`Loop`] behind the server's authentication rules (docs/wire-format.md,
 /// "Authentication"): signature over the canonical message, counter greater
-/// than the last accepted one, the counter advanced only by a 200.
+/// than the last accepted one, the counter advanced only by a 200, and
+/// every answer to a request whose signature verified signed for its counter.
 struct AuthLoop<'p> {
     peer: &'p mut Peer,
     key: crate::DeviceKey,
@@ -362,6 +365,7 @@ impl Transport for AuthLoop<'_> {
                 status: 401,
                 body_len: j.len(),
                 retry_after_s: None,
+                signature: None,
             })
         };
         let Some(h) = req.headers.iter().find(|h| h.0 == auth::HEADER) else {
@@ -375,11 +379,21 @@ impl Transport for AuthLoop<'_> {
             self.refused.push("bad_signature");
             return refuse(buf, "bad_signature", self.last_counter);
         }
+        let sign = |r: core::result::Result<Response, Dropped>, buf: &[u8]| {
+            r.map(|mut r| {
+                let body = &buf[..r.body_len];
+                r.signature =
+                    Some(auth::sign_response(&self.key, counter, r.status, body).unwrap());
+                r
+            })
+        };
         if counter <= self.last_counter {
             self.refused.push("replayed_counter");
-            return refuse(buf, "replayed_counter", self.last_counter);
+            let r = refuse(buf, "replayed_counter", self.last_counter);
+            return sign(r, buf);
         }
         let r = Loop(self.peer).send(req, buf).await;
+        let r = sign(r, buf);
         if matches!(r, Ok(Response { status: 200, .. }))
             || (r.is_err() && self.peer.requests > 0 && self.peer.last.is_some())
         {

@@ -29,6 +29,7 @@ fn uploads_only_changed_patterns_that_pass_the_filter() {
             status: 200,
             body_len: 0,
             retry_after_s: None,
+            signature: None,
         },
         &[],
         20,

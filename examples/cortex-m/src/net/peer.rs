@@ -290,6 +290,9 @@ async fn respond(s: &mut TcpSocket<'_>, run: &Run) -> Result<(), &'static str> {
         b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n",
     )
     .await?;
+    write(s, b"X-OTS-Signature: ").await?;
+    write(s, run.sig).await?;
+    write(s, b"\r\n").await?;
     match run.framing {
         Framing::Length => {
             let mut digits = [0u8; U64_DIGITS];

@@ -51,6 +51,8 @@ pub struct Run {
     pub auth: &'static [u8],
     /// The server's response frame.
     pub response: &'static [u8],
+    /// Its `X-OTS-Signature` value (64 hex digits), signed for the request.
+    pub sig: &'static [u8],
     /// How the peer sends it.
     pub framing: Framing,
 }
@@ -64,6 +66,7 @@ pub static RUNS: [Run; 2] = [
         upload: fixture!("upload-v1-plain.bin"),
         auth: fixture!("auth-v1-plain.txt"),
         response: fixture!("response-v1-plain.bin"),
+        sig: fixture!("sig-v1-plain.txt"),
         framing: Framing::Length,
     },
     Run {
@@ -72,6 +75,7 @@ pub static RUNS: [Run; 2] = [
         upload: fixture!("upload-small-plain.bin"),
         auth: fixture!("auth-small-plain.txt"),
         response: fixture!("response-small-plain.bin"),
+        sig: fixture!("sig-small-plain.txt"),
         framing: Framing::Chunked,
     },
 ];

@@ -194,9 +194,11 @@ async fn session(
     body_ok(&request[..n], total, run)?;
 
     // The response in records of at most 1 KiB, then close_notify.
-    let mut head = [0u8; 128];
+    let mut head = [0u8; 224];
     let mut w = Writer::new(&mut head);
-    w.put(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ")?;
+    w.put(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nX-OTS-Signature: ")?;
+    w.put(run.sig)?;
+    w.put(b"\r\nContent-Length: ")?;
     let mut digits = [0u8; omega_tv_sync::ascii::U64_DIGITS];
     w.put(omega_tv_sync::ascii::fmt_u64(run.response.len() as u64, &mut digits).as_bytes())?;
     w.put(b"\r\nConnection: close\r\n\r\n")?;

@@ -289,6 +289,7 @@ fn snapshots(steps: usize) -> Vec<Vec<u8>> {
             status: 200,
             body_len: body.len(),
             retry_after_s: None,
+            signature: None,
         };
         let o = c
             .apply(&tx[..n], resp, &body, step as u64, &mut ())
