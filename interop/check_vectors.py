@@ -242,6 +242,13 @@ def main():
                 note += ", " + e
         report(name, enc_ok, dec_ok and codes_ok, note)
 
+    # -- signed responses (wire-format.md, "Signed responses") ------------
+    for i, r in enumerate(v.get("responses", [])):
+        got = o.sign_response(bytes.fromhex(r["key"]), r["counter"], r["status"],
+                              bytes.fromhex(r["body"]))
+        report("responses[%d] counter=%d status=%d" % (i, r["counter"], r["status"]),
+               got == r["x_ots_signature"], True, "%d B body" % (len(r["body"]) // 2))
+
     # -- auth --------------------------------------------------------------
     for i, a in enumerate(v["auth"]):
         key = bytes.fromhex(a["key"])

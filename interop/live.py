@@ -44,6 +44,8 @@ HTTP_TIMEOUT = 15.0  # seconds, per request
 
 failures = []
 checks = 0
+# X-OTS-Signature: [verified, wrong, missing on a 200/409 to a well-signed request]
+SIGNED = [0, 0, 0]
 
 
 def check(cond, what, detail=""):
@@ -247,7 +249,15 @@ class Device:
             h.pop(k, None)
         h.update(headers or {})
         self.last = self.http.request("POST", o.SYNC_PATH, h, body)
-        if self.last[0] == 200:
+        st, rh, rb = self.last
+        sig = rh.get("x-ots-signature")
+        if sig is not None:
+            # Signed for this request's counter, status and body as sent.
+            good = sig.strip().lower() == o.sign_response(self.key, c, st, rb)
+            SIGNED[0 if good else 1] += 1
+        elif st in (200, 409) and "Authorization" in h and sign_body is None and device_header is None:
+            SIGNED[2] += 1  # an answer to a well-signed request without a signature
+        if st == 200:
             self.accepted = c  # the server's last accepted counter
         return self.last
 
@@ -374,6 +384,10 @@ def main():
     server = None
     try:
         server = run(binary, tmp, db)
+        check(SIGNED[0] > 0 and SIGNED[1] == 0 and SIGNED[2] == 0,
+              "every answer to a signed request carries X-OTS-Signature, and it verifies "
+              "(wire-format.md, Signed responses): %d verified" % SIGNED[0],
+              "wrong %d, missing %d" % (SIGNED[1], SIGNED[2]))
     finally:
         if server is not None:
             server.stop()

@@ -551,6 +551,12 @@ def authorization(key, method, path, device_id, counter, body):
     return "%s counter=%d,sig=%s" % (AUTH_SCHEME, counter, sign(key, method, path, device_id, counter, body))
 
 
+def sign_response(key, counter, status, body):
+    """X-OTS-Signature of an answer (wire-format.md, "Signed responses")."""
+    msg = b"OTS1resp" + struct.pack(">QH", counter, status) + hashlib.sha256(body).digest()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
 def parse_authorization(value):
     """Strict form; returns (counter, sig bytes) or raises WireError('malformed_auth')."""
     import re

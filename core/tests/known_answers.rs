@@ -411,6 +411,33 @@ fn auth_vectors() -> Vec<String> {
     v
 }
 
+/// Signed responses (`X-OTS-Signature`): key, counter, status, body.
+fn response_vectors() -> Vec<String> {
+    let key = DeviceKey::new(core::array::from_fn(|i| i as u8));
+    let bodies: [(u64, u16, &[u8]); 3] = [
+        (42, 409, br#"{"error":"stale_sequence","detail":"x","last_seq":5}"#),
+        (7, 200, &[0x4f, 0x54, 0x01, 0x02, 0x00]),
+        (u64::MAX, 401, br#"{"error":"replayed_counter","last_counter":9}"#),
+    ];
+    bodies
+        .iter()
+        .map(|&(counter, status, body)| {
+            let sig = auth::sign_response(&key, counter, status, body).expect("sign");
+            let mut buf = [0u8; 64];
+            obj(&[
+                ("key", s(&hex(key.as_bytes()))),
+                ("counter", counter.to_string()),
+                ("status", status.to_string()),
+                ("body", s(&hex(body))),
+                (
+                    "x_ots_signature",
+                    s(auth::format_response_header(&sig, &mut buf)),
+                ),
+            ])
+        })
+        .collect()
+}
+
 fn generate() -> String {
     let all = items();
     let v1 = codec::minilm_v1().expect("minilm-v1");
@@ -423,10 +450,11 @@ fn generate() -> String {
     }
     let list = |xs: Vec<String>| format!("[\n    {}\n  ]", xs.join(",\n    "));
     format!(
-        "{{\n  \"format\": 1,\n  \"codec\": {},\n  \"frames\": {},\n  \"auth\": {}\n}}\n",
+        "{{\n  \"format\": 1,\n  \"codec\": {},\n  \"frames\": {},\n  \"auth\": {},\n  \"responses\": {}\n}}\n",
         list(codec_v),
         list(frames),
-        list(auth_vectors())
+        list(auth_vectors()),
+        list(response_vectors())
     )
 }
 

@@ -298,6 +298,7 @@ pub fn download_base() -> &'static [u8] {
             status: 200,
             body_len: resp.len(),
             retry_after_s: None,
+            signature: None,
         };
         let out = c.apply(&tx[..n], r, &resp, 0, &mut ()).expect("apply");
         assert!(matches!(out, Outcome::Synced(_)));
@@ -380,6 +381,7 @@ pub fn download(data: &[u8]) -> Result<(), Error> {
         status,
         body_len: body.len(),
         retry_after_s: Some(u32::from(sel >> 3)),
+        signature: None,
     };
     let out = c.apply(&tx, r, body, 2_000, &mut sink);
     let result = match out {
@@ -814,6 +816,7 @@ pub fn real_snapshots() -> Vec<(String, Vec<u8>)> {
             status: 200,
             body_len: resp.len() - 1,
             retry_after_s: None,
+            signature: None,
         };
         c.apply(&tx, r, &resp[1..], 5_000, &mut ())
             .expect("real response applies");

@@ -277,14 +277,39 @@ pub fn presented(value: Option<&[u8]>) -> Result<Presented, ApiError> {
     Ok(Presented { counter, sig })
 }
 
+/// The device key and request counter a response is signed with
+/// (`X-OTS-Signature`, docs/wire-format.md "Signed responses"): known once
+/// the request's signature verified.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    /// The device's key.
+    pub key: DeviceKey,
+    /// The counter of the request answered.
+    pub counter: u64,
+}
+
+impl Signer {
+    /// The `X-OTS-Signature` value for an answer with `status` and `body`
+    /// (the body exactly as sent).
+    pub fn header(&self, status: u16, body: &[u8]) -> Option<String> {
+        let sig = wire_auth::sign_response(&self.key, self.counter, status, body).ok()?;
+        let mut buf = [0u8; 64];
+        Some(wire_auth::format_response_header(&sig, &mut buf).to_string())
+    }
+}
+
 /// Verifies a sync request: enrolment, signature (constant time), counter
-/// above the last accepted one. Reads only. Returns the counter to commit.
+/// above the last accepted one. Reads only. Returns the counter to commit,
+/// and the [`Signer`] for the answer once the signature verified (a
+/// `replayed_counter` refusal is signed too: it answers a request the device
+/// really sent).
 pub fn verify(
     txn: &dyn ReadTxn,
     master: &MasterSecret,
     device: &str,
     p: &Presented,
     body_sha256: &[u8; 32],
+    signer: &mut Option<Signer>,
 ) -> StoreResult<Result<u64, ApiError>> {
     let Some(e) = txn.enrolment(device)? else {
         return Ok(Err(refuse("unknown_device", "the device is not enrolled")));
@@ -308,6 +333,10 @@ pub fn verify(
             "the signature does not verify",
         )));
     }
+    *signer = Some(Signer {
+        key,
+        counter: p.counter,
+    });
     if p.counter <= e.last_counter {
         return Ok(Err(replayed(p.counter, e.last_counter)));
     }

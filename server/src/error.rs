@@ -48,8 +48,9 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body: `{"error", "detail"}` and the extras that apply.
+    pub fn json(&self) -> Vec<u8> {
         let mut body = serde_json::json!({
             "error": self.code,
             "detail": self.detail,
@@ -60,8 +61,18 @@ impl IntoResponse for ApiError {
         if let (Some(n), Some(obj)) = (self.last_counter, body.as_object_mut()) {
             obj.insert("last_counter".into(), n.into());
         }
+        body.to_string().into_bytes()
+    }
+
+    /// The HTTP response with `body` (from [`json`](Self::json)) as its
+    /// content, the status and the headers that apply.
+    pub fn response_with(&self, body: Vec<u8>) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
-        let mut resp = (status, axum::Json(body)).into_response();
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(s) = self.retry_after_s {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -74,6 +85,13 @@ impl IntoResponse for ApiError {
             );
         }
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.json();
+        self.response_with(body)
     }
 }
 

@@ -60,6 +60,7 @@ mod upload;
 
 #[cfg(feature = "zstd")]
 pub use apply::ZstdBuffers;
+pub use apply::{MAX_RETRY_AFTER_S, MAX_SEQ_JUMP};
 pub use backoff::{Backoff, Jitter};
 pub use exchange::{SyncError, SYNC_PATH};
 pub use filter::QualityFilter;

@@ -54,24 +54,54 @@ fn is_octet_stream(h: &HeaderMap) -> bool {
 
 async fn sync_handler(State(st): St, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
-    let r = sync_inner(&st, &headers, body).await;
+    let mut signer = None;
+    let r = sync_inner(&st, &headers, body, &mut signer).await;
     st.metrics.observe_latency(started.elapsed());
-    match r {
-        Ok(resp) => resp,
+    // Every answer to a request whose signature verified is signed for its
+    // counter (X-OTS-Signature), errors included: the device applies
+    // nothing that is not.
+    let (status, bytes, mut resp) = match r {
+        Ok(synced) => {
+            let mut resp = octet(synced.response.clone());
+            if synced.replayed {
+                resp.headers_mut()
+                    .insert("x-replayed", HeaderValue::from_static("true"));
+            }
+            (200, synced.response, resp)
+        }
         Err(e) => {
             count_rejected(&st, &e);
-            e.into_response()
+            let body = e.json();
+            (e.status, body.clone(), e.response_with(body))
         }
+    };
+    if let Some(v) = signer
+        .and_then(|s| s.header(status, &bytes))
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        resp.headers_mut()
+            .insert(omega_tv_sync::transport::auth::RESPONSE_HEADER, v);
     }
+    resp
+}
+
+/// A sync's answer before it becomes an HTTP response.
+struct Synced {
+    /// The response body as sent (compressed when the device asked).
+    response: Vec<u8>,
+    /// Answered from the idempotency record.
+    replayed: bool,
 }
 
 /// One sync, in order: headers, authentication header, body, signature,
-/// validation, rate limit, pre-decoding, the write, the response.
+/// validation, rate limit, pre-decoding, the write, the response. `signer`
+/// is set once the request's signature verified.
 async fn sync_inner(
     st: &Arc<AppState>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+    signer: &mut Option<crate::auth::Signer>,
+) -> Result<Synced, ApiError> {
     let device = sync::check_device_id(headers.get("x-device-id").map(|v| v.as_bytes()))?;
     // Authentication first (crate::auth): nothing is decoded or stored for
     // a request that does not carry a well-formed signature header.
@@ -86,7 +116,7 @@ async fn sync_inner(
     st.metrics
         .bytes_in
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    let counter = authenticate(st, &device, presented.as_ref(), &bytes)?;
+    let counter = authenticate(st, &device, presented.as_ref(), &bytes, signer)?;
     let mut up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
     if let Some(wait) = st.rate_limited(&up.device) {
         return Err(error::rate_limited(wait));
@@ -108,12 +138,10 @@ async fn sync_inner(
     st.metrics
         .bytes_out
         .fetch_add(response.len() as u64, Ordering::Relaxed);
-    let mut resp = octet(response);
-    if applied.replayed {
-        resp.headers_mut()
-            .insert("x-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(resp)
+    Ok(Synced {
+        response,
+        replayed: applied.replayed,
+    })
 }
 
 /// Reads the body of a sync: `application/octet-stream`, at most
@@ -165,12 +193,13 @@ fn authenticate(
     device: &str,
     presented: Option<&crate::auth::Presented>,
     body: &[u8],
+    signer: &mut Option<crate::auth::Signer>,
 ) -> Result<Option<u64>, ApiError> {
     match (presented, &st.config.auth.master) {
         (Some(p), Some(master)) => {
             let hash = omega_tv_sync::transport::auth::body_hash(body);
             match store::read(&*st.store, |t| {
-                crate::auth::verify(t, master, device, p, &hash)
+                crate::auth::verify(t, master, device, p, &hash, signer)
             }) {
                 Ok(Ok(c)) => Ok(Some(c)),
                 Ok(Err(e)) => Err(e),

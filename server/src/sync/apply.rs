@@ -194,8 +194,26 @@ fn replay(rec: &DeviceRecord, up: &Upload) -> Option<Result<Applied, ApiError>> 
         e.last_seq = Some(rec.last_seq);
         return Some(Err(e));
     }
+    if up.seq - rec.last_seq > MAX_SEQ_JUMP {
+        // No device moves that far: one that follows the protocol advances
+        // by one per sync and by at most MAX_SEQ_JUMP on a 409.
+        let mut e = ApiError::new(
+            400,
+            "sequence_jump",
+            format!(
+                "sequence {} is more than 2^32 above the last applied {}",
+                up.seq, rec.last_seq
+            ),
+        );
+        e.last_seq = Some(rec.last_seq);
+        return Some(Err(e));
+    }
     None
 }
+
+/// Largest step above the last applied sequence the server accepts (the
+/// device's own cap on a 409 jump, `omega_tv_sync::sync::MAX_SEQ_JUMP`).
+pub const MAX_SEQ_JUMP: u64 = omega_tv_sync::sync::MAX_SEQ_JUMP;
 
 /// Decides one uploaded item against the stored pattern: its [`Plan`] and
 /// the answer the device gets for it. A delta that does not decode (or has
