@@ -6,7 +6,7 @@
 use omega_tv_sync::sync::Outcome;
 use omega_tv_sync::wire::{Ack, Conflict, GlobalRemove, Record, ServerState};
 use omega_tv_sync::{Category, Error, PatternId, Response};
-use omega_tv_sync_testkit::{self as t, targets};
+use omega_tv_sync_testkit::{self as t, snapshot_of as snapshot, targets};
 
 fn ok(len: usize) -> Response {
     Response {
@@ -14,13 +14,6 @@ fn ok(len: usize) -> Response {
         body_len: len,
         retry_after_s: None,
     }
-}
-
-fn snapshot(c: &t::Client) -> Vec<u8> {
-    let mut buf = vec![0u8; t::Client::MAX_SNAPSHOT_LEN];
-    let n = c.snapshot(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
 }
 
 fn ack(id: &str, revision: u32) -> Record<'static> {

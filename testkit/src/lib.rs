@@ -13,6 +13,7 @@
 //!   (`fuzz/`) and replayed by `cargo test` (`core/tests/fuzz_replay.rs`).
 //!
 //! The names most tests use are re-exported at the root.
+#![warn(missing_docs)]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 pub mod data;
