@@ -1,41 +1,8 @@
 //! Loading the real MiniLM vectors shipped in `data/minilm/`.
 
 use omega_tv_sync::DIM;
-use std::path::{Path, PathBuf};
 
-/// One embedding as plain floats.
-pub type Row = [f32; DIM];
-
-/// `data/minilm/` of the workspace.
-pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/minilm")
-}
-
-/// Reads raw little-endian f32 rows of `DIM` values.
-pub fn read_rows(path: &Path) -> std::io::Result<Vec<Row>> {
-    let bytes = std::fs::read(path)?;
-    if bytes.len() % (4 * DIM) != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "{}: {} bytes is not a multiple of {}",
-                path.display(),
-                bytes.len(),
-                4 * DIM
-            ),
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(4 * DIM)
-        .map(|c| {
-            let mut r = [0f32; DIM];
-            for (x, b) in r.iter_mut().zip(c.chunks_exact(4)) {
-                *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-            r
-        })
-        .collect())
-}
+pub use omega_tv_sync_testkit::data::{data_dir, read_rows, Row};
 
 /// Dot product with eight accumulators in a fixed order.
 pub fn dot(a: &Row, b: &Row) -> f32 {

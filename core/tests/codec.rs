@@ -2,48 +2,22 @@
 
 use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, MAX_CODED_LEN};
 use omega_tv_sync::{Embedding, Error, DIM};
-use std::path::Path;
-
-fn rows(name: &str) -> Vec<[f32; DIM]> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../data/minilm")
-        .join(name);
-    let b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    b.chunks_exact(4 * DIM)
-        .map(|c| {
-            let mut r = [0f32; DIM];
-            for (x, b) in r.iter_mut().zip(c.chunks_exact(4)) {
-                *x = f32::from_le_bytes(b.try_into().unwrap());
-            }
-            r
-        })
-        .collect()
-}
+use omega_tv_sync_testkit::{rows, SplitMix64};
 
 fn books() -> [Codebook<'static>; 2] {
     [minilm_v1().unwrap(), minilm_small_v1().unwrap()]
 }
 
-/// SplitMix64, for reproducible random inputs.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+/// Random codes: any `i16` (`spread` 0) or uniform in `-spread..=spread`.
+fn random_codes(rng: &mut SplitMix64, spread: u32) -> Codes {
+    let mut c = [0i16; DIM];
+    for x in c.iter_mut() {
+        *x = match spread {
+            0 => rng.next_u64() as i16,
+            s => ((rng.next_u64() % (2 * s as u64 + 1)) as i64 - s as i64) as i16,
+        };
     }
-    fn codes(&mut self, spread: u32) -> Codes {
-        let mut c = [0i16; DIM];
-        for x in c.iter_mut() {
-            *x = match spread {
-                0 => self.next() as i16,
-                s => ((self.next() % (2 * s as u64 + 1)) as i64 - s as i64) as i16,
-            };
-        }
-        c
-    }
+    c
 }
 
 fn round_trip(cb: &Codebook<'_>, c: &Codes, base: Option<&Codes>) -> usize {
@@ -92,7 +66,7 @@ fn corrupt_codebook_is_rejected() {
 
 #[test]
 fn random_and_extreme_codes_round_trip() {
-    let mut rng = Rng(7);
+    let mut rng = SplitMix64::new(7);
     let extremes: Vec<Codes> = vec![
         [i16::MIN; DIM],
         [i16::MAX; DIM],
@@ -111,8 +85,8 @@ fn random_and_extreme_codes_round_trip() {
         }
         for i in 0..300 {
             let spread = [0, 1, 5, 40, 300, 3000, 20000][i % 7];
-            let a = rng.codes(spread);
-            let b = rng.codes(spread);
+            let a = random_codes(&mut rng, spread);
+            let b = random_codes(&mut rng, spread);
             worst = worst.max(round_trip(&cb, &a, None));
             worst = worst.max(round_trip(&cb, &a, Some(&b)));
         }
@@ -208,13 +182,13 @@ fn single_byte_corruptions_never_panic_and_are_mostly_detected() {
 
 #[test]
 fn random_bytes_never_panic() {
-    let mut rng = Rng(99);
+    let mut rng = SplitMix64::new(99);
     for cb in books() {
         let mut out = [0i16; DIM];
         let mut ok = 0;
         for i in 0..3000 {
-            let len = (rng.next() % 400) as usize;
-            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let len = (rng.next_u64() % 400) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             let base = [i16::MIN + (i as i16 % 7); DIM];
             for b in [None, Some(&base)] {
                 if cb.decode(&bytes, b, &mut out).is_ok() {

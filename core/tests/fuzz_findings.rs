@@ -3,14 +3,10 @@
 //! fixed behaviour.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[allow(dead_code)]
-#[path = "../../fuzz/src/core_targets.rs"]
-mod core_targets;
-
-use core_targets as t;
 use omega_tv_sync::sync::Outcome;
 use omega_tv_sync::wire::{Ack, Conflict, GlobalRemove, Record, ServerState};
 use omega_tv_sync::{Category, Error, PatternId, Response};
+use omega_tv_sync_testkit::{self as t, snapshot_of as snapshot, targets};
 
 fn ok(len: usize) -> Response {
     Response {
@@ -18,13 +14,6 @@ fn ok(len: usize) -> Response {
         body_len: len,
         retry_after_s: None,
     }
-}
-
-fn snapshot(c: &t::Client) -> Vec<u8> {
-    let mut buf = vec![0u8; t::Client::MAX_SNAPSHOT_LEN];
-    let n = c.snapshot(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
 }
 
 fn ack(id: &str, revision: u32) -> Record<'static> {
@@ -41,7 +30,7 @@ fn refused(records: &[Record<'_>]) {
     let (mut c, tx) = t::download_client();
     let before = snapshot(&c);
     let resp = t::real_download(records, c.seq(), false, false);
-    let mut sink = t::CountingSink::default();
+    let mut sink = targets::CountingSink::default();
     let r = c.apply(&tx, ok(resp.len()), &resp, 0, &mut sink);
     assert_eq!(r, Err(Error::ProtocolViolation));
     assert_eq!(snapshot(&c), before);
@@ -126,7 +115,7 @@ fn counters_of_a_huge_response_do_not_overflow() {
         w.push(r).unwrap();
     }
     let resp = w.finish().unwrap().to_vec();
-    let mut sink = t::CountingSink::default();
+    let mut sink = targets::CountingSink::default();
     let out = c.apply(&tx, ok(resp.len()), &resp, 0, &mut sink).unwrap();
     let Outcome::Synced(s) = out else {
         panic!("{out:?}")

@@ -11,14 +11,10 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[allow(dead_code)]
-#[path = "../../fuzz/src/core_targets.rs"]
-mod core_targets;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use core_targets as t;
+use omega_tv_sync_testkit::{self as t, targets};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -73,39 +69,39 @@ fn replay<E: std::fmt::Debug>(target: &str, f: impl Fn(&[u8]) -> Result<(), E>) 
 
 #[test]
 fn replay_frame_header() {
-    replay("frame_header", t::frame_header);
+    replay("frame_header", targets::frame_header);
 }
 
 #[test]
 fn replay_upload() {
-    replay("upload", t::upload);
+    replay("upload", targets::upload);
 }
 
 #[test]
 fn replay_download() {
-    replay("download", t::download);
+    replay("download", targets::download);
 }
 
 #[test]
 fn replay_snapshot() {
-    replay("snapshot", t::snapshot);
+    replay("snapshot", targets::snapshot);
 }
 
 #[test]
 fn replay_codec() {
-    replay("codec", t::codec);
+    replay("codec", targets::codec);
 }
 
 #[cfg(feature = "zstd")]
 #[test]
 fn replay_zstd() {
-    replay("zstd", t::zstd);
+    replay("zstd", targets::zstd);
 }
 
 #[cfg(feature = "flash")]
 #[test]
 fn replay_flash() {
-    replay("flash", t::flash);
+    replay("flash", targets::flash);
 }
 
 /// The targets reject what they should: a flipped byte anywhere in a real
@@ -115,23 +111,23 @@ fn replay_flash() {
 #[test]
 fn targets_reject_corruption() {
     let frame = t::real_upload(3, false);
-    assert!(t::frame_header(&frame).is_ok());
+    assert!(targets::frame_header(&frame).is_ok());
     for i in 0..frame.len() {
         let mut bad = frame.clone();
         bad[i] ^= 0x10;
-        assert!(t::frame_header(&bad).is_err(), "byte {i}");
+        assert!(targets::frame_header(&bad).is_err(), "byte {i}");
     }
     let mut wrong_kind = frame.clone();
     wrong_kind[3] = 2;
     assert_eq!(
-        t::upload(&wrong_kind),
+        targets::upload(&wrong_kind),
         Err(omega_tv_sync::Error::UnknownKind)
     );
     let snap = t::download_base().to_vec();
-    assert!(t::snapshot(&snap).is_ok());
+    assert!(targets::snapshot(&snap).is_ok());
     let mut bad = snap.clone();
     bad[20] ^= 1;
-    assert!(t::snapshot(&bad).is_err());
+    assert!(targets::snapshot(&bad).is_err());
 }
 
 fn write(target: &str, name: &str, bytes: &[u8]) {

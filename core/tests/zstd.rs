@@ -6,27 +6,12 @@ use omega_tv_sync::wire::zstd::{
     DCTX_WORKSPACE_WORDS,
 };
 use omega_tv_sync::Error;
+use omega_tv_sync_testkit::XorShift64Star;
 use serde::Serialize;
 
 fn data(name: &str) -> Vec<u8> {
     let path = format!("{}/../data/minilm/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next() as u8;
-        }
-    }
 }
 
 struct Ctx {
@@ -168,7 +153,7 @@ fn empty_input() {
 #[test]
 fn incompressible_input_does_not_fit_a_smaller_dst() {
     let mut noise = vec![0u8; 2048];
-    Rng(7).fill(&mut noise);
+    XorShift64Star::new(7).fill(&mut noise);
     let mut ctx = Ctx::new();
     let (mut c, mut d) = ctx.pair();
     let mut dst = vec![0u8; noise.len() - 1];
@@ -262,14 +247,14 @@ fn corrupt_and_random_input_never_panics() {
     let n = c.compress(src, &mut packed).unwrap();
     let frame = packed[..n].to_vec();
     let mut out = vec![0u8; 4096];
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = XorShift64Star::new(0x1234_5678_9abc_def1);
 
     // Every single-byte corruption of a valid frame: an error, or (rarely,
     // with no checksum) other bytes; never more than `out` holds.
     let mut errors = 0;
     for i in 0..frame.len() {
         let mut bad = frame.clone();
-        bad[i] ^= 1 << (rng.next() % 8);
+        bad[i] ^= 1 << (rng.next_u64() % 8);
         match d.decompress(&bad, &mut out) {
             Ok(m) => assert!(m <= out.len()),
             Err(e) => {
@@ -282,7 +267,7 @@ fn corrupt_and_random_input_never_panics() {
 
     // Random bytes, with and without a valid magic number and header.
     for round in 0..3000 {
-        let len = (rng.next() % 600) as usize;
+        let len = (rng.next_u64() % 600) as usize;
         let mut junk = vec![0u8; len];
         rng.fill(&mut junk);
         if round % 2 == 0 && len >= 6 {
@@ -291,7 +276,7 @@ fn corrupt_and_random_input_never_panics() {
                 junk[4..6].copy_from_slice(&frame[4..6]);
             }
         }
-        let cap = (rng.next() % 5000) as usize;
+        let cap = (rng.next_u64() % 5000) as usize;
         let mut dst = vec![0u8; cap];
         if let Ok(m) = d.decompress(&junk, &mut dst) {
             assert!(m <= cap);

@@ -1,38 +1,10 @@
 //! Loading the real MiniLM vectors shipped in `data/minilm/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use omega_tv_sync::DIM;
 
-/// The repository's `data/minilm` folder.
-pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/minilm")
-}
-
-/// Reads a raw little-endian f32 file of 384-float rows.
-pub fn load_rows(path: &Path) -> std::io::Result<Vec<[f32; DIM]>> {
-    let bytes = std::fs::read(path)?;
-    if bytes.len() % (DIM * 4) != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "{}: {} bytes is not a whole number of 384-float rows",
-                path.display(),
-                bytes.len()
-            ),
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(DIM * 4)
-        .map(|row| {
-            let mut v = [0f32; DIM];
-            for (x, c) in v.iter_mut().zip(row.chunks_exact(4)) {
-                *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-            v
-        })
-        .collect())
-}
+pub use omega_tv_sync_testkit::data::{data_dir, read_rows};
 
 /// Catalogue item metadata: (category, movie_name) per row of `items_public.f32`.
 pub fn load_item_meta(path: &Path) -> std::io::Result<Vec<(String, String)>> {

@@ -36,7 +36,7 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
     // The fleet goes through the proxy as an external server: its TVs are
     // enrolled here and their keys handed over as `constellation device
     // add` prints them (`--keys`).
-    let ids: Vec<String> = (0..200).map(fleet::sim::device_id).collect();
+    let ids: Vec<String> = (0..200).map(fleet::device_id).collect();
     let keys = srv.enrol_many(&ids).await.unwrap();
     let lines: String = ids
         .iter()

@@ -48,7 +48,7 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
         offline: 0.01,
         twin: 0.01,
     };
-    let ids: Vec<String> = (0..cfg.devices).map(sim::device_id).collect();
+    let ids: Vec<String> = (0..cfg.devices).map(fleet::device_id).collect();
     cfg.keys = Some(Arc::new(enrol(&bin, &db, &ids)));
     let child = serve(&bin, &db, addr, &[]);
     let url = format!("http://{addr}");
@@ -105,7 +105,7 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
 
     // Settle against the live server, then check.
     let h = http.clone();
-    let unsettled = sim::settle(&mut result, move || h.clone(), 8).await;
+    let unsettled = fleet::settle::settle(&mut result, move || h.clone(), 8).await;
     assert_eq!(unsettled, 0);
     let mut t = http.clone();
     let v = check::check_all(&cb, &result.tvs, &mut t).await.unwrap();
@@ -131,21 +131,11 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
 /// `"auth"` of `GET /api/v1/health`: `"required"`, or `"DISABLED"` when the
 /// server runs with `--insecure-no-auth`.
 async fn auth_mode(t: &HttpTransport) -> String {
-    use omega_tv_sync::{Method, Request, Transport};
+    use omega_tv_sync::Transport;
+    use omega_tv_sync_testkit::get;
     let mut t = t.clone();
     let mut buf = vec![0u8; 4096];
-    let r = t
-        .send(
-            Request {
-                method: Method::Get,
-                path: "/api/v1/health",
-                headers: &[],
-                body: &[],
-            },
-            &mut buf,
-        )
-        .await
-        .unwrap();
+    let r = t.send(get("/api/v1/health"), &mut buf).await.unwrap();
     assert_eq!(r.status, 200);
     let v: serde_json::Value = serde_json::from_slice(&buf[..r.body_len]).unwrap();
     v["auth"].as_str().unwrap_or("").to_string()

@@ -3,10 +3,11 @@
 
 use omega_tv_sync::codec::minilm_v1;
 use omega_tv_sync::sync::{Config, Outcome, SyncClient};
-use omega_tv_sync::types::{Category, DeviceId, Embedding, Pattern, PatternId};
+use omega_tv_sync::types::{DeviceId, Embedding, Pattern};
 use omega_tv_sync::wire::{FrameReader, Record};
-use omega_tv_sync::{Request, Response, Transport, DIM};
+use omega_tv_sync::{Request, Response, Transport};
 use omega_tv_sync_http::HttpTransport;
+use omega_tv_sync_testkit::vectors;
 
 /// Counts the pattern records of every request it forwards.
 struct Counting {
@@ -29,28 +30,9 @@ impl Transport for Counting {
     }
 }
 
-fn vectors() -> Vec<Embedding> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../data/minilm/patterns_public.f32"
-    );
-    std::fs::read(path)
-        .unwrap()
-        .chunks_exact(DIM * 4)
-        .take(16)
-        .map(|c| Embedding::from_le_bytes(c).unwrap())
-        .collect()
-}
-
+/// A valid `drama` pattern.
 fn pattern(id: &str, e: &Embedding, rate: f32, samples: u32) -> Pattern {
-    Pattern::new(
-        PatternId::new(id).unwrap(),
-        e.clone(),
-        rate,
-        samples,
-        Category::new("drama").unwrap(),
-    )
-    .unwrap()
+    omega_tv_sync_testkit::pattern(id, e, rate, samples, "drama")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,17 +3,8 @@
 use omega_tv_sync_examples::fleet;
 
 fn main() {
-    let args = match fleet::parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            print!("{}", fleet::USAGE);
-            return;
-        }
-        Err(e) => {
-            eprintln!("fleet: {e}\n\n{}", fleet::USAGE);
-            std::process::exit(2);
-        }
-    };
+    // --help and --version print and exit 0; a bad flag or value exits 2.
+    let args = fleet::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

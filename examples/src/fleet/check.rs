@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 
 use omega_tv_sync::codec::{Codebook, Codes};
-use omega_tv_sync::{Method, Request, Transport, DIM};
+use omega_tv_sync::{Transport, DIM};
+use omega_tv_sync_testkit::get;
 use serde::Deserialize;
 
-use super::sim::Tv;
+use super::tv::Tv;
 
 /// One stored pattern, as the server's admin read-back returns it.
 #[derive(Deserialize, Debug, Clone)]
@@ -36,15 +37,7 @@ where
     let path = format!("/api/v1/devices/{device}/patterns");
     let mut buf = vec![0u8; 1 << 20];
     let r = t
-        .send(
-            Request {
-                method: Method::Get,
-                path: &path,
-                headers: &[],
-                body: &[],
-            },
-            &mut buf,
-        )
+        .send(get(&path), &mut buf)
         .await
         .map_err(|e| format!("read-back of {device}: {e:?}"))?;
     if r.status != 200 {
@@ -78,7 +71,7 @@ pub struct Verdict {
     pub superseded: u64,
     /// Acknowledgements of an application already acknowledged to another
     /// session (byte-identical requests of two sessions under one sequence
-    /// number; see [`super::sim::Ledger`]).
+    /// number; see [`super::ledger::Ledger`]).
     pub shared_acks: u64,
 }
 

@@ -7,21 +7,30 @@
 //! ```
 
 pub mod check;
+pub mod cli;
+pub mod config;
+pub mod exchange;
 pub mod faults;
+pub mod ledger;
 pub mod model;
 pub mod report;
 pub mod rng;
+pub mod settle;
 pub mod sim;
 pub mod svg;
+pub mod tv;
+pub mod twin;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use omega_tv_sync::{Method, Request, Transport};
+use omega_tv_sync::Transport;
 use omega_tv_sync_http::HttpTransport;
+use omega_tv_sync_testkit::get;
 
+pub use cli::parse_args;
+pub use config::{device_id, Faults, SimConfig};
 pub use report::Report;
-pub use sim::{Faults, SimConfig};
 
 /// Command-line options.
 #[derive(Clone, Debug)]
@@ -79,89 +88,6 @@ impl Default for Args {
     }
 }
 
-/// Usage text.
-pub const USAGE: &str = "\
-fleet: simulate a fleet of TVs syncing with Constellation
-
-USAGE: fleet [OPTIONS]
-
-  --devices N        TVs to simulate (default 1000)
-  --rounds R         applied syncs per TV, at least (default 10)
-  --seed S           run seed (default 42); the same seed gives the same TV behaviour
-                     and device-side counts (timings and what the server published
-                     by when may differ)
-  --server URL       use a running server instead of the embedded one
-  --keys FILE        with --server: the TVs' keys as `constellation device add --db DB
-                     tv-000000 tv-000001 ...` printed them (ID KEY lines); without it
-                     requests go unsigned (server run with --insecure-no-auth)
-  --check-server URL read the state back from this URL (default: the server)
-  --proxy-faults P   route the TVs through a fault-injecting TCP proxy: per
-                     exchange, probability P split evenly over drop, delay,
-                     cut response and reset connection
-  --out DIR          write report.md and SVG plots there
-  --json FILE        write the report as JSON
-  --concurrency C    exchanges in flight (default 64)
-  --drop P           probability a response is lost after the server applied it (default 0.01)
-  --offline P        probability a TV goes offline for 1-4 h after a sync (default 0.01)
-  --twin P           probability a stale copy of a TV syncs later (default 0.002)
-  --no-faults        all fault rates 0
-  --watch-rate W     watch events per TV per 10 virtual minutes (default 1.5)
-  --quiet            no progress bar
-";
-
-/// Parses `std::env::args().skip(1)`.
-pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
-    let mut a = Args::default();
-    let mut it = args.into_iter();
-    while let Some(flag) = it.next() {
-        let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{name}: '{v}' is not a valid number"))
-        }
-        fn prob(name: &str, v: String) -> Result<f64, String> {
-            let p: f64 = num(name, v)?;
-            if (0.0..=1.0).contains(&p) {
-                Ok(p)
-            } else {
-                Err(format!("{name}: {p} is not a probability in [0, 1]"))
-            }
-        }
-        match flag.as_str() {
-            "--devices" => a.sim.devices = num("--devices", val("--devices")?)?,
-            "--rounds" => a.sim.rounds = num("--rounds", val("--rounds")?)?,
-            "--seed" => a.sim.seed = num("--seed", val("--seed")?)?,
-            "--server" => a.server = Some(val("--server")?),
-            "--check-server" => a.check_server = Some(val("--check-server")?),
-            "--proxy-faults" => {
-                a.proxy_faults = Some(prob("--proxy-faults", val("--proxy-faults")?)?)
-            }
-            "--out" => a.out = Some(PathBuf::from(val("--out")?)),
-            "--json" => a.json = Some(PathBuf::from(val("--json")?)),
-            "--keys" => a.keys = Some(PathBuf::from(val("--keys")?)),
-            "--concurrency" => a.sim.concurrency = num("--concurrency", val("--concurrency")?)?,
-            "--drop" => a.sim.faults.drop = prob("--drop", val("--drop")?)?,
-            "--offline" => a.sim.faults.offline = prob("--offline", val("--offline")?)?,
-            "--twin" => a.sim.faults.twin = prob("--twin", val("--twin")?)?,
-            "--no-faults" => {
-                a.sim.faults = Faults {
-                    drop: 0.0,
-                    offline: 0.0,
-                    twin: 0.0,
-                }
-            }
-            "--watch-rate" => a.sim.watch_rate = num("--watch-rate", val("--watch-rate")?)?,
-            "--quiet" => a.quiet = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown option '{other}'")),
-        }
-    }
-    if a.sim.devices == 0 || a.sim.rounds == 0 || a.sim.concurrency == 0 {
-        return Err("--devices, --rounds and --concurrency must be at least 1".into());
-    }
-    Ok(a)
-}
-
 /// The embedded server, when the run starts one.
 struct Embedded {
     handle: constellation::ServerHandle,
@@ -185,15 +111,7 @@ async fn start_embedded(seed: u64) -> Result<Embedded, String> {
 async fn get_text(t: &mut HttpTransport, path: &str) -> Result<String, String> {
     let mut buf = vec![0u8; 1 << 20];
     let r = t
-        .send(
-            Request {
-                method: Method::Get,
-                path,
-                headers: &[],
-                body: &[],
-            },
-            &mut buf,
-        )
+        .send(get(path), &mut buf)
         .await
         .map_err(|e| format!("GET {path}: {e}"))?;
     if r.status != 200 {
@@ -215,15 +133,7 @@ async fn global_summary(t: &mut HttpTransport) -> Result<(u64, u64), String> {
     for _ in 0..100_000 {
         let path = format!("/api/v1/global?since={since}&limit=256");
         let r = t
-            .send(
-                Request {
-                    method: Method::Get,
-                    path: &path,
-                    headers: &[],
-                    body: &[],
-                },
-                &mut buf,
-            )
+            .send(get(&path), &mut buf)
             .await
             .map_err(|e| format!("GET {path}: {e}"))?;
         if r.status != 200 {
@@ -301,7 +211,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         None => Some(start_embedded(args.sim.seed).await?),
     };
     let mut args = args;
-    let ids: Vec<String> = (0..args.sim.devices).map(sim::device_id).collect();
+    let ids: Vec<String> = (0..args.sim.devices).map(device_id).collect();
     let keys = match (&embedded, &args.keys) {
         // The embedded server enrols every TV (authentication is on).
         (Some(e), _) => {
@@ -374,7 +284,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
         return Err(fatal.clone());
     }
     let h = direct.clone();
-    let unsettled = sim::settle(&mut result, move || h.clone(), 8).await;
+    let unsettled = settle::settle(&mut result, move || h.clone(), 8).await;
     if let Some(e) = &embedded {
         // Publish what the last syncs contributed before reading the totals.
         e.handle

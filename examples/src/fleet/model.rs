@@ -29,9 +29,9 @@ impl Catalog {
     /// Loads the real vectors and precomputes each seed pattern's neighbours.
     pub fn load() -> std::io::Result<Catalog> {
         let dir = crate::data::data_dir();
-        let items = crate::data::load_rows(&dir.join("items_public.f32"))?;
+        let items = crate::data::read_rows(&dir.join("items_public.f32"))?;
         let meta = crate::data::load_item_meta(&dir.join("items_public.meta.tsv"))?;
-        let patterns = crate::data::load_rows(&dir.join("patterns_public.f32"))?;
+        let patterns = crate::data::read_rows(&dir.join("patterns_public.f32"))?;
         let neighbours = patterns
             .iter()
             .map(|p| {

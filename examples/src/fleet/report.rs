@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::check::Verdict;
-use super::sim::{SimConfig, SimResult};
+use super::config::{SimConfig, SimResult};
 use super::svg::{histogram, line_chart, Series};
 
 /// Everything `--json` writes. Counts are deterministic for a seed and a

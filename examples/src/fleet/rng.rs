@@ -1,30 +1,31 @@
-//! SplitMix64: small, seedable, reproducible.
+//! The TVs' random streams: SplitMix64 (the test support crate's), one
+//! stream per TV.
+
+use omega_tv_sync_testkit::SplitMix64;
 
 /// A deterministic generator; each TV owns one, seeded from the run seed and
 /// its index, so a TV's behaviour does not depend on scheduling order.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator for stream `stream` of run `seed`.
     pub fn new(seed: u64, stream: u64) -> Self {
-        let mut r = Rng(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut r = Rng(SplitMix64::new(
+            seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
         r.next_u64();
         r
     }
 
     /// 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
     pub fn f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
 
     /// Uniform in `lo..=hi`.
