@@ -67,7 +67,8 @@ TLS_PORT=${TLS_PORT:-8443}
 DEVICE=${DEVICE:-stb-netns-embassy-0001}
 TLS_DEVICE=${TLS_DEVICE:-stb-netns-embassy-tls-0002}
 CARGO_PROFILE=${CARGO_PROFILE:-debug}
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
+TARGET_DIR=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')}
 BIN="$TARGET_DIR/$CARGO_PROFILE"
 SERVER_CMD=${SERVER_CMD:-"$BIN/embassy-test-server {ADDR} 64 60"}
 CLIENT_CMD=${CLIENT_CMD:-"$BIN/embassy-client"}
@@ -155,14 +156,14 @@ run_client() {
 }
 
 if [ "$SERVER" = constellation ]; then
-    keys=$(target/release/constellation device add --db "$tmp/ns.redb" "$DEVICE" "$TLS_DEVICE")
+    keys=$("$TARGET_DIR/release/constellation" device add --db "$tmp/ns.redb" "$DEVICE" "$TLS_DEVICE")
     key=$(awk -v d="$DEVICE" '$1 == d { print $2 }' <<<"$keys")
     tls_key=$(awk -v d="$TLS_DEVICE" '$1 == d { print $2 }' <<<"$keys")
     [ ${#key} -eq 64 ] && [ ${#tls_key} -eq 64 ] ||
         { echo "netns-sync: FAILED: enrolment printed no key" >&2; exit 1; }
     # The TLS terminator's PSK file (ID:HEX, what the TLS device derives).
-    (umask 077 && target/release/constellation device tls-psk --db "$tmp/ns.redb" "$TLS_DEVICE" >"$tmp/psk.txt")
-    start_server target/release/constellation serve --db "$tmp/ns.redb" \
+    (umask 077 && "$TARGET_DIR/release/constellation" device tls-psk --db "$tmp/ns.redb" "$TLS_DEVICE" >"$tmp/psk.txt")
+    start_server "$TARGET_DIR/release/constellation" serve --db "$tmp/ns.redb" \
         --listen "$HOST_ADDR:$PORT" --admin --log-level warn
 
     # 1. Plain HTTP.

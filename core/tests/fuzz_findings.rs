@@ -13,6 +13,7 @@ fn ok(len: usize) -> Response {
         status: 200,
         body_len: len,
         retry_after_s: None,
+        signature: None,
     }
 }
 

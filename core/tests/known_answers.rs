@@ -334,6 +334,10 @@ fn snapshot_bytes(book: &Codebook<'_>, all: &[f32]) -> (Vec<(&'static str, Strin
     let mut req = vec![0u8; 8192];
     let n = c.prepare(&mut req).expect("prepare");
     let sent = req[..n].to_vec();
+    // Signed as it is sent (counter 1); the server's answer is signed for it.
+    let mut ab = [0u8; auth::HEADER_MAX];
+    c.authorization(omega_tv_sync::Method::Post, "/api/v1/sync", &sent, &mut ab)
+        .expect("sign");
     let seq = c.seq();
     let down = frame(
         Kind::Download,
@@ -352,11 +356,12 @@ fn snapshot_bytes(book: &Codebook<'_>, all: &[f32]) -> (Vec<(&'static str, Strin
             }),
         ],
     );
+    let key = DeviceKey::new(core::array::from_fn(|i| i as u8));
     let resp = Response {
         status: 200,
         body_len: down.len(),
         retry_after_s: None,
-        signature: None,
+        signature: Some(auth::sign_response(&key, 1, 200, &down).expect("sign")),
     };
     c.apply(&sent, resp, &down, 0, &mut ()).expect("apply");
     let mut buf = vec![0u8; SyncClient::<'_, 4>::MAX_SNAPSHOT_LEN];
@@ -415,9 +420,17 @@ fn auth_vectors() -> Vec<String> {
 fn response_vectors() -> Vec<String> {
     let key = DeviceKey::new(core::array::from_fn(|i| i as u8));
     let bodies: [(u64, u16, &[u8]); 3] = [
-        (42, 409, br#"{"error":"stale_sequence","detail":"x","last_seq":5}"#),
+        (
+            42,
+            409,
+            br#"{"error":"stale_sequence","detail":"x","last_seq":5}"#,
+        ),
         (7, 200, &[0x4f, 0x54, 0x01, 0x02, 0x00]),
-        (u64::MAX, 401, br#"{"error":"replayed_counter","last_counter":9}"#),
+        (
+            u64::MAX,
+            401,
+            br#"{"error":"replayed_counter","last_counter":9}"#,
+        ),
     ];
     bodies
         .iter()

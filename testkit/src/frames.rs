@@ -58,6 +58,7 @@ pub fn download_base() -> &'static [u8] {
             status: 200,
             body_len: resp.len(),
             retry_after_s: None,
+            signature: None,
         };
         let out = c.apply(&tx[..n], r, &resp, 0, &mut ()).expect("apply");
         assert!(matches!(out, Outcome::Synced(_)));
@@ -300,6 +301,7 @@ pub fn real_snapshots() -> Vec<(String, Vec<u8>)> {
             status: 200,
             body_len: resp.len() - 1,
             retry_after_s: None,
+            signature: None,
         };
         c.apply(&tx, r, &resp[1..], 5_000, &mut ())
             .expect("real response applies");

@@ -82,6 +82,7 @@ pub fn download(data: &[u8]) -> Result<(), Error> {
         status,
         body_len: body.len(),
         retry_after_s: Some(u32::from(sel >> 3)),
+        signature: None,
     };
     let out = c.apply(&tx, r, body, 2_000, &mut sink);
     let result = match out {
