@@ -12,8 +12,13 @@
 //! | `cut` | the full response is read from the server, a random prefix of it (possibly empty) is written, then the connection is closed | yes |
 //! | `reset` | as `cut`, but the connection is reset (`SO_LINGER` 0: an RST, not a FIN) | yes |
 //!
+//! | `forge` | the request is forwarded, the answer replaced by a forged, unsigned `409 {"last_seq": 2^64-2}` | yes |
+//! | `replay` | the request is forwarded, the answer replaced by the previous `200` this connection relayed (signed for an earlier request) | yes |
+//!
 //! `cut` and `reset` are the lost-response cases: the server applied the
 //! upload, the device never learns it and must re-send the same bytes.
+//! `forge` and `replay` are an attacker on a plaintext hop: a device must
+//! refuse both (they are not signed for its request) and re-send.
 //! Every fault is counted ([`ProxyCounts`]). Every read and write has a
 //! deadline, so no connection task outlives a stuck peer by more than
 //! [`IO_TIMEOUT`].
@@ -49,6 +54,10 @@ pub struct ProxyFaults {
     pub cut: f64,
     /// Forward, then write a random prefix of the response and reset.
     pub reset: f64,
+    /// Forward, then answer with a forged, unsigned `409`.
+    pub forge: f64,
+    /// Forward, then answer with the previous `200` of this connection.
+    pub replay: f64,
 }
 
 impl ProxyFaults {
@@ -60,6 +69,8 @@ impl ProxyFaults {
             delay_max: Duration::from_millis(50),
             cut: p / 4.0,
             reset: p / 4.0,
+            forge: 0.0,
+            replay: 0.0,
         }
     }
 }
@@ -81,6 +92,10 @@ pub struct ProxyCounts {
     pub cut: AtomicU64,
     /// Connections reset after a prefix of the response.
     pub reset: AtomicU64,
+    /// Answers replaced by a forged `409`.
+    pub forged: AtomicU64,
+    /// Answers replaced by an earlier `200`.
+    pub replayed: AtomicU64,
     /// Upstream connections that failed (server down or refusing).
     pub upstream_errors: AtomicU64,
 }
@@ -102,6 +117,10 @@ pub struct ProxyTotals {
     pub cut: u64,
     /// Connections reset after a prefix of the response.
     pub reset: u64,
+    /// Answers replaced by a forged `409`.
+    pub forged: u64,
+    /// Answers replaced by an earlier `200`.
+    pub replayed: u64,
     /// Upstream connections that failed.
     pub upstream_errors: u64,
 }
@@ -117,6 +136,8 @@ impl ProxyCounts {
             delayed: self.delayed.load(Relaxed),
             cut: self.cut.load(Relaxed),
             reset: self.reset.load(Relaxed),
+            forged: self.forged.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
             upstream_errors: self.upstream_errors.load(Relaxed),
         }
     }
@@ -288,6 +309,8 @@ async fn connection(
     let _ = client.set_nodelay(true);
     let mut server: Option<TcpStream> = None;
     let (mut c_carry, mut s_carry) = (Vec::new(), Vec::new());
+    // The last 200 relayed on this connection, for `replay`.
+    let mut last_ok: Option<Vec<u8>> = None;
     // Bounded: a keep-alive connection carries at most this many exchanges.
     for _ in 0..100_000 {
         let req = match read_message(&mut client, &mut c_carry, false).await {
@@ -302,6 +325,8 @@ async fn connection(
             faults.drop + faults.delay + faults.cut,
         );
         let p_reset = p_cut + faults.reset;
+        let p_forge = p_reset + faults.forge;
+        let p_replay = p_forge + faults.replay;
         if roll < p_drop {
             counts.dropped.fetch_add(1, Relaxed);
             return; // closes the client connection: nothing forwarded
@@ -351,12 +376,28 @@ async fn connection(
             }
             return;
         }
-        counts.relayed.fetch_add(1, Relaxed);
-        if timed(client.write_all(&resp.bytes)).await.is_err() {
+        let answer = if roll >= p_reset && roll < p_forge {
+            counts.forged.fetch_add(1, Relaxed);
+            FORGED_409.to_vec()
+        } else if roll >= p_forge && roll < p_replay && last_ok.is_some() {
+            counts.replayed.fetch_add(1, Relaxed);
+            last_ok.clone().unwrap_or_default()
+        } else {
+            counts.relayed.fetch_add(1, Relaxed);
+            if resp.bytes.starts_with(b"HTTP/1.1 200") {
+                last_ok = Some(resp.bytes.clone());
+            }
+            resp.bytes
+        };
+        if timed(client.write_all(&answer)).await.is_err() {
             return;
         }
     }
 }
+
+/// What an attacker on a plaintext hop would send to wedge a device: a `409`
+/// naming the largest sequence, without the server's signature.
+const FORGED_409: &[u8] = b"HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 58\r\n\r\n{\"error\":\"stale_sequence\",\"last_seq\":18446744073709551614}";
 
 #[cfg(test)]
 mod tests {
@@ -463,5 +504,19 @@ mod tests {
             let t = p.totals();
             assert_eq!(if kind == "cut" { t.cut } else { t.reset }, 20);
         }
+        // Forge: the server saw the request, the client got the forged 409.
+        let before = seen.load(Relaxed);
+        let p = FaultProxy::start(up, only(&|f| f.forge = 1.0), 3)
+            .await
+            .unwrap();
+        assert_eq!(exchange(p.addr()).await.0, FORGED_409);
+        assert_eq!(seen.load(Relaxed), before + 1, "forge: forwarded");
+        assert_eq!(p.totals().forged, 1);
+        // Replay with nothing to replay yet (a new connection): relayed.
+        let p = FaultProxy::start(up, only(&|f| f.replay = 1.0), 3)
+            .await
+            .unwrap();
+        assert_eq!(exchange(p.addr()).await.0, RESPONSE);
+        assert_eq!((p.totals().replayed, p.totals().relayed), (0, 1));
     }
 }

@@ -27,6 +27,7 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
         delay_max: Duration::from_millis(20),
         cut: 0.03,
         reset: 0.03,
+        ..ProxyFaults::default()
     };
     let proxy = FaultProxy::start(srv.local_addr(), faults, 11)
         .await
@@ -113,5 +114,70 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
         "replayed_counter refusals: {}",
         auth.failures_for("replayed_counter")
     );
+    srv.shutdown().await;
+}
+
+/// An attacker on the plaintext hop: some answers are replaced by a forged,
+/// unsigned `409 {"last_seq": 2^64-2}` (which used to wedge a device in a
+/// 409 loop for good), others by an earlier signed `200` of the same
+/// connection (forged acks and globals). Every TV refuses both (they are not
+/// signed for its request), re-sends, and the run ends with nothing lost,
+/// nothing applied twice and every sequence where the server has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_answers_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = constellation::Config::new();
+    cfg.db = Some(dir.path().join("constellation.redb"));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.codebooks = constellation::codes::default_codebooks();
+    cfg.admin = true;
+    let srv = constellation::Server::start(cfg).await.unwrap();
+    let faults = ProxyFaults {
+        forge: 0.08,
+        replay: 0.08,
+        ..ProxyFaults::default()
+    };
+    let proxy = FaultProxy::start(srv.local_addr(), faults, 23)
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..100).map(fleet::device_id).collect();
+    let keys = srv.enrol_many(&ids).await.unwrap();
+    let lines: String = ids
+        .iter()
+        .zip(&keys)
+        .map(|(id, k)| format!("{id} {}\n", constellation::auth::hex(k.as_bytes())))
+        .collect();
+    let keys_file = dir.path().join("keys.txt");
+    std::fs::write(&keys_file, lines).unwrap();
+    let mut a = fleet::Args::default();
+    a.keys = Some(keys_file);
+    a.sim.devices = 100;
+    a.sim.rounds = 4;
+    a.sim.seed = 9;
+    a.sim.concurrency = 16;
+    a.sim.faults = Faults {
+        drop: 0.0,
+        offline: 0.0,
+        twin: 0.0,
+    };
+    a.server = Some(proxy.url());
+    a.check_server = Some(srv.url());
+    a.quiet = true;
+    let r = fleet::run(a).await.expect("the run completes");
+    let p = proxy.totals();
+    eprintln!("proxy: {p:?}");
+    eprintln!("{}", fleet::report::table(&r));
+    assert!(p.forged >= 10, "forged {}", p.forged);
+    assert!(p.replayed >= 10, "replayed {}", p.replayed);
+    // Forged and replayed answers to syncs were refused by the TVs that got
+    // them (the rest met the public feed, which is unsigned by design).
+    assert!(r.unauthenticated >= 10, "refused {}", r.unauthenticated);
+    assert!(r.unauthenticated <= p.forged + p.replayed);
+    assert_eq!(r.resequenced, 0, "a forged 409 moved a sequence");
+    assert_eq!(r.lost_updates, 0, "acknowledged updates lost");
+    assert_eq!(r.duplicates_applied, 0, "updates applied twice");
+    assert_eq!(r.unsettled, 0);
+    assert_eq!(r.stuck, 0);
+    assert!(r.syncs >= 100 * 3, "every TV synced its rounds: {}", r.syncs);
     srv.shutdown().await;
 }

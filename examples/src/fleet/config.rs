@@ -88,6 +88,9 @@ pub struct Counters {
     pub twins: u64,
     /// Transport errors other than injected drops.
     pub transport_errors: u64,
+    /// Answers refused because they were not signed for the request
+    /// (forged or replayed on the way): nothing of them was applied.
+    pub unauthenticated: u64,
     /// A request the server refused (a 4xx that retrying cannot fix): the
     /// run stops and reports it.
     pub fatal: Option<String>,
@@ -104,6 +107,7 @@ impl Counters {
         self.offline_periods += b.offline_periods;
         self.twins += b.twins;
         self.transport_errors += b.transport_errors;
+        self.unauthenticated += b.unauthenticated;
         self.stuck += b.stuck;
         if self.fatal.is_none() {
             self.fatal.clone_from(&b.fatal);

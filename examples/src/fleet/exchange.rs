@@ -124,6 +124,11 @@ impl Session<'_> {
                 tracing_like(&format!("transport error: {e:?}"));
                 Step::Retry
             }
+            Err(SyncError::Core(omega_tv_sync::Error::Unauthenticated)) => {
+                counters.unauthenticated += 1;
+                counters.retries += 1;
+                Step::Retry
+            }
             Err(SyncError::Core(omega_tv_sync::Error::Rejected)) => {
                 counters.fatal = Some(format!(
                     "the server refused a request: HTTP {} {}",

@@ -54,6 +54,11 @@ pub struct Report {
     /// Exchanges that failed in transport (refused, reset, cut, timed out),
     /// each retried with the same bytes.
     pub transport_errors: u64,
+    /// Answers refused as not signed for their request (forged or replayed
+    /// on the way), each retried with the same bytes.
+    pub unauthenticated: u64,
+    /// 409s that moved a TV's sequence forward.
+    pub resequenced: u64,
     /// Faults injected by the TCP proxy (`--proxy-faults`), when one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<crate::proxy::ProxyTotals>,
@@ -149,6 +154,8 @@ pub fn build(
         retries: r.counters.retries,
         dropped_responses: r.counters.dropped,
         transport_errors: r.counters.transport_errors,
+        unauthenticated: r.counters.unauthenticated,
+        resequenced: r.counters.resequenced,
         proxy: None,
         offline_periods: r.counters.offline_periods,
         twins: r.counters.twins,
@@ -205,6 +212,10 @@ pub fn table(r: &Report) -> String {
             format!("{} ({})", r.retries, r.dropped_responses),
         ),
         ("transport errors", r.transport_errors.to_string()),
+        (
+            "unsigned answers refused / 409 resequences",
+            format!("{} / {}", r.unauthenticated, r.resequenced),
+        ),
         (
             "offline periods / stale twins",
             format!("{} / {}", r.offline_periods, r.twins),
