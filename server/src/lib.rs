@@ -23,7 +23,7 @@
 
 pub mod aggregate;
 pub mod auth;
-pub mod codes;
+pub mod codebooks;
 pub mod download;
 pub mod error;
 pub mod http;
@@ -31,7 +31,6 @@ pub mod metrics;
 pub mod store;
 pub mod sync;
 pub mod tls;
-pub mod trends;
 
 #[cfg(test)]
 mod tests;
@@ -47,13 +46,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use codes::Codebooks;
+use codebooks::Codebooks;
 use metrics::{Gauges, Metrics};
 use store::{Meta, Store, StoreError, StoreResult};
 
+pub use aggregate::trends::TrendConfig;
 pub use aggregate::AggregateConfig;
 pub use auth::{AuthConfig, MasterSecret};
-pub use trends::TrendConfig;
 
 /// Everything a server instance is configured with.
 #[derive(Clone, Debug)]

@@ -8,8 +8,8 @@ use omega_tv_sync::wire::{
 };
 use omega_tv_sync::{Category, PatternId, DIM};
 
-use crate::codes::plain::{Plain, ID};
-use crate::codes::{Codebooks, Codes};
+use crate::codebooks::plain::{Plain, ID};
+use crate::codebooks::{Codebooks, Codes};
 use crate::download::{self, PageRequest};
 use crate::store::mem::MemStore;
 use crate::store::{self, GlobalChange, Meta, Store, WriteTxn};

@@ -23,7 +23,7 @@ pub use validate::{check_device_id, check_sync_version, validate};
 
 use omega_tv_sync::wire::Caps;
 
-use crate::codes::Codes;
+use crate::codebooks::Codes;
 
 /// One validated pattern record of an upload.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,27 +1,20 @@
-//! The embedded default backend: one redb file, ACID, with group commit.
-//!
-//! One writer thread owns every write transaction. It takes the first queued
-//! [`Work`], drains everything else queued at that moment (up to a bound),
-//! runs all of it in one transaction with `Durability::Immediate`, commits
-//! (one fsync for the whole group) and only then calls each work's
-//! [`Finish`]. Throughput therefore does not stop at one fsync per sync.
-//! Reads use MVCC read transactions and never wait for the writer.
+//! The tables and the two transaction kinds over them: [`RedbRead`] opens
+//! each table on first use, [`RedbWrite`] opens every table once for the
+//! whole group. The read half is written once for both (`impl_read!`).
 
 use std::cell::OnceCell;
-use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use ::redb::{
-    Database, Durability, ReadOnlyTable, ReadableTable, ReadableTableMetadata, Table,
-    TableDefinition, WriteTransaction,
+    Database, ReadOnlyTable, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
 };
+use serde::Serialize;
 
-use super::*;
+use super::be;
+use crate::store::{
+    Contribution, DeviceChange, DeviceRecord, Enrolment, GlobalAggregate, GlobalChange, Meta,
+    ReadTxn, StoreError, StoreResult, StoredPattern, WriteTxn,
+};
 
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const PATTERNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("patterns");
@@ -33,8 +26,19 @@ const CONTRIB: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("cont
 const AGG: TableDefinition<u32, &[u8]> = TableDefinition::new("aggregates");
 const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_devices");
 
-fn be<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// Creates every table (a new file), so that read transactions find them.
+pub(super) fn create_tables(db: &Database) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(be)?;
+    txn.open_table(DEVICES).map_err(be)?;
+    txn.open_table(PATTERNS).map_err(be)?;
+    txn.open_table(META).map_err(be)?;
+    txn.open_table(LOG).map_err(be)?;
+    txn.open_table(ITEMS).map_err(be)?;
+    txn.open_table(CHANGES).map_err(be)?;
+    txn.open_table(CONTRIB).map_err(be)?;
+    txn.open_table(AGG).map_err(be)?;
+    txn.open_table(AUTH).map_err(be)?;
+    txn.commit().map_err(be)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &'static str) -> StoreResult<T> {
@@ -45,249 +49,12 @@ fn encode<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
     postcard::to_stdvec(v).map_err(be)
 }
 
-/// Group-commit statistics.
-#[derive(Debug, Default)]
-pub struct CommitStats {
-    /// Transactions committed.
-    pub commits: AtomicU64,
-    /// Work items committed.
-    pub items: AtomicU64,
-}
-
-/// Settings of the redb backend.
-#[derive(Clone, Debug)]
-pub struct RedbOptions {
-    /// Most work items queued before [`Store::submit`] reports overload.
-    pub queue_limit: usize,
-    /// Most work items in one transaction.
-    pub max_batch: usize,
-}
-
-impl Default for RedbOptions {
-    fn default() -> Self {
-        RedbOptions {
-            queue_limit: 4096,
-            max_batch: 1024,
-        }
-    }
-}
-
-/// The redb [`Store`].
-pub struct RedbStore {
-    db: Arc<Database>,
-    tx: Mutex<Option<SyncSender<Work>>>,
-    depth: Arc<AtomicUsize>,
-    stats: Arc<CommitStats>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl RedbStore {
-    /// Opens (or creates) the database at `path` and starts the writer.
-    pub fn open(path: &Path, opts: RedbOptions) -> StoreResult<Self> {
-        let db = Database::create(path).map_err(be)?;
-        {
-            let txn = db.begin_write().map_err(be)?;
-            txn.open_table(DEVICES).map_err(be)?;
-            txn.open_table(PATTERNS).map_err(be)?;
-            txn.open_table(META).map_err(be)?;
-            txn.open_table(LOG).map_err(be)?;
-            txn.open_table(ITEMS).map_err(be)?;
-            txn.open_table(CHANGES).map_err(be)?;
-            txn.open_table(CONTRIB).map_err(be)?;
-            txn.open_table(AGG).map_err(be)?;
-            txn.open_table(AUTH).map_err(be)?;
-            txn.commit().map_err(be)?;
-        }
-        let db = Arc::new(db);
-        let (tx, rx) = sync_channel::<Work>(opts.queue_limit.max(1));
-        let depth = Arc::new(AtomicUsize::new(0));
-        let stats = Arc::new(CommitStats::default());
-        let writer = {
-            let (db, depth, stats) = (db.clone(), depth.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name("constellation-writer".into())
-                .spawn(move || writer(db, rx, depth, stats, opts.max_batch.max(1)))
-                .map_err(be)?
-        };
-        Ok(RedbStore {
-            db,
-            tx: Mutex::new(Some(tx)),
-            depth,
-            stats,
-            writer: Mutex::new(Some(writer)),
-        })
-    }
-
-    /// Group-commit statistics.
-    pub fn stats(&self) -> &CommitStats {
-        &self.stats
-    }
-
-    /// Stops the writer after the queued work is committed. Later submits
-    /// fail with [`StoreError::Closed`].
-    pub fn close(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        if let Ok(mut w) = self.writer.lock() {
-            if let Some(h) = w.take() {
-                let _ = h.join();
-            }
-        }
-    }
-}
-
-impl Drop for RedbStore {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-impl Store for RedbStore {
-    fn submit(&self, work: Work) -> StoreResult<()> {
-        let tx = self
-            .tx
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(work) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => StoreError::Overloaded,
-                    TrySendError::Disconnected(_) => StoreError::Closed,
-                })
-            }
-        }
-    }
-
-    fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()> {
-        let txn = self.db.begin_read().map_err(be)?;
-        f(&RedbRead::new(txn))
-    }
-
-    fn queue_depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
-    }
-
-    fn commit_stats(&self) -> (u64, u64) {
-        (
-            self.stats.commits.load(Ordering::Relaxed),
-            self.stats.items.load(Ordering::Relaxed),
-        )
-    }
-}
-
-fn writer(
-    db: Arc<Database>,
-    rx: Receiver<Work>,
-    depth: Arc<AtomicUsize>,
-    stats: Arc<CommitStats>,
-    max_batch: usize,
-) {
-    let mut pending: VecDeque<Work> = VecDeque::new();
-    loop {
-        if pending.is_empty() {
-            match rx.recv() {
-                Ok(w) => pending.push_back(w),
-                Err(_) => return,
-            }
-        }
-        while pending.len() < max_batch {
-            match rx.try_recv() {
-                Ok(w) => pending.push_back(w),
-                Err(_) => break,
-            }
-        }
-        let n = pending.len().min(max_batch);
-        let mut batch: Vec<Work> = pending.drain(..n).collect();
-        depth.fetch_sub(n, Ordering::Relaxed);
-        run_batch(&db, &mut batch, &mut pending, &stats);
-    }
-}
-
-/// Runs `batch` in one transaction. When one work fails, the transaction is
-/// abandoned, the works already run are told so, and the ones not yet run go
-/// back to the front of `pending` for the next transaction.
-fn run_batch(
-    db: &Database,
-    batch: &mut Vec<Work>,
-    pending: &mut VecDeque<Work>,
-    stats: &CommitStats,
-) {
-    let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-    let txn = match db.begin_write() {
-        Ok(mut t) => {
-            t.set_durability(Durability::Immediate);
-            t
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot begin write transaction");
-            // Every work is dropped unrun: its caller sees the writer closed.
-            batch.clear();
-            return;
-        }
-    };
-    let mut failure: Option<StoreError> = None;
-    let mut rest = batch.drain(..);
-    let mut tables = match RedbWrite::open(&txn) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            failure = Some(e);
-            None
-        }
-    };
-    while let Some(w) = tables.as_mut() {
-        let Some(work) = rest.next() else { break };
-        match catch_unwind(AssertUnwindSafe(|| work(w))) {
-            Ok((finish, status)) => {
-                finishes.push(finish);
-                if let Err(e) = status {
-                    failure = Some(e);
-                    break;
-                }
-            }
-            Err(_) => {
-                tracing::error!("a write work item panicked; transaction abandoned");
-                failure = Some(StoreError::Backend("work panicked".into()));
-                break;
-            }
-        }
-    }
-    drop(tables);
-    let unrun: Vec<Work> = rest.collect();
-    for w in unrun.into_iter().rev() {
-        pending.push_front(w);
-    }
-    let outcome = match failure {
-        Some(e) => {
-            let _ = txn.abort();
-            Err(e)
-        }
-        None => txn.commit().map_err(be),
-    };
-    if outcome.is_ok() {
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats
-            .items
-            .fetch_add(finishes.len() as u64, Ordering::Relaxed);
-    } else if let Err(e) = &outcome {
-        tracing::error!(error = %e, items = finishes.len(), "group commit failed");
-    }
-    for f in finishes {
-        f(outcome.clone());
-    }
-}
-
 type Bytes = &'static [u8];
 type Str = &'static str;
 type Pair = (&'static str, &'static str);
 
 /// A read transaction; each table is opened on first use.
-struct RedbRead {
+pub(super) struct RedbRead {
     txn: ::redb::ReadTransaction,
     devices_c: OnceCell<ReadOnlyTable<Str, Bytes>>,
     patterns_c: OnceCell<ReadOnlyTable<Pair, Bytes>>,
@@ -312,7 +79,7 @@ fn lazy<'c, K: ::redb::Key + 'static, V: ::redb::Value + 'static>(
 }
 
 impl RedbRead {
-    fn new(txn: ::redb::ReadTransaction) -> Self {
+    pub(super) fn new(txn: ::redb::ReadTransaction) -> Self {
         RedbRead {
             txn,
             devices_c: OnceCell::new(),
@@ -352,7 +119,7 @@ impl RedbRead {
 }
 
 /// A write transaction with every table opened once for the whole group.
-struct RedbWrite<'t> {
+pub(super) struct RedbWrite<'t> {
     devices_t: Table<'t, Str, Bytes>,
     patterns_t: Table<'t, Pair, Bytes>,
     meta_t: Table<'t, Str, u64>,
@@ -393,7 +160,7 @@ impl RedbWrite<'_> {
 }
 
 impl<'t> RedbWrite<'t> {
-    fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
+    pub(super) fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
         Ok(RedbWrite {
             devices_t: txn.open_table(DEVICES).map_err(be)?,
             patterns_t: txn.open_table(PATTERNS).map_err(be)?,
