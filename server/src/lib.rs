@@ -439,10 +439,7 @@ impl ServerHandle {
     /// Enrols `device` (again: a new key) and returns its key; fails when
     /// the server has no master secret (authentication off).
     pub async fn enrol(&self, device: &str) -> StoreResult<omega_tv_sync::DeviceKey> {
-        let Some(master) = &self.state.config.auth.master else {
-            return Err(StoreError::Backend("no master secret configured".into()));
-        };
-        auth::enrol(&*self.state.store, master, device).await
+        auth::enrol(&*self.state.store, self.master()?, device).await
     }
 
     /// Enrols many devices in one transaction; keys in the order of `devices`.
@@ -450,10 +447,14 @@ impl ServerHandle {
         &self,
         devices: &[String],
     ) -> StoreResult<Vec<omega_tv_sync::DeviceKey>> {
-        let Some(master) = &self.state.config.auth.master else {
-            return Err(StoreError::Backend("no master secret configured".into()));
-        };
-        auth::enrol_many(&*self.state.store, master, devices).await
+        auth::enrol_many(&*self.state.store, self.master()?, devices).await
+    }
+
+    /// The master secret keys are derived from; an error when there is none
+    /// (authentication off).
+    fn master(&self) -> StoreResult<&MasterSecret> {
+        let master = self.state.config.auth.master.as_ref();
+        master.ok_or_else(|| StoreError::Backend("no master secret configured".into()))
     }
 
     /// Revokes `device` (`Ok(false)`: it was not enrolled).

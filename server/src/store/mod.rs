@@ -127,8 +127,30 @@ pub trait WriteTxn: ReadTxn {
     /// Appends `change` to the changelog under the next global version,
     /// dropping the previous entry of the same item; returns the version.
     fn publish(&mut self, change: &GlobalChange) -> StoreResult<u64>;
-    /// Drops tombstones with a version below `horizon` and raises the horizon.
-    fn prune_tombstones(&mut self, horizon: u64) -> StoreResult<()>;
+    /// Drops changelog entry `version`, a tombstone, and its item key
+    /// `item` (so a later publication of the item starts afresh).
+    fn drop_tombstone(&mut self, version: u64, item: &str) -> StoreResult<()>;
+    /// Drops tombstones with a version below `horizon` and raises the
+    /// horizon (never lowers it). Written once, over the primitives above.
+    fn prune_tombstones(&mut self, horizon: u64) -> StoreResult<()> {
+        let mut dead = Vec::new();
+        self.log_after(0, &mut |v, c| {
+            if v >= horizon {
+                return Ok(false);
+            }
+            if c.is_tombstone() {
+                dead.push((v, c.item_key()));
+            }
+            Ok(true)
+        })?;
+        for (v, k) in &dead {
+            self.drop_tombstone(*v, k)?;
+        }
+        if horizon > self.meta(Meta::Horizon)? {
+            self.set_meta(Meta::Horizon, horizon)?;
+        }
+        Ok(())
+    }
     /// Stores or clears a contribution.
     fn put_contribution(
         &mut self,

@@ -29,15 +29,7 @@ const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_devices");
 /// Creates every table (a new file), so that read transactions find them.
 pub(super) fn create_tables(db: &Database) -> StoreResult<()> {
     let txn = db.begin_write().map_err(be)?;
-    txn.open_table(DEVICES).map_err(be)?;
-    txn.open_table(PATTERNS).map_err(be)?;
-    txn.open_table(META).map_err(be)?;
-    txn.open_table(LOG).map_err(be)?;
-    txn.open_table(ITEMS).map_err(be)?;
-    txn.open_table(CHANGES).map_err(be)?;
-    txn.open_table(CONTRIB).map_err(be)?;
-    txn.open_table(AGG).map_err(be)?;
-    txn.open_table(AUTH).map_err(be)?;
+    RedbWrite::open(&txn)?;
     txn.commit().map_err(be)
 }
 
@@ -53,19 +45,6 @@ type Bytes = &'static [u8];
 type Str = &'static str;
 type Pair = (&'static str, &'static str);
 
-/// A read transaction; each table is opened on first use.
-pub(super) struct RedbRead {
-    txn: ::redb::ReadTransaction,
-    devices_c: OnceCell<ReadOnlyTable<Str, Bytes>>,
-    patterns_c: OnceCell<ReadOnlyTable<Pair, Bytes>>,
-    meta_c: OnceCell<ReadOnlyTable<Str, u64>>,
-    log_c: OnceCell<ReadOnlyTable<u64, Bytes>>,
-    changes_c: OnceCell<ReadOnlyTable<u64, Pair>>,
-    contrib_c: OnceCell<ReadOnlyTable<Pair, Bytes>>,
-    agg_c: OnceCell<ReadOnlyTable<u32, Bytes>>,
-    auth_c: OnceCell<ReadOnlyTable<Str, Bytes>>,
-}
-
 fn lazy<'c, K: ::redb::Key + 'static, V: ::redb::Value + 'static>(
     cell: &'c OnceCell<ReadOnlyTable<K, V>>,
     txn: &::redb::ReadTransaction,
@@ -78,101 +57,63 @@ fn lazy<'c, K: ::redb::Key + 'static, V: ::redb::Value + 'static>(
     cell.get().ok_or(StoreError::Closed)
 }
 
-impl RedbRead {
-    pub(super) fn new(txn: ::redb::ReadTransaction) -> Self {
-        RedbRead {
-            txn,
-            devices_c: OnceCell::new(),
-            patterns_c: OnceCell::new(),
-            meta_c: OnceCell::new(),
-            log_c: OnceCell::new(),
-            changes_c: OnceCell::new(),
-            contrib_c: OnceCell::new(),
-            agg_c: OnceCell::new(),
-            auth_c: OnceCell::new(),
+/// The two transaction kinds over the same tables, each table named once:
+/// [`RedbRead`] opens a table on first use, [`RedbWrite`] opens every table
+/// once for the whole group (and `items_t`, which only it writes); both get
+/// the same accessor per table, so the read half is written once
+/// (`impl_read!`).
+macro_rules! transactions {
+    ($($t:ident: $def:ident, $k:ty => $v:ty;)*) => {
+        /// A read transaction; each table is opened on first use.
+        pub(super) struct RedbRead {
+            txn: ::redb::ReadTransaction,
+            $($t: OnceCell<ReadOnlyTable<$k, $v>>,)*
         }
-    }
-    fn devices_t(&self) -> StoreResult<&ReadOnlyTable<Str, Bytes>> {
-        lazy(&self.devices_c, &self.txn, DEVICES)
-    }
-    fn patterns_t(&self) -> StoreResult<&ReadOnlyTable<Pair, Bytes>> {
-        lazy(&self.patterns_c, &self.txn, PATTERNS)
-    }
-    fn meta_t(&self) -> StoreResult<&ReadOnlyTable<Str, u64>> {
-        lazy(&self.meta_c, &self.txn, META)
-    }
-    fn log_t(&self) -> StoreResult<&ReadOnlyTable<u64, Bytes>> {
-        lazy(&self.log_c, &self.txn, LOG)
-    }
-    fn changes_t(&self) -> StoreResult<&ReadOnlyTable<u64, Pair>> {
-        lazy(&self.changes_c, &self.txn, CHANGES)
-    }
-    fn contrib_t(&self) -> StoreResult<&ReadOnlyTable<Pair, Bytes>> {
-        lazy(&self.contrib_c, &self.txn, CONTRIB)
-    }
-    fn agg_t(&self) -> StoreResult<&ReadOnlyTable<u32, Bytes>> {
-        lazy(&self.agg_c, &self.txn, AGG)
-    }
-    fn auth_t(&self) -> StoreResult<&ReadOnlyTable<Str, Bytes>> {
-        lazy(&self.auth_c, &self.txn, AUTH)
-    }
+
+        impl RedbRead {
+            pub(super) fn new(txn: ::redb::ReadTransaction) -> Self {
+                RedbRead {
+                    txn,
+                    $($t: OnceCell::new(),)*
+                }
+            }
+            $(fn $t(&self) -> StoreResult<&ReadOnlyTable<$k, $v>> {
+                lazy(&self.$t, &self.txn, $def)
+            })*
+        }
+
+        /// A write transaction with every table opened once for the whole group.
+        pub(super) struct RedbWrite<'t> {
+            items_t: Table<'t, Str, u64>,
+            $($t: Table<'t, $k, $v>,)*
+        }
+
+        impl<'t> RedbWrite<'t> {
+            pub(super) fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
+                Ok(RedbWrite {
+                    items_t: txn.open_table(ITEMS).map_err(be)?,
+                    $($t: txn.open_table($def).map_err(be)?,)*
+                })
+            }
+        }
+
+        impl RedbWrite<'_> {
+            $(fn $t(&self) -> StoreResult<&Table<'_, $k, $v>> {
+                Ok(&self.$t)
+            })*
+        }
+    };
 }
 
-/// A write transaction with every table opened once for the whole group.
-pub(super) struct RedbWrite<'t> {
-    devices_t: Table<'t, Str, Bytes>,
-    patterns_t: Table<'t, Pair, Bytes>,
-    meta_t: Table<'t, Str, u64>,
-    log_t: Table<'t, u64, Bytes>,
-    items_t: Table<'t, Str, u64>,
-    changes_t: Table<'t, u64, Pair>,
-    contrib_t: Table<'t, Pair, Bytes>,
-    agg_t: Table<'t, u32, Bytes>,
-    auth_t: Table<'t, Str, Bytes>,
-}
-
-/// The same accessors as [`RedbRead`], over the tables opened for the group.
-impl RedbWrite<'_> {
-    fn devices_t(&self) -> StoreResult<&Table<'_, Str, Bytes>> {
-        Ok(&self.devices_t)
-    }
-    fn patterns_t(&self) -> StoreResult<&Table<'_, Pair, Bytes>> {
-        Ok(&self.patterns_t)
-    }
-    fn meta_t(&self) -> StoreResult<&Table<'_, Str, u64>> {
-        Ok(&self.meta_t)
-    }
-    fn log_t(&self) -> StoreResult<&Table<'_, u64, Bytes>> {
-        Ok(&self.log_t)
-    }
-    fn changes_t(&self) -> StoreResult<&Table<'_, u64, Pair>> {
-        Ok(&self.changes_t)
-    }
-    fn contrib_t(&self) -> StoreResult<&Table<'_, Pair, Bytes>> {
-        Ok(&self.contrib_t)
-    }
-    fn agg_t(&self) -> StoreResult<&Table<'_, u32, Bytes>> {
-        Ok(&self.agg_t)
-    }
-    fn auth_t(&self) -> StoreResult<&Table<'_, Str, Bytes>> {
-        Ok(&self.auth_t)
-    }
-}
-
-impl<'t> RedbWrite<'t> {
-    pub(super) fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
-        Ok(RedbWrite {
-            devices_t: txn.open_table(DEVICES).map_err(be)?,
-            patterns_t: txn.open_table(PATTERNS).map_err(be)?,
-            meta_t: txn.open_table(META).map_err(be)?,
-            log_t: txn.open_table(LOG).map_err(be)?,
-            items_t: txn.open_table(ITEMS).map_err(be)?,
-            changes_t: txn.open_table(CHANGES).map_err(be)?,
-            contrib_t: txn.open_table(CONTRIB).map_err(be)?,
-            agg_t: txn.open_table(AGG).map_err(be)?,
-            auth_t: txn.open_table(AUTH).map_err(be)?,
-        })
-    }
+transactions! {
+    devices_t: DEVICES, Str => Bytes;
+    patterns_t: PATTERNS, Pair => Bytes;
+    meta_t: META, Str => u64;
+    log_t: LOG, u64 => Bytes;
+    changes_t: CHANGES, u64 => Pair;
+    contrib_t: CONTRIB, Pair => Bytes;
+    agg_t: AGG, u32 => Bytes;
+    auth_t: AUTH, Str => Bytes;
 }
 
 /// The read half, written once for both transaction kinds.
@@ -364,29 +305,9 @@ impl WriteTxn for RedbWrite<'_> {
         self.set_meta(Meta::GlobalVersion, v)?;
         Ok(v)
     }
-    fn prune_tombstones(&mut self, horizon: u64) -> StoreResult<()> {
-        let mut dead = Vec::new();
-        {
-            let log = &self.log_t;
-            for e in log.range(..horizon).map_err(be)? {
-                let (k, v) = e.map_err(be)?;
-                let c = GlobalChange::from_bytes(v.value())?;
-                if c.is_tombstone() {
-                    dead.push((k.value(), c.item_key()));
-                }
-            }
-        }
-        {
-            let log = &mut self.log_t;
-            let items = &mut self.items_t;
-            for (v, k) in &dead {
-                log.remove(*v).map_err(be)?;
-                items.remove(k.as_str()).map_err(be)?;
-            }
-        }
-        if horizon > self.meta(Meta::Horizon)? {
-            self.set_meta(Meta::Horizon, horizon)?;
-        }
+    fn drop_tombstone(&mut self, version: u64, item: &str) -> StoreResult<()> {
+        self.log_t.remove(version).map_err(be)?;
+        self.items_t.remove(item).map_err(be)?;
         Ok(())
     }
     fn put_contribution(
