@@ -116,6 +116,25 @@ transactions! {
     auth_t: AUTH, Str => Bytes;
 }
 
+/// The entries of a table keyed by (device id, pattern id) for `device`,
+/// by pattern id, each read by `decode`.
+fn by_device<V>(
+    t: &impl ReadableTable<Pair, Bytes>,
+    device: &str,
+    decode: fn(&[u8]) -> StoreResult<V>,
+) -> StoreResult<Vec<(String, V)>> {
+    let mut out = Vec::new();
+    for e in t.range((device, "")..).map_err(be)? {
+        let (k, v) = e.map_err(be)?;
+        let (d, p) = k.value();
+        if d != device {
+            break;
+        }
+        out.push((p.to_string(), decode(v.value())?));
+    }
+    Ok(out)
+}
+
 /// The read half, written once for both transaction kinds.
 macro_rules! impl_read {
     ($t:ty) => {
@@ -131,17 +150,7 @@ macro_rules! impl_read {
                 r.map(|g| StoredPattern::from_bytes(g.value())).transpose()
             }
             fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>> {
-                let t = self.patterns_t()?;
-                let mut out = Vec::new();
-                for e in t.range((device, "")..).map_err(be)? {
-                    let (k, v) = e.map_err(be)?;
-                    let (d, p) = k.value();
-                    if d != device {
-                        break;
-                    }
-                    out.push((p.to_string(), StoredPattern::from_bytes(v.value())?));
-                }
-                Ok(out)
+                by_device(self.patterns_t()?, device, StoredPattern::from_bytes)
             }
             fn meta(&self, key: Meta) -> StoreResult<u64> {
                 let t = self.meta_t()?;
@@ -199,17 +208,7 @@ macro_rules! impl_read {
                 &self,
                 device: &str,
             ) -> StoreResult<Vec<(String, Contribution)>> {
-                let t = self.contrib_t()?;
-                let mut out = Vec::new();
-                for e in t.range((device, "")..).map_err(be)? {
-                    let (k, v) = e.map_err(be)?;
-                    let (d, p) = k.value();
-                    if d != device {
-                        break;
-                    }
-                    out.push((p.to_string(), Contribution::from_bytes(v.value())?));
-                }
-                Ok(out)
+                by_device(self.contrib_t()?, device, Contribution::from_bytes)
             }
             fn aggregate(&self, id: u32) -> StoreResult<Option<GlobalAggregate>> {
                 let t = self.agg_t()?;
