@@ -7,11 +7,15 @@
 //! contract.
 //!
 //! ```text
-//! [tls] -> http (routes, headers) -> auth (signature, counter)
+//! [tls] -> http (read body, authenticate, count) -> auth (signature, counter)
 //!      -> sync (validate -> apply -> respond)
-//!      -> store (trait; redb backend with group commit)
-//! aggregate (off the request path: device changes -> global changelog), trends
+//!      -> store (traits, records; redb backend with group commit)
+//! aggregate (off the request path: device changes -> global changelog; trends)
+//! error: ApiError, every refusal and its HTTP response
 //! ```
+//!
+//! `docs/architecture.md` has the module map: what each module holds and
+//! what it may import.
 //!
 //! Start it in-process with [`Server::start`], or run the `constellation
 //! serve` binary.
