@@ -364,7 +364,7 @@ pub async fn run_embedded(cfg: &HerdConfig, dir: &std::path::Path) -> Result<Her
     let mut c = constellation::Config::new();
     c.db = Some(dir.join("herd.redb"));
     c.listen = "127.0.0.1:0".parse().expect("loopback address");
-    c.codebooks = constellation::codes::default_codebooks();
+    c.codebooks = constellation::codebooks::default_codebooks();
     let h = constellation::Server::start(c)
         .await
         .map_err(|e| format!("starting the server: {e}"))?;

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use constellation::codes::{CodeSpace, Codebooks, Codes};
+use constellation::codebooks::{CodeSpace, Codebooks, Codes};
 use constellation::sync::{self, Item};
 use omega_tv_sync::codec::{self, Codebook};
 use omega_tv_sync::wire::{FrameReader, MAX_UPLOAD_PATTERNS};

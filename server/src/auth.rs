@@ -48,7 +48,7 @@ use omega_tv_sync::DeviceKey;
 use sha2::Sha256;
 
 use crate::error::ApiError;
-use crate::store::{self, Enrolment, ReadTxn, Store, StoreResult, WriteTxn};
+use crate::store::{self, Enrolment, ReadTxn, Store, StoreError, StoreResult, WriteTxn};
 
 /// Path the sync endpoint is signed under.
 pub const SYNC_PATH: &str = "/api/v1/sync";
@@ -380,31 +380,16 @@ fn now_s() -> u64 {
 
 /// Enrols `device` (or re-enrols it with the next key generation, which
 /// replaces its key and restarts its counter) and returns its key. The key
-/// is not stored anywhere: hand it to the device now.
+/// is not stored anywhere: hand it to the device now. [`enrol_many`] of one.
 pub async fn enrol(
     store: &dyn Store,
     master: &MasterSecret,
     device: &str,
 ) -> StoreResult<DeviceKey> {
-    let id = device.to_string();
-    let generation = store::write(store, move |txn| {
-        let generation = match txn.enrolment(&id)? {
-            Some(e) => e.generation.wrapping_add(1),
-            None => 1,
-        };
-        txn.put_enrolment(
-            &id,
-            &Enrolment {
-                generation,
-                enrolled_at: now_s(),
-                revoked: false,
-                last_counter: 0,
-            },
-        )?;
-        Ok(generation)
-    })
-    .await?;
-    Ok(master.device_key(device, generation))
+    let keys = enrol_many(store, master, &[device.to_string()]).await?;
+    keys.into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Backend("enrolment returned no key".into()))
 }
 
 /// [`enrol`] for many devices in one transaction; keys in the order of `devices`.

@@ -7,11 +7,15 @@
 //! contract.
 //!
 //! ```text
-//! [tls] -> http (routes, headers) -> auth (signature, counter)
+//! [tls] -> http (read body, authenticate, count) -> auth (signature, counter)
 //!      -> sync (validate -> apply -> respond)
-//!      -> store (trait; redb backend with group commit)
-//! aggregate (off the request path: device changes -> global changelog), trends
+//!      -> store (traits, records; redb backend with group commit)
+//! aggregate (off the request path: device changes -> global changelog; trends)
+//! error: ApiError, every refusal and its HTTP response
 //! ```
+//!
+//! `docs/architecture.md` has the module map: what each module holds and
+//! what it may import.
 //!
 //! Start it in-process with [`Server::start`], or run the `constellation
 //! serve` binary.
@@ -23,7 +27,7 @@
 
 pub mod aggregate;
 pub mod auth;
-pub mod codes;
+pub mod codebooks;
 pub mod download;
 pub mod error;
 pub mod http;
@@ -31,7 +35,6 @@ pub mod metrics;
 pub mod store;
 pub mod sync;
 pub mod tls;
-pub mod trends;
 
 #[cfg(test)]
 mod tests;
@@ -47,13 +50,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use codes::Codebooks;
+use codebooks::Codebooks;
 use metrics::{Gauges, Metrics};
 use store::{Meta, Store, StoreError, StoreResult};
 
+pub use aggregate::trends::TrendConfig;
 pub use aggregate::AggregateConfig;
 pub use auth::{AuthConfig, MasterSecret};
-pub use trends::TrendConfig;
 
 /// Everything a server instance is configured with.
 #[derive(Clone, Debug)]
@@ -440,10 +443,7 @@ impl ServerHandle {
     /// Enrols `device` (again: a new key) and returns its key; fails when
     /// the server has no master secret (authentication off).
     pub async fn enrol(&self, device: &str) -> StoreResult<omega_tv_sync::DeviceKey> {
-        let Some(master) = &self.state.config.auth.master else {
-            return Err(StoreError::Backend("no master secret configured".into()));
-        };
-        auth::enrol(&*self.state.store, master, device).await
+        auth::enrol(&*self.state.store, self.master()?, device).await
     }
 
     /// Enrols many devices in one transaction; keys in the order of `devices`.
@@ -451,10 +451,14 @@ impl ServerHandle {
         &self,
         devices: &[String],
     ) -> StoreResult<Vec<omega_tv_sync::DeviceKey>> {
-        let Some(master) = &self.state.config.auth.master else {
-            return Err(StoreError::Backend("no master secret configured".into()));
-        };
-        auth::enrol_many(&*self.state.store, master, devices).await
+        auth::enrol_many(&*self.state.store, self.master()?, devices).await
+    }
+
+    /// The master secret keys are derived from; an error when there is none
+    /// (authentication off).
+    fn master(&self) -> StoreResult<&MasterSecret> {
+        let master = self.state.config.auth.master.as_ref();
+        master.ok_or_else(|| StoreError::Backend("no master secret configured".into()))
     }
 
     /// Revokes `device` (`Ok(false)`: it was not enrolled).

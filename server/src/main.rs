@@ -277,7 +277,7 @@ fn main() -> std::process::ExitCode {
     let mut config = Config::new();
     config.db = Some(args.db.clone());
     config.listen = args.listen;
-    config.codebooks = constellation::codes::default_codebooks();
+    config.codebooks = constellation::codebooks::default_codebooks();
     config.sync_interval = args.sync_interval.0..=args.sync_interval.1;
     config.min_sync_interval_s = args.min_sync_interval;
     config.queue_limit = args.queue_limit;
@@ -310,7 +310,7 @@ fn main() -> std::process::ExitCode {
     config.aggregate.interval = Duration::from_millis(args.aggregate_interval_ms.max(1));
     config.aggregate.retention_versions = args.retention_versions;
     if let (Some(v), Some(m)) = (&args.catalogue, &args.catalogue_meta) {
-        match constellation::trends::Catalogue::load(v, m) {
+        match constellation::aggregate::trends::Catalogue::load(v, m) {
             Ok(c) => config.trends.catalogue = Some(Arc::new(c)),
             Err(e) => {
                 eprintln!("constellation: cannot load the catalogue: {e}");

@@ -8,8 +8,8 @@ use omega_tv_sync::wire::{
 };
 use omega_tv_sync::{Category, PatternId, DIM};
 
-use crate::codes::plain::{Plain, ID};
-use crate::codes::{Codebooks, Codes};
+use crate::codebooks::plain::{Plain, ID};
+use crate::codebooks::{Codebooks, Codes};
 use crate::download::{self, PageRequest};
 use crate::store::mem::MemStore;
 use crate::store::{self, GlobalChange, Meta, Store, WriteTxn};
@@ -224,6 +224,31 @@ fn removal_acks_revision_zero() {
         Record::Ack(a) => assert_eq!(a.revision, 0),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn compressed_responses_are_the_core_writers_frames() {
+    use omega_tv_sync::wire::zstd::{Compressor, CCTX_WORKSPACE_WORDS};
+    let a = codes(1);
+    let plain = frame(1, 0, &[U::Abs("p1", 0, &a), U::Abs("p2", 0, &a)]);
+    let z = sync::compress_response(&plain);
+    assert!(z.len() < plain.len(), "{} >= {}", z.len(), plain.len());
+    assert!(FrameReader::parse(&z).unwrap().is_compressed());
+    // The same records through FrameWriter::finish_zstd: byte for byte.
+    let src = FrameReader::parse(&plain).unwrap();
+    let mut buf = vec![0u8; MAX_UPLOAD_FRAME];
+    let mut w = FrameWriter::new(&mut buf, Kind::Upload, ID).unwrap();
+    for r in src.records() {
+        w.push(&r.unwrap()).unwrap();
+    }
+    let mut ws = vec![0u64; CCTX_WORKSPACE_WORDS];
+    let mut comp = Compressor::new(&mut ws).unwrap();
+    let mut scratch = vec![0u8; plain.len()];
+    assert_eq!(w.finish_zstd(&mut comp, &mut scratch).unwrap(), &z[..]);
+    // Nothing to gain, or not a frame: unchanged.
+    let head_only = frame(2, 0, &[]);
+    assert_eq!(sync::compress_response(&head_only), head_only);
+    assert_eq!(sync::compress_response(&plain[..5]), &plain[..5]);
 }
 
 #[test]

@@ -17,7 +17,7 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
     let mut cfg = constellation::Config::new();
     cfg.db = Some(dir.path().join("constellation.redb"));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.codebooks = constellation::codes::default_codebooks();
+    cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.admin = true;
     assert!(cfg.auth.required, "authentication is on by default");
     let srv = constellation::Server::start(cfg).await.unwrap();

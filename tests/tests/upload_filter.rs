@@ -41,7 +41,7 @@ async fn only_changed_filtered_patterns_are_uploaded() {
     let mut cfg = constellation::Config::new();
     cfg.db = Some(dir.path().join("c.redb"));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.codebooks = constellation::codes::default_codebooks();
+    cfg.codebooks = constellation::codebooks::default_codebooks();
     let srv = constellation::Server::start(cfg).await.unwrap();
     let v = vectors();
     // Authentication is on by default: enrol the device, sign with its key.

@@ -410,7 +410,7 @@ async fn run(a: Args) {
     let mut cfg = Config::new();
     cfg.db = Some(tmp.path().join("bench.redb"));
     cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg.codebooks = constellation::codes::default_codebooks();
+    cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.aggregate.interval = Duration::from_millis(a.aggregate_ms.max(1));
     // Its clients send hand-made frames without signatures: this measures
     // the sync path itself (one HMAC per request is not the bottleneck).

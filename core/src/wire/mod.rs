@@ -31,7 +31,9 @@ pub use records::{
     max_len, tag, Ack, Caps, Coding, Conflict, DownloadHead, GlobalRemove, GlobalUpsert,
     PatternRemoval, PatternUpdate, ServerState, TrendRecord, UploadHead, MAX_CODE_LEN,
 };
-pub use writer::FrameWriter;
+#[cfg(feature = "zstd")]
+pub use writer::compress_body;
+pub use writer::{seal, FrameWriter};
 
 /// The two magic bytes every frame starts with.
 pub const MAGIC: [u8; 2] = *b"OT";

@@ -108,26 +108,15 @@ impl<'b> FrameWriter<'b> {
 
     /// Like [`finish`](Self::finish), but first compresses the body with
     /// `zstd` (through `scratch`, which needs the body's size) and keeps the
-    /// compressed form only when it is smaller.
+    /// compressed form only when it is smaller ([`compress_body`]).
     #[cfg(feature = "zstd")]
     pub fn finish_zstd(
         mut self,
         zstd: &mut crate::wire::zstd::Compressor<'_>,
         scratch: &mut [u8],
     ) -> Result<&'b [u8]> {
-        let body_len = self.len - HEADER_LEN;
-        if self.records > 0 && body_len > 1 {
-            let limit = (body_len - 1).min(scratch.len());
-            let body = &self.buf[HEADER_LEN..self.len];
-            match zstd.compress(body, &mut scratch[..limit]) {
-                Ok(m) if m < body_len => {
-                    self.buf[HEADER_LEN..HEADER_LEN + m].copy_from_slice(&scratch[..m]);
-                    self.len = HEADER_LEN + m;
-                    self.buf[4] |= super::FLAG_ZSTD;
-                }
-                Ok(_) | Err(Error::Compression) => {}
-                Err(e) => return Err(e),
-            }
+        if self.records > 0 {
+            self.len = compress_body(self.buf, self.len, zstd, scratch)?;
         }
         self.finish()
     }
@@ -139,13 +128,57 @@ impl<'b> FrameWriter<'b> {
             return Err(Error::Truncated);
         }
         let FrameWriter { buf, len, .. } = self;
-        let crc = crc32(buf.get(..len).ok_or(Error::BufferTooSmall)?);
-        let t = buf
-            .get_mut(len..len + TRAILER_LEN)
-            .ok_or(Error::BufferTooSmall)?;
-        t.copy_from_slice(&crc.to_le_bytes());
-        Ok(&buf[..len + TRAILER_LEN])
+        let end = seal(buf, len)?;
+        Ok(&buf[..end])
     }
+}
+
+/// Compresses the body of the unsealed frame `frame[..len]` (header and
+/// records, no trailer yet) in place when zstd makes it smaller, and then
+/// sets [`FLAG_ZSTD`](super::FLAG_ZSTD) in its header. Returns the frame's
+/// length after it: `len` when it stays as it was (a body under two bytes,
+/// or one zstd does not shrink). `scratch` receives the compressed body:
+/// `len - HEADER_LEN - 1` bytes let every gain through, fewer only limit
+/// it. A `len` shorter than the header is [`Error::Truncated`], one past
+/// `frame` [`Error::BufferTooSmall`]; nothing is written then.
+///
+/// The one implementation of a compressed body: [`FrameWriter::finish_zstd`]
+/// uses it, and so does a server compressing a finished frame it keeps
+/// uncompressed; [`seal`] then appends the CRC.
+#[cfg(feature = "zstd")]
+pub fn compress_body(
+    frame: &mut [u8],
+    len: usize,
+    zstd: &mut crate::wire::zstd::Compressor<'_>,
+    scratch: &mut [u8],
+) -> Result<usize> {
+    let body_len = len.checked_sub(HEADER_LEN).ok_or(Error::Truncated)?;
+    let body = frame.get(HEADER_LEN..len).ok_or(Error::BufferTooSmall)?;
+    if body_len <= 1 {
+        return Ok(len);
+    }
+    let limit = (body_len - 1).min(scratch.len());
+    match zstd.compress(body, &mut scratch[..limit]) {
+        Ok(m) if m < body_len => {
+            frame[HEADER_LEN..HEADER_LEN + m].copy_from_slice(&scratch[..m]);
+            frame[4] |= super::FLAG_ZSTD;
+            Ok(HEADER_LEN + m)
+        }
+        Ok(_) | Err(Error::Compression) => Ok(len),
+        Err(e) => Err(e),
+    }
+}
+
+/// Seals the frame `frame[..len]` (header and body): appends the CRC-32 of
+/// those bytes as the trailer and returns the sealed frame's length
+/// (`len + TRAILER_LEN`); [`Error::BufferTooSmall`] when the trailer does
+/// not fit in `frame`.
+pub fn seal(frame: &mut [u8], len: usize) -> Result<usize> {
+    let crc = crc32(frame.get(..len).ok_or(Error::BufferTooSmall)?);
+    let end = len.checked_add(TRAILER_LEN).ok_or(Error::BufferTooSmall)?;
+    let t = frame.get_mut(len..end).ok_or(Error::BufferTooSmall)?;
+    t.copy_from_slice(&crc.to_le_bytes());
+    Ok(end)
 }
 
 fn encode<T: Serialize>(value: &T, dst: &mut [u8]) -> Result<usize> {

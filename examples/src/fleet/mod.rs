@@ -100,7 +100,7 @@ async fn start_embedded(seed: u64) -> Result<Embedded, String> {
     cfg.db = Some(dir.path().join("constellation.redb"));
     cfg.listen = "127.0.0.1:0".parse().expect("loopback address");
     cfg.admin = true;
-    cfg.codebooks = constellation::codes::default_codebooks();
+    cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.pacing_seed = Some(seed);
     let handle = constellation::Server::start(cfg)
         .await

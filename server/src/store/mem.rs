@@ -141,20 +141,9 @@ impl WriteTxn for MemState {
         self.meta.insert(Meta::GlobalVersion.key(), v);
         Ok(v)
     }
-    fn prune_tombstones(&mut self, horizon: u64) -> StoreResult<()> {
-        let dead: Vec<(u64, String)> = self
-            .log
-            .range(..horizon)
-            .filter(|(_, c)| c.is_tombstone())
-            .map(|(v, c)| (*v, c.item_key()))
-            .collect();
-        for (v, k) in dead {
-            self.log.remove(&v);
-            self.items.remove(&k);
-        }
-        if horizon > self.meta(Meta::Horizon)? {
-            self.meta.insert(Meta::Horizon.key(), horizon);
-        }
+    fn drop_tombstone(&mut self, version: u64, item: &str) -> StoreResult<()> {
+        self.log.remove(&version);
+        self.items.remove(item);
         Ok(())
     }
     fn put_contribution(

@@ -8,7 +8,7 @@
 use omega_tv_sync::Error;
 
 use super::{Item, Upload};
-use crate::codes::{CodeSpace, Codebooks, Codes};
+use crate::codebooks::{CodeSpace, Codebooks, Codes};
 use crate::download::{self, Answer, ConflictState, PageRequest};
 use crate::error::ApiError;
 use crate::store::{DeviceRecord, ReadTxn, StoreResult, StoredPattern, WriteTxn};

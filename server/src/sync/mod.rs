@@ -23,7 +23,7 @@ pub use validate::{check_device_id, check_sync_version, validate};
 
 use omega_tv_sync::wire::Caps;
 
-use crate::codes::Codes;
+use crate::codebooks::Codes;
 
 /// One validated pattern record of an upload.
 #[derive(Clone, Debug, PartialEq)]
@@ -91,32 +91,30 @@ pub struct Upload {
 /// The response as sent to a device that accepts zstd: the body compressed
 /// when that makes the frame smaller, else `frame` unchanged. Deterministic,
 /// so a replayed response is byte for byte the first one (the idempotency
-/// record keeps the uncompressed frame).
+/// record keeps the uncompressed frame). The compression and the CRC are the
+/// core's own ([`compress_body`](omega_tv_sync::wire::compress_body),
+/// [`seal`](omega_tv_sync::wire::seal)), as in `FrameWriter::finish_zstd`.
 pub fn compress_response(frame: &[u8]) -> Vec<u8> {
     use omega_tv_sync::wire::zstd::{Compressor, CCTX_WORKSPACE_WORDS};
-    use omega_tv_sync::wire::{FLAG_ZSTD, HEADER_LEN, TRAILER_LEN};
+    use omega_tv_sync::wire::{compress_body, seal, HEADER_LEN, TRAILER_LEN};
     thread_local! {
         static WORKSPACE: std::cell::RefCell<Vec<u64>> =
             std::cell::RefCell::new(vec![0u64; CCTX_WORKSPACE_WORDS]);
     }
-    let Some(body) = frame.get(HEADER_LEN..frame.len().saturating_sub(TRAILER_LEN)) else {
-        return frame.to_vec();
-    };
-    if body.len() < 2 {
-        return frame.to_vec();
-    }
-    let mut z = vec![0u8; body.len() - 1];
-    let n = WORKSPACE.with_borrow_mut(|ws| Compressor::new(ws)?.compress(body, &mut z));
-    match n {
-        Ok(n) if n < body.len() => {
-            let mut out = Vec::with_capacity(HEADER_LEN + n + TRAILER_LEN);
-            out.extend_from_slice(&frame[..HEADER_LEN]);
-            out[4] |= FLAG_ZSTD;
-            out.extend_from_slice(&z[..n]);
-            let crc = omega_tv_sync::wire::crc32(&out);
-            out.extend_from_slice(&crc.to_le_bytes());
-            out
-        }
+    let len = frame.len().saturating_sub(TRAILER_LEN);
+    let mut out = frame.to_vec();
+    let mut scratch = vec![0u8; len.saturating_sub(HEADER_LEN + 1)];
+    let packed = WORKSPACE.with_borrow_mut(|ws| {
+        compress_body(&mut out, len, &mut Compressor::new(ws)?, &mut scratch)
+    });
+    match packed {
+        Ok(n) if n < len => match seal(&mut out, n) {
+            Ok(end) => {
+                out.truncate(end);
+                out
+            }
+            Err(_) => frame.to_vec(),
+        },
         _ => frame.to_vec(),
     }
 }

@@ -7,7 +7,7 @@ use omega_tv_sync::{DeviceId, Error};
 use sha2::{Digest, Sha256};
 
 use super::{Item, Upload};
-use crate::codes::{CodeSpace, Codebooks, Codes};
+use crate::codebooks::{CodeSpace, Codebooks, Codes};
 use crate::error::ApiError;
 
 /// Checks the `X-Device-ID` header value.

@@ -154,7 +154,7 @@ pub fn config(db: &Path) -> Config {
     let mut c = Config::new();
     c.db = Some(db.to_path_buf());
     c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.codebooks = constellation::codes::default_codebooks();
+    c.codebooks = constellation::codebooks::default_codebooks();
     c.admin = true;
     c.aggregate.interval = Duration::from_secs(3600);
     c.auth = constellation::AuthConfig::disabled();

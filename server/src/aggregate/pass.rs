@@ -1,0 +1,359 @@
+//! One aggregation pass, computed off the writer: the device-pattern
+//! changes since the cursor, merged into the in-memory [`Aggregator`], the
+//! per-device cap settled, and the [`Plan`] of what to write.
+
+use std::collections::{BTreeSet, HashMap};
+
+use omega_tv_sync::{Embedding, DIM};
+
+use super::model::{add, dot, fingerprint, take_back, unit};
+use super::Aggregator;
+use crate::store::{
+    self, Contribution, GlobalAggregate, GlobalChange, Meta, StoreResult, StoredPattern,
+};
+use crate::AppState;
+
+type ContributionUpdate = (String, String, Option<Contribution>);
+
+/// What one pass writes, in one transaction.
+pub(super) struct Plan {
+    pub(super) contributions: Vec<ContributionUpdate>,
+    pub(super) aggregates: Vec<(u32, Option<GlobalAggregate>)>,
+    pub(super) changes: Vec<GlobalChange>,
+    pub(super) cursor: u64,
+    pub(super) next_id: u32,
+}
+
+/// The per-device cap: one device's contributions to one global pattern
+/// count together for at most `clip` samples (so at most `clip` of weight),
+/// however many pattern ids it spreads them over. When their own clipped
+/// samples `s_i` sum to `T > clip`, each counts for `floor(s_i * clip / T)`
+/// (weight: that times its rate); otherwise for `s_i`. Settled for every
+/// (device, global) pair in `pairs` over the device's current contributions
+/// (stored ones, overridden by this pass's `contributions`), so the result
+/// does not depend on the order the changes came in, and a device whose
+/// contribution left regains the weight for its others.
+fn cap_devices(
+    state: &AppState,
+    agg: &mut Aggregator,
+    clip: u32,
+    pairs: &BTreeSet<(String, u32)>,
+    contributions: &mut Vec<ContributionUpdate>,
+    touched: &mut BTreeSet<u32>,
+) -> StoreResult<()> {
+    let devices: BTreeSet<&str> = pairs.iter().map(|(d, _)| d.as_str()).collect();
+    let stored: HashMap<String, Vec<(String, Contribution)>> = store::read(&*state.store, |t| {
+        devices
+            .iter()
+            .map(|d| Ok((d.to_string(), t.device_contributions(d)?)))
+            .collect()
+    })?;
+    // This pass's updates, by (device, pattern): index into `contributions`.
+    let mut index: HashMap<(String, String), usize> = contributions
+        .iter()
+        .enumerate()
+        .map(|(i, (d, p, _))| ((d.clone(), p.clone()), i))
+        .collect();
+    for (device, global) in pairs {
+        // The device's current contributions to `global`.
+        let mut members: Vec<(String, Contribution)> = Vec::new();
+        for (p, c) in stored.get(device).into_iter().flatten() {
+            if !index.contains_key(&(device.clone(), p.clone())) && c.global == *global {
+                members.push((p.clone(), c.clone()));
+            }
+        }
+        for (d, p, c) in contributions.iter() {
+            if d == device {
+                if let Some(c) = c.as_ref().filter(|c| c.global == *global) {
+                    members.push((p.clone(), c.clone()));
+                }
+            }
+        }
+        let total: u64 = members
+            .iter()
+            .map(|(_, c)| u64::from(c.sample_count.min(clip)))
+            .sum();
+        let Some(a) = agg.aggs.get_mut(global) else {
+            continue;
+        };
+        let mut changed = false;
+        for (p, c) in members {
+            let own = c.sample_count.min(clip);
+            let target = if total <= u64::from(clip) {
+                own
+            } else {
+                (u64::from(own) * u64::from(clip) / total) as u32
+            };
+            if c.counted(clip) == target {
+                continue;
+            }
+            take_back(a, &c, clip);
+            let c = Contribution {
+                weight: target as f32 * c.success_rate,
+                counted: Some(target),
+                ..c
+            };
+            add(a, &c, clip);
+            changed = true;
+            let key = (device.clone(), p.clone());
+            match index.get(&key) {
+                Some(&i) => contributions[i].2 = Some(c),
+                None => {
+                    index.insert(key, contributions.len());
+                    contributions.push((device.clone(), p, Some(c)));
+                }
+            }
+        }
+        if changed {
+            touched.insert(*global);
+            agg.refresh(*global);
+        }
+    }
+    Ok(())
+}
+
+/// Computes one pass; `None` when there is nothing to write.
+pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> {
+    let cfg = &state.config.aggregate;
+    if !agg.loaded {
+        let (aggs, next_id) = store::read(&*state.store, |t| {
+            Ok((t.aggregates()?, t.meta(Meta::GlobalId)?))
+        })?;
+        agg.aggs = aggs.into_iter().collect();
+        agg.units.clear();
+        let ids: Vec<u32> = agg.aggs.keys().copied().collect();
+        for id in ids {
+            agg.refresh(id);
+        }
+        agg.next_id = u32::try_from(next_id).unwrap_or(u32::MAX);
+        agg.loaded = true;
+    }
+    type Snapshot = (
+        u64,
+        Vec<(String, String, Option<StoredPattern>, Option<Contribution>)>,
+    );
+    let (cursor, items): Snapshot = store::read(&*state.store, |t| {
+        let cursor = t.meta(Meta::AggregateCursor)?;
+        let changes = t.device_changes_after(cursor, cfg.batch.max(1))?;
+        let last = changes.last().map_or(cursor, |c| c.seq);
+        let mut seen = BTreeSet::new();
+        let mut items = Vec::new();
+        for c in changes {
+            if !seen.insert((c.device.clone(), c.pattern.clone())) {
+                continue;
+            }
+            let p = t.pattern(&c.device, &c.pattern)?;
+            let old = t.contribution(&c.device, &c.pattern)?;
+            items.push((c.device, c.pattern, p, old));
+        }
+        Ok((last, items))
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (now_f, unix_s) = (now.as_secs_f64(), now.as_secs());
+    if items.is_empty() {
+        let trends = agg.trends.due(now_f, unix_s, &state.config.trends);
+        if trends.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Plan {
+            contributions: Vec::new(),
+            aggregates: Vec::new(),
+            changes: trends,
+            cursor,
+            next_id: agg.next_id,
+        }));
+    }
+    // The most samples one contribution counts for (weight, published
+    // sample count, trend activity).
+    let clip = cfg.max_weight_samples.max(1);
+    let mut touched: BTreeSet<u32> = BTreeSet::new();
+    let mut contributions = Vec::with_capacity(items.len());
+    // (device, global) pairs whose contributions changed in this pass: the
+    // per-device cap is settled for them at the end.
+    let mut recheck: BTreeSet<(String, u32)> = BTreeSet::new();
+    for (device, pattern, p, old) in items {
+        let old_samples = old.as_ref().map_or(0, |o| o.sample_count);
+        if let Some(o) = &old {
+            if let Some(a) = agg.aggs.get_mut(&o.global) {
+                take_back(a, o, clip);
+                if let Some(n) = a.devices.get_mut(&device) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        a.devices.remove(&device);
+                    } else {
+                        // Its other contributions may regain weight.
+                        recheck.insert((device.clone(), o.global));
+                    }
+                }
+                touched.insert(o.global);
+            }
+            agg.refresh(o.global);
+        }
+        let Some(p) = p else {
+            contributions.push((device, pattern, None));
+            continue;
+        };
+        if p.success_rate < cfg.min_success_rate || p.sample_count < cfg.min_samples {
+            contributions.push((device, pattern, None));
+            continue;
+        }
+        let Some(book) = state.config.codebooks.get(p.codebook) else {
+            contributions.push((device, pattern, None));
+            continue;
+        };
+        let Ok(e) = book.reconstruct(&p.codes) else {
+            contributions.push((device, pattern, None));
+            continue;
+        };
+        let v: Vec<f32> = e.as_array().to_vec();
+        let mut best: Option<(f32, u32)> = None;
+        if let Some(cands) = agg.units.get(&p.category) {
+            for (id, u) in cands {
+                let cos = dot(u, &v);
+                if cos >= cfg.similarity
+                    && best.is_none_or(|(c, b)| cos > c || (cos == c && *id < b))
+                {
+                    best = Some((cos, *id));
+                }
+            }
+        }
+        let id = match best {
+            Some((_, id)) => id,
+            None => {
+                agg.next_id = agg.next_id.saturating_add(1);
+                agg.aggs
+                    .insert(agg.next_id, GlobalAggregate::new(&p.category));
+                agg.next_id
+            }
+        };
+        // Merged at its own clip; the device's total in this global pattern
+        // is capped below, once every change of the pass is in.
+        let counted = p.sample_count.min(clip);
+        let c = Contribution {
+            global: id,
+            weight: counted as f32 * p.success_rate,
+            success_rate: p.success_rate,
+            sample_count: p.sample_count,
+            vector: v,
+            counted: Some(counted),
+        };
+        if let Some(a) = agg.aggs.get_mut(&id) {
+            add(a, &c, clip);
+            let n = a.devices.entry(device.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                recheck.insert((device.clone(), id));
+            }
+        }
+        agg.refresh(id);
+        touched.insert(id);
+        // Trend activity: the samples gained since the last contribution.
+        let gained = p
+            .sample_count
+            .min(clip)
+            .saturating_sub(old_samples.min(clip));
+        // Only from a global pattern with k distinct devices: a trend
+        // signal must not reveal what fewer than k households watch.
+        let k_reached = agg
+            .aggs
+            .get(&id)
+            .is_some_and(|a| a.devices.len() >= cfg.k.max(1) as usize);
+        if gained > 0 && k_reached {
+            let content = match &state.config.trends.catalogue {
+                Some(cat) => cat.nearest(&c.vector).map(str::to_string),
+                None => None,
+            }
+            .unwrap_or_else(|| format!("global-{id}"));
+            agg.trends.observe(
+                &p.category,
+                &content,
+                f64::from(gained),
+                now_f,
+                &state.config.trends,
+            );
+        }
+        contributions.push((device, pattern, Some(c)));
+    }
+    if !recheck.is_empty() {
+        cap_devices(state, agg, clip, &recheck, &mut contributions, &mut touched)?;
+    }
+    let primary = state.config.codebooks.primary().cloned();
+    let mut changes = Vec::new();
+    let mut aggregates = Vec::new();
+    for id in touched {
+        let Some(a) = agg.aggs.get_mut(&id) else {
+            continue;
+        };
+        let devices = a.devices.len();
+        let rate = if a.weight > 0.0 {
+            (a.rate_sum / a.weight).clamp(0.0, 1.0) as f32
+        } else {
+            0.0
+        };
+        let publishable = devices >= cfg.k.max(1) as usize && a.weight > 0.0;
+        let mut upsert = None;
+        if publishable {
+            if let (Some(book), Some(u)) = (&primary, unit(&a.sum)) {
+                let devs = u32::try_from(devices).unwrap_or(u32::MAX);
+                if !a.material_change(&u, devs, rate, cfg.republish_turn) {
+                    // Published and still close enough: nothing to send.
+                    aggregates.push((id, Some(a.clone())));
+                    continue;
+                }
+                let arr: Option<[f32; DIM]> = u.clone().try_into().ok();
+                if let Some(e) = arr.and_then(|arr| Embedding::normalize(arr).ok()) {
+                    let codes = book.quantize(&e);
+                    let fp = fingerprint(&codes, devices, rate, a.samples);
+                    let mut buf = vec![0u8; omega_tv_sync::wire::MAX_CODE_LEN];
+                    if let Ok(n) = book.encode(&codes, &mut buf) {
+                        buf.truncate(n);
+                        upsert = Some((fp, book.id(), buf, u, devs));
+                    }
+                }
+            }
+        }
+        match upsert {
+            Some((fp, codebook, code, u, devs)) => {
+                changes.push(GlobalChange::Upsert {
+                    id,
+                    success_rate: rate,
+                    sample_count: u32::try_from(a.samples).unwrap_or(u32::MAX),
+                    contributors: devs,
+                    category: a.category.clone(),
+                    codebook,
+                    code,
+                });
+                a.published = true;
+                a.fingerprint = fp;
+                a.published_unit = u;
+                a.published_devices = devs;
+                a.published_rate = rate;
+            }
+            None => {
+                if a.published {
+                    changes.push(GlobalChange::Remove { id });
+                    a.published = false;
+                    a.fingerprint = 0;
+                    a.published_unit.clear();
+                }
+            }
+        }
+        if a.devices.is_empty() && !a.published {
+            agg.aggs.remove(&id);
+            agg.refresh(id);
+            aggregates.push((id, None));
+        } else {
+            aggregates.push((id, Some(a.clone())));
+        }
+    }
+    changes.extend(agg.trends.due(now_f, unix_s, &state.config.trends));
+    Ok(Some(Plan {
+        contributions,
+        aggregates,
+        changes,
+        cursor,
+        next_id: agg.next_id,
+    }))
+}

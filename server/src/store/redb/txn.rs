@@ -1,0 +1,345 @@
+//! The tables and the two transaction kinds over them: [`RedbRead`] opens
+//! each table on first use, [`RedbWrite`] opens every table once for the
+//! whole group. The read half is written once for both (`impl_read!`).
+
+use std::cell::OnceCell;
+
+use ::redb::{
+    Database, ReadOnlyTable, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
+use serde::Serialize;
+
+use super::be;
+use crate::store::{
+    Contribution, DeviceChange, DeviceRecord, Enrolment, GlobalAggregate, GlobalChange, Meta,
+    ReadTxn, StoreError, StoreResult, StoredPattern, WriteTxn,
+};
+
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+const PATTERNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("patterns");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("global_log");
+const ITEMS: TableDefinition<&str, u64> = TableDefinition::new("global_items");
+const CHANGES: TableDefinition<u64, (&str, &str)> = TableDefinition::new("device_changes");
+const CONTRIB: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contributions");
+const AGG: TableDefinition<u32, &[u8]> = TableDefinition::new("aggregates");
+const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_devices");
+
+/// Creates every table (a new file), so that read transactions find them.
+pub(super) fn create_tables(db: &Database) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(be)?;
+    RedbWrite::open(&txn)?;
+    txn.commit().map_err(be)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &'static str) -> StoreResult<T> {
+    postcard::from_bytes(b).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn encode<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(be)
+}
+
+type Bytes = &'static [u8];
+type Str = &'static str;
+type Pair = (&'static str, &'static str);
+
+fn lazy<'c, K: ::redb::Key + 'static, V: ::redb::Value + 'static>(
+    cell: &'c OnceCell<ReadOnlyTable<K, V>>,
+    txn: &::redb::ReadTransaction,
+    def: TableDefinition<'static, K, V>,
+) -> StoreResult<&'c ReadOnlyTable<K, V>> {
+    if cell.get().is_none() {
+        let t = txn.open_table(def).map_err(be)?;
+        let _ = cell.set(t);
+    }
+    cell.get().ok_or(StoreError::Closed)
+}
+
+/// The two transaction kinds over the same tables, each table named once:
+/// [`RedbRead`] opens a table on first use, [`RedbWrite`] opens every table
+/// once for the whole group (and `items_t`, which only it writes); both get
+/// the same accessor per table, so the read half is written once
+/// (`impl_read!`).
+macro_rules! transactions {
+    ($($t:ident: $def:ident, $k:ty => $v:ty;)*) => {
+        /// A read transaction; each table is opened on first use.
+        pub(super) struct RedbRead {
+            txn: ::redb::ReadTransaction,
+            $($t: OnceCell<ReadOnlyTable<$k, $v>>,)*
+        }
+
+        impl RedbRead {
+            pub(super) fn new(txn: ::redb::ReadTransaction) -> Self {
+                RedbRead {
+                    txn,
+                    $($t: OnceCell::new(),)*
+                }
+            }
+            $(fn $t(&self) -> StoreResult<&ReadOnlyTable<$k, $v>> {
+                lazy(&self.$t, &self.txn, $def)
+            })*
+        }
+
+        /// A write transaction with every table opened once for the whole group.
+        pub(super) struct RedbWrite<'t> {
+            items_t: Table<'t, Str, u64>,
+            $($t: Table<'t, $k, $v>,)*
+        }
+
+        impl<'t> RedbWrite<'t> {
+            pub(super) fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
+                Ok(RedbWrite {
+                    items_t: txn.open_table(ITEMS).map_err(be)?,
+                    $($t: txn.open_table($def).map_err(be)?,)*
+                })
+            }
+        }
+
+        impl RedbWrite<'_> {
+            $(fn $t(&self) -> StoreResult<&Table<'_, $k, $v>> {
+                Ok(&self.$t)
+            })*
+        }
+    };
+}
+
+transactions! {
+    devices_t: DEVICES, Str => Bytes;
+    patterns_t: PATTERNS, Pair => Bytes;
+    meta_t: META, Str => u64;
+    log_t: LOG, u64 => Bytes;
+    changes_t: CHANGES, u64 => Pair;
+    contrib_t: CONTRIB, Pair => Bytes;
+    agg_t: AGG, u32 => Bytes;
+    auth_t: AUTH, Str => Bytes;
+}
+
+/// The entries of a table keyed by (device id, pattern id) for `device`,
+/// by pattern id, each read by `decode`.
+fn by_device<V>(
+    t: &impl ReadableTable<Pair, Bytes>,
+    device: &str,
+    decode: fn(&[u8]) -> StoreResult<V>,
+) -> StoreResult<Vec<(String, V)>> {
+    let mut out = Vec::new();
+    for e in t.range((device, "")..).map_err(be)? {
+        let (k, v) = e.map_err(be)?;
+        let (d, p) = k.value();
+        if d != device {
+            break;
+        }
+        out.push((p.to_string(), decode(v.value())?));
+    }
+    Ok(out)
+}
+
+/// The read half, written once for both transaction kinds.
+macro_rules! impl_read {
+    ($t:ty) => {
+        impl ReadTxn for $t {
+            fn device(&self, id: &str) -> StoreResult<Option<DeviceRecord>> {
+                let t = self.devices_t()?;
+                let r = t.get(id).map_err(be)?;
+                r.map(|g| decode(g.value(), "device")).transpose()
+            }
+            fn pattern(&self, device: &str, pattern: &str) -> StoreResult<Option<StoredPattern>> {
+                let t = self.patterns_t()?;
+                let r = t.get((device, pattern)).map_err(be)?;
+                r.map(|g| StoredPattern::from_bytes(g.value())).transpose()
+            }
+            fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>> {
+                by_device(self.patterns_t()?, device, StoredPattern::from_bytes)
+            }
+            fn meta(&self, key: Meta) -> StoreResult<u64> {
+                let t = self.meta_t()?;
+                let r = t.get(key.key()).map_err(be)?;
+                Ok(r.map(|g| g.value()).unwrap_or(0))
+            }
+            fn log_after(
+                &self,
+                after: u64,
+                visit: &mut dyn FnMut(u64, GlobalChange) -> StoreResult<bool>,
+            ) -> StoreResult<()> {
+                let Some(from) = after.checked_add(1) else {
+                    return Ok(());
+                };
+                let t = self.log_t()?;
+                for e in t.range(from..).map_err(be)? {
+                    let (k, v) = e.map_err(be)?;
+                    if !visit(k.value(), GlobalChange::from_bytes(v.value())?)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            fn device_changes_after(
+                &self,
+                after: u64,
+                limit: usize,
+            ) -> StoreResult<Vec<DeviceChange>> {
+                let Some(from) = after.checked_add(1) else {
+                    return Ok(Vec::new());
+                };
+                let t = self.changes_t()?;
+                let mut out = Vec::new();
+                for e in t.range(from..).map_err(be)?.take(limit) {
+                    let (k, v) = e.map_err(be)?;
+                    let (d, p) = v.value();
+                    out.push(DeviceChange {
+                        seq: k.value(),
+                        device: d.to_string(),
+                        pattern: p.to_string(),
+                    });
+                }
+                Ok(out)
+            }
+            fn contribution(
+                &self,
+                device: &str,
+                pattern: &str,
+            ) -> StoreResult<Option<Contribution>> {
+                let t = self.contrib_t()?;
+                let r = t.get((device, pattern)).map_err(be)?;
+                r.map(|g| Contribution::from_bytes(g.value())).transpose()
+            }
+            fn device_contributions(
+                &self,
+                device: &str,
+            ) -> StoreResult<Vec<(String, Contribution)>> {
+                by_device(self.contrib_t()?, device, Contribution::from_bytes)
+            }
+            fn aggregate(&self, id: u32) -> StoreResult<Option<GlobalAggregate>> {
+                let t = self.agg_t()?;
+                let r = t.get(id).map_err(be)?;
+                r.map(|g| decode(g.value(), "aggregate")).transpose()
+            }
+            fn aggregates(&self) -> StoreResult<Vec<(u32, GlobalAggregate)>> {
+                let t = self.agg_t()?;
+                let mut out = Vec::new();
+                for e in t.iter().map_err(be)? {
+                    let (k, v) = e.map_err(be)?;
+                    out.push((
+                        k.value(),
+                        decode::<GlobalAggregate>(v.value(), "aggregate")?,
+                    ));
+                }
+                Ok(out)
+            }
+            fn device_count(&self) -> StoreResult<u64> {
+                let t = self.devices_t()?;
+                t.len().map_err(be)
+            }
+            fn enrolment(&self, device: &str) -> StoreResult<Option<Enrolment>> {
+                let t = self.auth_t()?;
+                let r = t.get(device).map_err(be)?;
+                r.map(|g| decode(g.value(), "enrolment")).transpose()
+            }
+        }
+    };
+}
+
+impl_read!(RedbRead);
+impl_read!(RedbWrite<'_>);
+
+impl RedbWrite<'_> {
+    fn record_change(&mut self, device: &str, pattern: &str) -> StoreResult<()> {
+        let seq = self.meta(Meta::ChangeSeq)? + 1;
+        self.set_meta(Meta::ChangeSeq, seq)?;
+        let t = &mut self.changes_t;
+        t.insert(seq, (device, pattern)).map_err(be)?;
+        Ok(())
+    }
+}
+
+impl WriteTxn for RedbWrite<'_> {
+    fn put_enrolment(&mut self, device: &str, e: &Enrolment) -> StoreResult<()> {
+        let bytes = encode(e)?;
+        let t = &mut self.auth_t;
+        t.insert(device, bytes.as_slice()).map_err(be)?;
+        Ok(())
+    }
+    fn put_device(&mut self, id: &str, rec: &DeviceRecord) -> StoreResult<()> {
+        let bytes = encode(rec)?;
+        let t = &mut self.devices_t;
+        t.insert(id, bytes.as_slice()).map_err(be)?;
+        Ok(())
+    }
+    fn put_pattern(&mut self, device: &str, pattern: &str, p: &StoredPattern) -> StoreResult<()> {
+        let bytes = p.to_bytes();
+        {
+            let t = &mut self.patterns_t;
+            t.insert((device, pattern), bytes.as_slice()).map_err(be)?;
+        }
+        self.record_change(device, pattern)
+    }
+    fn remove_pattern(&mut self, device: &str, pattern: &str) -> StoreResult<()> {
+        {
+            let t = &mut self.patterns_t;
+            t.remove((device, pattern)).map_err(be)?;
+        }
+        self.record_change(device, pattern)
+    }
+    fn set_meta(&mut self, key: Meta, value: u64) -> StoreResult<()> {
+        let t = &mut self.meta_t;
+        t.insert(key.key(), value).map_err(be)?;
+        Ok(())
+    }
+    fn publish(&mut self, change: &GlobalChange) -> StoreResult<u64> {
+        let v = self.meta(Meta::GlobalVersion)? + 1;
+        let key = change.item_key();
+        let old = {
+            let items = &mut self.items_t;
+            let old = items.insert(key.as_str(), v).map_err(be)?;
+            old.map(|g| g.value())
+        };
+        {
+            let log = &mut self.log_t;
+            if let Some(old) = old {
+                log.remove(old).map_err(be)?;
+            }
+            log.insert(v, change.to_bytes().as_slice()).map_err(be)?;
+        }
+        self.set_meta(Meta::GlobalVersion, v)?;
+        Ok(v)
+    }
+    fn drop_tombstone(&mut self, version: u64, item: &str) -> StoreResult<()> {
+        self.log_t.remove(version).map_err(be)?;
+        self.items_t.remove(item).map_err(be)?;
+        Ok(())
+    }
+    fn put_contribution(
+        &mut self,
+        device: &str,
+        pattern: &str,
+        c: Option<&Contribution>,
+    ) -> StoreResult<()> {
+        let t = &mut self.contrib_t;
+        match c {
+            Some(c) => {
+                t.insert((device, pattern), c.to_bytes()?.as_slice())
+                    .map_err(be)?;
+            }
+            None => {
+                t.remove((device, pattern)).map_err(be)?;
+            }
+        }
+        Ok(())
+    }
+    fn drop_device_changes(&mut self, upto: u64) -> StoreResult<()> {
+        self.changes_t.retain_in(..=upto, |_, _| false).map_err(be)
+    }
+    fn put_aggregate(&mut self, id: u32, a: Option<&GlobalAggregate>) -> StoreResult<()> {
+        let t = &mut self.agg_t;
+        match a {
+            Some(a) => {
+                t.insert(id, encode(a)?.as_slice()).map_err(be)?;
+            }
+            None => {
+                t.remove(id).map_err(be)?;
+            }
+        }
+        Ok(())
+    }
+}
