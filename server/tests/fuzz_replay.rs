@@ -9,9 +9,7 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[allow(dead_code, unexpected_cfgs)]
-#[path = "../../fuzz/src/core_targets.rs"]
-mod core_targets;
+use omega_tv_sync_testkit as core_targets;
 #[allow(dead_code)]
 #[path = "../../fuzz/src/server_targets.rs"]
 mod server_targets;

@@ -129,7 +129,7 @@ async fn forged_and_replayed_answers_change_nothing() {
     let mut cfg = constellation::Config::new();
     cfg.db = Some(dir.path().join("constellation.redb"));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.codebooks = constellation::codes::default_codebooks();
+    cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.admin = true;
     let srv = constellation::Server::start(cfg).await.unwrap();
     let faults = ProxyFaults {
@@ -178,6 +178,10 @@ async fn forged_and_replayed_answers_change_nothing() {
     assert_eq!(r.duplicates_applied, 0, "updates applied twice");
     assert_eq!(r.unsettled, 0);
     assert_eq!(r.stuck, 0);
-    assert!(r.syncs >= 100 * 3, "every TV synced its rounds: {}", r.syncs);
+    assert!(
+        r.syncs >= 100 * 3,
+        "every TV synced its rounds: {}",
+        r.syncs
+    );
     srv.shutdown().await;
 }
