@@ -432,6 +432,11 @@ mod tests {
     /// Sends one request and reads until the proxy closes: the bytes that
     /// came back, and whether the read ended in an error (a reset).
     async fn exchange(proxy: SocketAddr) -> (Vec<u8>, bool) {
+        exchange_until(proxy, RESPONSE.len()).await
+    }
+
+    /// As [`exchange`], reading until `want` bytes came back (or the end).
+    async fn exchange_until(proxy: SocketAddr, want: usize) -> (Vec<u8>, bool) {
         let mut s = TcpStream::connect(proxy).await.unwrap();
         s.write_all(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
             .await
@@ -443,7 +448,7 @@ mod tests {
                 Ok(0) => return (got, false),
                 Ok(n) => {
                     got.extend_from_slice(&buf[..n]);
-                    if got.len() >= RESPONSE.len() {
+                    if got.len() >= want {
                         return (got, false);
                     }
                 }
@@ -509,7 +514,10 @@ mod tests {
         let p = FaultProxy::start(up, only(&|f| f.forge = 1.0), 3)
             .await
             .unwrap();
-        assert_eq!(exchange(p.addr()).await.0, FORGED_409);
+        assert_eq!(
+            exchange_until(p.addr(), FORGED_409.len()).await.0,
+            FORGED_409
+        );
         assert_eq!(seen.load(Relaxed), before + 1, "forge: forwarded");
         assert_eq!(p.totals().forged, 1);
         // Replay with nothing to replay yet (a new connection): relayed.
