@@ -9,7 +9,7 @@ Contents:
   * frames (header, CRC-32, kinds, flags) and every record kind
   * the snapshot body (layout 2; layout 1 read only)
   * request signing (HMAC-SHA256 over the canonical message), device keys, TLS PSK
-  * codebook blobs (version 1), quantise / reconstruct, rANS encode / decode
+  * codebook blobs (version 2), quantise / reconstruct, rANS encode / decode
 """
 
 import hashlib
@@ -576,7 +576,7 @@ def tls_psk(key):
 
 
 # ---------------------------------------------------------------------------
-# Codebook blob (codec.md, "Blob format (version 1)")
+# Codebook blob (codec.md, "Blob format (version 2)")
 
 
 def fnv1a32(data):
@@ -592,7 +592,7 @@ class Codebook:
         b = bytes(blob)
         if len(b) < 5396 or b[0:4] != b"OTCB":
             raise WireError("bad_codebook", "magic/length")
-        if b[4] != 1:
+        if b[4] != 2:
             raise WireError("bad_codebook", "version")
         flags = b[5]
         if flags & 0xFE:
@@ -673,22 +673,34 @@ class Codebook:
     # Quantise / reconstruct -------------------------------------------------
 
     def quantize(self, x):
-        """Embedding (384 floats, read as f32) -> 384 codes.
+        """Embedding (384 floats, read as f32) -> 384 codes (codec.md, "Quantisation").
 
-        q_j = round(enc_mul_j * sum_d B[j][d] * (x_d - mu_d)) in f32, sum in
-        component order d = 0..383, round half away from zero, saturated to i16.
+        With a basis: r_d = round((x_d - mu_d) * 2^14) (f32 difference, halves
+        away from zero, saturated to +-32767); per component j the pair sums
+        r_2k*B[j][2k] + r_2k+1*B[j][2k+1] are exact integers, converted to f32
+        and added into four f32 accumulators, pair k into accumulator k mod 4
+        (k = 0..191 in order), which are combined as (a0 + a1) + (a2 + a3);
+        y_j = that sum * enc_mul_j * 2^-14 in f32; q_j = round(y_j), halves away
+        from zero, saturated to i16. The accumulator assignment and combination
+        order are this implementation's reading of "four f32 accumulators in a
+        fixed order": the vectors do not decide them (GAPS.md, "Codec format 2").
+        Without a basis: q_j = round((x_j - mu_j) * enc_mul_j) in f32.
         """
         xs = [f32(f32(v) - m) for v, m in zip(x, self.mu)]
         out = []
+        if self.basis is None:
+            for j in range(DIM):
+                out.append(_sat16(_round_half_away(f32(xs[j] * self.enc_mul[j]))))
+            return out
+        r = [max(-32767, min(32767, _round_half_away(f32(v * 16384.0)))) for v in xs]
         for j in range(DIM):
-            if self.basis is None:
-                acc = xs[j]
-            else:
-                acc = 0.0
-                row = self.basis[j]
-                for d in range(DIM):
-                    acc = f32(acc + f32(row[d] * xs[d]))
-            y = f32(acc * self.enc_mul[j])
+            row = self.basis[j]
+            acc = [0.0, 0.0, 0.0, 0.0]
+            for k in range(DIM // 2):
+                d = 2 * k
+                acc[k & 3] = f32(acc[k & 3] + f32(float(r[d] * row[d] + r[d + 1] * row[d + 1])))
+            t = f32(f32(acc[0] + acc[1]) + f32(acc[2] + acc[3]))
+            y = f32(f32(t * self.enc_mul[j]) * (1.0 / 16384.0))
             out.append(_sat16(_round_half_away(y)))
         return out
 
@@ -710,7 +722,8 @@ class Codebook:
     # Entropy coding -------------------------------------------------------
 
     def _symbols(self, vals, family, cls):
-        """The stream as a list of (kind, a, b): ('sym', table, symbol) or ('raw', value, bits)."""
+        """The stream as a list of (kind, a, b): ('sym', table, symbol), ('raw', value, bits), or
+        ('low', value, bits) for the raw low bits of a table-coded component."""
         H = self.H
         esc = 2 * H
         out = [("raw", cls, 4)]
@@ -720,7 +733,7 @@ class Codebook:
             if -H <= h < H:
                 out.append(("sym", phys, h + H))
                 if b:
-                    out.append(("raw", (v + (1 << (b - 1))) & ((1 << b) - 1), b))
+                    out.append(("low", (v + (1 << (b - 1))) & ((1 << b) - 1), b))
             else:
                 out.append(("sym", phys, esc))
                 z = zigzag(v)
@@ -733,10 +746,31 @@ class Codebook:
                     out.append(("raw", rest >> lo, n - 1 - lo))
         return out
 
+    PAYLOAD_BITS = 20
+
+    @classmethod
+    def _split_payload(cls, syms):
+        """The initial-state payload (codec.md, "Stream"): walking the stream in
+        decode order, each table-coded component's raw low bits go into the
+        payload while they fit in 20 bits together, the first group in the
+        lowest bits; from the first group that would pass 20 bits on, every
+        group stays in the stream. Returns (stream symbols, payload, bits)."""
+        out, p, u, open_ = [], 0, 0, True
+        for kind, a, b in syms:
+            if kind == "low" and open_:
+                if u + b <= cls.PAYLOAD_BITS:
+                    p |= a << u
+                    u += b
+                    continue
+                open_ = False
+            out.append((kind, a, b))
+        return out, p, u
+
     def _rans_encode(self, syms, family):
         L = 1 << 23
         PB = self.prob_bits
-        x = L
+        syms, p, _u = self._split_payload(syms)
+        x = L + p
         emitted = bytearray()
         cum = self.cum[family]
         for kind, a, b in reversed(syms):
@@ -762,7 +796,7 @@ class Codebook:
         cum = self.cum[family]
         tot = 0.0
         for kind, a, b in syms:
-            if kind == "raw":
+            if kind != "sym":
                 tot += b
             else:
                 c = cum[a]
@@ -770,12 +804,16 @@ class Codebook:
         return tot
 
     def choose_class(self, vals, family):
-        """The scale class of least ideal code length; ties go to the lowest.
-        (codec.md only says "the encoder picks the cheapest": this rule is the
-        one that reproduces every known-answer vector.)"""
+        """The scale class of least ideal code length of the stream, the raw
+        bits carried by the initial-state payload not counted (they cost
+        nothing); ties go to the lowest. (codec.md only said "the encoder picks
+        the cheapest": this rule is the one that reproduces every known-answer
+        vector; counting the payload bits picks another class for the
+        minilm-small-v1 delta vector.)"""
         best, best_cost = 0, None
         for cls in range(self.C):
-            cost = self.ideal_bits(self._symbols(vals, family, cls), family)
+            stream, _p, _u = self._split_payload(self._symbols(vals, family, cls))
+            cost = self.ideal_bits(stream, family)
             if best_cost is None or cost < best_cost:
                 best, best_cost = cls, cost
         return best
@@ -848,6 +886,8 @@ class Codebook:
             raise WireError("corrupt_stream", "class")
         H = self.H
         vals = []
+        deferred = []  # (component, h, b): raw low bits carried by the final state
+        taken, open_ = 0, True
         for j in range(DIM):
             phys, b = self.table(family, j, cls)
             s = sym(phys)
@@ -862,7 +902,12 @@ class Codebook:
                 v = unzigzag((1 << (ln - 1)) | rest)
             else:
                 h = s - H
-                if b:
+                if b and open_ and taken + b <= self.PAYLOAD_BITS:
+                    deferred.append((j, h, b))
+                    taken += b
+                    v = None
+                elif b:
+                    open_ = False
                     r = raw(b)
                     v = (h << b) + r - (1 << (b - 1))
                 else:
@@ -870,8 +915,13 @@ class Codebook:
             vals.append(v)
         if pos != n:
             raise WireError("trailing_bytes")
-        if x != L:
+        # The final state is 2^23 plus the payload of `taken` bits.
+        if not L <= x < L + (1 << taken):
             raise WireError("corrupt_stream")
+        p = x - L
+        for j, h, b in deferred:
+            vals[j] = (h << b) + (p & ((1 << b) - 1)) - (1 << (b - 1))
+            p >>= b
         if base is None:
             out = vals
             if any(not -32768 <= v <= 32767 for v in out):

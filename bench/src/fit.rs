@@ -11,8 +11,8 @@ use omega_tv_sync::{Embedding, DIM};
 
 /// Table half-width: symbols are values `-HALF..HALF` plus an escape.
 pub const HALF: u8 = 40;
-/// Logical tables `0..N_SMALL` send no raw bits (scale below 4 steps).
-pub const N_SMALL: u8 = 24;
+/// Logical tables `0..N_SMALL + PERIOD` send no raw bits (scale below 4 steps).
+pub const N_SMALL: u8 = 20;
 /// Above `N_SMALL`, tables repeat every `PERIOD` indices (one octave) with one more raw bit.
 pub const PERIOD: u8 = 4;
 /// Logical tables: scales `2^(t/4 - 4)` for `t` in `0..N_LOGICAL` (1/16 to ~2^14.75 steps).
@@ -37,8 +37,17 @@ pub struct Options {
     pub basis: bool,
     /// Base quantisation step `s0`.
     pub step: f64,
-    /// Step weighting exponent: `step_j = s0 * (sigma_j / median sigma)^-alpha`.
+    /// Step weighting exponent on the training patterns' spread:
+    /// `step_j = s0 * (sigma_j / median sigma)^-alpha * (lambda_j / median lambda)^-gamma`.
     pub alpha: f64,
+    /// Step weighting exponent on the catalogue's variance `lambda_j` along
+    /// component `j` (see `alpha`). A ranking error is the error's inner
+    /// product with items, whose variance is `sum_j lambda_j e_j^2`:
+    /// `gamma = 0.5` equalises every component's share of it.
+    pub gamma: f64,
+    /// Fit the basis to the synthetic training patterns (the vectors devices
+    /// hold) instead of the catalogue items.
+    pub pattern_basis: bool,
     /// Number of synthetic training patterns.
     pub n_train: usize,
     /// PRNG seed of the training patterns.
@@ -55,10 +64,13 @@ pub struct Prepared {
     pub drifted: Vec<Row>,
     /// Mean of the training patterns, rounded to f32 as stored.
     pub mean: [f32; DIM],
+    /// Variance over the catalogue items of each component's coefficient.
+    pub item_var: Vec<f64>,
 }
 
-/// PCA of the items: rows sorted by decreasing variance, sign fixed so the
-/// largest-magnitude entry is positive, stored as i16 with a per-row scale.
+/// PCA of `items` (catalogue items or training patterns): rows sorted by
+/// decreasing variance, sign fixed so the largest-magnitude entry is
+/// positive, stored as i16 with a per-row scale.
 pub fn pca_basis(items: &[Row]) -> (Vec<i16>, Vec<f64>) {
     let n = items.len() as f64;
     let mut m = [0f64; DIM];
@@ -117,10 +129,22 @@ pub fn pca_basis(items: &[Row]) -> (Vec<i16>, Vec<f64>) {
 
 /// Builds the step-independent part of a fit.
 pub fn prepare(items: &[Row], basis: bool, n_train: usize, seed: u64) -> Prepared {
-    let basis = basis.then(|| pca_basis(items));
+    prepare_with(items, basis, false, n_train, seed)
+}
+
+/// [`prepare`], with the basis fitted to the training patterns if
+/// `pattern_basis`.
+pub fn prepare_with(
+    items: &[Row],
+    basis: bool,
+    pattern_basis: bool,
+    n_train: usize,
+    seed: u64,
+) -> Prepared {
     let mut synth = Synth::new(items, seed);
     let train = synth.patterns(n_train);
-    let drifted = train.iter().map(|p| synth.drift(p)).collect();
+    let drifted: Vec<Row> = train.iter().map(|p| synth.drift(p)).collect();
+    let basis = basis.then(|| pca_basis(if pattern_basis { &train } else { items }));
     let mut mean = [0f64; DIM];
     for p in &train {
         for (a, &v) in mean.iter_mut().zip(p.iter()) {
@@ -131,12 +155,35 @@ pub fn prepare(items: &[Row], basis: bool, n_train: usize, seed: u64) -> Prepare
     for (o, a) in mean32.iter_mut().zip(mean.iter()) {
         *o = (a / train.len() as f64) as f32;
     }
-    Prepared {
+    let mut prep = Prepared {
         basis,
         train,
         drifted,
         mean: mean32,
-    }
+        item_var: Vec::new(),
+    };
+    let ys: Vec<[f64; DIM]> = items.iter().map(|x| coefficients(&prep, x)).collect();
+    prep.item_var = spreads(&ys).into_iter().map(|s| s * s).collect();
+    prep
+}
+
+/// Standard deviation of each coefficient over `ys`.
+fn spreads(ys: &[[f64; DIM]]) -> Vec<f64> {
+    let n = ys.len() as f64;
+    (0..DIM)
+        .map(|j| {
+            let m = ys.iter().map(|y| y[j]).sum::<f64>() / n;
+            libm::sqrt(ys.iter().map(|y| (y[j] - m).powi(2)).sum::<f64>() / n)
+        })
+        .collect()
+}
+
+/// Median of `v`.
+fn median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let h = sorted.len() / 2;
+    (sorted[h - 1] + sorted[h]) / 2.0
 }
 
 /// Unquantised coefficients `y_j` of `x` (f64).
@@ -402,22 +449,24 @@ type FamilyChoice = (f64, f64, Vec<u8>, Vec<Vec<u16>>);
 
 /// Fits steps, indices and tables for given step parameters.
 pub fn fit(prep: &Prepared, step: f64, alpha: f64) -> Fitted {
+    fit_weighted(prep, step, alpha, 0.0)
+}
+
+/// [`fit`] with the catalogue-variance weighting `gamma` (see [`Options`]).
+pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitted {
     let n = prep.train.len() as f64;
     let ys: Vec<[f64; DIM]> = prep.train.iter().map(|x| coefficients(prep, x)).collect();
-    let sigma: Vec<f64> = (0..DIM)
-        .map(|j| {
-            let m = ys.iter().map(|y| y[j]).sum::<f64>() / n;
-            libm::sqrt(ys.iter().map(|y| (y[j] - m).powi(2)).sum::<f64>() / n)
-        })
-        .collect();
-    let mut sorted = sigma.clone();
-    sorted.sort_by(f64::total_cmp);
-    let med = (sorted[DIM / 2 - 1] + sorted[DIM / 2]) / 2.0;
+    let sigma = spreads(&ys);
+    let med = median(&sigma);
+    let lmed = median(&prep.item_var);
     let mut enc_mul = vec![0f32; DIM];
     let mut dec_mul = vec![0f32; DIM];
     for j in 0..DIM {
         let scale = prep.basis.as_ref().map_or(1.0, |(_, s)| s[j]);
-        let sj = step * libm::pow(sigma[j] / med, -alpha);
+        let mut sj = step * libm::pow(sigma[j] / med, -alpha);
+        if gamma != 0.0 {
+            sj *= libm::pow(prep.item_var[j] / lmed, -gamma);
+        }
         enc_mul[j] = (scale / sj) as f32;
         dec_mul[j] = (scale * sj) as f32;
     }
@@ -477,8 +526,14 @@ pub fn fit(prep: &Prepared, step: f64, alpha: f64) -> Fitted {
 
 /// Generates a codebook blob from the catalogue items.
 pub fn generate(items: &[Row], opts: &Options) -> Fitted {
-    let prep = prepare(items, opts.basis, opts.n_train, opts.seed);
-    fit(&prep, opts.step, opts.alpha)
+    let prep = prepare_with(
+        items,
+        opts.basis,
+        opts.pattern_basis,
+        opts.n_train,
+        opts.seed,
+    );
+    fit_weighted(&prep, opts.step, opts.alpha, opts.gamma)
 }
 
 /// A shipped codebook: its name, its file under `core/codebooks/`, and the
@@ -504,6 +559,8 @@ pub fn profiles() -> [Profile; 2] {
                 basis: true,
                 step: 1.0 / 512.0,
                 alpha: 0.25,
+                gamma: 0.1,
+                pattern_basis: false,
                 n_train: 8000,
                 seed: 1,
             },
@@ -515,6 +572,8 @@ pub fn profiles() -> [Profile; 2] {
                 basis: false,
                 step: 0.95 / 512.0,
                 alpha: 0.0,
+                gamma: 0.0,
+                pattern_basis: false,
                 n_train: 8000,
                 seed: 1,
             },

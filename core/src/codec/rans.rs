@@ -16,6 +16,10 @@ pub const PROB_SCALE: u32 = 1 << PROB_BITS;
 pub const RANS_L: u32 = 1 << 23;
 /// Bytes of the final state flushed at the front of a stream.
 pub const STATE_BYTES: usize = 4;
+/// Largest payload carried by the initial encoder state: the decoder's final
+/// state must lie in `[RANS_L, RANS_L + 2^bits)`, so a corrupted stream still
+/// passes the final-state check with probability at most `2^20 / 2^31`.
+pub const MAX_PAYLOAD_BITS: u32 = 20;
 
 /// Backwards rANS encoder writing into `out[..end]`, from `end` down.
 pub(crate) struct Encoder<'o> {
@@ -26,12 +30,20 @@ pub(crate) struct Encoder<'o> {
 }
 
 impl<'o> Encoder<'o> {
+    #[cfg(test)]
     pub(crate) fn new(out: &'o mut [u8]) -> Self {
+        Self::with_payload(out, 0)
+    }
+
+    /// An encoder whose initial state carries `payload` (below
+    /// [`MAX_PAYLOAD_BITS`] bits): the decoder reads it back from its final
+    /// state ([`Decoder::finish_payload`]), so those bits cost no bytes.
+    pub(crate) fn with_payload(out: &'o mut [u8], payload: u32) -> Self {
         let pos = out.len();
         Encoder {
             out,
             pos,
-            x: RANS_L,
+            x: RANS_L + (payload & ((1 << MAX_PAYLOAD_BITS) - 1)),
         }
     }
 
@@ -139,13 +151,22 @@ impl<'i> Decoder<'i> {
 
     /// Checks that the stream ended exactly: every byte consumed and the
     /// state back at its initial value (a cheap corruption check).
+    #[cfg(test)]
     pub(crate) fn finish(self) -> Result<()> {
+        self.finish_payload(0).map(|_| ())
+    }
+
+    /// Checks that the stream ended exactly (every byte consumed) and returns
+    /// the `bits`-bit payload of the initial encoder state; the state must
+    /// be `RANS_L` plus a payload below `2^bits` (a cheap corruption check).
+    pub(crate) fn finish_payload(self, bits: u32) -> Result<u32> {
         if self.pos != self.input.len() {
             return Err(Error::TrailingBytes);
         }
-        if self.x != RANS_L {
+        let p = self.x.wrapping_sub(RANS_L);
+        if self.x < RANS_L || p >> bits.min(MAX_PAYLOAD_BITS) != 0 {
             return Err(Error::CorruptStream);
         }
-        Ok(())
+        Ok(p)
     }
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Instructions per pattern of the codec's quantize and reconstruct on the host,
+# counted by callgrind (exact, unaffected by machine load):
+#   scripts/codec-cost.sh [N]     (N patterns, default 200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-200}"
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --release -q -p omega-tv-sync-bench --bin codec-cost
+out="$(mktemp -d)"
+valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
+    "$target/release/codec-cost" "$n" 2>/dev/null
+callgrind_annotate --inclusive=yes "$out/cg.out" 2>/dev/null |
+    awk -v n="$n" '/codec_cost::run_(quantize|reconstruct) \[/ {
+        gsub(",", "", $1);
+        match($0, /run_(quantize|reconstruct)/);
+        printf "%-12s %10.0f instructions per pattern\n", substr($0, RSTART + 4, RLENGTH - 4), $1 / n }'
+rm -rf "$out"
