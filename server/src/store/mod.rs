@@ -13,6 +13,7 @@
 //! [`Finish`] with the outcome.
 
 pub mod mem;
+pub mod postgres;
 pub mod redb;
 
 use serde::{Deserialize, Serialize};
