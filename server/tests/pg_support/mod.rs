@@ -72,8 +72,14 @@ pub fn cluster() -> Option<Arc<PgCluster>> {
                 "PostgreSQL not found and OTS_REQUIRE_PG=1 (install postgresql or set OTS_PG_BIN)"
             );
         }
+        // Straight to the process's stderr: the test harness captures
+        // `eprintln!`, and this line must be seen.
         SKIP.call_once(|| {
-            eprintln!("SKIP: PostgreSQL not found (set OTS_REQUIRE_PG=1 to fail)");
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: PostgreSQL not found (set OTS_REQUIRE_PG=1 to fail)"
+            );
         });
         return None;
     };
