@@ -7,7 +7,7 @@ mod pg_support;
 
 use constellation::store::postgres::schema::{Migration, MIGRATIONS, V1};
 use constellation::store::postgres::{migrate_url, PgOptions, PgStore};
-use constellation::store::{self, DeviceRecord, Meta, StoreError};
+use constellation::store::{self, DeviceRecord, Meta, Store, StoreError};
 
 /// The rows of `schema_version`, in order.
 fn versions(url: &str) -> Vec<i32> {
@@ -60,6 +60,11 @@ fn migrations_apply_once_upgrade_an_older_schema_and_refuse_a_newer_one() {
     assert_eq!(versions(&url), vec![1]);
     // Data written at version 1 ...
     let s = PgStore::open(&url, PgOptions::default()).unwrap();
+    assert_eq!(
+        s.aggregation_term().unwrap(),
+        Some(1),
+        "leads: may set meta"
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -138,6 +143,7 @@ fn the_store_reads_back_what_it_wrote() {
     };
     let url = pg.database();
     let s = PgStore::open(&url, PgOptions::default()).unwrap();
+    assert_eq!(s.aggregation_term().unwrap(), Some(1));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -211,4 +217,73 @@ fn the_store_reads_back_what_it_wrote() {
     let left = store::read(&s, |t| t.device_changes_after(0, 100)).unwrap();
     assert!(left.is_empty(), "{left:?}");
     s.close();
+}
+
+/// One aggregation leader: a second store does not lead while the first
+/// lives; when the first's session dies the second takes over with a new
+/// term, and the old leader can no longer write aggregation state (fenced),
+/// even before it notices.
+#[test]
+fn one_aggregation_leader_with_takeover_and_fencing() {
+    let Some(pg) = pg_support::cluster() else {
+        return;
+    };
+    let url = pg.database();
+    let a = PgStore::open(&url, PgOptions::default()).unwrap();
+    let b = PgStore::open(&url, PgOptions::default()).unwrap();
+    assert_eq!(a.aggregation_term().unwrap(), Some(1));
+    assert_eq!(b.aggregation_term().unwrap(), None);
+    assert_eq!(a.aggregation_term().unwrap(), Some(1), "still leads");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let publish = |s: &PgStore| {
+        rt.block_on(store::write(s, |t| {
+            t.publish(&store::GlobalChange::Remove { id: 1 })
+        }))
+    };
+    assert_eq!(publish(&a).unwrap(), 1);
+    assert!(publish(&b).is_err(), "a follower cannot publish");
+    // The leader's session dies (as when its node is killed): terminated
+    // from outside, without `a` being told.
+    let killed: i64 = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let h = tokio::spawn(conn);
+        let n = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND objid = $1 AND granted \
+                 AND database = (SELECT oid FROM pg_database \
+                                 WHERE datname = current_database())",
+                &[&((constellation::store::postgres::LEADER_LOCK & 0xffff_ffff) as u32)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        drop(c);
+        let _ = h.await;
+        n
+    });
+    assert_eq!(killed, 1);
+    // The lock is released once the server has ended that backend.
+    let mut term = None;
+    for _ in 0..200 {
+        term = b.aggregation_term().unwrap();
+        if term.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert_eq!(term, Some(2), "b took over with a new term");
+    assert_eq!(publish(&b).unwrap(), 2);
+    // `a` still believes term 1 for its writes: fenced.
+    assert!(publish(&a).is_err(), "the old leader is fenced");
+    assert_eq!(a.aggregation_term().unwrap(), None, "and now knows it");
+    let v = store::read(&b, |t| t.meta(Meta::GlobalVersion)).unwrap();
+    assert_eq!(v, 2);
+    a.close();
+    b.close();
 }

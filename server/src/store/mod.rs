@@ -488,6 +488,13 @@ pub trait Store: Send + Sync + 'static {
     fn commit_stats(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// Whether this node is the aggregation leader, and its term: `None`
+    /// when another node aggregates (skip the pass). When the term changes,
+    /// the aggregator reloads its state from the store. A single-process
+    /// backend always leads, term 0.
+    fn aggregation_term(&self) -> StoreResult<Option<u64>> {
+        Ok(Some(0))
+    }
 }
 
 /// Runs `f` in the next group commit and returns its result once durable.

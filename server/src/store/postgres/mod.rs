@@ -39,6 +39,19 @@
 //! returned (by `seq`, up to `upto`), never a range. A row is deleted only
 //! after it was read, so a late commit is simply read by a later pass; it
 //! cannot be skipped.
+//!
+//! **One aggregation leader.** A node aggregates only while its dedicated
+//! session holds the advisory lock [`LEADER_LOCK`]
+//! ([`Store::aggregation_term`]); the lock dies with the session, so when the
+//! leader dies another node takes it on its next pass. Taking it bumps
+//! `meta.leader_term`, and every aggregation write (`publish`, `put_*`
+//! contributions and aggregates, `set_meta`, `drop_device_changes`,
+//! `prune_tombstones`) first reads that row `FOR SHARE` and aborts unless
+//! it still holds this node's term. A leader that lost its session without
+//! noticing can therefore not write after its successor took over (the
+//! successor's bump waits for a transaction that passed the check, and
+//! every later one fails it), and global versions stay assigned by one
+//! writer at a time, in commit order.
 
 pub mod schema;
 
@@ -56,6 +69,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::*;
+
+/// Key of the session advisory lock the aggregation leader holds
+/// ("constellation leader").
+pub const LEADER_LOCK: i64 = 0x0c05_7e11_a710_0002;
 
 /// Settings of the PostgreSQL backend.
 #[derive(Clone, Debug)]
@@ -182,6 +199,7 @@ struct Stmts {
     publish: Statement,
     prune: Statement,
     raise_horizon: Statement,
+    leader_term: Statement,
 }
 
 const DEVICE_COLS: &str = "last_seq, body_sha256, response, snapshot_horizon, syncs";
@@ -324,6 +342,9 @@ impl Stmts {
             prune: c
                 .prepare("DELETE FROM global_log WHERE version < $1 AND tombstone")
                 .await?,
+            leader_term: c
+                .prepare("SELECT value FROM meta WHERE key = 'leader_term' FOR SHARE")
+                .await?,
             raise_horizon: c
                 .prepare(
                     "INSERT INTO meta (key, value) VALUES ('horizon', $1) ON CONFLICT (key) \
@@ -363,6 +384,8 @@ struct Shared {
     /// `seq` of the rows the last [`ReadTxn::device_changes_after`] returned:
     /// what [`WriteTxn::drop_device_changes`] deletes.
     consumed: Mutex<Vec<i64>>,
+    /// The leadership term this node holds (`None`: not the leader).
+    term: Mutex<Option<u64>>,
 }
 
 impl Shared {
@@ -404,6 +427,8 @@ pub struct PgStore {
     depth: Arc<AtomicUsize>,
     stats: Arc<Stats>,
     writers: Mutex<Vec<JoinHandle<()>>>,
+    /// The session that holds (or tries for) [`LEADER_LOCK`].
+    leader: Mutex<Option<Conn>>,
 }
 
 impl PgStore {
@@ -415,6 +440,7 @@ impl PgStore {
             url: url.to_string(),
             idle: Mutex::new(Vec::new()),
             consumed: Mutex::new(Vec::new()),
+            term: Mutex::new(None),
         });
         migrate(&shared.bridge, url, schema::MIGRATIONS)?;
         let (tx, rx) = sync_channel::<Work>(opts.queue_limit.max(1));
@@ -438,6 +464,7 @@ impl PgStore {
             depth,
             stats,
             writers: Mutex::new(writers),
+            leader: Mutex::new(None),
         })
     }
 
@@ -466,6 +493,13 @@ impl PgStore {
         };
         for h in handles {
             let _ = h.join();
+        }
+        // Ends the leader's session: its lock goes with it.
+        if let Ok(mut l) = self.leader.lock() {
+            l.take();
+        }
+        if let Ok(mut t) = self.shared.term.lock() {
+            t.take();
         }
     }
 }
@@ -540,6 +574,48 @@ impl Store for PgStore {
             self.stats.commits.load(Ordering::Relaxed),
             self.stats.items.load(Ordering::Relaxed),
         )
+    }
+
+    fn aggregation_term(&self) -> StoreResult<Option<u64>> {
+        let mut leader = self.leader.lock().map_err(|_| StoreError::Closed)?;
+        let held = *self.shared.term.lock().map_err(|_| StoreError::Closed)?;
+        if let (Some(c), Some(t)) = (&*leader, held) {
+            if !c.client.is_closed() {
+                return Ok(Some(t));
+            }
+        }
+        *self.shared.term.lock().map_err(|_| StoreError::Closed)? = None;
+        let conn = match leader.take() {
+            Some(c) if !c.client.is_closed() => c,
+            _ => self.shared.connect()?,
+        };
+        let client = conn.client.clone();
+        let term = self
+            .shared
+            .bridge
+            .run(async move {
+                let r = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                    .await?;
+                if !r.get::<_, bool>(0) {
+                    return Ok(None);
+                }
+                let r = client
+                    .query_one(
+                        "INSERT INTO meta (key, value) VALUES ('leader_term', 1) \
+                         ON CONFLICT (key) DO UPDATE SET value = meta.value + 1 RETURNING value",
+                        &[],
+                    )
+                    .await?;
+                Ok::<_, tokio_postgres::Error>(Some(r.get::<_, i64>(0) as u64))
+            })?
+            .map_err(pg_err)?;
+        *leader = Some(conn);
+        *self.shared.term.lock().map_err(|_| StoreError::Closed)? = term;
+        if let Some(t) = term {
+            tracing::info!(term = t, "this node is the aggregation leader");
+        }
+        Ok(term)
     }
 }
 
@@ -650,6 +726,7 @@ struct PgTxn<'s> {
     write: bool,
     began: Cell<bool>,
     locked: RefCell<HashSet<String>>,
+    fenced: Cell<bool>,
 }
 
 impl<'s> PgTxn<'s> {
@@ -660,7 +737,29 @@ impl<'s> PgTxn<'s> {
             write,
             began: Cell::new(false),
             locked: RefCell::new(HashSet::new()),
+            fenced: Cell::new(false),
         }
+    }
+
+    /// Checks, once per transaction and holding the row until commit, that
+    /// `meta.leader_term` is still this node's term (see the module docs).
+    fn fence(&self) -> StoreResult<()> {
+        if self.fenced.get() {
+            return Ok(());
+        }
+        let mine = *self.shared.term.lock().map_err(|_| StoreError::Closed)?;
+        let rows = self.rows(None, |s| &s.leader_term, Vec::new())?;
+        let stored = match rows.first() {
+            Some(r) => Some(get::<i64>(r, 0, "meta leader_term")? as u64),
+            None => None,
+        };
+        if mine.is_none() || stored != mine {
+            return Err(StoreError::Backend(
+                "not the aggregation leader (another node took over)".into(),
+            ));
+        }
+        self.fenced.set(true);
+        Ok(())
     }
 
     /// Commits (`true`) or rolls back, and returns the connection.
@@ -1075,10 +1174,12 @@ impl WriteTxn for PgTxn<'_> {
     }
 
     fn set_meta(&mut self, key: Meta, value: u64) -> StoreResult<()> {
+        self.fence()?;
         self.exec(None, |s| &s.set_meta, vec![p(key.key()), p(i(value))])
     }
 
     fn publish(&mut self, change: &GlobalChange) -> StoreResult<u64> {
+        self.fence()?;
         let rows = self.rows(
             None,
             |s| &s.publish,
@@ -1095,6 +1196,7 @@ impl WriteTxn for PgTxn<'_> {
     }
 
     fn prune_tombstones(&mut self, horizon: u64) -> StoreResult<()> {
+        self.fence()?;
         self.exec(None, |s| &s.prune, vec![p(i(horizon))])?;
         self.exec(None, |s| &s.raise_horizon, vec![p(i(horizon))])
     }
@@ -1105,6 +1207,7 @@ impl WriteTxn for PgTxn<'_> {
         pattern: &str,
         c: Option<&Contribution>,
     ) -> StoreResult<()> {
+        self.fence()?;
         match c {
             Some(c) => self.exec(
                 None,
@@ -1124,6 +1227,7 @@ impl WriteTxn for PgTxn<'_> {
     }
 
     fn put_aggregate(&mut self, id: u32, a: Option<&GlobalAggregate>) -> StoreResult<()> {
+        self.fence()?;
         match a {
             Some(a) => {
                 let bytes =
@@ -1135,6 +1239,7 @@ impl WriteTxn for PgTxn<'_> {
     }
 
     fn drop_device_changes(&mut self, upto: u64) -> StoreResult<()> {
+        self.fence()?;
         let seqs: Vec<i64> = {
             let mut consumed = self
                 .shared
