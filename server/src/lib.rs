@@ -342,6 +342,7 @@ impl Server {
                         &config.postgres,
                         store::postgres::PgOptions {
                             queue_limit: config.queue_limit,
+                            max_batch: config.max_batch,
                             ..Default::default()
                         },
                     )

@@ -10,6 +10,7 @@
 //! ```text
 //! cargo run --release -p omega-tv-sync-bench --bin server -- [--clients 32] [--seconds 5]
 //!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
+//!     [--max-batch 1024]
 //! ```
 //!
 //! With `--postgres postgres://USER@HOST:PORT/DB` (an empty database) the
@@ -40,6 +41,7 @@ struct Args {
     changed: usize,
     aggregate_ms: u64,
     postgres: Option<String>,
+    max_batch: usize,
 }
 
 fn args() -> Args {
@@ -50,6 +52,7 @@ fn args() -> Args {
         changed: 5,
         aggregate_ms: 1000,
         postgres: None,
+        max_batch: 1024,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -62,6 +65,7 @@ fn args() -> Args {
             "--changed" => a.changed = v.parse().unwrap_or(a.changed),
             "--aggregate-ms" => a.aggregate_ms = v.parse().unwrap_or(a.aggregate_ms),
             "--postgres" => a.postgres = Some(v.clone()),
+            "--max-batch" => a.max_batch = v.parse().unwrap_or(a.max_batch),
             other => eprintln!("ignoring {other}"),
         }
         i += 2;
@@ -415,6 +419,7 @@ async fn run(a: Args) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cfg = Config::new();
     cfg.db = Some(tmp.path().join("bench.redb"));
+    cfg.max_batch = a.max_batch.max(1);
     cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.codebooks = constellation::codes::default_codebooks();
     cfg.aggregate.interval = Duration::from_millis(a.aggregate_ms.max(1));
@@ -447,7 +452,8 @@ async fn run(a: Args) {
     let real = drive(&srv.url(), &a, &ch, codebook).await;
     let (commits0, items0) = srv.state().store.commit_stats();
     let bare_r = drive(&format!("http://{bare}"), &a, &ch, codebook).await;
-    // The same load on a PostgreSQL node (its own devices: ids are per run).
+    // The same load on a PostgreSQL node (give an empty database: device
+    // ids repeat from run to run).
     let pg = match &a.postgres {
         Some(url) => {
             let mut c = cfg.clone();
