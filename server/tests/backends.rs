@@ -585,3 +585,61 @@ fn device_commands_work_against_a_running_postgres_deployment() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The database stops (immediate shutdown, as in a crash) under a running
+/// node: a sync gets `503` with `Retry-After` and nothing is stored; once
+/// the database is back, the same request is applied exactly once and its
+/// retry is a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_while_the_database_is_down_gets_503_and_applies_once_after() {
+    let Some(pg) = pg_support::private_cluster() else {
+        return;
+    };
+    let (_dir, path) = temp_db();
+    let mut cfg = config(&path);
+    cfg.db = None;
+    cfg.postgres = vec![pg.database()];
+    let srv = start(&cfg).await;
+    let addr = srv.local_addr();
+    let v = patterns();
+    let q0 = quantize(&v[0]);
+    let first = upload(1, 0, &[Up::abs("p1", q0)]);
+    assert_eq!(post_sync(addr, "tv-1", "0", &first).status, 200);
+    pg.stop_immediate();
+    let body = upload(2, 0, &[Up::delta("p1", 1, q0, quantize(&v[7]))]);
+    for _ in 0..3 {
+        let r = post_sync(addr, "tv-1", "0", &body);
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.header("retry-after").is_some());
+    }
+    pg.restart();
+    // Connections are re-established on demand; a request that still meets
+    // a dead one is another 503, never a 500.
+    let mut applied = None;
+    for _ in 0..100 {
+        let r = post_sync(addr, "tv-1", "0", &body);
+        if r.status == 200 {
+            applied = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let applied = applied.expect("the sync applies once the database is back");
+    assert_eq!(
+        applied.header("x-replayed"),
+        None,
+        "applied now, not before"
+    );
+    let st = srv.device_state("tv-1").unwrap();
+    assert_eq!((st.last_seq, st.syncs), (Some(2), 2));
+    assert_eq!(st.patterns[0].revision, 2);
+    assert_eq!(st.patterns[0].codes, quantize(&v[7]).to_vec());
+    let again = post_sync(addr, "tv-1", "0", &body);
+    assert_eq!(
+        (again.status, again.header("x-replayed")),
+        (200, Some("true"))
+    );
+    assert_eq!(again.body, applied.body);
+    srv.shutdown().await;
+}

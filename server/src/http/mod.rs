@@ -136,7 +136,7 @@ async fn sync_inner(
             }) {
                 Ok(Ok(c)) => Some(c),
                 Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(error::internal(e.to_string())),
+                Err(e) => return Err(unavailable_or_internal(st, e)),
             }
         }
         (Some(_), None) => return Err(error::internal("no master secret")),
@@ -149,7 +149,7 @@ async fn sync_inner(
     if let Err(e) = store::read(&*st.store, |t| {
         sync::predecode(t, &mut up, &st.config.codebooks)
     }) {
-        return Err(error::internal(e.to_string()));
+        return Err(unavailable_or_internal(st, e));
     }
     let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
@@ -203,6 +203,19 @@ async fn sync_inner(
             .insert("x-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// A store error before the write: the database unavailable (a shared
+/// database that is down or restarting: [`StoreError::Overloaded`]) is
+/// `503` with `Retry-After`, like a full queue; anything else `500`.
+fn unavailable_or_internal(st: &AppState, e: StoreError) -> crate::sync::ApiError {
+    match e {
+        StoreError::Overloaded => {
+            let wait = st.random_in(&(1..=st.config.overload_retry_after_s.max(1)));
+            error::overloaded(wait)
+        }
+        e => error::internal(e.to_string()),
+    }
 }
 
 async fn version(State(st): St) -> Response {

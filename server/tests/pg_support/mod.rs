@@ -66,6 +66,14 @@ pub fn cluster() -> Option<Arc<PgCluster>> {
     if let Some(c) = shared.upgrade() {
         return Some(c);
     }
+    let c = Arc::new(private_cluster()?);
+    *shared = Arc::downgrade(&c);
+    Some(c)
+}
+
+/// A cluster of its own (one a test may stop and restart), or `None` as
+/// for [`cluster`].
+pub fn private_cluster() -> Option<PgCluster> {
     let Some(bin) = bin_dir() else {
         if std::env::var("OTS_REQUIRE_PG").as_deref() == Ok("1") {
             panic!(
@@ -83,9 +91,7 @@ pub fn cluster() -> Option<Arc<PgCluster>> {
         });
         return None;
     };
-    let c = Arc::new(PgCluster::start(&bin, &[]));
-    *shared = Arc::downgrade(&c);
-    Some(c)
+    Some(PgCluster::start(&bin, &[]))
 }
 
 impl PgCluster {
