@@ -63,6 +63,9 @@ pub use auth::{AuthConfig, MasterSecret};
 pub struct Config {
     /// The redb file; `None` keeps everything in memory (not durable).
     pub db: Option<PathBuf>,
+    /// PostgreSQL URLs (`postgres://USER@HOST:PORT/DB`); when given, the
+    /// store is PostgreSQL ([`store::postgres`]) and `db` is not used.
+    pub postgres: Vec<String>,
     /// Address to listen on (loopback by default; port 0 picks a free one).
     pub listen: SocketAddr,
     /// Codebooks accepted in frames; the first is the one globals are published in.
@@ -105,6 +108,7 @@ impl Config {
     pub fn new() -> Self {
         Config {
             db: None,
+            postgres: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             codebooks: Codebooks::empty(),
             sync_interval: 300..=900,
@@ -333,8 +337,24 @@ impl Server {
             Some(t) => Some(tls::server_config(t).map_err(StartError::Io)?),
             None => None,
         };
+        let mut pg = None;
         let (store, redb): (Arc<dyn Store>, Option<Arc<store::redb::RedbStore>>) = match &config.db
         {
+            _ if !config.postgres.is_empty() => {
+                let s = Arc::new(
+                    store::postgres::PgStore::open_all(
+                        &config.postgres,
+                        store::postgres::PgOptions {
+                            queue_limit: config.queue_limit,
+                            max_batch: config.max_batch,
+                            ..Default::default()
+                        },
+                    )
+                    .map_err(StartError::Store)?,
+                );
+                pg = Some(s.clone());
+                (s, None)
+            }
             Some(path) => {
                 let s = Arc::new(
                     store::redb::RedbStore::open(
@@ -394,6 +414,7 @@ impl Server {
             local_addr,
             state,
             redb,
+            pg,
             stop: stop_tx,
             tasks: vec![serve, aggregator],
         })
@@ -405,6 +426,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     state: Arc<AppState>,
     redb: Option<Arc<store::redb::RedbStore>>,
+    pg: Option<Arc<store::postgres::PgStore>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -485,6 +507,9 @@ impl ServerHandle {
         }
         if let Some(r) = &self.redb {
             r.close();
+        }
+        if let Some(p) = &self.pg {
+            p.close();
         }
     }
 }

@@ -20,8 +20,9 @@ struct Cli {
 enum Cmd {
     /// Serve the sync API.
     Serve(ServeArgs),
-    /// Enrol or revoke devices (request signing). Works on the database
-    /// file directly: stop the server first (redb allows one process).
+    /// Enrol or revoke devices (request signing). On a redb file: stop the
+    /// server first (redb allows one process). On PostgreSQL: works while
+    /// the deployment runs.
     #[command(subcommand)]
     Device(DeviceCmd),
 }
@@ -42,11 +43,13 @@ enum DeviceCmd {
 
 #[derive(clap::Args, Debug)]
 struct DeviceArgs {
-    /// The redb database file (created if missing).
-    #[arg(long)]
-    db: PathBuf,
+    /// The redb database file (created if missing), or the deployment's
+    /// PostgreSQL URL (`postgres://USER@HOST:PORT/DB`).
+    #[arg(long, required = true)]
+    db: Vec<String>,
     /// The master secret file (created, mode 0600, if missing); default:
-    /// the database path with `.master-secret` appended.
+    /// the redb path with `.master-secret` appended (required with
+    /// PostgreSQL).
     #[arg(long)]
     master_secret: Option<PathBuf>,
     /// Device ids.
@@ -57,11 +60,17 @@ struct DeviceArgs {
 /// `ID:HEX` for each enrolled, unrevoked device in `args.ids`; fails (and
 /// prints nothing) if any is not enrolled or the master secret is missing.
 fn print_tls_psks(
-    store: &constellation::store::redb::RedbStore,
+    store: &dyn constellation::store::Store,
     args: &DeviceArgs,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let path = master_path(&args.db, &args.master_secret);
+    let path = match master_path(&args.db, &args.master_secret) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("constellation: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if !path.exists() {
         eprintln!(
             "constellation: no master secret at {}: enrol devices first",
@@ -99,19 +108,50 @@ fn print_tls_psks(
     ExitCode::SUCCESS
 }
 
-fn master_path(db: &std::path::Path, flag: &Option<PathBuf>) -> PathBuf {
-    flag.clone().unwrap_or_else(|| {
-        let mut p = db.as_os_str().to_owned();
-        p.push(".master-secret");
-        PathBuf::from(p)
-    })
+/// Where the database is: one redb file, or PostgreSQL URLs.
+enum Db {
+    Redb(PathBuf),
+    Postgres(Vec<String>),
+}
+
+fn is_pg_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+fn parse_db(dbs: &[String]) -> Result<Db, String> {
+    match dbs {
+        [] => Err("--db is required".into()),
+        [one] if !is_pg_url(one) => Ok(Db::Redb(PathBuf::from(one))),
+        _ if dbs.iter().all(|d| is_pg_url(d)) => Ok(Db::Postgres(dbs.to_vec())),
+        _ => Err("give one redb file, or PostgreSQL URLs only, to --db".into()),
+    }
+}
+
+fn master_path(db: &[String], flag: &Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = flag {
+        return Ok(p.clone());
+    }
+    match parse_db(db)? {
+        Db::Redb(path) => {
+            let mut p = path.into_os_string();
+            p.push(".master-secret");
+            Ok(PathBuf::from(p))
+        }
+        Db::Postgres(_) => Err(
+            "--master-secret FILE is required with PostgreSQL (every node of a deployment \
+             uses the same file)"
+                .into(),
+        ),
+    }
 }
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// The redb database file (created if missing).
-    #[arg(long)]
-    db: PathBuf,
+    /// The redb database file (created if missing), or a PostgreSQL URL
+    /// (`postgres://USER@HOST:PORT/DB`; the schema is created or upgraded
+    /// at start).
+    #[arg(long, required = true)]
+    db: Vec<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -140,7 +180,8 @@ struct ServeArgs {
     #[arg(long)]
     admin: bool,
     /// The master secret file device keys derive from (created, mode 0600,
-    /// if missing); default: the database path with `.master-secret` appended.
+    /// if missing); default: the redb path with `.master-secret` appended
+    /// (required with PostgreSQL).
     #[arg(long)]
     master_secret: Option<PathBuf>,
     /// Serve HTTPS: PEM certificate chain (needs --tls-key).
@@ -181,7 +222,9 @@ fn parse_range(s: &str) -> Result<(u32, u32), String> {
 }
 
 fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
+    use constellation::store::postgres::{PgOptions, PgStore};
     use constellation::store::redb::{RedbOptions, RedbStore};
+    use constellation::store::Store;
     use std::process::ExitCode;
     #[derive(PartialEq)]
     enum Op {
@@ -200,15 +243,31 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let store = match RedbStore::open(&args.db, RedbOptions::default()) {
-        Ok(s) => s,
+    let db = match parse_db(&args.db) {
+        Ok(d) => d,
         Err(e) => {
-            eprintln!(
-                "constellation: cannot open {} ({e}); is the server running? Stop it first.",
-                args.db.display()
-            );
+            eprintln!("constellation: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    let store: Box<dyn Store> = match &db {
+        Db::Redb(path) => match RedbStore::open(path, RedbOptions::default()) {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                eprintln!(
+                    "constellation: cannot open {} ({e}); is the server running? Stop it first.",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        Db::Postgres(urls) => match PgStore::open_all(urls, PgOptions::default()) {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                eprintln!("constellation: cannot open the database: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let rt = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(rt) => rt,
@@ -219,10 +278,16 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
     };
     let code = rt.block_on(async {
         if op == Op::TlsPsk {
-            return print_tls_psks(&store, &args);
+            return print_tls_psks(&*store, &args);
         }
         if op == Op::Add {
-            let path = master_path(&args.db, &args.master_secret);
+            let path = match master_path(&args.db, &args.master_secret) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("constellation: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let master = match constellation::MasterSecret::load_or_create(&path) {
                 Ok((m, created)) => {
                     if created {
@@ -235,7 +300,7 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match constellation::auth::enrol_many(&store, &master, &args.ids).await {
+            match constellation::auth::enrol_many(&*store, &master, &args.ids).await {
                 Ok(keys) => {
                     for (id, k) in args.ids.iter().zip(keys) {
                         println!("{id} {}", constellation::auth::hex(k.as_bytes()));
@@ -248,7 +313,7 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
             }
         } else {
             for id in &args.ids {
-                match constellation::auth::revoke(&store, id).await {
+                match constellation::auth::revoke(&*store, id).await {
                     Ok(true) => println!("{id} revoked"),
                     Ok(false) => println!("{id} was not enrolled"),
                     Err(e) => {
@@ -260,7 +325,7 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
         }
         ExitCode::SUCCESS
     });
-    store.close();
+    drop(store);
     code
 }
 
@@ -275,7 +340,14 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
     let mut config = Config::new();
-    config.db = Some(args.db.clone());
+    match parse_db(&args.db) {
+        Ok(Db::Redb(path)) => config.db = Some(path),
+        Ok(Db::Postgres(urls)) => config.postgres = urls,
+        Err(e) => {
+            eprintln!("constellation: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     config.listen = args.listen;
     config.codebooks = constellation::codebooks::default_codebooks();
     config.sync_interval = args.sync_interval.0..=args.sync_interval.1;
@@ -291,7 +363,13 @@ fn main() -> std::process::ExitCode {
     if args.insecure_no_auth {
         config.auth = constellation::AuthConfig::disabled();
     } else {
-        let path = master_path(&args.db, &args.master_secret);
+        let path = match master_path(&args.db, &args.master_secret) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("constellation: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
         match constellation::MasterSecret::load_or_create(&path) {
             Ok((m, created)) => {
                 if created {

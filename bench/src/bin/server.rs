@@ -9,8 +9,12 @@
 //!
 //! ```text
 //! cargo run --release -p omega-tv-sync-bench --bin server -- [--clients 32] [--seconds 5]
-//!     [--patterns 16] [--changed 5] [--aggregate-ms 1000]
+//!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
+//!     [--max-batch 1024]
 //! ```
+//!
+//! With `--postgres postgres://USER@HOST:PORT/DB` (an empty database) the
+//! same run also drives a node on that PostgreSQL database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +40,8 @@ struct Args {
     patterns: usize,
     changed: usize,
     aggregate_ms: u64,
+    postgres: Option<String>,
+    max_batch: usize,
 }
 
 fn args() -> Args {
@@ -45,6 +51,8 @@ fn args() -> Args {
         patterns: 16,
         changed: 5,
         aggregate_ms: 1000,
+        postgres: None,
+        max_batch: 1024,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -56,6 +64,8 @@ fn args() -> Args {
             "--patterns" => a.patterns = v.parse().unwrap_or(a.patterns),
             "--changed" => a.changed = v.parse().unwrap_or(a.changed),
             "--aggregate-ms" => a.aggregate_ms = v.parse().unwrap_or(a.aggregate_ms),
+            "--postgres" => a.postgres = Some(v.clone()),
+            "--max-batch" => a.max_batch = v.parse().unwrap_or(a.max_batch),
             other => eprintln!("ignoring {other}"),
         }
         i += 2;
@@ -409,13 +419,14 @@ async fn run(a: Args) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cfg = Config::new();
     cfg.db = Some(tmp.path().join("bench.redb"));
+    cfg.max_batch = a.max_batch.max(1);
     cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.aggregate.interval = Duration::from_millis(a.aggregate_ms.max(1));
     // Its clients send hand-made frames without signatures: this measures
     // the sync path itself (one HMAC per request is not the bottleneck).
     cfg.auth = constellation::AuthConfig::disabled();
-    let srv = Server::start(cfg).await.expect("server");
+    let srv = Server::start(cfg.clone()).await.expect("server");
 
     // A representative response of the real server, for the bare handler.
     let fixture = {
@@ -441,14 +452,33 @@ async fn run(a: Args) {
     let real = drive(&srv.url(), &a, &ch, codebook).await;
     let (commits0, items0) = srv.state().store.commit_stats();
     let bare_r = drive(&format!("http://{bare}"), &a, &ch, codebook).await;
+    // The same load on a PostgreSQL node (give an empty database: device
+    // ids repeat from run to run).
+    let pg = match &a.postgres {
+        Some(url) => {
+            let mut c = cfg.clone();
+            c.db = None;
+            c.postgres = vec![url.clone()];
+            let node = Server::start(c).await.expect("postgres server");
+            let r = drive(&node.url(), &a, &ch, codebook).await;
+            let stats = node.state().store.commit_stats();
+            node.shutdown().await;
+            Some((r, stats))
+        }
+        None => None,
+    };
     let rate = |r: &RunResult| r.syncs as f64 / r.elapsed.max(1e-9);
     println!();
     println!("| server | syncs/s | p50 ms | p99 ms | up B/sync | down B/sync | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, r) in [
+    let mut rows = vec![
         ("constellation (redb, group commit, aggregation on)", &real),
         ("bare axum handler, same response bytes", &bare_r),
-    ] {
+    ];
+    if let Some((r, _)) = &pg {
+        rows.push(("constellation (PostgreSQL, 1 node, aggregation on)", r));
+    }
+    for (name, r) in rows {
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} |",
             rate(r),
@@ -468,6 +498,15 @@ async fn run(a: Args) {
         items0,
         items0 as f64 / commits0.max(1) as f64
     );
+    if let Some((r, (commits, items))) = &pg {
+        println!(
+            "ratio PostgreSQL / redb: {:.3}; PostgreSQL transactions: {} for {} writes (mean group {:.1})",
+            rate(r) / rate(&real).max(1e-9),
+            commits,
+            items,
+            *items as f64 / (*commits).max(1) as f64
+        );
+    }
 
     // Bytes per sync for typical syncs, on a fresh device.
     println!();

@@ -104,6 +104,8 @@ pub struct Aggregator {
     units: HashMap<String, HashMap<u32, Vec<f32>>>,
     next_id: u32,
     trends: TrendTracker,
+    /// The leadership term this state was loaded in (`Store::aggregation_term`).
+    term: u64,
 }
 
 impl Aggregator {
@@ -143,6 +145,18 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
 /// One pass; returns the changelog entries published.
 pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
     let mut guard = state.aggregator.lock().await;
+    // Only the leader aggregates; a new term (this node took over) starts
+    // from the stored state, which the previous leader may have changed.
+    let Some(term) = state.store.aggregation_term()? else {
+        *guard = Aggregator::default();
+        return Ok(0);
+    };
+    if guard.term != term {
+        *guard = Aggregator {
+            term,
+            ..Default::default()
+        };
+    }
     let agg = std::mem::take(&mut *guard);
     let st = state.clone();
     let joined = tokio::task::spawn_blocking(move || {

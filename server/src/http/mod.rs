@@ -124,7 +124,7 @@ async fn sync_inner(
     if let Err(e) = store::read(&*st.store, |t| {
         sync::predecode(t, &mut up, &st.config.codebooks)
     }) {
-        return Err(error::internal(e.to_string()));
+        return Err(unavailable_or_internal(st, e));
     }
     let device = up.device.clone();
     let accept_zstd = up.accept_zstd;
@@ -203,7 +203,7 @@ fn authenticate(
             }) {
                 Ok(Ok(c)) => Ok(Some(c)),
                 Ok(Err(e)) => Err(e),
-                Err(e) => Err(error::internal(e.to_string())),
+                Err(e) => Err(unavailable_or_internal(st, e)),
             }
         }
         (Some(_), None) => Err(error::internal("no master secret")),
@@ -274,6 +274,19 @@ fn count_applied(st: &AppState, device: &str, applied: &sync::Applied) {
         changes = applied.changes,
         "sync"
     );
+}
+
+/// A store error before the write: the database unavailable (a shared
+/// database that is down or restarting: [`StoreError::Overloaded`]) is
+/// `503` with `Retry-After`, like a full queue; anything else `500`.
+fn unavailable_or_internal(st: &AppState, e: StoreError) -> ApiError {
+    match e {
+        StoreError::Overloaded => {
+            let wait = st.random_in(&(1..=st.config.overload_retry_after_s.max(1)));
+            error::overloaded(wait)
+        }
+        e => error::internal(e.to_string()),
+    }
 }
 
 async fn version(State(st): St) -> Response {

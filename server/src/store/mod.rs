@@ -13,6 +13,7 @@
 //! [`Finish`] with the outcome.
 
 pub mod mem;
+pub mod postgres;
 pub mod records;
 pub mod redb;
 
@@ -185,6 +186,13 @@ pub trait Store: Send + Sync + 'static {
     /// Group commits and work items committed so far.
     fn commit_stats(&self) -> (u64, u64) {
         (0, 0)
+    }
+    /// Whether this node is the aggregation leader, and its term: `None`
+    /// when another node aggregates (skip the pass). When the term changes,
+    /// the aggregator reloads its state from the store. A single-process
+    /// backend always leads, term 0.
+    fn aggregation_term(&self) -> StoreResult<Option<u64>> {
+        Ok(Some(0))
     }
 }
 
