@@ -27,6 +27,7 @@ pub mod codes;
 pub mod download;
 pub mod error;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod store;
 pub mod sync;
@@ -53,6 +54,7 @@ use store::{Meta, Store, StoreError, StoreResult};
 
 pub use aggregate::AggregateConfig;
 pub use auth::{AuthConfig, MasterSecret};
+pub use listen::Limits;
 pub use trends::TrendConfig;
 
 /// Everything a server instance is configured with.
@@ -95,6 +97,8 @@ pub struct Config {
     /// Serve HTTPS with this certificate and key (`None`: plain HTTP, for
     /// loopback or behind a TLS-terminating proxy).
     pub tls: Option<tls::TlsConfig>,
+    /// Connection limits of the listener (timeouts, sizes, caps).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -116,6 +120,7 @@ impl Config {
             trends: TrendConfig::default(),
             auth: AuthConfig::new(),
             tls: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -361,30 +366,14 @@ impl Server {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let app = http::router(state.clone());
-        let mut serve_stop = stop_rx.clone();
-        let shutdown = async move {
-            let _ = serve_stop.wait_for(|s| *s).await;
-        };
-        let serve = match tls {
-            None => tokio::spawn(async move {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "server stopped");
-                }
-            }),
-            Some(tc) => {
-                let l =
-                    tls::TlsListener::new(listener, tc, stop_rx.clone()).map_err(StartError::Io)?;
-                tokio::spawn(async move {
-                    let r = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "server stopped");
-                    }
-                })
-            }
-        };
+        let serve = tokio::spawn(listen::serve(
+            listener,
+            tls,
+            app,
+            state.config.limits.clone(),
+            state.metrics.conns.clone(),
+            stop_rx.clone(),
+        ));
         let aggregator = tokio::spawn(aggregate::run(state.clone(), stop_rx));
         tracing::info!(addr = %local_addr, db = ?state.config.db, "constellation listening");
         Ok(ServerHandle {

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve the sync API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Enrol or revoke devices (request signing). Works on the database
     /// file directly: stop the server first (redb allows one process).
     #[command(subcommand)]
@@ -162,6 +162,9 @@ struct ServeArgs {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
+    /// Connection limits.
+    #[command(flatten)]
+    limits: constellation::listen::LimitArgs,
 }
 
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
@@ -267,7 +270,7 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.cmd {
-        Cmd::Serve(args) => args,
+        Cmd::Serve(args) => *args,
         Cmd::Device(cmd) => return device_cmd(cmd),
     };
     tracing_subscriber::fmt()
@@ -282,6 +285,7 @@ fn main() -> std::process::ExitCode {
     config.min_sync_interval_s = args.min_sync_interval;
     config.queue_limit = args.queue_limit;
     config.admin = args.admin;
+    config.limits = args.limits.limits();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(constellation::tls::TlsConfig {
             cert: cert.clone(),

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -112,7 +112,7 @@ async fn sync_inner(
         false => None,
     };
     let version = sync::check_sync_version(headers.get("x-sync-version").map(|v| v.as_bytes()))?;
-    let bytes = read_body(headers, body).await?;
+    let bytes = read_body(headers, body, st.config.limits.body_read_timeout).await?;
     st.metrics
         .bytes_in
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -146,8 +146,9 @@ async fn sync_inner(
 
 /// Reads the body of a sync: `application/octet-stream`, at most
 /// `MAX_UPLOAD_FRAME` bytes (refused by `Content-Length` before reading,
-/// else while reading).
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// else while reading), within `deadline` (`408 body_timeout`; the
+/// connection is closed after the answer, the rest of the body unread).
+async fn read_body(headers: &HeaderMap, body: Body, deadline: Duration) -> Result<Bytes, ApiError> {
     if !is_octet_stream(headers) {
         return Err(ApiError::new(
             415,
@@ -171,18 +172,24 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
             return Err(too_large());
         }
     }
-    axum::body::to_bytes(body, MAX_UPLOAD_FRAME)
-        .await
-        .map_err(|e| {
-            let mut src: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(s) = src {
-                if s.to_string().contains("length limit") {
-                    return too_large();
-                }
-                src = s.source();
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_UPLOAD_FRAME)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            408,
+            "body_timeout",
+            format!("the body did not arrive within {} s", deadline.as_secs()),
+        ));
+    };
+    read.map_err(|e| {
+        let mut src: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = src {
+            if s.to_string().contains("length limit") {
+                return too_large();
             }
-            ApiError::new(400, "truncated", format!("reading the body: {e}"))
-        })
+            src = s.source();
+        }
+        ApiError::new(400, "truncated", format!("reading the body: {e}"))
+    })
 }
 
 /// Verifies the signature `presented` over `body` for `device` (a read
