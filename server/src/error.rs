@@ -22,6 +22,10 @@ pub struct ApiError {
     pub retry_after_s: Option<u32>,
     /// For `401 replayed_counter`: the last accepted request counter.
     pub last_counter: Option<u64>,
+    /// For `401 unauthorized`: the specific reason (`unknown_device`,
+    /// `revoked`, `bad_signature`, `key_replaced`), for logs and metrics
+    /// only; never sent to the client.
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -34,6 +38,7 @@ impl ApiError {
             last_seq: None,
             retry_after_s: None,
             last_counter: None,
+            reason: None,
         }
     }
 

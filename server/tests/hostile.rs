@@ -414,3 +414,106 @@ fn limits_defaults_are_documented_values() {
     assert_eq!(l.max_tls_handshakes, 256);
     assert_eq!(l.tls_handshake_timeout, Duration::from_secs(10));
 }
+
+/// Unknown, revoked and wrongly signed devices get one answer, byte for
+/// byte (no `X-OTS-Signature`); only the metrics tell them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_revoked_and_wrongly_signed_devices_get_one_answer() {
+    let (_dir, db) = temp_db();
+    let srv = start_hostile(&db, |_| {}).await;
+    let addr = srv.local_addr();
+    let key = srv.enrol("tv-ok").await.unwrap();
+    let gone = srv.enrol("tv-gone").await.unwrap();
+    assert!(srv.revoke("tv-gone").await.unwrap());
+    let v = patterns();
+    let body = upload(1, 0, &[Up::abs("p1", quantize(&v[0]))]);
+    let post = move |dev: &'static str, auth: String, body: Vec<u8>| {
+        tokio::task::spawn_blocking(move || {
+            raw(
+                addr,
+                "POST",
+                "/api/v1/sync",
+                &[
+                    ("X-Device-ID", dev),
+                    ("X-Sync-Version", "0"),
+                    ("Content-Type", "application/octet-stream"),
+                    ("Authorization", &auth),
+                ],
+                &body,
+            )
+        })
+    };
+    let answers = [
+        post(
+            "tv-nobody",
+            authz(&key, "tv-nobody", 1, &body),
+            body.clone(),
+        )
+        .await
+        .unwrap(),
+        post("tv-gone", authz(&gone, "tv-gone", 1, &body), body.clone())
+            .await
+            .unwrap(),
+        post("tv-ok", authz(&gone, "tv-ok", 1, &body), body.clone())
+            .await
+            .unwrap(),
+    ];
+    for r in &answers {
+        assert_eq!(r.status, 401);
+        assert_eq!(r.body, answers[0].body);
+        assert_eq!(r.header("x-ots-signature"), None);
+        assert_eq!(r.header("www-authenticate"), Some("OTS1-HMAC-SHA256"));
+    }
+    assert_eq!(answers[0].json()["error"], "unauthorized");
+    let auth = &srv.state().metrics.auth;
+    for reason in ["unknown_device", "revoked", "bad_signature"] {
+        assert_eq!(auth.failures_for(reason), 1, "{reason}");
+    }
+    // The genuine device still syncs.
+    let ok = post("tv-ok", authz(&key, "tv-ok", 1, &body), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    srv.shutdown().await;
+}
+
+/// A request verified under one key generation is refused by the writer
+/// when the device was enrolled again (a new key) before its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_refuses_a_request_whose_key_was_replaced_after_its_check() {
+    use constellation::auth::{self, Presented};
+    use constellation::store;
+    use omega_tv_sync::transport::auth::body_hash;
+    let (_dir, db) = temp_db();
+    let srv = start_hostile(&db, |_| {}).await;
+    let master = srv.state().config.auth.master.clone().unwrap();
+    let key = srv.enrol("tv-k").await.unwrap();
+    let body = b"any body".to_vec();
+    let sig = sign(&key, "POST", "/api/v1/sync", "tv-k", 1, &body).unwrap();
+    let presented = Presented { counter: 1, sig };
+    let hash = body_hash(&body);
+    let mut signer = None;
+    let verified = store::read(&*srv.state().store, |t| {
+        auth::verify(t, &master, "tv-k", &presented, &hash, &mut signer)
+    })
+    .unwrap()
+    .expect("the signature verifies under generation 1");
+    // Between the check and the commit: enrolled again.
+    srv.enrol("tv-k").await.unwrap();
+    let r = store::write(&*srv.state().store, move |txn| {
+        auth::guarded(txn, "tv-k", Some(verified), |_| Ok(Ok(())))
+    })
+    .await
+    .unwrap();
+    let e = r.expect_err("refused");
+    assert_eq!(
+        (e.status, e.code, e.reason),
+        (401, "unauthorized", Some("key_replaced"))
+    );
+    // Nothing moved: the new generation's counter is still 0.
+    let en = auth::enrolment(&*srv.state().store, "tv-k")
+        .unwrap()
+        .unwrap();
+    assert_eq!((en.generation, en.last_counter), (2, 0));
+    srv.shutdown().await;
+}

@@ -193,7 +193,7 @@ async fn read_body(headers: &HeaderMap, body: Body, deadline: Duration) -> Resul
 }
 
 /// Verifies the signature `presented` over `body` for `device` (a read
-/// transaction); returns the counter to advance in the write, `None` when
+/// transaction); returns the counter and key generation the writer re-checks, `None` when
 /// authentication is off.
 fn authenticate(
     st: &AppState,
@@ -201,7 +201,7 @@ fn authenticate(
     presented: Option<&crate::auth::Presented>,
     body: &[u8],
     signer: &mut Option<crate::auth::Signer>,
-) -> Result<Option<u64>, ApiError> {
+) -> Result<Option<crate::auth::Verified>, ApiError> {
     match (presented, &st.config.auth.master) {
         (Some(p), Some(master)) => {
             let hash = omega_tv_sync::transport::auth::body_hash(body);
@@ -218,12 +218,12 @@ fn authenticate(
     }
 }
 
-/// Queues the sync for the writer (guarded by the request counter) and
+/// Queues the sync for the writer (guarded by the verification) and
 /// waits until it is durable; a full queue is `503 overloaded`.
 async fn write(
     st: &AppState,
     up: sync::Upload,
-    counter: Option<u64>,
+    counter: Option<crate::auth::Verified>,
 ) -> Result<sync::Applied, ApiError> {
     let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
@@ -250,12 +250,12 @@ fn count_rejected(st: &AppState, e: &ApiError) {
     st.metrics.syncs_rejected.fetch_add(1, Ordering::Relaxed);
     st.metrics.error(e.code);
     if e.status == 401 {
-        st.metrics.auth.failure(e.code);
+        st.metrics.auth.failure(e.reason.unwrap_or(e.code));
     }
     if e.status >= 500 {
         tracing::warn!(code = e.code, detail = %e.detail, "sync failed");
     } else {
-        tracing::debug!(code = e.code, detail = %e.detail, "sync rejected");
+        tracing::debug!(code = e.code, reason = e.reason, detail = %e.detail, "sync rejected");
     }
 }
 
