@@ -82,10 +82,14 @@ impl MasterSecret {
 
     /// Reads the secret (64 hex digits) from `path`, or creates the file
     /// with a fresh secret, mode 0600, when it does not exist. Returns the
-    /// secret and whether it was created.
+    /// secret and whether it was created. An existing file that group or
+    /// others may access is refused (`PermissionDenied`).
     pub fn load_or_create(path: &Path) -> io::Result<(Self, bool)> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok((Self::parse(&text)?, false)),
+            Ok(text) => {
+                crate::files::check_secret(path)?;
+                Ok((Self::parse(&text)?, false))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let s = Self::generate()?;
                 let mut opts = std::fs::OpenOptions::new();
@@ -104,6 +108,7 @@ impl MasterSecret {
                     }
                     // Created by someone else meanwhile: use theirs.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        crate::files::check_secret(path)?;
                         Ok((Self::parse(&std::fs::read_to_string(path)?)?, false))
                     }
                     Err(e) => Err(e),
@@ -539,5 +544,15 @@ mod tests {
         }
         std::fs::write(&p, "not hex").unwrap();
         assert!(MasterSecret::load_or_create(&p).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&p, format!("{}\n", hex(&[7; 32]))).unwrap();
+            assert!(MasterSecret::load_or_create(&p).is_ok());
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+            let e = MasterSecret::load_or_create(&p).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
     }
 }

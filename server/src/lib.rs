@@ -26,9 +26,11 @@ pub mod auth;
 pub mod codes;
 pub mod download;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod tls;
@@ -338,6 +340,7 @@ impl Server {
         let (store, redb): (Arc<dyn Store>, Option<Arc<store::redb::RedbStore>>) = match &config.db
         {
             Some(path) => {
+                files::prepare_db(path).map_err(StartError::Io)?;
                 let s = Arc::new(
                     store::redb::RedbStore::open(
                         path,

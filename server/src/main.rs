@@ -203,6 +203,10 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Err(e) = constellation::files::prepare_db(&args.db) {
+        eprintln!("constellation: {}: {e}", args.db.display());
+        return ExitCode::FAILURE;
+    }
     let store = match RedbStore::open(&args.db, RedbOptions::default()) {
         Ok(s) => s,
         Err(e) => {
@@ -342,8 +346,8 @@ fn main() -> std::process::ExitCode {
         };
         // The line tests and scripts wait for.
         println!("listening on {}", handle.local_addr());
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+        let sig = constellation::shutdown::signal().await;
+        tracing::info!(signal = sig, "shutting down");
         handle.shutdown().await;
         std::process::ExitCode::SUCCESS
     })

@@ -517,3 +517,108 @@ async fn the_writer_refuses_a_request_whose_key_was_replaced_after_its_check() {
     assert_eq!((en.generation, en.last_counter), (2, 0));
     srv.shutdown().await;
 }
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// `constellation serve` on `db`, its address once it listens.
+fn serve_child(db: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_constellation"))
+        .args(["serve", "--db"])
+        .arg(db)
+        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn constellation");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let l = lines.next().expect("server printed its address").unwrap();
+        if let Some(a) = l.strip_prefix("listening on ") {
+            break a.trim().parse().unwrap();
+        }
+    };
+    (child, addr)
+}
+
+/// Database and master secret are created 0600; SIGTERM drains and exits
+/// 0 with the acknowledged sync on disk; a master secret readable by group
+/// or others stops the server from starting.
+#[test]
+fn sigterm_drains_files_are_0600_and_an_exposed_secret_is_refused() {
+    let bin = env!("CARGO_BIN_EXE_constellation");
+    let (dir, db) = temp_db();
+    let out = std::process::Command::new(bin)
+        .args(["device", "add", "--db"])
+        .arg(&db)
+        .arg("tv-1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let key = DeviceKey::from_hex(line.split_whitespace().nth(1).unwrap()).unwrap();
+    let secret = dir.path().join("constellation.redb.master-secret");
+    assert_eq!(mode_of(&db), 0o600, "database mode");
+    assert_eq!(mode_of(&secret), 0o600, "master secret mode");
+
+    let (mut child, addr) = serve_child(&db);
+    let v = patterns();
+    let body = upload(1, 0, &[Up::abs("p1", quantize(&v[0]))]);
+    let r = raw(
+        addr,
+        "POST",
+        "/api/v1/sync",
+        &[
+            ("X-Device-ID", "tv-1"),
+            ("X-Sync-Version", "0"),
+            ("Content-Type", "application/octet-stream"),
+            ("Authorization", &authz(&key, "tv-1", 1, &body)),
+        ],
+        &body,
+    );
+    assert_eq!(r.status, 200);
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut status = None;
+    for _ in 0..450 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("still running 45 s after SIGTERM")
+    });
+    assert!(
+        status.success(),
+        "SIGTERM must drain and exit 0: {status:?}"
+    );
+    // The store was closed cleanly and holds the sync.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let srv = Server::start(config(&db)).await.unwrap();
+        assert_eq!(srv.device_state("tv-1").unwrap().patterns.len(), 1);
+        srv.shutdown().await;
+    });
+
+    // A master secret group or others may read: refused at start.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--db"])
+        .arg(&db)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(out.stdout.is_empty(), "it must not listen");
+}
