@@ -114,7 +114,23 @@ pub fn rate_limited(retry_after_s: u32) -> ApiError {
     e
 }
 
-/// `500 internal` (storage failure; nothing was stored).
-pub fn internal(detail: impl Into<String>) -> ApiError {
-    ApiError::new(500, "internal", detail)
+/// `500 internal`: an unexpected failure; nothing was stored. `cause` is
+/// logged, never sent (it may be storage error text).
+pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+    tracing::error!(cause = %cause, "internal error");
+    ApiError::new(500, "internal", "internal error; nothing was stored")
+}
+
+/// `503 storage_unavailable` with `Retry-After`: the store could not read
+/// or commit; nothing of this request was stored, retry the same bytes.
+/// `cause` is logged, never sent.
+pub fn storage_unavailable(cause: impl std::fmt::Display, retry_after_s: u32) -> ApiError {
+    tracing::error!(cause = %cause, "storage failure");
+    let mut e = ApiError::new(
+        503,
+        "storage_unavailable",
+        "the server cannot store this now; nothing was stored, retry later",
+    );
+    e.retry_after_s = Some(retry_after_s);
+    e
 }

@@ -622,3 +622,71 @@ fn sigterm_drains_files_are_0600_and_an_exposed_secret_is_refused() {
     assert!(err.contains("chmod 600"), "{err}");
     assert!(out.stdout.is_empty(), "it must not listen");
 }
+
+/// A commit that fails (the file size limit of the process is reached:
+/// `ulimit -f`, SIGXFSZ ignored, so writes fail with "File too large") is
+/// answered `503 storage_unavailable` with `Retry-After` and a generic
+/// message: no storage error text reaches the client.
+#[test]
+fn a_failed_commit_answers_503_with_retry_after_and_no_error_text() {
+    use std::io::BufRead;
+    let (_dir, db) = temp_db();
+    let bin = env!("CARGO_BIN_EXE_constellation");
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 8192; exec '{bin}' serve --db '{}' --listen 127.0.0.1:0 \
+         --insecure-no-auth --log-level error",
+        db.display()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let l = lines.next().expect("server printed its address").unwrap();
+        if let Some(a) = l.strip_prefix("listening on ") {
+            break a.trim().parse().unwrap();
+        }
+    };
+    let v = patterns();
+    let mut refused = None;
+    // Bounded: 64 new patterns per sync until a commit fails.
+    for seq in 1..=600u64 {
+        let ups: Vec<Up> = (0..64)
+            .map(|i| {
+                let id: &'static str = Box::leak(format!("s{seq}-{i}").into_boxed_str());
+                Up::abs(id, quantize(&v[(seq as usize * 64 + i) % v.len()]))
+            })
+            .collect();
+        let body = upload(seq, 0, &ups);
+        let r = post_sync(addr, "tv-fill", "0", &body);
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the size limit was never reached");
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r.status, 503, "{text}");
+    assert_eq!(r.json()["error"], "storage_unavailable");
+    assert!(r
+        .header("retry-after")
+        .is_some_and(|v| v.parse::<u32>().is_ok()));
+    for leak in [
+        "too large",
+        "I/O",
+        "io error",
+        "Previous",
+        "os error",
+        "redb",
+    ] {
+        assert!(
+            !text.to_lowercase().contains(&leak.to_lowercase()),
+            "leaks {leak:?}: {text}"
+        );
+    }
+}

@@ -124,7 +124,10 @@ async fn sync_inner(
     if let Err(e) = store::read(&*st.store, |t| {
         sync::predecode(t, &mut up, &st.config.codebooks)
     }) {
-        return Err(error::internal(e.to_string()));
+        return Err(error::storage_unavailable(
+            e,
+            st.config.overload_retry_after_s.max(1),
+        ));
     }
     let device = up.device.clone();
     let accept_zstd = up.accept_zstd;
@@ -210,7 +213,10 @@ fn authenticate(
             }) {
                 Ok(Ok(c)) => Ok(Some(c)),
                 Ok(Err(e)) => Err(e),
-                Err(e) => Err(error::internal(e.to_string())),
+                Err(e) => Err(error::storage_unavailable(
+                    e,
+                    st.config.overload_retry_after_s.max(1),
+                )),
             }
         }
         (Some(_), None) => Err(error::internal("no master secret")),
@@ -240,7 +246,10 @@ async fn write(
             let wait = st.random_in(&(1..=st.config.overload_retry_after_s.max(1)));
             Err(error::overloaded(wait))
         }
-        Err(e) => Err(error::internal(e.to_string())),
+        Err(e) => Err(error::storage_unavailable(
+            e,
+            st.config.overload_retry_after_s.max(1),
+        )),
     }
 }
 
@@ -286,7 +295,9 @@ fn count_applied(st: &AppState, device: &str, applied: &sync::Applied) {
 async fn version(State(st): St) -> Response {
     match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
         Ok(v) => Json(serde_json::json!({ "version": v })).into_response(),
-        Err(e) => error::internal(e.to_string()).into_response(),
+        Err(e) => {
+            error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
+        }
     }
 }
 
@@ -297,10 +308,10 @@ async fn health(State(st): St) -> Response {
             "auth": if st.config.auth.required { "required" } else { "DISABLED" },
         }))
         .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "error", "detail": e.to_string() })),
-        )
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, {
+            tracing::error!(cause = %e, "health: storage failure");
+            Json(serde_json::json!({ "status": "error", "detail": "storage unavailable" }))
+        })
             .into_response(),
     }
 }
@@ -357,7 +368,10 @@ async fn feed(
     });
     let (current, horizon) = match cur {
         Ok(x) => x,
-        Err(e) => return error::internal(e.to_string()).into_response(),
+        Err(e) => {
+            return error::storage_unavailable(e, st.config.overload_retry_after_s.max(1))
+                .into_response()
+        }
     };
     // The page is a pure function of these; the changelog only grows past `current`.
     let etag = format!(
@@ -398,7 +412,10 @@ async fn feed(
     });
     let page = match page {
         Ok(p) => p,
-        Err(e) => return error::internal(e.to_string()).into_response(),
+        Err(e) => {
+            return error::storage_unavailable(e, st.config.overload_retry_after_s.max(1))
+                .into_response()
+        }
     };
     st.metrics.feed_pages.fetch_add(1, Relaxed);
     st.metrics
@@ -426,6 +443,8 @@ async fn device_patterns(State(st): St, Path(id): Path<String>) -> Response {
     }
     match crate::device_state(&*st.store, &id) {
         Ok(s) => Json(s).into_response(),
-        Err(e) => error::internal(e.to_string()).into_response(),
+        Err(e) => {
+            error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
+        }
     }
 }
