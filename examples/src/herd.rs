@@ -388,6 +388,8 @@ pub async fn run_embedded(cfg: &HerdConfig, dir: &std::path::Path) -> Result<Her
             "missing_auth",
             "malformed_auth",
             "unknown_device",
+            "revoked",
+            "key_replaced",
             "bad_signature",
             "replayed_counter",
         ]

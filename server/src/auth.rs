@@ -10,12 +10,16 @@
 //! |---|---|---|
 //! | no `Authorization` header | 401 | `missing_auth` |
 //! | header present but not in the documented form | 401 | `malformed_auth` |
-//! | device never enrolled, or revoked | 401 | `unknown_device` |
-//! | signature does not verify (constant-time compare) | 401 | `bad_signature` |
-//! | counter not above the last accepted one | 401 | `replayed_counter` (with `last_counter`) |
+//! | device never enrolled, revoked, or signature does not verify | 401 | `unauthorized` |
+//! | counter not above the last accepted one (signature verified) | 401 | `replayed_counter` (with `last_counter`, signed) |
 //!
-//! Each is counted in `constellation_auth_failures_total{code=...}` and
-//! stores nothing.
+//! `unauthorized` is one answer, same body, for an unknown, a revoked and a
+//! wrongly signed device, so nobody can tell which ids are enrolled; an
+//! unknown id costs the same work (a signature check against a dummy key
+//! derived from the master secret and the id). The specific reason
+//! (`unknown_device`, `revoked`, `bad_signature`, `key_replaced`) is only
+//! logged (debug) and counted in `constellation_auth_failures_total{code=...}`
+//! (the admin listener). Nothing is stored.
 //!
 //! **Keys.** The server keeps one 32-byte master secret (a file with mode
 //! 0600, never in the database). A device's key is
@@ -78,10 +82,14 @@ impl MasterSecret {
 
     /// Reads the secret (64 hex digits) from `path`, or creates the file
     /// with a fresh secret, mode 0600, when it does not exist. Returns the
-    /// secret and whether it was created.
+    /// secret and whether it was created. An existing file that group or
+    /// others may access is refused (`PermissionDenied`).
     pub fn load_or_create(path: &Path) -> io::Result<(Self, bool)> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok((Self::parse(&text)?, false)),
+            Ok(text) => {
+                crate::files::check_secret(path)?;
+                Ok((Self::parse(&text)?, false))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let s = Self::generate()?;
                 let mut opts = std::fs::OpenOptions::new();
@@ -100,6 +108,7 @@ impl MasterSecret {
                     }
                     // Created by someone else meanwhile: use theirs.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        crate::files::check_secret(path)?;
                         Ok((Self::parse(&std::fs::read_to_string(path)?)?, false))
                     }
                     Err(e) => Err(e),
@@ -117,6 +126,18 @@ impl MasterSecret {
             )
         })?;
         Ok(MasterSecret(*k.as_bytes()))
+    }
+
+    /// A key no device has, derived from the secret and `device`: the
+    /// signature of a request from an unknown id is checked against it, so
+    /// that refusal costs what a wrong signature costs.
+    pub fn dummy_key(&self, device: &str) -> DeviceKey {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+            return DeviceKey::new([0; 32]);
+        };
+        mac.update(b"OTS1 unknown device");
+        mac.update(device.as_bytes());
+        DeviceKey::new(mac.finalize().into_bytes().into())
     }
 
     /// The key of `device` at `generation`.
@@ -242,6 +263,14 @@ fn refuse(code: &'static str, detail: impl Into<String>) -> ApiError {
     ApiError::new(401, code, detail)
 }
 
+/// The one answer for an unknown, revoked or wrongly signed device;
+/// `reason` goes to logs and metrics only.
+pub fn unauthorized(reason: &'static str) -> ApiError {
+    let mut e = refuse("unauthorized", "the request is not authorized");
+    e.reason = Some(reason);
+    e
+}
+
 fn replayed(counter: u64, last: u64) -> ApiError {
     let mut e = refuse(
         "replayed_counter",
@@ -310,14 +339,14 @@ pub fn verify(
     p: &Presented,
     body_sha256: &[u8; 32],
     signer: &mut Option<Signer>,
-) -> StoreResult<Result<u64, ApiError>> {
-    let Some(e) = txn.enrolment(device)? else {
-        return Ok(Err(refuse("unknown_device", "the device is not enrolled")));
+) -> StoreResult<Result<Verified, ApiError>> {
+    let enrolment = txn.enrolment(device)?;
+    // The same work whatever the enrolment: derive a key (a dummy one for an
+    // unknown id) and check the signature, then decide.
+    let key = match &enrolment {
+        Some(e) => master.device_key(device, e.generation),
+        None => master.dummy_key(device),
     };
-    if e.revoked {
-        return Ok(Err(refuse("unknown_device", "the device was revoked")));
-    }
-    let key = master.device_key(device, e.generation);
     let ok = wire_auth::verify(
         &key,
         "POST",
@@ -327,11 +356,14 @@ pub fn verify(
         body_sha256,
         &p.sig,
     );
+    let Some(e) = enrolment else {
+        return Ok(Err(unauthorized("unknown_device")));
+    };
+    if e.revoked {
+        return Ok(Err(unauthorized("revoked")));
+    }
     if !ok {
-        return Ok(Err(refuse(
-            "bad_signature",
-            "the signature does not verify",
-        )));
+        return Ok(Err(unauthorized("bad_signature")));
     }
     *signer = Some(Signer {
         key,
@@ -340,33 +372,51 @@ pub fn verify(
     if p.counter <= e.last_counter {
         return Ok(Err(replayed(p.counter, e.last_counter)));
     }
-    Ok(Ok(p.counter))
+    Ok(Ok(Verified {
+        counter: p.counter,
+        generation: e.generation,
+    }))
+}
+
+/// A request whose signature verified: its counter and the key generation
+/// it was signed with, both re-checked by the writer ([`guarded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The request counter.
+    pub counter: u64,
+    /// The key generation the signature verified under.
+    pub generation: u32,
 }
 
 /// Runs `f` (the sync) inside the write transaction, guarded by the
-/// counter: refused when another request advanced the counter meanwhile,
-/// and the counter advanced when `f` succeeds. `counter = None`: no auth.
+/// verification: refused when the device was revoked or re-enrolled (a new
+/// key generation) since its signature was checked, or another request
+/// advanced the counter meanwhile; the counter is advanced when `f`
+/// succeeds. `verified = None`: no auth.
 pub fn guarded<R>(
     txn: &mut dyn WriteTxn,
     device: &str,
-    counter: Option<u64>,
+    verified: Option<Verified>,
     f: impl FnOnce(&mut dyn WriteTxn) -> StoreResult<Result<R, ApiError>>,
 ) -> StoreResult<Result<R, ApiError>> {
-    let Some(counter) = counter else {
+    let Some(v) = verified else {
         return f(txn);
     };
     let Some(mut e) = txn.enrolment(device)? else {
-        return Ok(Err(refuse("unknown_device", "the device is not enrolled")));
+        return Ok(Err(unauthorized("unknown_device")));
     };
     if e.revoked {
-        return Ok(Err(refuse("unknown_device", "the device was revoked")));
+        return Ok(Err(unauthorized("revoked")));
     }
-    if counter <= e.last_counter {
-        return Ok(Err(replayed(counter, e.last_counter)));
+    if e.generation != v.generation {
+        return Ok(Err(unauthorized("key_replaced")));
+    }
+    if v.counter <= e.last_counter {
+        return Ok(Err(replayed(v.counter, e.last_counter)));
     }
     let r = f(txn)?;
     if r.is_ok() {
-        e.last_counter = counter;
+        e.last_counter = v.counter;
         txn.put_enrolment(device, &e)?;
     }
     Ok(r)
@@ -427,7 +477,7 @@ pub async fn enrol_many(
         .collect())
 }
 
-/// Revokes `device`: its requests get `401 unknown_device` until it is
+/// Revokes `device`: its requests get `401 unauthorized` until it is
 /// enrolled again (with a new key). `Ok(false)` when it was not enrolled.
 pub async fn revoke(store: &dyn Store, device: &str) -> StoreResult<bool> {
     let id = device.to_string();
@@ -479,5 +529,15 @@ mod tests {
         }
         std::fs::write(&p, "not hex").unwrap();
         assert!(MasterSecret::load_or_create(&p).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&p, format!("{}\n", hex(&[7; 32]))).unwrap();
+            assert!(MasterSecret::load_or_create(&p).is_ok());
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+            let e = MasterSecret::load_or_create(&p).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
     }
 }

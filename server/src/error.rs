@@ -22,6 +22,10 @@ pub struct ApiError {
     pub retry_after_s: Option<u32>,
     /// For `401 replayed_counter`: the last accepted request counter.
     pub last_counter: Option<u64>,
+    /// For `401 unauthorized`: the specific reason (`unknown_device`,
+    /// `revoked`, `bad_signature`, `key_replaced`), for logs and metrics
+    /// only; never sent to the client.
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -34,6 +38,7 @@ impl ApiError {
             last_seq: None,
             retry_after_s: None,
             last_counter: None,
+            reason: None,
         }
     }
 
@@ -109,7 +114,23 @@ pub fn rate_limited(retry_after_s: u32) -> ApiError {
     e
 }
 
-/// `500 internal` (storage failure; nothing was stored).
-pub fn internal(detail: impl Into<String>) -> ApiError {
-    ApiError::new(500, "internal", detail)
+/// `500 internal`: an unexpected failure; nothing was stored. `cause` is
+/// logged, never sent (it may be storage error text).
+pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+    tracing::error!(cause = %cause, "internal error");
+    ApiError::new(500, "internal", "internal error; nothing was stored")
+}
+
+/// `503 storage_unavailable` with `Retry-After`: the store could not read
+/// or commit; nothing of this request was stored, retry the same bytes.
+/// `cause` is logged, never sent.
+pub fn storage_unavailable(cause: impl std::fmt::Display, retry_after_s: u32) -> ApiError {
+    tracing::error!(cause = %cause, "storage failure");
+    let mut e = ApiError::new(
+        503,
+        "storage_unavailable",
+        "the server cannot store this now; nothing was stored, retry later",
+    );
+    e.retry_after_s = Some(retry_after_s);
+    e
 }

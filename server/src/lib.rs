@@ -30,8 +30,11 @@ pub mod auth;
 pub mod codebooks;
 pub mod download;
 pub mod error;
+pub mod files;
 pub mod http;
+pub mod listen;
 pub mod metrics;
+pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod tls;
@@ -57,6 +60,7 @@ use store::{Meta, Store, StoreError, StoreResult};
 pub use aggregate::trends::TrendConfig;
 pub use aggregate::AggregateConfig;
 pub use auth::{AuthConfig, MasterSecret};
+pub use listen::Limits;
 
 /// Everything a server instance is configured with.
 #[derive(Clone, Debug)]
@@ -101,6 +105,8 @@ pub struct Config {
     /// Serve HTTPS with this certificate and key (`None`: plain HTTP, for
     /// loopback or behind a TLS-terminating proxy).
     pub tls: Option<tls::TlsConfig>,
+    /// Connection limits of the listener (timeouts, sizes, caps).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -123,6 +129,7 @@ impl Config {
             trends: TrendConfig::default(),
             auth: AuthConfig::new(),
             tls: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -356,6 +363,7 @@ impl Server {
                 (s, None)
             }
             Some(path) => {
+                files::prepare_db(path).map_err(StartError::Io)?;
                 let s = Arc::new(
                     store::redb::RedbStore::open(
                         path,
@@ -384,30 +392,14 @@ impl Server {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let app = http::router(state.clone());
-        let mut serve_stop = stop_rx.clone();
-        let shutdown = async move {
-            let _ = serve_stop.wait_for(|s| *s).await;
-        };
-        let serve = match tls {
-            None => tokio::spawn(async move {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "server stopped");
-                }
-            }),
-            Some(tc) => {
-                let l =
-                    tls::TlsListener::new(listener, tc, stop_rx.clone()).map_err(StartError::Io)?;
-                tokio::spawn(async move {
-                    let r = axum::serve(l, app).with_graceful_shutdown(shutdown).await;
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "server stopped");
-                    }
-                })
-            }
-        };
+        let serve = tokio::spawn(listen::serve(
+            listener,
+            tls,
+            app,
+            state.config.limits.clone(),
+            state.metrics.conns.clone(),
+            stop_rx.clone(),
+        ));
         let aggregator = tokio::spawn(aggregate::run(state.clone(), stop_rx));
         tracing::info!(addr = %local_addr, db = ?state.config.db, "constellation listening");
         Ok(ServerHandle {

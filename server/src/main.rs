@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve the sync API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Enrol or revoke devices (request signing). On a redb file: stop the
     /// server first (redb allows one process). On PostgreSQL: works while
     /// the deployment runs.
@@ -203,6 +203,9 @@ struct ServeArgs {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
+    /// Connection limits.
+    #[command(flatten)]
+    limits: constellation::listen::LimitArgs,
 }
 
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
@@ -251,7 +254,10 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
         }
     };
     let store: Box<dyn Store> = match &db {
-        Db::Redb(path) => match RedbStore::open(path, RedbOptions::default()) {
+        Db::Redb(path) => match constellation::files::prepare_db(path)
+            .map_err(|e| e.to_string())
+            .and_then(|()| RedbStore::open(path, RedbOptions::default()).map_err(|e| e.to_string()))
+        {
             Ok(s) => Box::new(s),
             Err(e) => {
                 eprintln!(
@@ -332,7 +338,7 @@ fn device_cmd(cmd: DeviceCmd) -> std::process::ExitCode {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.cmd {
-        Cmd::Serve(args) => args,
+        Cmd::Serve(args) => *args,
         Cmd::Device(cmd) => return device_cmd(cmd),
     };
     tracing_subscriber::fmt()
@@ -354,6 +360,7 @@ fn main() -> std::process::ExitCode {
     config.min_sync_interval_s = args.min_sync_interval;
     config.queue_limit = args.queue_limit;
     config.admin = args.admin;
+    config.limits = args.limits.limits();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(constellation::tls::TlsConfig {
             cert: cert.clone(),
@@ -416,8 +423,8 @@ fn main() -> std::process::ExitCode {
         };
         // The line tests and scripts wait for.
         println!("listening on {}", handle.local_addr());
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+        let sig = constellation::shutdown::signal().await;
+        tracing::info!(signal = sig, "shutting down");
         handle.shutdown().await;
         std::process::ExitCode::SUCCESS
     })

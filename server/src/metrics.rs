@@ -38,6 +38,8 @@ pub struct Metrics {
     pub published: AtomicU64,
     /// Authentication failures by code (`crate::auth`).
     pub auth: crate::auth::AuthMetrics,
+    /// Connections of the sync listener (`crate::listen`).
+    pub conns: std::sync::Arc<crate::listen::ConnMetrics>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
@@ -208,6 +210,7 @@ impl Metrics {
         );
         let _ = writeln!(s, "{name}_count {count}");
         self.auth.render(&mut s);
+        self.conns.render(&mut s);
         s
     }
 }

@@ -323,14 +323,14 @@ async fn auth(b: Backend) {
             "tv-zz",
             Some(authz(&key, "tv-zz", 6, &body2)),
             &body2,
-            "unknown_device",
+            "unauthorized",
         ),
         (
             "wrong key",
             "tv-a",
             Some(authz(&other, "tv-a", 6, &body2)),
             &body2,
-            "bad_signature",
+            "unauthorized",
         ),
         (
             "replayed counter",
@@ -368,7 +368,7 @@ async fn auth(b: Backend) {
     let r = post_signed(addr, "tv-a", Some(&authz(&key, "tv-a", 100, &body)), &body);
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
-        (401, Some("unknown_device"))
+        (401, Some("unauthorized"))
     );
     srv.shutdown().await;
 }
@@ -580,7 +580,7 @@ fn device_commands_work_against_a_running_postgres_deployment() {
     let r = post_signed(addr, "tv-1", Some(&authz(&key, "tv-1", 2, &body)), &body);
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
-        (401, Some("unknown_device"))
+        (401, Some("unauthorized"))
     );
     let _ = child.kill();
     let _ = child.wait();

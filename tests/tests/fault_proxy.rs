@@ -106,6 +106,8 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
         "missing_auth",
         "malformed_auth",
         "unknown_device",
+        "revoked",
+        "key_replaced",
         "bad_signature",
     ] {
         assert_eq!(auth.failures_for(code), 0, "{code}");

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -112,7 +112,7 @@ async fn sync_inner(
         false => None,
     };
     let version = sync::check_sync_version(headers.get("x-sync-version").map(|v| v.as_bytes()))?;
-    let bytes = read_body(headers, body).await?;
+    let bytes = read_body(headers, body, st.config.limits.body_read_timeout).await?;
     st.metrics
         .bytes_in
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -146,8 +146,9 @@ async fn sync_inner(
 
 /// Reads the body of a sync: `application/octet-stream`, at most
 /// `MAX_UPLOAD_FRAME` bytes (refused by `Content-Length` before reading,
-/// else while reading).
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// else while reading), within `deadline` (`408 body_timeout`; the
+/// connection is closed after the answer, the rest of the body unread).
+async fn read_body(headers: &HeaderMap, body: Body, deadline: Duration) -> Result<Bytes, ApiError> {
     if !is_octet_stream(headers) {
         return Err(ApiError::new(
             415,
@@ -171,22 +172,28 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
             return Err(too_large());
         }
     }
-    axum::body::to_bytes(body, MAX_UPLOAD_FRAME)
-        .await
-        .map_err(|e| {
-            let mut src: Option<&dyn std::error::Error> = Some(&e);
-            while let Some(s) = src {
-                if s.to_string().contains("length limit") {
-                    return too_large();
-                }
-                src = s.source();
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, MAX_UPLOAD_FRAME)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            408,
+            "body_timeout",
+            format!("the body did not arrive within {} s", deadline.as_secs()),
+        ));
+    };
+    read.map_err(|e| {
+        let mut src: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = src {
+            if s.to_string().contains("length limit") {
+                return too_large();
             }
-            ApiError::new(400, "truncated", format!("reading the body: {e}"))
-        })
+            src = s.source();
+        }
+        ApiError::new(400, "truncated", format!("reading the body: {e}"))
+    })
 }
 
 /// Verifies the signature `presented` over `body` for `device` (a read
-/// transaction); returns the counter to advance in the write, `None` when
+/// transaction); returns the counter and key generation the writer re-checks, `None` when
 /// authentication is off.
 fn authenticate(
     st: &AppState,
@@ -194,7 +201,7 @@ fn authenticate(
     presented: Option<&crate::auth::Presented>,
     body: &[u8],
     signer: &mut Option<crate::auth::Signer>,
-) -> Result<Option<u64>, ApiError> {
+) -> Result<Option<crate::auth::Verified>, ApiError> {
     match (presented, &st.config.auth.master) {
         (Some(p), Some(master)) => {
             let hash = omega_tv_sync::transport::auth::body_hash(body);
@@ -211,12 +218,12 @@ fn authenticate(
     }
 }
 
-/// Queues the sync for the writer (guarded by the request counter) and
+/// Queues the sync for the writer (guarded by the verification) and
 /// waits until it is durable; a full queue is `503 overloaded`.
 async fn write(
     st: &AppState,
     up: sync::Upload,
-    counter: Option<u64>,
+    counter: Option<crate::auth::Verified>,
 ) -> Result<sync::Applied, ApiError> {
     let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
@@ -233,7 +240,10 @@ async fn write(
             let wait = st.random_in(&(1..=st.config.overload_retry_after_s.max(1)));
             Err(error::overloaded(wait))
         }
-        Err(e) => Err(error::internal(e.to_string())),
+        Err(e) => Err(error::storage_unavailable(
+            e,
+            st.config.overload_retry_after_s.max(1),
+        )),
     }
 }
 
@@ -243,12 +253,12 @@ fn count_rejected(st: &AppState, e: &ApiError) {
     st.metrics.syncs_rejected.fetch_add(1, Ordering::Relaxed);
     st.metrics.error(e.code);
     if e.status == 401 {
-        st.metrics.auth.failure(e.code);
+        st.metrics.auth.failure(e.reason.unwrap_or(e.code));
     }
     if e.status >= 500 {
         tracing::warn!(code = e.code, detail = %e.detail, "sync failed");
     } else {
-        tracing::debug!(code = e.code, detail = %e.detail, "sync rejected");
+        tracing::debug!(code = e.code, reason = e.reason, detail = %e.detail, "sync rejected");
     }
 }
 
@@ -278,21 +288,24 @@ fn count_applied(st: &AppState, device: &str, applied: &sync::Applied) {
 
 /// A store error before the write: the database unavailable (a shared
 /// database that is down or restarting: [`StoreError::Overloaded`]) is
-/// `503` with `Retry-After`, like a full queue; anything else `500`.
+/// `503 overloaded` with `Retry-After`, like a full queue; anything else
+/// `503 storage_unavailable` (the cause logged, never sent).
 fn unavailable_or_internal(st: &AppState, e: StoreError) -> ApiError {
     match e {
         StoreError::Overloaded => {
             let wait = st.random_in(&(1..=st.config.overload_retry_after_s.max(1)));
             error::overloaded(wait)
         }
-        e => error::internal(e.to_string()),
+        e => error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)),
     }
 }
 
 async fn version(State(st): St) -> Response {
     match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
         Ok(v) => Json(serde_json::json!({ "version": v })).into_response(),
-        Err(e) => error::internal(e.to_string()).into_response(),
+        Err(e) => {
+            error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
+        }
     }
 }
 
@@ -303,10 +316,10 @@ async fn health(State(st): St) -> Response {
             "auth": if st.config.auth.required { "required" } else { "DISABLED" },
         }))
         .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "error", "detail": e.to_string() })),
-        )
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, {
+            tracing::error!(cause = %e, "health: storage failure");
+            Json(serde_json::json!({ "status": "error", "detail": "storage unavailable" }))
+        })
             .into_response(),
     }
 }
@@ -363,7 +376,10 @@ async fn feed(
     });
     let (current, horizon) = match cur {
         Ok(x) => x,
-        Err(e) => return error::internal(e.to_string()).into_response(),
+        Err(e) => {
+            return error::storage_unavailable(e, st.config.overload_retry_after_s.max(1))
+                .into_response()
+        }
     };
     // The page is a pure function of these; the changelog only grows past `current`.
     let etag = format!(
@@ -404,7 +420,10 @@ async fn feed(
     });
     let page = match page {
         Ok(p) => p,
-        Err(e) => return error::internal(e.to_string()).into_response(),
+        Err(e) => {
+            return error::storage_unavailable(e, st.config.overload_retry_after_s.max(1))
+                .into_response()
+        }
     };
     st.metrics.feed_pages.fetch_add(1, Relaxed);
     st.metrics
@@ -432,6 +451,8 @@ async fn device_patterns(State(st): St, Path(id): Path<String>) -> Response {
     }
     match crate::device_state(&*st.store, &id) {
         Ok(s) => Json(s).into_response(),
-        Err(e) => error::internal(e.to_string()).into_response(),
+        Err(e) => {
+            error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
+        }
     }
 }

@@ -34,7 +34,7 @@ pub struct Enrolment {
     pub generation: u32,
     /// When it was (last) enrolled, Unix seconds.
     pub enrolled_at: u64,
-    /// Revoked devices are refused (`401 unknown_device`).
+    /// Revoked devices are refused (`401 unauthorized`).
     pub revoked: bool,
     /// Counter of the last accepted request (0: none yet).
     pub last_counter: u64,

@@ -110,7 +110,7 @@ fn cli_enrols_and_serve_requires_signatures() {
     );
     assert_eq!(
         (revoked.status, revoked.json()["error"].as_str()),
-        (401, Some("unknown_device"))
+        (401, Some("unauthorized"))
     );
     let _ = child.kill();
     let _ = child.wait();

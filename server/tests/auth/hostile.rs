@@ -1,7 +1,9 @@
 //! Hostile authentication inputs, each tried many times.
 
 use crate::common::*;
-use crate::{auth_failures, authz, post_signed, snapshot, start_auth};
+use crate::{
+    auth_failures, authz, post_signed, snapshot, start_auth, wire_code, UNAUTHORIZED_BODY,
+};
 use omega_tv_sync::DeviceKey;
 
 /// The hostile inputs of docs/reliability.md ("Authentication"), each tried
@@ -188,14 +190,19 @@ async fn hostile_inputs_are_refused_and_store_nothing() {
         for (dev, auth, b) in reqs {
             let r = post_signed(addr, dev, "0", auth.as_deref(), b);
             assert_eq!(r.status, 401, "{what}: {auth:?}");
-            assert_eq!(r.json()["error"], *code, "{what}: {auth:?}");
+            assert_eq!(r.json()["error"], wire_code(code), "{what}: {auth:?}");
+            if wire_code(code) == "unauthorized" {
+                assert_eq!(r.body, UNAUTHORIZED_BODY, "{what}: {auth:?}");
+            }
             ok += 1;
         }
         assert_eq!(snapshot(&srv, "tv-h"), before, "{what}: store unchanged");
         assert_eq!(auth_failures(addr, code), m0 + reqs.len() as f64, "{what}");
         println!(
-            "| {what} | {} | 401 `{code}`, nothing stored | {ok} x 401 `{code}`; store unchanged; metric +{} |",
+            "| {what} | {} | 401 `{}`, nothing stored | {ok} x 401 `{}`; store unchanged; metric `{code}` +{} |",
             reqs.len(),
+            wire_code(code),
+            wire_code(code),
             reqs.len()
         );
     }

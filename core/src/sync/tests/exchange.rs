@@ -98,6 +98,6 @@ fn every_attempt_is_signed_with_a_new_counter() {
     let before = net.peer.requests;
     let r = block(wrong.exchange(&mut net, &mut tx, &mut rx, 3, &mut ()));
     assert!(matches!(r, Err(SyncError::Core(Error::Rejected))));
-    assert_eq!(net.refused, ["missing_auth", "bad_signature"]);
+    assert_eq!(net.refused, ["missing_auth", "unauthorized"]);
     assert_eq!(net.peer.requests, before);
 }

@@ -376,8 +376,8 @@ impl Transport for AuthLoop<'_> {
         self.seen.push(counter);
         let hash = auth::body_hash(req.body);
         if !auth::verify(&self.key, "POST", req.path, device, counter, &hash, &sig) {
-            self.refused.push("bad_signature");
-            return refuse(buf, "bad_signature", self.last_counter);
+            self.refused.push("unauthorized");
+            return refuse(buf, "unauthorized", self.last_counter);
         }
         let sign = |r: core::result::Result<Response, Dropped>, buf: &[u8]| {
             r.map(|mut r| {
