@@ -151,8 +151,10 @@ async fn forged_and_replayed_answers_change_nothing() {
         .collect();
     let keys_file = dir.path().join("keys.txt");
     std::fs::write(&keys_file, lines).unwrap();
-    let mut a = fleet::Args::default();
-    a.keys = Some(keys_file);
+    let mut a = fleet::Args {
+        keys: Some(keys_file),
+        ..Default::default()
+    };
     a.sim.devices = 100;
     a.sim.rounds = 4;
     a.sim.seed = 9;
