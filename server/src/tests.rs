@@ -399,3 +399,68 @@ fn stale_cursor_gets_a_paged_snapshot() {
     // A fresh device (0) never needs a reset.
     assert!(!page(&s, 0, 100, None).reset);
 }
+
+/// Runs `f` in one write transaction of the in-memory store.
+fn put(s: &MemStore, f: impl FnOnce(&mut dyn WriteTxn) -> store::StoreResult<()> + Send + 'static) {
+    s.submit(Box::new(move |txn: &mut dyn WriteTxn| {
+        let r = f(txn);
+        let done: store::Finish = Box::new(|_| {});
+        (done, r)
+    }))
+    .unwrap();
+}
+
+/// A device that moved to another codebook: its stored pattern (in the old
+/// codebook) answers a delta with a conflict without state; the documented
+/// resolution, absolute on `server_rev`, then applies (it used to be refused
+/// with the same conflict again, for good), and so does a removal.
+#[test]
+fn a_pattern_stored_in_another_codebook_is_replaced_by_an_absolute_upload() {
+    let s = MemStore::new();
+    let old_book = ID ^ 0x5a5a_5a5a;
+    put(&s, move |txn| {
+        txn.put_pattern(
+            "dev-1",
+            "p1",
+            &crate::store::StoredPattern {
+                revision: 3,
+                codebook: old_book,
+                success_rate: 0.9,
+                sample_count: 40,
+                category: "drama".into(),
+                codes: Box::new(codes(9)),
+            },
+        )
+    });
+    let a = codes(1);
+    // A delta against codes of another codebook: conflict, no state.
+    let r = sync_once(&s, &frame(1, 0, &[U::Delta("p1", 3, &a)])).unwrap();
+    assert_eq!((r.acked, r.conflicts), (0, 1));
+    match &acks(&r.response)[1] {
+        Record::Conflict(c) => assert_eq!((c.server_rev, c.state.is_none()), (3, true)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Absolute on the server's revision: applied, now in this codebook.
+    let r = sync_once(&s, &frame(2, 0, &[U::Abs("p1", 3, &a)])).unwrap();
+    assert_eq!((r.acked, r.conflicts), (1, 0));
+    let st = crate::device_state(&s, "dev-1").unwrap();
+    assert_eq!(st.patterns[0].revision, 4);
+    assert_eq!(st.patterns[0].codebook, ID);
+    assert_eq!(st.patterns[0].codes, a.to_vec());
+    // A stale absolute (old revision) still conflicts.
+    let r = sync_once(&s, &frame(3, 0, &[U::Abs("p1", 3, &a)])).unwrap();
+    assert_eq!((r.acked, r.conflicts), (0, 1));
+    // A removal on the current revision of a pattern in another codebook
+    // applies too.
+    put(&s, move |txn| {
+        let mut p = txn.pattern("dev-1", "p1")?.expect("stored");
+        p.codebook = old_book;
+        txn.put_pattern("dev-1", "p1", &p)
+    });
+    let r = sync_once(&s, &frame(4, 0, &[U::Rm("p1", 4)])).unwrap();
+    assert_eq!((r.acked, r.conflicts), (1, 0));
+    assert!(crate::device_state(&s, "dev-1")
+        .unwrap()
+        .patterns
+        .is_empty());
+}

@@ -229,8 +229,15 @@ fn plan(
     let base_rev = match item {
         Item::Update { base_rev, .. } | Item::Removal { base_rev, .. } => *base_rev,
     };
+    // A pattern stored in another codebook than the frame's cannot take a
+    // delta (its base codes mean something else): a conflict without state,
+    // after which the device re-sends absolute on `server_rev`. An absolute
+    // update or a removal on the current revision applies whatever the
+    // stored codebook (the absolute codes are the frame's own), so a device
+    // that changed codebook gets out after one conflict.
     let same_book = cur.as_ref().is_none_or(|p| p.codebook == up.codebook);
-    if base_rev != cur_rev || (!same_book && base_rev != 0) {
+    let is_delta = matches!(item, Item::Update { absolute: None, .. });
+    if base_rev != cur_rev || (!same_book && is_delta) {
         let answer = Answer::Conflict {
             id: item.id().to_string(),
             server_rev: cur_rev,
