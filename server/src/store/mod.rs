@@ -196,6 +196,34 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Queues `work` on a writer's bounded channel (both backends' `submit`):
+/// `Overloaded` when it is full, `Closed` once the store shut down; `depth`
+/// counts what is queued.
+pub fn enqueue(
+    tx: &std::sync::Mutex<Option<std::sync::mpsc::SyncSender<Work>>>,
+    depth: &std::sync::atomic::AtomicUsize,
+    work: Work,
+) -> StoreResult<()> {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::TrySendError;
+    let tx = tx
+        .lock()
+        .map_err(|_| StoreError::Closed)?
+        .clone()
+        .ok_or(StoreError::Closed)?;
+    depth.fetch_add(1, Ordering::Relaxed);
+    match tx.try_send(work) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            depth.fetch_sub(1, Ordering::Relaxed);
+            Err(match e {
+                TrySendError::Full(_) => StoreError::Overloaded,
+                TrySendError::Disconnected(_) => StoreError::Closed,
+            })
+        }
+    }
+}
+
 /// Runs `f` in the next group commit and returns its result once durable.
 pub async fn write<S, R, F>(store: &S, f: F) -> StoreResult<R>
 where

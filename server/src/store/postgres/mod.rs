@@ -73,7 +73,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -230,23 +230,7 @@ fn migrate(
 
 impl Store for PgStore {
     fn submit(&self, work: Work) -> StoreResult<()> {
-        let tx = self
-            .tx
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(work) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => StoreError::Overloaded,
-                    TrySendError::Disconnected(_) => StoreError::Closed,
-                })
-            }
-        }
+        super::enqueue(&self.tx, &self.depth, work)
     }
 
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()> {

@@ -12,7 +12,7 @@ mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -113,23 +113,7 @@ impl Drop for RedbStore {
 
 impl Store for RedbStore {
     fn submit(&self, work: Work) -> StoreResult<()> {
-        let tx = self
-            .tx
-            .lock()
-            .map_err(|_| StoreError::Closed)?
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(work) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => StoreError::Overloaded,
-                    TrySendError::Disconnected(_) => StoreError::Closed,
-                })
-            }
-        }
+        super::enqueue(&self.tx, &self.depth, work)
     }
 
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()> {
