@@ -63,8 +63,13 @@ pub struct PageRequest<'a> {
     pub since: u64,
     /// Its caps.
     pub caps: Caps,
-    /// Codebook id of the frame (global codes in another codebook are passed over).
+    /// Codebook id of the frame. A global pattern published in another
+    /// codebook is transcoded into this one (decoded, reconstructed,
+    /// quantised here) when `codebooks` holds both, so every accepted
+    /// codebook gets every global pattern; without them it is passed over.
     pub codebook: u32,
+    /// The codebooks to transcode with.
+    pub codebooks: Option<&'a crate::codebooks::Codebooks>,
     /// Acks and conflicts, in upload order.
     pub answers: &'a [Answer],
     /// Pacing for a last page.
@@ -150,7 +155,32 @@ impl Owned {
     }
 }
 
-fn owned(version: u64, change: GlobalChange, codebook: u32) -> Option<Owned> {
+/// A global pattern's code, published in codebook `from`, in codebook `to`:
+/// decoded, reconstructed to its embedding and quantised again. `None` when
+/// either codebook is unknown or the code does not decode.
+fn transcode(
+    books: &crate::codebooks::Codebooks,
+    from: u32,
+    to: u32,
+    code: &[u8],
+) -> Option<Vec<u8>> {
+    let (src, dst) = (books.get(from)?, books.get(to)?);
+    let mut codes = [0i16; omega_tv_sync::DIM];
+    src.decode(code, None, &mut codes).ok()?;
+    let e = src.reconstruct(&codes).ok()?;
+    let q = dst.quantize(&e);
+    let mut out = vec![0u8; omega_tv_sync::codec::MAX_CODED_LEN];
+    let n = dst.encode(&q, &mut out).ok()?;
+    out.truncate(n);
+    Some(out)
+}
+
+fn owned(
+    version: u64,
+    change: GlobalChange,
+    codebook: u32,
+    books: Option<&crate::codebooks::Codebooks>,
+) -> Option<Owned> {
     Some(match change {
         GlobalChange::Upsert {
             id,
@@ -161,9 +191,10 @@ fn owned(version: u64, change: GlobalChange, codebook: u32) -> Option<Owned> {
             codebook: cb,
             code,
         } => {
-            if cb != codebook {
-                return None;
-            }
+            let code = match cb == codebook {
+                true => code,
+                false => transcode(books?, cb, codebook, &code)?,
+            };
             Owned::Upsert(
                 id,
                 version,
@@ -333,7 +364,7 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
             more = true;
             return Ok(false);
         }
-        let Some(o) = owned(version, change, req.codebook) else {
+        let Some(o) = owned(version, change, req.codebook, req.codebooks) else {
             last = version;
             return Ok(true);
         };

@@ -321,6 +321,7 @@ fn page(s: &MemStore, since: u64, max_globals: u16, snap: Option<u64>) -> downlo
                     max_bytes: 1 << 20,
                 },
                 codebook: ID,
+                codebooks: None,
                 answers: &[],
                 next_sync_s: 300,
                 snapshot_horizon: snap,
@@ -463,4 +464,90 @@ fn a_pattern_stored_in_another_codebook_is_replaced_by_an_absolute_upload() {
         .unwrap()
         .patterns
         .is_empty());
+}
+
+/// Every accepted codebook gets every global pattern: one published in
+/// `minilm-v1` reaches a `minilm-small-v1` device's page transcoded into its
+/// codebook (it used to be passed over while the cursor moved past it).
+#[test]
+fn a_global_reaches_a_device_of_another_codebook() {
+    use omega_tv_sync::{codec, Embedding};
+    let books = crate::codebooks::default_codebooks();
+    let (v1, small) = (
+        codec::minilm_v1().unwrap(),
+        codec::minilm_small_v1().unwrap(),
+    );
+    let rows = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/minilm/items_public.f32"
+    ))
+    .unwrap();
+    let e = Embedding::from_le_bytes(&rows[..DIM * 4]).unwrap();
+    let mut buf = vec![0u8; codec::MAX_CODED_LEN];
+    let n = v1.encode(&v1.quantize(&e), None, &mut buf).unwrap();
+    let code = buf[..n].to_vec();
+    let s = MemStore::new();
+    let v1_id = v1.id();
+    put(&s, move |txn| {
+        txn.publish(&GlobalChange::Upsert {
+            id: 7,
+            success_rate: 0.9,
+            sample_count: 100,
+            contributors: 5,
+            category: "drama".into(),
+            codebook: v1_id,
+            code,
+        })
+        .map(|_| ())
+    });
+    let page_in = |cb: u32, books: Option<&Codebooks>| {
+        store::read(&s, |t| {
+            download::build(
+                t,
+                &PageRequest {
+                    seq: 0,
+                    since: 0,
+                    caps: caps(),
+                    codebook: cb,
+                    codebooks: books,
+                    answers: &[],
+                    next_sync_s: 300,
+                    snapshot_horizon: None,
+                },
+            )
+        })
+        .unwrap()
+    };
+    // Without the codebooks to transcode with, the old behaviour: passed over.
+    let none = page_in(small.id(), None);
+    let f = FrameReader::parse(&none.frame).unwrap();
+    assert_eq!(
+        f.records()
+            .filter(|r| matches!(r, Ok(Record::GlobalUpsert(_))))
+            .count(),
+        0
+    );
+    // With them: the global, in the small codebook, close to the original.
+    let p = page_in(small.id(), Some(&books));
+    let f = FrameReader::parse(&p.frame).unwrap();
+    assert_eq!(f.codebook_id(), small.id());
+    let g = f
+        .records()
+        .find_map(|r| match r {
+            Ok(Record::GlobalUpsert(g)) => Some((g.id, g.code.to_vec())),
+            _ => None,
+        })
+        .expect("the global reaches the small-codebook device");
+    assert_eq!(g.0, 7);
+    let mut c = [0i16; DIM];
+    small.decode(&g.1, None, &mut c).unwrap();
+    let back = small.reconstruct(&c).unwrap();
+    let cos: f32 = back
+        .as_array()
+        .iter()
+        .zip(e.as_array())
+        .map(|(a, b)| a * b)
+        .sum();
+    assert!(cos > 0.999, "cos {cos}");
+    assert_eq!(p.global_version, 1);
 }

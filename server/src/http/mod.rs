@@ -412,6 +412,7 @@ async fn feed(
                 since,
                 caps,
                 codebook,
+                codebooks: Some(&st.config.codebooks),
                 answers: &[],
                 next_sync_s: next,
                 snapshot_horizon: q.horizon,

@@ -126,6 +126,7 @@ pub fn apply(
             since: up.since,
             caps: up.caps,
             codebook: up.codebook,
+            codebooks: Some(codebooks),
             answers: &answers,
             next_sync_s,
             snapshot_horizon: prev.as_ref().and_then(|r| r.snapshot_horizon),
