@@ -59,26 +59,31 @@ async fn sync_handler(State(st): St, headers: HeaderMap, body: Body) -> Response
     st.metrics.observe_latency(started.elapsed());
     // Every answer to a request whose signature verified is signed for its
     // counter (X-OTS-Signature), errors included: the device applies
-    // nothing that is not.
-    let (status, bytes, mut resp) = match r {
+    // nothing that is not. The signature is taken over the body before the
+    // body moves into the response (no copy of it).
+    let sign = |status: u16, bytes: &[u8]| {
+        signer
+            .as_ref()
+            .and_then(|s| s.header(status, bytes))
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+    };
+    let (sig, mut resp) = match r {
         Ok(synced) => {
-            let mut resp = octet(synced.response.clone());
+            let sig = sign(200, &synced.response);
+            let mut resp = octet(synced.response);
             if synced.replayed {
                 resp.headers_mut()
                     .insert("x-replayed", HeaderValue::from_static("true"));
             }
-            (200, synced.response, resp)
+            (sig, resp)
         }
         Err(e) => {
             count_rejected(&st, &e);
             let body = e.json();
-            (e.status, body.clone(), e.response_with(body))
+            (sign(e.status, &body), e.response_with(body))
         }
     };
-    if let Some(v) = signer
-        .and_then(|s| s.header(status, &bytes))
-        .and_then(|v| HeaderValue::from_str(&v).ok())
-    {
+    if let Some(v) = sig {
         resp.headers_mut()
             .insert(omega_tv_sync::transport::auth::RESPONSE_HEADER, v);
     }
