@@ -269,6 +269,7 @@ def main():
 
     # -- reconstruct and the conflict merge ---------------------------------
     check_reconstruct_and_merge(v, cbs)
+    check_zstd(v)
 
     # -- the worked examples of wire-format.md ------------------------------
     check_doc_examples()
@@ -338,6 +339,29 @@ def check_reconstruct_and_merge(v, cbs):
         rate_ok = "%08x" % o.f32_bits(rate) == m["rate_f32_bits"]
         report("merge %s" % m["case"], codes_ok and rate_ok and n == m["sample_count"], True,
                "codes %s, rate %s, samples %d" % ("ok" if codes_ok else "FAIL", "ok" if rate_ok else "FAIL", n))
+
+
+def check_zstd(v):
+    """The compressed frame: header as the plain one's with flag bit 0, CRC
+    over the bytes as sent, a body that decompresses (zstd command line tool:
+    the standard library has none) to the plain frame's records."""
+    import shutil
+    for z in v.get("zstd", []):
+        plain, comp = bytes.fromhex(z["plain"]), bytes.fromhex(z["compressed"])
+        name = "zstd %s" % z["name"]
+        hp, hc = o.parse_header(plain), o.parse_header(comp)
+        head_ok = (hc[0], hc[2]) == (hp[0], hp[2]) and hc[1] == hp[1] | o.FLAG_ZSTD_BODY
+        # Re-encoding: the plain frame with the compressed body put in.
+        enc_ok = head_ok and o.frame(hp[0], hp[2], hc[3], hc[1]) == comp
+        if not shutil.which("zstd"):
+            report(name, enc_ok, True, "no zstd tool: header and CRC only")
+            continue
+        body, err = attempt(lambda: o.zstd_decompress(hc[3], o.MAX_DOWNLOAD_FRAME))
+        recs, err2 = attempt(lambda: o.decode_frame(comp)["records"])
+        want, _ = attempt(lambda: o.decode_frame(plain)["records"])
+        dec_ok = body == hp[3] and recs is not None and recs == want
+        report(name, enc_ok, dec_ok, "%d B -> %d B, %d records%s" % (
+            len(comp), len(plain), len(want or []), (", " + (err or err2)) if (err or err2) else ""))
 
 
 def check_snapshot(fr, cb, cbname, want, codec_by, name):

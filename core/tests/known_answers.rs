@@ -612,7 +612,105 @@ fn merge_vectors(book: &Codebook<'_>, all: &[f32]) -> Vec<String> {
     ]
 }
 
-fn generate() -> String {
+/// A download frame of twelve trends (the first 12 catalogue titles as
+/// content ids), uncompressed: the `plain` of the `zstd` vector.
+fn zstd_plain(book: u32) -> (String, Vec<u8>) {
+    let meta = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/minilm/items_public.meta.tsv"
+    );
+    let names: Vec<String> = std::fs::read_to_string(meta)
+        .expect("items_public.meta.tsv")
+        .lines()
+        .skip(1)
+        .take(12)
+        .map(|l| l.split('\t').nth(2).expect("title").to_string())
+        .collect();
+    let mut recs = vec![Record::DownloadHead(DownloadHead {
+        seq: 0,
+        global_version: 61,
+        more: false,
+        reset: false,
+        next_sync_s: 300,
+    })];
+    for (i, n) in names.iter().enumerate() {
+        recs.push(Record::Trend(TrendRecord {
+            version: 50 + i as u64,
+            signal: TrendSignal::new(
+                ContentId::new(n).expect("content id"),
+                1.0 + i as f32 / 8.0,
+                Region::new(["DE", "US", "FR"][i % 3]).expect("region"),
+                cat(["drama", "kids", "news"][i % 3]),
+                1_700_000_000 + i as u64,
+            )
+            .expect("trend"),
+        }));
+    }
+    let describe = "DownloadHead{seq 0, version 61, more false, reset false, next_sync_s 300}; \
+        then for i = 0..11: Trend{50 + i, content id = items_public.meta.tsv title of row i, \
+        1 + i/8, [DE, US, FR][i mod 3], [drama, kids, news][i mod 3], 1700000000 + i}";
+    (describe.to_string(), frame(Kind::Download, book, &recs))
+}
+
+/// The `zstd` vector: `plain` and the same frame with its body compressed
+/// (flag bit 0). With the `zstd` feature (as in the workspace's tests) it
+/// is compressed here and read back; without it the committed compressed
+/// bytes are kept and checked as far as a reader without zstd can (header,
+/// CRC, flag), and `plain` is still regenerated and compared.
+fn zstd_vector(book: u32, committed: Option<&str>) -> String {
+    let (describe, plain) = zstd_plain(book);
+    let compressed = compress(&plain).unwrap_or_else(|| {
+        let c = committed.expect("the committed zstd vector (or build with --features zstd)");
+        let at = c.find("\"compressed\": \"").expect("compressed field") + 15;
+        let hex_s = &c[at..at + c[at..].find('"').expect("end")];
+        (0..hex_s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex_s[i..i + 2], 16).expect("hex"))
+            .collect()
+    });
+    let f = FrameReader::parse(&compressed).expect("a valid frame");
+    assert!(f.is_compressed(), "flag bit 0");
+    assert_eq!((f.kind(), f.codebook_id()), (Kind::Download, book));
+    assert!(compressed.len() < plain.len());
+    obj(&[
+        ("name", s("download_trends")),
+        ("records", s(&describe)),
+        ("plain", s(&hex(&plain))),
+        ("compressed", s(&hex(&compressed))),
+    ])
+}
+
+/// `plain` with its body compressed as the server does, and read back.
+#[cfg(feature = "zstd")]
+fn compress(plain: &[u8]) -> Option<Vec<u8>> {
+    use omega_tv_sync::wire::zstd::{
+        Compressor, Decompressor, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_WORDS,
+    };
+    use omega_tv_sync::wire::{compress_body, seal, HEADER_LEN, TRAILER_LEN};
+    let mut cws = vec![0u64; CCTX_WORKSPACE_WORDS];
+    let mut c = Compressor::new(&mut cws).expect("compressor");
+    let mut buf = plain.to_vec();
+    let mut scratch = vec![0u8; plain.len()];
+    let n =
+        compress_body(&mut buf, plain.len() - TRAILER_LEN, &mut c, &mut scratch).expect("compress");
+    buf.truncate(n + TRAILER_LEN);
+    let end = seal(&mut buf, n).expect("seal");
+    buf.truncate(end);
+    let mut dws = vec![0u64; DCTX_WORKSPACE_WORDS];
+    let mut d = Decompressor::new(&mut dws).expect("decompressor");
+    let mut out = vec![0u8; plain.len()];
+    let f = FrameReader::parse(&buf).expect("frame");
+    let opened = f.decompress(&mut d, &mut out).expect("decompress");
+    assert_eq!(opened.body(), &plain[HEADER_LEN..plain.len() - TRAILER_LEN]);
+    Some(buf)
+}
+
+#[cfg(not(feature = "zstd"))]
+fn compress(_plain: &[u8]) -> Option<Vec<u8>> {
+    None
+}
+
+fn generate(committed: Option<&str>) -> String {
     let all = items();
     let v1 = codec::minilm_v1().expect("minilm-v1");
     let small = codec::minilm_small_v1().expect("minilm-small-v1");
@@ -626,19 +724,25 @@ fn generate() -> String {
     recon.extend(reconstruct_vectors("minilm-small-v1", &small, &all));
     let list = |xs: Vec<String>| format!("[\n    {}\n  ]", xs.join(",\n    "));
     format!(
-        "{{\n  \"format\": 1,\n  \"codec\": {},\n  \"frames\": {},\n  \"auth\": {},\n  \"responses\": {},\n  \"reconstruct\": {},\n  \"merge\": {}\n}}\n",
+        "{{\n  \"format\": 1,\n  \"codec\": {},\n  \"frames\": {},\n  \"auth\": {},\n  \"responses\": {},\n  \"reconstruct\": {},\n  \"merge\": {},\n  \"zstd\": {}\n}}\n",
         list(codec_v),
         list(frames),
         list(auth_vectors()),
         list(response_vectors()),
         list(recon),
-        list(merge_vectors(&v1, &all))
+        list(merge_vectors(&v1, &all)),
+        list(vec![zstd_vector(v1.id(), committed)])
     )
 }
 
 #[test]
 fn known_answers_match_the_committed_file() {
-    let fresh = generate();
+    let on_disk = std::fs::read_to_string(PATH).ok();
+    // The committed `zstd` section, for a build without the `zstd` feature.
+    let committed_zstd = on_disk
+        .as_deref()
+        .and_then(|t| t.find("\"zstd\": [").map(|at| &t[at..]));
+    let fresh = generate(committed_zstd);
     if std::env::var_os("OTS_WRITE_VECTORS").is_some() {
         std::fs::create_dir_all(std::path::Path::new(PATH).parent().expect("dir")).expect("mkdir");
         std::fs::write(PATH, &fresh).expect("write vectors");
