@@ -373,3 +373,67 @@ pub async fn run(args: Args) -> Result<Report, String> {
     }
     Ok(rep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omega_tv_sync::sync::GlobalSink;
+    use omega_tv_sync::{Category, Embedding, GlobalPattern, DIM};
+
+    fn unit(i: usize) -> Embedding {
+        let mut v = [0f32; DIM];
+        v[i] = 1.0;
+        Embedding::new(v).unwrap()
+    }
+
+    fn global(id: u32, version: u64, e: Embedding) -> GlobalPattern {
+        GlobalPattern {
+            id,
+            embedding: e,
+            success_rate: 0.8,
+            sample_count: 100,
+            contributors: 5,
+            category: Category::new("drama").unwrap(),
+            version,
+        }
+    }
+
+    /// The comparison finds a TV that misses a global, one that holds an
+    /// older version, and one with an extra (withdrawn) global; and it
+    /// measures the small-profile copies against their sources.
+    #[test]
+    fn global_sets_are_compared_exactly() {
+        let cat = model::Catalog::load().unwrap();
+        let cb = omega_tv_sync::codec::minilm_v1().unwrap();
+        let mut cfg = Args::default().sim;
+        cfg.devices = 5;
+        cfg.small_profile_share = 0.2;
+        let live: LiveGlobals = [(1, (10, unit(0))), (2, (12, unit(1)))].into();
+        let mut tvs: Vec<tv::Tv> = (0..5).map(|i| tv::Tv::new(&cat, cb, &cfg, i)).collect();
+        assert_eq!(tvs.iter().filter(|t| t.small_profile).count(), 1);
+        for t in tvs.iter_mut() {
+            t.globals.global_upsert(&global(1, 10, unit(0)));
+            t.globals.global_upsert(&global(2, 12, unit(1)));
+        }
+        assert_eq!(compare_globals(&tvs, &live).0, 0);
+        // The small-profile TV's copy of global 2, a little off its source.
+        let small = tvs.iter().position(|t| t.small_profile).unwrap();
+        let mut off = [0f32; DIM];
+        off[1] = 0.96;
+        off[2] = 0.28;
+        tvs[small]
+            .globals
+            .global_upsert(&global(2, 12, Embedding::new(off).unwrap()));
+        let (m, cos) = compare_globals(&tvs, &live);
+        assert_eq!(m, 0);
+        assert!((cos.unwrap() - 0.96).abs() < 1e-6, "{cos:?}");
+        // Missing, stale and extra.
+        tvs[0].globals.global_remove(2, 13);
+        tvs[1].globals.global_upsert(&global(1, 9, unit(0)));
+        tvs[2].globals.global_upsert(&global(3, 14, unit(3)));
+        assert_eq!(compare_globals(&tvs, &live).0, 3);
+        // A reset empties the set.
+        tvs[3].globals.reset();
+        assert_eq!(compare_globals(&tvs, &live).0, 4);
+    }
+}
