@@ -16,9 +16,15 @@ use omega_tv_sync::{Category, ContentId, Error, PatternId, Region, TrendSignal};
 
 use crate::store::{GlobalChange, Meta, ReadTxn, StoreError, StoreResult};
 
-/// Most changelog entries one page looks at (entries passed over by caps of 0
-/// or a foreign codebook count too), so a page costs bounded work.
+/// Most changelog entries one sync page looks at (entries passed over by
+/// caps of 0 or a foreign codebook count too), so a page costs bounded work.
 pub const MAX_VISITED: usize = 65_536;
+
+/// Most changelog entries one page of the public feed
+/// (`GET /api/v1/global`) looks at: anyone may ask, uncached, with
+/// `limit=0` and any `since`. A page cut by it has `more` set and its
+/// `global_version` is the last entry visited: the continue cursor.
+pub const FEED_MAX_VISITED: usize = 1024;
 
 /// A per-pattern answer that goes in front of the global records.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +82,10 @@ pub struct PageRequest<'a> {
     pub next_sync_s: u32,
     /// The horizon a snapshot in progress began at.
     pub snapshot_horizon: Option<u64>,
+    /// Most changelog entries to visit ([`MAX_VISITED`] for a sync,
+    /// [`FEED_MAX_VISITED`] for the feed); beyond it the page ends with
+    /// `more` set.
+    pub max_visited: usize,
 }
 
 /// A built page.
@@ -93,6 +103,10 @@ pub struct Page {
     pub snapshot_horizon: Option<u64>,
     /// Global and trend records included.
     pub changes: usize,
+    /// Changelog entries visited to build it.
+    pub visited: usize,
+    /// The visit budget ended it.
+    pub cut: bool,
 }
 
 /// The response buffer size for `caps`.
@@ -340,12 +354,14 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
     }
     let mut more = false;
     let mut visited = 0usize;
+    let mut cut = false;
     txn.log_after(from, &mut |version, change| {
-        visited += 1;
-        if visited > MAX_VISITED {
+        if visited >= req.max_visited {
             more = true;
+            cut = true;
             return Ok(false);
         }
+        visited += 1;
         if reset && change.is_tombstone() {
             last = version;
             return Ok(true);
@@ -415,5 +431,7 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
         // one-page snapshot included), as docs/protocol.md says.
         snapshot_horizon,
         changes: included.len(),
+        visited,
+        cut,
     })
 }

@@ -325,6 +325,7 @@ fn page(s: &MemStore, since: u64, max_globals: u16, snap: Option<u64>) -> downlo
                 answers: &[],
                 next_sync_s: 300,
                 snapshot_horizon: snap,
+                max_visited: download::MAX_VISITED,
             },
         )
     })
@@ -513,6 +514,7 @@ fn a_global_reaches_a_device_of_another_codebook() {
                     answers: &[],
                     next_sync_s: 300,
                     snapshot_horizon: None,
+                    max_visited: download::MAX_VISITED,
                 },
             )
         })

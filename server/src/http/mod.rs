@@ -306,7 +306,7 @@ fn unavailable_or_internal(st: &AppState, e: StoreError) -> ApiError {
 }
 
 async fn version(State(st): St) -> Response {
-    match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
+    match store::read_blocking(st.store.clone(), |t| t.meta(Meta::GlobalVersion)).await {
         Ok(v) => Json(serde_json::json!({ "version": v })).into_response(),
         Err(e) => {
             error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
@@ -315,7 +315,7 @@ async fn version(State(st): St) -> Response {
 }
 
 async fn health(State(st): St) -> Response {
-    match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
+    match store::read_blocking(st.store.clone(), |t| t.meta(Meta::GlobalVersion)).await {
         Ok(_) => Json(serde_json::json!({
             "status": "ok",
             "auth": if st.config.auth.required { "required" } else { "DISABLED" },
@@ -376,9 +376,10 @@ async fn feed(
         max_trends: limit,
         max_bytes,
     };
-    let cur = store::read(&*st.store, |t| {
+    let cur = store::read_blocking(st.store.clone(), |t| {
         Ok((t.meta(Meta::GlobalVersion)?, t.meta(Meta::Horizon)?))
-    });
+    })
+    .await;
     let (current, horizon) = match cur {
         Ok(x) => x,
         Err(e) => {
@@ -409,21 +410,29 @@ async fn feed(
         return r;
     }
     let next = *st.config.sync_interval.start();
-    let page = store::read(&*st.store, |t| {
-        download::build(
-            t,
-            &PageRequest {
-                seq: 0,
-                since,
-                caps,
-                codebook,
-                codebooks: Some(&st.config.codebooks),
-                answers: &[],
-                next_sync_s: next,
-                snapshot_horizon: q.horizon,
-            },
-        )
-    });
+    // Built on the blocking pool with a visit budget: anyone may ask for
+    // any `since`, uncached.
+    let page = {
+        let books = st.config.codebooks.clone();
+        let horizon = q.horizon;
+        store::read_blocking(st.store.clone(), move |t| {
+            download::build(
+                t,
+                &PageRequest {
+                    seq: 0,
+                    since,
+                    caps,
+                    codebook,
+                    codebooks: Some(&books),
+                    answers: &[],
+                    next_sync_s: next,
+                    snapshot_horizon: horizon,
+                    max_visited: download::FEED_MAX_VISITED,
+                },
+            )
+        })
+        .await
+    };
     let page = match page {
         Ok(p) => p,
         Err(e) => {
@@ -432,6 +441,13 @@ async fn feed(
         }
     };
     st.metrics.feed_pages.fetch_add(1, Relaxed);
+    let m = &st.metrics;
+    m.feed_entries_visited
+        .fetch_add(page.visited as u64, Relaxed);
+    m.feed_visited_max.fetch_max(page.visited as u64, Relaxed);
+    if page.cut {
+        m.feed_visit_cut.fetch_add(1, Relaxed);
+    }
     st.metrics
         .bytes_out
         .fetch_add(page.frame.len() as u64, Relaxed);

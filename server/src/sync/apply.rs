@@ -130,6 +130,7 @@ pub fn apply(
             answers: &answers,
             next_sync_s,
             snapshot_horizon: prev.as_ref().and_then(|r| r.snapshot_horizon),
+            max_visited: download::MAX_VISITED,
         },
     )?;
     let acked = write(txn, &up.device, &plans)?;
