@@ -27,7 +27,7 @@ pub const MAX_VISITED: usize = 65_536;
 pub const FEED_MAX_VISITED: usize = 1024;
 
 /// A per-pattern answer that goes in front of the global records.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     /// The update was stored at `revision` (0 after a removal).
     Ack {
@@ -48,7 +48,7 @@ pub enum Answer {
 }
 
 /// The server's state sent with a conflict.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConflictState {
     /// Success rate.
     pub success_rate: f32,
@@ -86,6 +86,10 @@ pub struct PageRequest<'a> {
     /// [`FEED_MAX_VISITED`] for the feed); beyond it the page ends with
     /// `more` set.
     pub max_visited: usize,
+    /// Rebuilding a page already sent (a replay): its `global_version` and
+    /// `more`. Entries above that version are left out and the head says
+    /// what it said then; `None` for a new page.
+    pub until: Option<(u64, bool)>,
 }
 
 /// A built page.
@@ -309,7 +313,10 @@ impl AnswerRec<'_> {
 /// Builds one download page from the changelog visible in `txn`.
 pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult<Page> {
     let limit = frame_limit(&req.caps);
-    let current = txn.meta(Meta::GlobalVersion)?;
+    let current = match req.until {
+        Some((until, _)) => txn.meta(Meta::GlobalVersion)?.min(until),
+        None => txn.meta(Meta::GlobalVersion)?,
+    };
     let horizon = txn.meta(Meta::Horizon)?;
     let since = req.since;
     let stale = since > current || (since != 0 && since < horizon);
@@ -356,6 +363,9 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
     let mut visited = 0usize;
     let mut cut = false;
     txn.log_after(from, &mut |version, change| {
+        if req.until.is_some_and(|(until, _)| version > until) {
+            return Ok(false);
+        }
         if visited >= req.max_visited {
             more = true;
             cut = true;
@@ -401,7 +411,14 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
             Ok(false)
         }
     })?;
-    let global_version = if more { last } else { current };
+    let global_version = match req.until {
+        Some((until, was_more)) => {
+            more = was_more;
+            until
+        }
+        None if more => last,
+        None => current,
+    };
 
     // Pass 2: the real frame with the same records (its head is no larger).
     let mut out = vec![0u8; used];

@@ -326,6 +326,7 @@ fn page(s: &MemStore, since: u64, max_globals: u16, snap: Option<u64>) -> downlo
                 next_sync_s: 300,
                 snapshot_horizon: snap,
                 max_visited: download::MAX_VISITED,
+                until: None,
             },
         )
     })
@@ -515,6 +516,7 @@ fn a_global_reaches_a_device_of_another_codebook() {
                     next_sync_s: 300,
                     snapshot_horizon: None,
                     max_visited: download::MAX_VISITED,
+                    until: None,
                 },
             )
         })

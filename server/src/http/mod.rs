@@ -122,19 +122,45 @@ async fn sync_inner(
         .bytes_in
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let counter = authenticate(st, &device, presented.as_ref(), &bytes, signer)?;
-    let mut up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
+    let up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
     if let Some(wait) = st.rate_limited(&up.device) {
         return Err(error::rate_limited(wait));
     }
-    if let Err(e) = store::read(&*st.store, |t| {
-        sync::predecode(t, &mut up, &st.config.codebooks)
-    }) {
-        return Err(unavailable_or_internal(st, e));
-    }
+    // Off the async workers, from a read snapshot: deltas decoded and the
+    // response page built, so that the writer only checks and writes.
+    let next = st.pace(&up.device, up.seq);
+    let books = st.config.codebooks.clone();
+    let mut slot = Some(up);
+    let prepared = store::read_blocking(st.store.clone(), move |t| {
+        let mut up = slot.take().ok_or(StoreError::Closed)?;
+        sync::predecode(t, &mut up, &books)?;
+        let pre = sync::prebuild(t, &up, &books, next)?;
+        Ok((up, pre))
+    })
+    .await;
+    let (up, prebuilt) = match prepared {
+        Ok(x) => x,
+        Err(e) => return Err(unavailable_or_internal(st, e)),
+    };
     let device = up.device.clone();
     let accept_zstd = up.accept_zstd;
-    let applied = write(st, up, counter).await?;
+    let mut applied = write(st, up, counter, next, prebuilt).await?;
     count_applied(st, &device, &applied);
+    if let Some(recipe) = applied.rebuild.take() {
+        let books = st.config.codebooks.clone();
+        let built =
+            store::read_blocking(st.store.clone(), move |t| sync::rebuild(t, &recipe, &books))
+                .await;
+        match built {
+            Ok((frame, same)) => {
+                if !same {
+                    tracing::info!(device = %device, "replay rebuilt over a changed changelog");
+                }
+                applied.response = frame;
+            }
+            Err(e) => return Err(unavailable_or_internal(st, e)),
+        }
+    }
     let response = if accept_zstd {
         sync::compress_response(&applied.response)
     } else {
@@ -229,13 +255,14 @@ async fn write(
     st: &AppState,
     up: sync::Upload,
     counter: Option<crate::auth::Verified>,
+    next: u32,
+    prebuilt: Option<sync::Prebuilt>,
 ) -> Result<sync::Applied, ApiError> {
-    let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
     let result = store::write(&*st.store, move |txn| {
         let dev = up.device.clone();
         crate::auth::guarded(txn, &dev, counter, |txn| {
-            sync::apply(txn, &up, &codebooks, next)
+            sync::apply_with(txn, &up, &codebooks, next, prebuilt)
         })
     })
     .await;
@@ -428,6 +455,7 @@ async fn feed(
                     next_sync_s: next,
                     snapshot_horizon: horizon,
                     max_visited: download::FEED_MAX_VISITED,
+                    until: None,
                 },
             )
         })
