@@ -137,9 +137,11 @@ async fn a_large_response_is_replayed_byte_for_byte_from_a_small_record() {
 
     // An entry of the page is replaced (a newer version of item 5): the
     // replay keeps its head, leaves the moved entry for the next page.
-    store::write(&*srv.state().store, |t| t.publish(&trend(5, 2.5)).map(|_| ()))
-        .await
-        .unwrap();
+    store::write(&*srv.state().store, |t| {
+        t.publish(&trend(5, 2.5)).map(|_| ())
+    })
+    .await
+    .unwrap();
     let third = post_sync(addr, "tv-1", "0", &body);
     assert_eq!(third.status, 200);
     assert_eq!(head(&third.body), h);
