@@ -362,7 +362,14 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
     let mut more = false;
     let mut visited = 0usize;
     let mut cut = false;
-    txn.log_after(from, &mut |version, change| {
+    // A request that takes neither global patterns nor trends passes over
+    // every entry: its page (no records, the current version) needs no
+    // visit at all, whatever its `since`.
+    let takes_nothing = req.caps.max_globals == 0 && req.caps.max_trends == 0;
+    if takes_nothing {
+        last = current;
+    }
+    let mut visit = |version: u64, change: GlobalChange| -> StoreResult<bool> {
         if req.until.is_some_and(|(until, _)| version > until) {
             return Ok(false);
         }
@@ -410,7 +417,10 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
             more = true;
             Ok(false)
         }
-    })?;
+    };
+    if !takes_nothing {
+        txn.log_after(from, &mut visit)?;
+    }
     let global_version = match req.until {
         Some((until, was_more)) => {
             more = was_more;

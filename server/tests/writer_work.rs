@@ -28,7 +28,7 @@ fn feed(addr: std::net::SocketAddr, q: &str) -> Raw {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_limit_0_feed_request_visits_a_bounded_number_of_entries() {
+async fn feed_requests_visit_a_bounded_number_of_entries_and_limit_0_none() {
     let (_dir, db) = temp_db();
     let srv = start(&db).await;
     let addr = srv.local_addr();
@@ -50,31 +50,40 @@ async fn a_limit_0_feed_request_visits_a_bounded_number_of_entries() {
     .unwrap();
     assert_eq!(srv.global_version().unwrap(), n);
 
-    // Random and stale cursors: each request is cut at the budget.
+    // limit=0 with random and stale cursors: no records, the current
+    // version, and not one entry visited.
     for since in [0u64, 1, 17, n / 2, n + 987_654, u64::MAX / 3] {
         let r = feed(addr, &format!("limit=0&since={since}"));
         assert_eq!(r.status, 200, "since={since}");
         let h = head(&r.body);
-        assert!(records(&r.body).len() == 1, "limit=0: the head only");
+        assert_eq!(records(&r.body).len(), 1, "limit=0: the head only");
+        assert_eq!((h.global_version, h.more), (n, false), "since={since}");
+    }
+    assert_eq!(metric(addr, "constellation_feed_visited_max"), 0.0);
+
+    // Pages that take records: each request is cut at the budget.
+    for since in [0u64, 1, 17, n / 2, n + 987_654, u64::MAX / 3] {
+        let r = feed(addr, &format!("limit=65535&since={since}"));
+        assert_eq!(r.status, 200, "since={since}");
+        let h = head(&r.body);
         if since < n - FEED_MAX_VISITED as u64 || since > n {
             assert!(h.more, "since={since}: cut, more to come");
             let from = if since > n { 0 } else { since };
             assert_eq!(h.global_version, from + FEED_MAX_VISITED as u64);
+            assert_eq!(records(&r.body).len(), FEED_MAX_VISITED + 1);
         }
     }
     let max = metric(addr, "constellation_feed_visited_max");
-    assert!(
-        max >= 1.0 && max <= FEED_MAX_VISITED as f64,
-        "one request visited {max} entries (budget {FEED_MAX_VISITED})"
-    );
+    assert_eq!(max, FEED_MAX_VISITED as f64, "budget {FEED_MAX_VISITED}");
     assert!(metric(addr, "constellation_feed_visit_cut_total") >= 4.0);
 
     // The continue cursor walks the whole changelog, budget by budget.
-    let (mut since, mut pages) = (0u64, 0);
+    let (mut since, mut pages, mut got) = (0u64, 0, 0);
     loop {
-        let r = feed(addr, &format!("limit=0&since={since}"));
+        let r = feed(addr, &format!("limit=65535&since={since}"));
         let h = head(&r.body);
         pages += 1;
+        got += records(&r.body).len() - 1;
         assert!(h.global_version > since || !h.more);
         since = h.global_version;
         if !h.more {
@@ -82,7 +91,7 @@ async fn a_limit_0_feed_request_visits_a_bounded_number_of_entries() {
         }
         assert!(pages < 100, "bounded");
     }
-    assert_eq!(since, n);
+    assert_eq!((since, got as u64), (n, n));
     assert_eq!(pages, n.div_ceil(FEED_MAX_VISITED as u64) as usize);
     let max = metric(addr, "constellation_feed_visited_max");
     assert!(max <= FEED_MAX_VISITED as f64, "{max}");
