@@ -403,29 +403,57 @@ async fn feed(
         max_trends: limit,
         max_bytes,
     };
-    let cur = store::read_blocking(st.store.clone(), |t| {
-        Ok((t.meta(Meta::GlobalVersion)?, t.meta(Meta::Horizon)?))
+    let cache = format!("public, max-age={}", st.config.feed_max_age_s);
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let next = *st.config.sync_interval.start();
+    // One read transaction on the blocking pool: the ETag from the current
+    // version and horizon, then (unless it matches) the page with a visit
+    // budget: anyone may ask for any `since`, uncached.
+    let books = st.config.codebooks.clone();
+    let snap = q.horizon;
+    let built = store::read_blocking(st.store.clone(), move |t| {
+        let (current, horizon) = (t.meta(Meta::GlobalVersion)?, t.meta(Meta::Horizon)?);
+        // The page is a pure function of these; the changelog only grows past `current`.
+        let etag = format!(
+            "\"{current}-{horizon}-{since}-{limit}-{}-{}-{codebook:08x}\"",
+            download::frame_limit(&caps),
+            snap.map_or(String::from("n"), |h| h.to_string()),
+        );
+        let matches = if_none_match
+            .as_deref()
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        if matches {
+            return Ok((etag, None));
+        }
+        let page = download::build(
+            t,
+            &PageRequest {
+                seq: 0,
+                since,
+                caps,
+                codebook,
+                codebooks: Some(&books),
+                answers: &[],
+                next_sync_s: next,
+                snapshot_horizon: snap,
+                max_visited: download::FEED_MAX_VISITED,
+                until: None,
+            },
+        )?;
+        Ok((etag, Some(page)))
     })
     .await;
-    let (current, horizon) = match cur {
+    let (etag, page) = match built {
         Ok(x) => x,
         Err(e) => {
             return error::storage_unavailable(e, st.config.overload_retry_after_s.max(1))
                 .into_response()
         }
     };
-    // The page is a pure function of these; the changelog only grows past `current`.
-    let etag = format!(
-        "\"{current}-{horizon}-{since}-{limit}-{}-{}-{codebook:08x}\"",
-        download::frame_limit(&caps),
-        q.horizon.map_or(String::from("n"), |h| h.to_string()),
-    );
-    let cache = format!("public, max-age={}", st.config.feed_max_age_s);
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
+    let Some(page) = page else {
         st.metrics.feed_not_modified.fetch_add(1, Relaxed);
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -435,38 +463,6 @@ async fn feed(
             r.headers_mut().insert(header::CACHE_CONTROL, v);
         }
         return r;
-    }
-    let next = *st.config.sync_interval.start();
-    // Built on the blocking pool with a visit budget: anyone may ask for
-    // any `since`, uncached.
-    let page = {
-        let books = st.config.codebooks.clone();
-        let horizon = q.horizon;
-        store::read_blocking(st.store.clone(), move |t| {
-            download::build(
-                t,
-                &PageRequest {
-                    seq: 0,
-                    since,
-                    caps,
-                    codebook,
-                    codebooks: Some(&books),
-                    answers: &[],
-                    next_sync_s: next,
-                    snapshot_horizon: horizon,
-                    max_visited: download::FEED_MAX_VISITED,
-                    until: None,
-                },
-            )
-        })
-        .await
-    };
-    let page = match page {
-        Ok(p) => p,
-        Err(e) => {
-            return error::storage_unavailable(e, st.config.overload_retry_after_s.max(1))
-                .into_response()
-        }
     };
     st.metrics.feed_pages.fetch_add(1, Relaxed);
     let m = &st.metrics;
