@@ -16,12 +16,18 @@ use omega_tv_sync::{Category, ContentId, Error, PatternId, Region, TrendSignal};
 
 use crate::store::{GlobalChange, Meta, ReadTxn, StoreError, StoreResult};
 
-/// Most changelog entries one page looks at (entries passed over by caps of 0
-/// or a foreign codebook count too), so a page costs bounded work.
+/// Most changelog entries one sync page looks at (entries passed over by
+/// caps of 0 or a foreign codebook count too), so a page costs bounded work.
 pub const MAX_VISITED: usize = 65_536;
 
+/// Most changelog entries one page of the public feed
+/// (`GET /api/v1/global`) looks at: anyone may ask, uncached, with
+/// `limit=0` and any `since`. A page cut by it has `more` set and its
+/// `global_version` is the last entry visited: the continue cursor.
+pub const FEED_MAX_VISITED: usize = 1024;
+
 /// A per-pattern answer that goes in front of the global records.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     /// The update was stored at `revision` (0 after a removal).
     Ack {
@@ -42,7 +48,7 @@ pub enum Answer {
 }
 
 /// The server's state sent with a conflict.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConflictState {
     /// Success rate.
     pub success_rate: f32,
@@ -76,6 +82,14 @@ pub struct PageRequest<'a> {
     pub next_sync_s: u32,
     /// The horizon a snapshot in progress began at.
     pub snapshot_horizon: Option<u64>,
+    /// Most changelog entries to visit ([`MAX_VISITED`] for a sync,
+    /// [`FEED_MAX_VISITED`] for the feed); beyond it the page ends with
+    /// `more` set.
+    pub max_visited: usize,
+    /// Rebuilding a page already sent (a replay): its `global_version` and
+    /// `more`. Entries above that version are left out and the head says
+    /// what it said then; `None` for a new page.
+    pub until: Option<(u64, bool)>,
 }
 
 /// A built page.
@@ -93,6 +107,10 @@ pub struct Page {
     pub snapshot_horizon: Option<u64>,
     /// Global and trend records included.
     pub changes: usize,
+    /// Changelog entries visited to build it.
+    pub visited: usize,
+    /// The visit budget ended it.
+    pub cut: bool,
 }
 
 /// The response buffer size for `caps`.
@@ -295,7 +313,10 @@ impl AnswerRec<'_> {
 /// Builds one download page from the changelog visible in `txn`.
 pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult<Page> {
     let limit = frame_limit(&req.caps);
-    let current = txn.meta(Meta::GlobalVersion)?;
+    let current = match req.until {
+        Some((until, _)) => txn.meta(Meta::GlobalVersion)?.min(until),
+        None => txn.meta(Meta::GlobalVersion)?,
+    };
     let horizon = txn.meta(Meta::Horizon)?;
     let since = req.since;
     let stale = since > current || (since != 0 && since < horizon);
@@ -340,12 +361,24 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
     }
     let mut more = false;
     let mut visited = 0usize;
-    txn.log_after(from, &mut |version, change| {
-        visited += 1;
-        if visited > MAX_VISITED {
-            more = true;
+    let mut cut = false;
+    // A request that takes neither global patterns nor trends passes over
+    // every entry: its page (no records, the current version) needs no
+    // visit at all, whatever its `since`.
+    let takes_nothing = req.caps.max_globals == 0 && req.caps.max_trends == 0;
+    if takes_nothing {
+        last = current;
+    }
+    let mut visit = |version: u64, change: GlobalChange| -> StoreResult<bool> {
+        if req.until.is_some_and(|(until, _)| version > until) {
             return Ok(false);
         }
+        if visited >= req.max_visited {
+            more = true;
+            cut = true;
+            return Ok(false);
+        }
+        visited += 1;
         if reset && change.is_tombstone() {
             last = version;
             return Ok(true);
@@ -384,8 +417,18 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
             more = true;
             Ok(false)
         }
-    })?;
-    let global_version = if more { last } else { current };
+    };
+    if !takes_nothing {
+        txn.log_after(from, &mut visit)?;
+    }
+    let global_version = match req.until {
+        Some((until, was_more)) => {
+            more = was_more;
+            until
+        }
+        None if more => last,
+        None => current,
+    };
 
     // Pass 2: the real frame with the same records (its head is no larger).
     let mut out = vec![0u8; used];
@@ -415,5 +458,7 @@ pub fn build<T: ReadTxn + ?Sized>(txn: &T, req: &PageRequest<'_>) -> StoreResult
         // one-page snapshot included), as docs/protocol.md says.
         snapshot_horizon,
         changes: included.len(),
+        visited,
+        cut,
     })
 }

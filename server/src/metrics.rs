@@ -32,6 +32,12 @@ pub struct Metrics {
     pub feed_pages: AtomicU64,
     /// Feed requests answered 304.
     pub feed_not_modified: AtomicU64,
+    /// Changelog entries visited to build feed pages.
+    pub feed_entries_visited: AtomicU64,
+    /// Most changelog entries one feed page visited.
+    pub feed_visited_max: AtomicU64,
+    /// Feed pages cut by the visit budget (`download::FEED_MAX_VISITED`).
+    pub feed_visit_cut: AtomicU64,
     /// Aggregation passes completed.
     pub aggregation_runs: AtomicU64,
     /// Global changelog entries published by aggregation.
@@ -107,6 +113,24 @@ impl Metrics {
             "constellation_retries_replayed_total",
             "Retried uploads answered with the stored response.",
             ld(&self.retries_replayed),
+        );
+        c(
+            &mut s,
+            "constellation_feed_entries_visited_total",
+            "Changelog entries visited to build feed pages.",
+            ld(&self.feed_entries_visited),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP constellation_feed_visited_max Most changelog entries one feed page visited.\n\
+             # TYPE constellation_feed_visited_max gauge\nconstellation_feed_visited_max {}",
+            ld(&self.feed_visited_max)
+        );
+        c(
+            &mut s,
+            "constellation_feed_visit_cut_total",
+            "Feed pages cut by the per-request visit budget.",
+            ld(&self.feed_visit_cut),
         );
         c(
             &mut s,

@@ -374,6 +374,8 @@ fn page(s: &MemStore, since: u64, max_globals: u16, snap: Option<u64>) -> downlo
                 answers: &[],
                 next_sync_s: 300,
                 snapshot_horizon: snap,
+                max_visited: download::MAX_VISITED,
+                until: None,
             },
         )
     })
@@ -562,6 +564,8 @@ fn a_global_reaches_a_device_of_another_codebook() {
                     answers: &[],
                     next_sync_s: 300,
                     snapshot_horizon: None,
+                    max_visited: download::MAX_VISITED,
+                    until: None,
                 },
             )
         })

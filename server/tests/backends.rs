@@ -589,7 +589,8 @@ fn device_commands_work_against_a_running_postgres_deployment() {
 /// The database stops (immediate shutdown, as in a crash) under a running
 /// node: a sync gets `503` with `Retry-After` and nothing is stored; once
 /// the database is back, the same request is applied exactly once and its
-/// retry is a replay.
+/// retry is a replay. The feed, the version and health answer 503 while
+/// it is down, without the database's error text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_while_the_database_is_down_gets_503_and_applies_once_after() {
     let Some(pg) = pg_support::private_cluster() else {
@@ -611,6 +612,23 @@ async fn a_sync_while_the_database_is_down_gets_503_and_applies_once_after() {
         let r = post_sync(addr, "tv-1", "0", &body);
         assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
         assert!(r.header("retry-after").is_some());
+    }
+    // The feed, the version and health answer 503 too, without error text.
+    for path in [
+        "/api/v1/global?limit=0&since=12345",
+        "/api/v1/global",
+        "/api/v1/sync/version",
+        "/api/v1/health",
+    ] {
+        let r = raw(addr, "GET", path, &[], &[]);
+        let text = String::from_utf8_lossy(&r.body).to_lowercase();
+        assert_eq!(r.status, 503, "{path}: {text}");
+        if path != "/api/v1/health" {
+            assert!(r.header("retry-after").is_some(), "{path}");
+        }
+        for leak in ["postgres", "connection", "error:", "db error", "closed"] {
+            assert!(!text.contains(leak), "{path} leaks {leak:?}: {text}");
+        }
     }
     pg.restart();
     // Connections are re-established on demand; a request that still meets

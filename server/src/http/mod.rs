@@ -122,19 +122,45 @@ async fn sync_inner(
         .bytes_in
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let counter = authenticate(st, &device, presented.as_ref(), &bytes, signer)?;
-    let mut up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
+    let up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
     if let Some(wait) = st.rate_limited(&up.device) {
         return Err(error::rate_limited(wait));
     }
-    if let Err(e) = store::read(&*st.store, |t| {
-        sync::predecode(t, &mut up, &st.config.codebooks)
-    }) {
-        return Err(unavailable_or_internal(st, e));
-    }
+    // Off the async workers, from a read snapshot: deltas decoded and the
+    // response page built, so that the writer only checks and writes.
+    let next = st.pace(&up.device, up.seq);
+    let books = st.config.codebooks.clone();
+    let mut slot = Some(up);
+    let prepared = store::read_blocking(st.store.clone(), move |t| {
+        let mut up = slot.take().ok_or(StoreError::Closed)?;
+        sync::predecode(t, &mut up, &books)?;
+        let pre = sync::prebuild(t, &up, &books, next)?;
+        Ok((up, pre))
+    })
+    .await;
+    let (up, prebuilt) = match prepared {
+        Ok(x) => x,
+        Err(e) => return Err(unavailable_or_internal(st, e)),
+    };
     let device = up.device.clone();
     let accept_zstd = up.accept_zstd;
-    let applied = write(st, up, counter).await?;
+    let mut applied = write(st, up, counter, next, prebuilt).await?;
     count_applied(st, &device, &applied);
+    if let Some(recipe) = applied.rebuild.take() {
+        let books = st.config.codebooks.clone();
+        let built =
+            store::read_blocking(st.store.clone(), move |t| sync::rebuild(t, &recipe, &books))
+                .await;
+        match built {
+            Ok((frame, same)) => {
+                if !same {
+                    tracing::info!(device = %device, "replay rebuilt over a changed changelog");
+                }
+                applied.response = frame;
+            }
+            Err(e) => return Err(unavailable_or_internal(st, e)),
+        }
+    }
     let response = if accept_zstd {
         sync::compress_response(&applied.response)
     } else {
@@ -229,13 +255,14 @@ async fn write(
     st: &AppState,
     up: sync::Upload,
     counter: Option<crate::auth::Verified>,
+    next: u32,
+    prebuilt: Option<sync::Prebuilt>,
 ) -> Result<sync::Applied, ApiError> {
-    let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
     let result = store::write(&*st.store, move |txn| {
         let dev = up.device.clone();
         crate::auth::guarded(txn, &dev, counter, |txn| {
-            sync::apply(txn, &up, &codebooks, next)
+            sync::apply_with(txn, &up, &codebooks, next, prebuilt)
         })
     })
     .await;
@@ -306,7 +333,7 @@ fn unavailable_or_internal(st: &AppState, e: StoreError) -> ApiError {
 }
 
 async fn version(State(st): St) -> Response {
-    match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
+    match store::read_blocking(st.store.clone(), |t| t.meta(Meta::GlobalVersion)).await {
         Ok(v) => Json(serde_json::json!({ "version": v })).into_response(),
         Err(e) => {
             error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
@@ -315,7 +342,7 @@ async fn version(State(st): St) -> Response {
 }
 
 async fn health(State(st): St) -> Response {
-    match store::read(&*st.store, |t| t.meta(Meta::GlobalVersion)) {
+    match store::read_blocking(st.store.clone(), |t| t.meta(Meta::GlobalVersion)).await {
         Ok(_) => Json(serde_json::json!({
             "status": "ok",
             "auth": if st.config.auth.required { "required" } else { "DISABLED" },
@@ -376,28 +403,57 @@ async fn feed(
         max_trends: limit,
         max_bytes,
     };
-    let cur = store::read(&*st.store, |t| {
-        Ok((t.meta(Meta::GlobalVersion)?, t.meta(Meta::Horizon)?))
-    });
-    let (current, horizon) = match cur {
+    let cache = format!("public, max-age={}", st.config.feed_max_age_s);
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let next = *st.config.sync_interval.start();
+    // One read transaction on the blocking pool: the ETag from the current
+    // version and horizon, then (unless it matches) the page with a visit
+    // budget: anyone may ask for any `since`, uncached.
+    let books = st.config.codebooks.clone();
+    let snap = q.horizon;
+    let built = store::read_blocking(st.store.clone(), move |t| {
+        let (current, horizon) = (t.meta(Meta::GlobalVersion)?, t.meta(Meta::Horizon)?);
+        // The page is a pure function of these; the changelog only grows past `current`.
+        let etag = format!(
+            "\"{current}-{horizon}-{since}-{limit}-{}-{}-{codebook:08x}\"",
+            download::frame_limit(&caps),
+            snap.map_or(String::from("n"), |h| h.to_string()),
+        );
+        let matches = if_none_match
+            .as_deref()
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        if matches {
+            return Ok((etag, None));
+        }
+        let page = download::build(
+            t,
+            &PageRequest {
+                seq: 0,
+                since,
+                caps,
+                codebook,
+                codebooks: Some(&books),
+                answers: &[],
+                next_sync_s: next,
+                snapshot_horizon: snap,
+                max_visited: download::FEED_MAX_VISITED,
+                until: None,
+            },
+        )?;
+        Ok((etag, Some(page)))
+    })
+    .await;
+    let (etag, page) = match built {
         Ok(x) => x,
         Err(e) => {
             return error::storage_unavailable(e, st.config.overload_retry_after_s.max(1))
                 .into_response()
         }
     };
-    // The page is a pure function of these; the changelog only grows past `current`.
-    let etag = format!(
-        "\"{current}-{horizon}-{since}-{limit}-{}-{}-{codebook:08x}\"",
-        download::frame_limit(&caps),
-        q.horizon.map_or(String::from("n"), |h| h.to_string()),
-    );
-    let cache = format!("public, max-age={}", st.config.feed_max_age_s);
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
+    let Some(page) = page else {
         st.metrics.feed_not_modified.fetch_add(1, Relaxed);
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -407,31 +463,15 @@ async fn feed(
             r.headers_mut().insert(header::CACHE_CONTROL, v);
         }
         return r;
-    }
-    let next = *st.config.sync_interval.start();
-    let page = store::read(&*st.store, |t| {
-        download::build(
-            t,
-            &PageRequest {
-                seq: 0,
-                since,
-                caps,
-                codebook,
-                codebooks: Some(&st.config.codebooks),
-                answers: &[],
-                next_sync_s: next,
-                snapshot_horizon: q.horizon,
-            },
-        )
-    });
-    let page = match page {
-        Ok(p) => p,
-        Err(e) => {
-            return error::storage_unavailable(e, st.config.overload_retry_after_s.max(1))
-                .into_response()
-        }
     };
     st.metrics.feed_pages.fetch_add(1, Relaxed);
+    let m = &st.metrics;
+    m.feed_entries_visited
+        .fetch_add(page.visited as u64, Relaxed);
+    m.feed_visited_max.fetch_max(page.visited as u64, Relaxed);
+    if page.cut {
+        m.feed_visit_cut.fetch_add(1, Relaxed);
+    }
     st.metrics
         .bytes_out
         .fetch_add(page.frame.len() as u64, Relaxed);

@@ -272,3 +272,15 @@ where
     })?;
     out.ok_or(StoreError::Closed)
 }
+
+/// Runs `f` in a read transaction on tokio's blocking pool, off the async
+/// workers (a read may visit many entries or wait on the disk).
+pub async fn read_blocking<R, F>(store: std::sync::Arc<dyn Store>, f: F) -> StoreResult<R>
+where
+    R: Send + 'static,
+    F: FnMut(&dyn ReadTxn) -> StoreResult<R> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || read(&*store, f))
+        .await
+        .map_err(|_| StoreError::Closed)?
+}

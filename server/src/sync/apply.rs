@@ -1,17 +1,78 @@
-//! The store half of a sync. [`predecode`] runs in a read transaction
-//! ahead of the writer; [`apply`] inside the writer's transaction:
-//! idempotency first, then a [`Plan`] per uploaded item (insert, update,
-//! remove, or a conflict: decided, deltas decoded, before anything is
-//! written, so a bad delta still stores nothing), then the response page,
-//! the writes and the idempotency record, all in that one transaction.
+//! The store half of a sync. [`predecode`] and [`prebuild`] run in a read
+//! transaction ahead of the writer (off the async workers); [`apply`]
+//! inside the writer's transaction: idempotency first, then a [`Plan`] per
+//! uploaded item (insert, update, remove, or a conflict: decided, deltas
+//! decoded, before anything is written, so a bad delta still stores
+//! nothing), then the writes and the idempotency record, all in that one
+//! transaction.
+//!
+//! The response page is built by [`prebuild`] from the committed read
+//! snapshot, with the answers the writer is expected to give. The writer
+//! uses it when its answers and the device's record are what the snapshot
+//! showed (always, unless a concurrent request of the same device came in
+//! between); only then does it build the page itself. The idempotency
+//! record keeps a response of at most [`REPLAY_INLINE`] bytes verbatim;
+//! a larger one as a [`Recipe`] (the answers, the request, the head and a
+//! SHA-256 of the frame), rebuilt by [`rebuild`] outside the writer for a
+//! replay.
 
+use omega_tv_sync::wire::Caps;
 use omega_tv_sync::Error;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{Item, Upload};
 use crate::codebooks::{CodeSpace, Codebooks, Codes};
-use crate::download::{self, Answer, ConflictState, PageRequest};
+use crate::download::{self, Answer, ConflictState, Page, PageRequest};
 use crate::error::ApiError;
-use crate::store::{DeviceRecord, ReadTxn, StoreResult, StoredPattern, WriteTxn};
+use crate::store::{DeviceRecord, Meta, ReadTxn, StoreError, StoreResult, StoredPattern, WriteTxn};
+
+/// Largest response kept verbatim in the idempotency record; a larger one
+/// is kept as a [`Recipe`] and rebuilt for a replay.
+pub const REPLAY_INLINE: usize = 16 * 1024;
+
+/// Marks a [`Recipe`] in the idempotency record's response field (a frame
+/// starts with the wire magic `OT`).
+const RECIPE_TAG: &[u8; 2] = b"RP";
+
+/// What rebuilds a response larger than [`REPLAY_INLINE`] byte for byte:
+/// the request, the answers, the head it had and the horizon then.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Sequence answered.
+    pub seq: u64,
+    /// The device's global version then.
+    pub since: u64,
+    /// Its caps.
+    pub caps: (u16, u16, u32),
+    /// Codebook of the frame.
+    pub codebook: u32,
+    /// Pacing in the head.
+    pub next_sync_s: u32,
+    /// The snapshot horizon the page continued (from the device's record).
+    pub snapshot_in: Option<u64>,
+    /// Acks and conflicts as sent.
+    pub answers: Vec<Answer>,
+    /// The head's global version.
+    pub global_version: u64,
+    /// The head's `more`.
+    pub more: bool,
+    /// The tombstone horizon when it was built.
+    pub horizon: u64,
+    /// SHA-256 of the frame.
+    pub sha256: [u8; 32],
+}
+
+/// A response page built ahead of the writer from a read snapshot.
+#[derive(Clone, Debug)]
+pub struct Prebuilt {
+    answers: Vec<Answer>,
+    prev_seq: Option<u64>,
+    snapshot_in: Option<u64>,
+    horizon: u64,
+    page: Page,
+    sha256: Option<[u8; 32]>,
+}
 
 /// Decodes the upload's deltas against the stored codes visible in `txn`
 /// (a read transaction), outside the writer, so that the single writer
@@ -65,6 +126,11 @@ pub struct Applied {
     pub changes: usize,
     /// The response asks the device to come back at once.
     pub more: bool,
+    /// A replay whose response is to be rebuilt ([`rebuild`]); `response`
+    /// is then empty.
+    pub rebuild: Option<Box<Recipe>>,
+    /// The writer built the page itself (the snapshot's was out of date).
+    pub built_in_writer: bool,
 }
 
 /// What one uploaded item does, decided before anything is written.
@@ -82,14 +148,101 @@ enum Plan {
     Nothing,
 }
 
-/// Applies `up` inside a write transaction. The outer `Err` is a storage
-/// failure (the transaction is abandoned); the inner one a rejection, for
-/// which nothing was written.
+/// Applies `up` inside a write transaction, building the page there.
+/// The outer `Err` is a storage failure (the transaction is abandoned);
+/// the inner one a rejection, for which nothing was written.
 pub fn apply(
     txn: &mut dyn WriteTxn,
     up: &Upload,
     codebooks: &Codebooks,
     next_sync_s: u32,
+) -> StoreResult<Result<Applied, ApiError>> {
+    apply_with(txn, up, codebooks, next_sync_s, None)
+}
+
+/// The answers `up` gets against the state in `txn`; `None` when it would
+/// be refused.
+fn answers_for(
+    txn: &dyn ReadTxn,
+    up: &Upload,
+    book: &dyn CodeSpace,
+) -> StoreResult<Option<Vec<Answer>>> {
+    let mut answers: Vec<Answer> = Vec::with_capacity(up.items.len());
+    for item in &up.items {
+        match plan(txn, up, book, item)? {
+            Ok((_, a)) => answers.push(a),
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(Some(answers))
+}
+
+fn page_request<'a>(
+    up: &Upload,
+    codebooks: &'a Codebooks,
+    answers: &'a [Answer],
+    next_sync_s: u32,
+    snapshot_in: Option<u64>,
+) -> PageRequest<'a> {
+    PageRequest {
+        seq: up.seq,
+        since: up.since,
+        caps: up.caps,
+        codebook: up.codebook,
+        codebooks: Some(codebooks),
+        answers,
+        next_sync_s,
+        snapshot_horizon: snapshot_in,
+        max_visited: download::MAX_VISITED,
+        until: None,
+    }
+}
+
+/// Builds the response page of `up` from the read snapshot `txn`, with the
+/// answers the writer will give if nothing changes meanwhile. `None` when
+/// the upload is a replay or would be refused (the writer decides).
+pub fn prebuild(
+    txn: &dyn ReadTxn,
+    up: &Upload,
+    codebooks: &Codebooks,
+    next_sync_s: u32,
+) -> StoreResult<Option<Prebuilt>> {
+    let prev = txn.device(&up.device)?;
+    if prev.as_ref().is_some_and(|r| replay(r, up).is_some()) {
+        return Ok(None);
+    }
+    let Some(book) = codebooks.get(up.codebook) else {
+        return Ok(None);
+    };
+    let Some(answers) = answers_for(txn, up, &**book)? else {
+        return Ok(None);
+    };
+    let snapshot_in = prev.as_ref().and_then(|r| r.snapshot_horizon);
+    let page = download::build(
+        txn,
+        &page_request(up, codebooks, &answers, next_sync_s, snapshot_in),
+    )?;
+    let sha256 = (page.frame.len() > REPLAY_INLINE).then(|| Sha256::digest(&page.frame).into());
+    Ok(Some(Prebuilt {
+        answers,
+        prev_seq: prev.map(|r| r.last_seq),
+        snapshot_in,
+        horizon: txn.meta(Meta::Horizon)?,
+        page,
+        sha256,
+    }))
+}
+
+/// Applies `up` inside a write transaction, with the page [`prebuild`]
+/// made when it still holds. The outer `Err` is a storage failure (the
+/// transaction is abandoned); the inner one a rejection, for which nothing
+/// was written.
+pub fn apply_with(
+    txn: &mut dyn WriteTxn,
+    up: &Upload,
+    codebooks: &Codebooks,
+    next_sync_s: u32,
+    prebuilt: Option<Prebuilt>,
 ) -> StoreResult<Result<Applied, ApiError>> {
     let prev = txn.device(&up.device)?;
     if let Some(rec) = &prev {
@@ -118,21 +271,51 @@ pub fn apply(
         }
     }
 
-    // Phase 2: the response (read before our own writes: they do not touch
-    // the changelog), then the writes and the idempotency record.
-    let page = download::build(
-        &*txn,
-        &PageRequest {
-            seq: up.seq,
-            since: up.since,
-            caps: up.caps,
-            codebook: up.codebook,
-            codebooks: Some(codebooks),
-            answers: &answers,
-            next_sync_s,
-            snapshot_horizon: prev.as_ref().and_then(|r| r.snapshot_horizon),
-        },
-    )?;
+    // Phase 2: the response, from the snapshot when the writer's view is
+    // the one it was built on (the sync's own writes do not touch the
+    // changelog), then the writes and the idempotency record.
+    let snapshot_in = prev.as_ref().and_then(|r| r.snapshot_horizon);
+    let horizon = txn.meta(Meta::Horizon)?;
+    let usable = prebuilt.filter(|p| {
+        p.answers == answers
+            && p.prev_seq == prev.as_ref().map(|r| r.last_seq)
+            && p.snapshot_in == snapshot_in
+            && p.horizon == horizon
+    });
+    let built_in_writer = usable.is_none();
+    let (page, sha256) = match usable {
+        Some(p) => (p.page, p.sha256),
+        None => {
+            let page = download::build(
+                &*txn,
+                &page_request(up, codebooks, &answers, next_sync_s, snapshot_in),
+            )?;
+            let sha =
+                (page.frame.len() > REPLAY_INLINE).then(|| Sha256::digest(&page.frame).into());
+            (page, sha)
+        }
+    };
+    let stored = match sha256 {
+        Some(sha256) if page.frame.len() > REPLAY_INLINE => {
+            let recipe = Recipe {
+                seq: up.seq,
+                since: up.since,
+                caps: (up.caps.max_globals, up.caps.max_trends, up.caps.max_bytes),
+                codebook: up.codebook,
+                next_sync_s,
+                snapshot_in,
+                answers: answers.clone(),
+                global_version: page.global_version,
+                more: page.more,
+                horizon,
+                sha256,
+            };
+            let mut v = RECIPE_TAG.to_vec();
+            v.extend(postcard::to_stdvec(&recipe).map_err(|_| StoreError::Corrupt("recipe"))?);
+            v
+        }
+        _ => page.frame.clone(),
+    };
     let acked = write(txn, &up.device, &plans)?;
     let conflicts = answers
         .iter()
@@ -143,7 +326,7 @@ pub fn apply(
         &DeviceRecord {
             last_seq: up.seq,
             body_sha256: up.sha256,
-            response: page.frame.clone(),
+            response: stored,
             // Remembered only while the snapshot continues: a finished
             // snapshot must not let a later stale cursor skip a reset.
             snapshot_horizon: if page.more {
@@ -161,7 +344,43 @@ pub fn apply(
         conflicts,
         changes: page.changes,
         more: page.more,
+        rebuild: None,
+        built_in_writer,
     }))
+}
+
+/// Rebuilds the response of a replay from its [`Recipe`] over the read
+/// snapshot `txn`: the same request bounded at the head's global version.
+/// Byte for byte the first response unless changelog entries it carried
+/// were replaced or dropped since (then `false`: the entries now there,
+/// under the same head; when the tombstone horizon moved, a page built
+/// afresh for the same request, so that a reset is not skipped).
+pub fn rebuild(
+    txn: &dyn ReadTxn,
+    r: &Recipe,
+    codebooks: &Codebooks,
+) -> StoreResult<(Vec<u8>, bool)> {
+    let horizon = txn.meta(Meta::Horizon)?;
+    let (g, t, b) = r.caps;
+    let req = PageRequest {
+        seq: r.seq,
+        since: r.since,
+        caps: Caps {
+            max_globals: g,
+            max_trends: t,
+            max_bytes: b,
+        },
+        codebook: r.codebook,
+        codebooks: Some(codebooks),
+        answers: &r.answers,
+        next_sync_s: r.next_sync_s,
+        snapshot_horizon: r.snapshot_in,
+        max_visited: download::MAX_VISITED,
+        until: (horizon == r.horizon).then_some((r.global_version, r.more)),
+    };
+    let page = download::build(txn, &req)?;
+    let same = <[u8; 32]>::from(Sha256::digest(&page.frame)) == r.sha256;
+    Ok((page.frame, same))
 }
 
 /// Idempotency: the last applied sequence again is answered from the
@@ -170,13 +389,23 @@ pub fn apply(
 fn replay(rec: &DeviceRecord, up: &Upload) -> Option<Result<Applied, ApiError>> {
     if up.seq == rec.last_seq {
         if up.sha256 == rec.body_sha256 {
+            let recipe = rec
+                .response
+                .strip_prefix(RECIPE_TAG)
+                .and_then(|b| postcard::from_bytes::<Recipe>(b).ok());
+            let response = match recipe {
+                Some(_) => Vec::new(),
+                None => rec.response.clone(),
+            };
             return Some(Ok(Applied {
-                response: rec.response.clone(),
+                response,
                 replayed: true,
                 acked: 0,
                 conflicts: 0,
                 changes: 0,
                 more: false,
+                rebuild: recipe.map(Box::new),
+                built_in_writer: false,
             }));
         }
         let mut e = ApiError::new(

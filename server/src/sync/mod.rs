@@ -18,7 +18,9 @@
 mod apply;
 mod validate;
 
-pub use apply::{apply, predecode, Applied};
+pub use apply::{
+    apply, apply_with, prebuild, predecode, rebuild, Applied, Prebuilt, Recipe, REPLAY_INLINE,
+};
 pub use validate::{check_device_id, check_sync_version, validate};
 
 use omega_tv_sync::wire::Caps;

@@ -224,8 +224,16 @@ pub(super) struct RunResult {
     pub(super) elapsed: f64,
 }
 
-/// Drives `url` with `clients` devices for `seconds` after their initial upload.
-pub(super) async fn drive(url: &str, a: &Args, ch: &Arc<Vec<Chains>>, codebook: u32) -> RunResult {
+/// Drives `url` with `clients` devices for `seconds` after their initial
+/// upload; device ids start at `id_base` (a second run on the same server
+/// uses fresh devices).
+pub(super) async fn drive(
+    url: &str,
+    a: &Args,
+    ch: &Arc<Vec<Chains>>,
+    codebook: u32,
+    id_base: usize,
+) -> RunResult {
     let mut tasks = Vec::new();
     let deadline_after = Duration::from_secs_f64(a.seconds);
     let start_gate = Arc::new(tokio::sync::Barrier::new(a.clients));
@@ -237,7 +245,7 @@ pub(super) async fn drive(url: &str, a: &Args, ch: &Arc<Vec<Chains>>, codebook: 
         tasks.push(tokio::spawn(async move {
             let ch = &ch[c % ch.len()];
             let mut t = HttpTransport::new(&url).expect("url");
-            let mut dev = Device::new(c, patterns);
+            let mut dev = Device::new(id_base + c, patterns);
             let mut body = Vec::new();
             let mut buf = vec![0u8; 1 << 20];
             dev.initial(codebook, ch, &mut body);

@@ -10,8 +10,13 @@
 //! ```text
 //! cargo run --release -p omega-tv-sync-bench --bin server -- [--clients 32] [--seconds 5]
 //!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
-//!     [--max-batch 1024]
+//!     [--max-batch 1024] [--attack]
 //! ```
+//!
+//! With `--attack` it measures only the fleet under attack (`attack.rs`):
+//! the same server, fleet syncs/s without and then with 20 concurrent
+//! `limit=0` feed requests at random `since`, 400 idle and 50 trickling
+//! connections, the ratio, and the process's peak RSS.
 //!
 //! With `--postgres postgres://USER@HOST:PORT/DB` (an empty database) the
 //! same run also drives a node on that PostgreSQL database.
@@ -31,6 +36,7 @@ use omega_tv_sync::{Category, Embedding, Method, PatternId, Request, Transport};
 use omega_tv_sync_bench::data::{data_dir, drift, read_rows, Row};
 use omega_tv_sync_http::HttpTransport;
 
+mod attack;
 mod load;
 use load::*;
 
@@ -45,6 +51,7 @@ struct Args {
     aggregate_ms: u64,
     postgres: Option<String>,
     max_batch: usize,
+    attack: bool,
 }
 
 fn args() -> Args {
@@ -56,8 +63,13 @@ fn args() -> Args {
         aggregate_ms: 1000,
         postgres: None,
         max_batch: 1024,
+        attack: false,
     };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = argv.iter().position(|s| s == "--attack") {
+        a.attack = true;
+        argv.remove(i);
+    }
     let mut i = 0;
     while i + 1 < argv.len() {
         let v = &argv[i + 1];
@@ -139,6 +151,11 @@ async fn run(a: Args) {
     // the sync path itself (one HMAC per request is not the bottleneck).
     cfg.auth = constellation::AuthConfig::disabled();
     let srv = Server::start(cfg.clone()).await.expect("server");
+    if a.attack {
+        attack::run(&a, &srv, &ch, codebook).await;
+        srv.shutdown().await;
+        return;
+    }
 
     // A representative response of the real server, for the bare handler.
     let fixture = {
@@ -161,9 +178,9 @@ async fn run(a: Args) {
         "server throughput: {} clients (keep-alive), {} patterns per device, {} changed per sync (closed-loop deltas on real vectors), {} s per server",
         a.clients, a.patterns, a.changed, a.seconds
     );
-    let real = drive(&srv.url(), &a, &ch, codebook).await;
+    let real = drive(&srv.url(), &a, &ch, codebook, 0).await;
     let (commits0, items0) = srv.state().store.commit_stats();
-    let bare_r = drive(&format!("http://{bare}"), &a, &ch, codebook).await;
+    let bare_r = drive(&format!("http://{bare}"), &a, &ch, codebook, 0).await;
     // The same load on a PostgreSQL node (give an empty database: device
     // ids repeat from run to run).
     let pg = match &a.postgres {
@@ -172,7 +189,7 @@ async fn run(a: Args) {
             c.db = None;
             c.postgres = vec![url.clone()];
             let node = Server::start(c).await.expect("postgres server");
-            let r = drive(&node.url(), &a, &ch, codebook).await;
+            let r = drive(&node.url(), &a, &ch, codebook, 0).await;
             let stats = node.state().store.commit_stats();
             node.shutdown().await;
             Some((r, stats))

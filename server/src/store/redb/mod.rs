@@ -6,15 +6,25 @@
 //! (one fsync for the whole group) and only then calls each work's
 //! [`Finish`]. Throughput therefore does not stop at one fsync per sync.
 //! Reads use MVCC read transactions and never wait for the writer.
+//!
+//! Storage faults: redb refuses every later transaction ("Previous I/O
+//! error") once a write failed (disk full, file size limit, EIO). The writer
+//! then takes the database out of service (reads and writes answer
+//! [`StoreError::Backend`] meanwhile, which the server answers
+//! `503 storage_unavailable`), drops it and opens the file again after
+//! [`REOPEN_FIRST`], doubling the wait up to [`REOPEN_MAX`] while opening
+//! or the first transaction keeps failing. A commit that failed stored
+//! nothing and was never acknowledged, so nothing acknowledged is lost.
 
 mod txn;
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use ::redb::Database;
 
@@ -25,6 +35,11 @@ fn be<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// First wait before the database is opened again after a storage fault.
+pub const REOPEN_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to open the database again.
+pub const REOPEN_MAX: Duration = Duration::from_secs(8);
+
 /// Group-commit statistics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
@@ -32,6 +47,47 @@ pub struct CommitStats {
     pub commits: AtomicU64,
     /// Work items committed.
     pub items: AtomicU64,
+    /// Storage faults after which the database was taken out of service.
+    pub faults: AtomicU64,
+    /// Times the database was opened again after a fault.
+    pub reopens: AtomicU64,
+}
+
+/// The open database, shared by the readers and the writer: `None` while
+/// the writer reopens it after a storage fault.
+pub(super) struct Slot {
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+}
+
+impl Slot {
+    /// The database in service.
+    fn get(&self) -> StoreResult<Arc<Database>> {
+        self.db
+            .read()
+            .ok()
+            .and_then(|g| g.clone())
+            .ok_or_else(|| StoreError::Backend("database out of service after a fault".into()))
+    }
+
+    /// Takes the database out of service; reads fail until [`put`](Self::put).
+    fn take(&self) -> Option<Arc<Database>> {
+        self.db.write().ok().and_then(|mut g| g.take())
+    }
+
+    /// Puts `db` in service.
+    fn put(&self, db: Database) {
+        if let Ok(mut g) = self.db.write() {
+            *g = Some(Arc::new(db));
+        }
+    }
+
+    /// Opens the file (repairing it when a write was cut off) with every table.
+    fn open(&self) -> StoreResult<Database> {
+        let db = Database::create(&self.path).map_err(be)?;
+        txn::create_tables(&db)?;
+        Ok(db)
+    }
 }
 
 /// Settings of the redb backend.
@@ -54,7 +110,7 @@ impl Default for RedbOptions {
 
 /// The redb [`Store`].
 pub struct RedbStore {
-    db: Arc<Database>,
+    slot: Arc<Slot>,
     tx: Mutex<Option<SyncSender<Work>>>,
     depth: Arc<AtomicUsize>,
     stats: Arc<CommitStats>,
@@ -64,21 +120,24 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) the database at `path` and starts the writer.
     pub fn open(path: &Path, opts: RedbOptions) -> StoreResult<Self> {
-        let db = Database::create(path).map_err(be)?;
-        txn::create_tables(&db)?;
-        let db = Arc::new(db);
+        let slot = Slot {
+            db: RwLock::new(None),
+            path: path.to_path_buf(),
+        };
+        slot.put(slot.open()?);
+        let slot = Arc::new(slot);
         let (tx, rx) = sync_channel::<Work>(opts.queue_limit.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(CommitStats::default());
         let writer = {
-            let (db, depth, stats) = (db.clone(), depth.clone(), stats.clone());
+            let (slot, depth, stats) = (slot.clone(), depth.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("constellation-writer".into())
-                .spawn(move || writer::run(db, rx, depth, stats, opts.max_batch.max(1)))
+                .spawn(move || writer::run(slot, rx, depth, stats, opts.max_batch.max(1)))
                 .map_err(be)?
         };
         Ok(RedbStore {
-            db,
+            slot,
             tx: Mutex::new(Some(tx)),
             depth,
             stats,
@@ -117,7 +176,7 @@ impl Store for RedbStore {
     }
 
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()> {
-        let txn = self.db.begin_read().map_err(be)?;
+        let txn = self.slot.get()?.begin_read().map_err(be)?;
         f(&txn::RedbRead::new(txn))
     }
 

@@ -5,29 +5,98 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ::redb::{Database, Durability};
 
 use super::txn::RedbWrite;
-use super::{be, CommitStats};
-use crate::store::{Finish, StoreError, Work};
+use super::{be, CommitStats, Slot, REOPEN_FIRST, REOPEN_MAX};
+use crate::store::{Finish, ReadTxn, StoreError, StoreResult, Work};
 
-/// The writer loop: runs until every sender is gone.
+/// The database out of service after a storage fault.
+struct Fault {
+    /// The failed database, until every reader let go of it.
+    old: Option<Arc<Database>>,
+    /// When to try opening it again.
+    next_try: Instant,
+    /// The wait after that attempt, should it fail.
+    backoff: Duration,
+}
+
+impl Fault {
+    /// Tries to put the database back in service: drops the failed one
+    /// (once no reader holds it), opens the file again and checks that a
+    /// write transaction works. `true` when it is back.
+    fn reopen(&mut self, slot: &Slot, stats: &CommitStats) -> bool {
+        if let Some(old) = self.old.take() {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    let _ = catch_unwind(AssertUnwindSafe(|| drop(db)));
+                }
+                Err(old) => {
+                    // A read still runs on it: try again shortly.
+                    self.old = Some(old);
+                    self.next_try = Instant::now() + Duration::from_millis(50);
+                    return false;
+                }
+            }
+        }
+        match slot.open().and_then(|db| usable(&db).map(|()| db)) {
+            Ok(db) => {
+                slot.put(db);
+                stats.reopens.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("database reopened after a storage fault; serving again");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?self.backoff, "database still unusable");
+                self.next_try = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(REOPEN_MAX);
+                false
+            }
+        }
+    }
+}
+
+/// Whether a write transaction can begin and read on `db` (redb refuses
+/// every transaction after an I/O error: "Previous I/O error").
+/// A panic in redb (it asserts after some I/O errors) counts as unusable.
+fn usable(db: &Database) -> StoreResult<()> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let txn = db.begin_write().map_err(be)?;
+        let r = RedbWrite::open(&txn).and_then(|t| t.meta(crate::store::Meta::GlobalVersion));
+        txn.abort().map_err(be)?;
+        r.map(|_| ())
+    }))
+    .unwrap_or_else(|_| Err(StoreError::Backend("redb panicked".into())))
+}
+
+/// The writer loop: runs until every sender is gone. After a failed
+/// transaction it checks the database; when redb refuses it (an I/O
+/// error), it takes it out of service and reopens it (module docs), and
+/// the work queued meanwhile is dropped unrun (its callers see the store
+/// unavailable: nothing of it was stored).
 pub(super) fn run(
-    db: Arc<Database>,
+    slot: Arc<Slot>,
     rx: Receiver<Work>,
     depth: Arc<AtomicUsize>,
     stats: Arc<CommitStats>,
     max_batch: usize,
 ) {
     let mut pending: VecDeque<Work> = VecDeque::new();
+    let mut fault: Option<Fault> = None;
     loop {
         if pending.is_empty() {
-            match rx.recv() {
+            let got = match &fault {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(f) => rx.recv_timeout(f.next_try.saturating_duration_since(Instant::now())),
+            };
+            match got {
                 Ok(w) => pending.push_back(w),
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
         while pending.len() < max_batch {
@@ -36,24 +105,71 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
+        if let Some(f) = &mut fault {
+            if Instant::now() >= f.next_try && f.reopen(&slot, &stats) {
+                fault = None;
+            } else {
+                depth.fetch_sub(pending.len(), Ordering::Relaxed);
+                pending.clear();
+                continue;
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let db = match slot.get() {
+            Ok(db) => db,
+            Err(_) => {
+                fault = Some(Fault {
+                    old: None,
+                    next_try: Instant::now(),
+                    backoff: REOPEN_FIRST,
+                });
+                continue;
+            }
+        };
         let n = pending.len().min(max_batch);
         let mut batch: Vec<Work> = pending.drain(..n).collect();
         depth.fetch_sub(n, Ordering::Relaxed);
-        run_batch(&db, &mut batch, &mut pending, &stats);
+        let (finishes, outcome) = run_batch(&db, &mut batch, &mut pending, &stats);
+        if outcome.is_err() {
+            if let Err(e) = usable(&db) {
+                stats.faults.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    error = %e,
+                    retry_in = ?REOPEN_FIRST,
+                    "storage fault: database out of service until it opens again"
+                );
+                drop(db);
+                fault = Some(Fault {
+                    old: slot.take(),
+                    next_try: Instant::now() + REOPEN_FIRST,
+                    backoff: REOPEN_FIRST * 2,
+                });
+            }
+        }
+        // Told only now: a caller that sees the failure finds the database
+        // already out of service.
+        for f in finishes {
+            f(outcome.clone());
+        }
     }
 }
 
 /// Runs `batch` in one transaction. When one work fails, the transaction is
 /// abandoned, the works already run are told so, and the ones not yet run go
-/// back to the front of `pending` for the next transaction.
+/// back to the front of `pending` for the next transaction. Returns the
+/// works' [`Finish`]es, to be called with the outcome.
 fn run_batch(
     db: &Database,
     batch: &mut Vec<Work>,
     pending: &mut VecDeque<Work>,
     stats: &CommitStats,
-) {
+) -> (Vec<Finish>, StoreResult<()>) {
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-    let txn = match db.begin_write() {
+    let begun = catch_unwind(AssertUnwindSafe(|| db.begin_write().map_err(be)))
+        .unwrap_or_else(|_| Err(StoreError::Backend("redb panicked".into())));
+    let txn = match begun {
         Ok(mut t) => {
             t.set_durability(Durability::Immediate);
             t
@@ -62,7 +178,7 @@ fn run_batch(
             tracing::error!(error = %e, "cannot begin write transaction");
             // Every work is dropped unrun: its caller sees the writer closed.
             batch.clear();
-            return;
+            return (Vec::new(), Err(e));
         }
     };
     let mut failure: Option<StoreError> = None;
@@ -96,12 +212,15 @@ fn run_batch(
     for w in unrun.into_iter().rev() {
         pending.push_front(w);
     }
+    // redb asserts on an abort or commit after an I/O error inside the
+    // transaction; such a panic is a storage fault like the error itself.
     let outcome = match failure {
         Some(e) => {
-            let _ = txn.abort();
+            let _ = catch_unwind(AssertUnwindSafe(|| txn.abort()));
             Err(e)
         }
-        None => txn.commit().map_err(be),
+        None => catch_unwind(AssertUnwindSafe(|| txn.commit().map_err(be)))
+            .unwrap_or_else(|_| Err(StoreError::Backend("commit panicked".into()))),
     };
     if outcome.is_ok() {
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -111,7 +230,5 @@ fn run_batch(
     } else if let Err(e) = &outcome {
         tracing::error!(error = %e, items = finishes.len(), "group commit failed");
     }
-    for f in finishes {
-        f(outcome.clone());
-    }
+    (finishes, outcome)
 }
