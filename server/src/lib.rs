@@ -60,6 +60,7 @@ use store::{Meta, Store, StoreError, StoreResult};
 pub use aggregate::trends::TrendConfig;
 pub use aggregate::AggregateConfig;
 pub use auth::{AuthConfig, MasterSecret};
+pub use http::admin::AdminToken;
 pub use listen::Limits;
 
 /// Everything a server instance is configured with.
@@ -92,9 +93,13 @@ pub struct Config {
     pub overload_retry_after_s: u32,
     /// `Cache-Control: max-age` of global feed pages, in seconds.
     pub feed_max_age_s: u32,
-    /// Serve `GET /api/v1/devices/{id}/patterns` (raw device state: keep off
-    /// in production).
-    pub admin: bool,
+    /// Address of the admin listener (`GET /metrics`, and the device
+    /// read-back when `admin_token` is set); `None`: no admin listener.
+    /// Default: loopback, a free port ([`ServerHandle::admin_addr`]).
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token of the admin routes (`GET /api/v1/devices/{id}/patterns`,
+    /// raw device state); `None` (the default): those routes are off.
+    pub admin_token: Option<http::admin::AdminToken>,
     /// Aggregation into global patterns.
     pub aggregate: AggregateConfig,
     /// Trend signals.
@@ -124,7 +129,8 @@ impl Config {
             max_batch: 1024,
             overload_retry_after_s: 5,
             feed_max_age_s: 10,
-            admin: false,
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin_token: None,
             aggregate: AggregateConfig::default(),
             trends: TrendConfig::default(),
             auth: AuthConfig::new(),
@@ -382,6 +388,18 @@ impl Server {
             .await
             .map_err(StartError::Io)?;
         let local_addr = listener.local_addr().map_err(StartError::Io)?;
+        let admin_listener = match config.admin_listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(StartError::Io)?,
+            ),
+            None => None,
+        };
+        let admin_addr = match &admin_listener {
+            Some(l) => Some(l.local_addr().map_err(StartError::Io)?),
+            None => None,
+        };
         let state = Arc::new(AppState::new(store, config));
         if !state.config.auth.required {
             state.metrics.auth.set_disabled(true);
@@ -400,15 +418,36 @@ impl Server {
             state.metrics.conns.clone(),
             stop_rx.clone(),
         ));
-        let aggregator = tokio::spawn(aggregate::run(state.clone(), stop_rx));
+        let mut tasks = vec![serve];
+        if let Some(l) = admin_listener {
+            // Plain HTTP under the same limits; its own connection counters,
+            // so the sync listener's cap never locks out metrics scrapes.
+            tasks.push(tokio::spawn(listen::serve(
+                l,
+                None,
+                http::admin::router(state.clone()),
+                state.config.limits.clone(),
+                Arc::new(listen::ConnMetrics::default()),
+                stop_rx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(aggregate::run(state.clone(), stop_rx)));
         tracing::info!(addr = %local_addr, db = ?state.config.db, "constellation listening");
+        if let Some(a) = admin_addr {
+            tracing::info!(
+                addr = %a,
+                device_routes = state.config.admin_token.is_some(),
+                "admin listener (metrics; device read-back with the bearer token)"
+            );
+        }
         Ok(ServerHandle {
             local_addr,
+            admin_addr,
             state,
             redb,
             pg,
             stop: stop_tx,
-            tasks: vec![serve, aggregator],
+            tasks,
         })
     }
 }
@@ -416,6 +455,7 @@ impl Server {
 /// A running server.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     state: Arc<AppState>,
     redb: Option<Arc<store::redb::RedbStore>>,
     pg: Option<Arc<store::postgres::PgStore>>,
@@ -427,6 +467,12 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the admin listener (`GET /metrics`, device
+    /// read-back), when it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Base URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).

@@ -1,12 +1,15 @@
-//! Routes: the sync endpoint, the cacheable global feed, health, version,
-//! metrics and the optional admin read-back.
+//! Routes of the sync listener: the sync endpoint, the cacheable global
+//! feed, health and version. Metrics and the admin read-back are on the
+//! admin listener ([`admin`]), never here.
+
+pub mod admin;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,16 +27,13 @@ type St = State<Arc<AppState>>;
 
 /// The router of a server.
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut r = Router::new()
+    Router::new()
         .route("/api/v1/sync", post(sync_handler))
         .route("/api/v1/sync/version", get(version))
         .route("/api/v1/health", get(health))
         .route("/api/v1/global", get(feed))
-        .route("/metrics", get(metrics));
-    if state.config.admin {
-        r = r.route("/api/v1/devices/{id}/patterns", get(device_patterns));
-    }
-    r.layer(DefaultBodyLimit::disable()).with_state(state)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
 }
 
 fn octet(resp_body: Vec<u8>) -> Response {
@@ -329,15 +329,6 @@ async fn health(State(st): St) -> Response {
     }
 }
 
-async fn metrics(State(st): St) -> Response {
-    let mut r = Response::new(Body::from(st.metrics.render(st.gauges())));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
-}
-
 /// Query of `GET /api/v1/global`.
 #[derive(Debug, Deserialize)]
 pub struct FeedQuery {
@@ -449,16 +440,4 @@ async fn feed(
         }
     }
     r
-}
-
-async fn device_patterns(State(st): St, Path(id): Path<String>) -> Response {
-    if let Err(e) = sync::check_device_id(Some(id.as_bytes())) {
-        return e.into_response();
-    }
-    match crate::device_state(&*st.store, &id) {
-        Ok(s) => Json(s).into_response(),
-        Err(e) => {
-            error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
-        }
-    }
 }

@@ -185,7 +185,7 @@ async fn hostile_inputs_are_refused_and_store_nothing() {
     println!("| hostile input | tries | expected | observed |");
     println!("|---|---:|---|---|");
     for (what, code, reqs) in &cases {
-        let m0 = auth_failures(addr, code);
+        let m0 = auth_failures(admin(&srv), code);
         let mut ok = 0usize;
         for (dev, auth, b) in reqs {
             let r = post_signed(addr, dev, "0", auth.as_deref(), b);
@@ -197,7 +197,11 @@ async fn hostile_inputs_are_refused_and_store_nothing() {
             ok += 1;
         }
         assert_eq!(snapshot(&srv, "tv-h"), before, "{what}: store unchanged");
-        assert_eq!(auth_failures(addr, code), m0 + reqs.len() as f64, "{what}");
+        assert_eq!(
+            auth_failures(admin(&srv), code),
+            m0 + reqs.len() as f64,
+            "{what}"
+        );
         println!(
             "| {what} | {} | 401 `{}`, nothing stored | {ok} x 401 `{}`; store unchanged; metric `{code}` +{} |",
             reqs.len(),
