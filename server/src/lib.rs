@@ -63,6 +63,14 @@ pub use auth::{AuthConfig, MasterSecret};
 pub use http::admin::AdminToken;
 pub use listen::Limits;
 
+/// Default of [`Config::min_sync_interval_s`], seconds.
+pub const DEFAULT_MIN_SYNC_INTERVAL_S: u32 = 60;
+
+/// Default of [`Config::max_patterns_per_device`]: far above what a device
+/// keeps (the client holds a compile-time number of patterns, tens), small
+/// enough that one device cannot grow the store without bound.
+pub const DEFAULT_MAX_PATTERNS_PER_DEVICE: u32 = 1024;
+
 /// Everything a server instance is configured with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -82,9 +90,15 @@ pub struct Config {
     /// Seed of the pacing jitter; `None` draws one at start-up. A fixed seed
     /// makes a simulation's schedule repeatable.
     pub pacing_seed: Option<u64>,
-    /// A device whose last sync (without `more`) is more recent than this
-    /// gets `429`; 0 turns the limit off (the default).
+    /// A device whose last applied sync (without `more`) is more recent
+    /// than this gets `429` for a new sequence; a retry of an applied
+    /// sequence still gets its replay. 0 turns the limit off. Default 60 s,
+    /// well under the 300..900 s pacing a device follows.
     pub min_sync_interval_s: u32,
+    /// Most pattern ids one device may have stored; an upload that would
+    /// exceed it is refused whole with `403 pattern_quota_exceeded`. 0: no
+    /// quota. Default [`DEFAULT_MAX_PATTERNS_PER_DEVICE`].
+    pub max_patterns_per_device: u32,
     /// Writes queued before new syncs are answered `503`.
     pub queue_limit: usize,
     /// Most syncs in one group commit.
@@ -124,7 +138,8 @@ impl Config {
             codebooks: Codebooks::empty(),
             sync_interval: 300..=900,
             pacing_seed: None,
-            min_sync_interval_s: 0,
+            min_sync_interval_s: DEFAULT_MIN_SYNC_INTERVAL_S,
+            max_patterns_per_device: DEFAULT_MAX_PATTERNS_PER_DEVICE,
             queue_limit: 4096,
             max_batch: 1024,
             overload_retry_after_s: 5,
@@ -182,7 +197,9 @@ pub struct AppState {
     rng: AtomicU64,
     pace_seed: u64,
     pub(crate) aggregator: tokio::sync::Mutex<aggregate::Aggregator>,
-    limiter: Mutex<std::collections::HashMap<String, (Instant, bool)>>,
+    /// Per device: when its last sync was applied, whether it asked for
+    /// more, and its sequence.
+    limiter: Mutex<std::collections::HashMap<String, (Instant, bool, u64)>>,
 }
 
 impl AppState {
@@ -241,20 +258,26 @@ impl AppState {
         lo + (z % (u64::from(hi - lo) + 1)) as u32
     }
 
-    /// Seconds the device must still wait, when it syncs too often.
-    pub(crate) fn rate_limited(&self, device: &str) -> Option<u32> {
+    /// Seconds the device must still wait, when it syncs too often. A
+    /// request for a sequence at or below the last one applied is never
+    /// limited: it is a retry, answered from the idempotency record (or
+    /// refused as stale) by the writer.
+    pub(crate) fn rate_limited(&self, device: &str, seq: u64) -> Option<u32> {
         let min = self.config.min_sync_interval_s;
         if min == 0 {
             return None;
         }
         let map = self.limiter.lock().ok()?;
-        let (at, more) = map.get(device)?;
+        let (at, more, last_seq) = map.get(device)?;
+        if seq <= *last_seq {
+            return None;
+        }
         let elapsed = at.elapsed();
         let min = Duration::from_secs(u64::from(min));
         (!more && elapsed < min).then(|| (min - elapsed).as_secs().max(1) as u32)
     }
 
-    pub(crate) fn note_sync(&self, device: &str, more: bool) {
+    pub(crate) fn note_sync(&self, device: &str, more: bool, seq: u64) {
         if self.config.min_sync_interval_s == 0 {
             return;
         }
@@ -262,7 +285,7 @@ impl AppState {
             if map.len() > 1_000_000 {
                 map.clear();
             }
-            map.insert(device.to_string(), (Instant::now(), more));
+            map.insert(device.to_string(), (Instant::now(), more, seq));
         }
     }
 

@@ -161,9 +161,14 @@ struct ServeArgs {
     /// Range `next_sync_s` is drawn from, seconds, as `MIN..MAX` (inclusive).
     #[arg(long, default_value = "300..900", value_parser = parse_range)]
     sync_interval: (u32, u32),
-    /// Minimum seconds between two syncs of one device (429 otherwise); 0 = off.
-    #[arg(long, default_value_t = 0)]
+    /// Minimum seconds between two applied syncs of one device (429 for a
+    /// new sequence sooner; a retry still gets its replay); 0 = off.
+    #[arg(long, default_value_t = constellation::DEFAULT_MIN_SYNC_INTERVAL_S)]
     min_sync_interval: u32,
+    /// Most pattern ids one device may have stored (403
+    /// pattern_quota_exceeded past it); 0 = no quota.
+    #[arg(long, default_value_t = constellation::DEFAULT_MAX_PATTERNS_PER_DEVICE)]
+    max_patterns_per_device: u32,
     /// Cosine similarity at which a device pattern joins a global pattern.
     #[arg(long, default_value_t = 0.92)]
     similarity: f32,
@@ -379,6 +384,7 @@ fn main() -> std::process::ExitCode {
     config.codebooks = constellation::codebooks::default_codebooks();
     config.sync_interval = args.sync_interval.0..=args.sync_interval.1;
     config.min_sync_interval_s = args.min_sync_interval;
+    config.max_patterns_per_device = args.max_patterns_per_device;
     config.queue_limit = args.queue_limit;
     config.admin_listen = args.admin_listen.0;
     if let Some(path) = &args.admin_token_file {

@@ -635,6 +635,7 @@ fn a_failed_commit_answers_503_with_retry_after_and_no_error_text() {
     let bin = env!("CARGO_BIN_EXE_constellation");
     let script = format!(
         "trap '' XFSZ; ulimit -f 8192; exec '{bin}' serve --db '{}' --listen 127.0.0.1:0 \
+         --admin-listen off --min-sync-interval 0 --max-patterns-per-device 0 \
          --insecure-no-auth --log-level error",
         db.display()
     );

@@ -98,7 +98,7 @@ struct Synced {
     replayed: bool,
 }
 
-/// One sync, in order: headers, authentication header, body, signature,
+/// One sync, in order: headers, authentication header, enrolment, body, signature,
 /// validation, rate limit, pre-decoding, the write, the response. `signer`
 /// is set once the request's signature verified.
 async fn sync_inner(
@@ -117,13 +117,28 @@ async fn sync_inner(
         false => None,
     };
     let version = sync::check_sync_version(headers.get("x-sync-version").map(|v| v.as_bytes()))?;
+    if !is_octet_stream(headers) {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/octet-stream",
+        ));
+    }
+    // The enrolment before the body: an unknown or revoked id is refused
+    // without the server reading (or waiting for) its body.
+    if let (Some(p), Some(master)) = (presented.as_ref(), &st.config.auth.master) {
+        match store::read(&*st.store, |t| crate::auth::precheck(t, master, &device, p)) {
+            Ok(r) => r?,
+            Err(e) => return Err(unavailable_or_internal(st, e)),
+        }
+    }
     let bytes = read_body(headers, body, st.config.limits.body_read_timeout).await?;
     st.metrics
         .bytes_in
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let counter = authenticate(st, &device, presented.as_ref(), &bytes, signer)?;
     let mut up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
-    if let Some(wait) = st.rate_limited(&up.device) {
+    if let Some(wait) = st.rate_limited(&up.device, up.seq) {
         return Err(error::rate_limited(wait));
     }
     if let Err(e) = store::read(&*st.store, |t| {
@@ -131,10 +146,10 @@ async fn sync_inner(
     }) {
         return Err(unavailable_or_internal(st, e));
     }
-    let device = up.device.clone();
+    let (device, seq) = (up.device.clone(), up.seq);
     let accept_zstd = up.accept_zstd;
     let applied = write(st, up, counter).await?;
-    count_applied(st, &device, &applied);
+    count_applied(st, &device, seq, &applied);
     let response = if accept_zstd {
         sync::compress_response(&applied.response)
     } else {
@@ -149,18 +164,11 @@ async fn sync_inner(
     })
 }
 
-/// Reads the body of a sync: `application/octet-stream`, at most
+/// Reads the body of a sync (its `Content-Type` checked before): at most
 /// `MAX_UPLOAD_FRAME` bytes (refused by `Content-Length` before reading,
 /// else while reading), within `deadline` (`408 body_timeout`; the
 /// connection is closed after the answer, the rest of the body unread).
 async fn read_body(headers: &HeaderMap, body: Body, deadline: Duration) -> Result<Bytes, ApiError> {
-    if !is_octet_stream(headers) {
-        return Err(ApiError::new(
-            415,
-            "unsupported_media_type",
-            "Content-Type must be application/octet-stream",
-        ));
-    }
     let too_large = || {
         ApiError::new(
             413,
@@ -232,10 +240,11 @@ async fn write(
 ) -> Result<sync::Applied, ApiError> {
     let next = st.pace(&up.device, up.seq);
     let codebooks = st.config.codebooks.clone();
+    let quota = st.config.max_patterns_per_device;
     let result = store::write(&*st.store, move |txn| {
         let dev = up.device.clone();
         crate::auth::guarded(txn, &dev, counter, |txn| {
-            sync::apply(txn, &up, &codebooks, next)
+            sync::apply(txn, &up, &codebooks, next, quota)
         })
     })
     .await;
@@ -269,7 +278,7 @@ fn count_rejected(st: &AppState, e: &ApiError) {
 
 /// Counts an answered sync (a replay, or an applied one with its acks and
 /// conflicts, noted for the rate limit) and logs it.
-fn count_applied(st: &AppState, device: &str, applied: &sync::Applied) {
+fn count_applied(st: &AppState, device: &str, seq: u64, applied: &sync::Applied) {
     use Ordering::Relaxed;
     if applied.replayed {
         st.metrics.retries_replayed.fetch_add(1, Relaxed);
@@ -279,7 +288,7 @@ fn count_applied(st: &AppState, device: &str, applied: &sync::Applied) {
         st.metrics
             .conflicts
             .fetch_add(applied.conflicts as u64, Relaxed);
-        st.note_sync(device, applied.more);
+        st.note_sync(device, applied.more, seq);
     }
     tracing::debug!(
         device = %device,

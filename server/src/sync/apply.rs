@@ -83,12 +83,16 @@ enum Plan {
 
 /// Applies `up` inside a write transaction. The outer `Err` is a storage
 /// failure (the transaction is abandoned); the inner one a rejection, for
-/// which nothing was written.
+/// which nothing was written. `max_patterns` is the device's quota of
+/// stored pattern ids (0: none): an upload that would leave more stored is
+/// refused whole ([`quota_exceeded`]); updates, removals and uploads that
+/// do not grow the count are never refused by it.
 pub fn apply(
     txn: &mut dyn WriteTxn,
     up: &Upload,
     codebooks: &Codebooks,
     next_sync_s: u32,
+    max_patterns: u32,
 ) -> StoreResult<Result<Applied, ApiError>> {
     let prev = txn.device(&up.device)?;
     if let Some(rec) = &prev {
@@ -114,6 +118,23 @@ pub fn apply(
                 answers.push(a);
             }
             Err(e) => return Ok(Err(e)),
+        }
+    }
+
+    // The quota: counted (keys only) when the upload adds pattern ids.
+    let inserts = plans
+        .iter()
+        .filter(|p| matches!(p, Plan::Insert(..)))
+        .count() as u64;
+    if max_patterns > 0 && inserts > 0 {
+        let removes = plans
+            .iter()
+            .filter(|p| matches!(p, Plan::Remove(_)))
+            .count() as u64;
+        let stored = txn.device_pattern_count(&up.device)?;
+        let after = (stored + inserts).saturating_sub(removes);
+        if after > u64::from(max_patterns) {
+            return Ok(Err(quota_exceeded(stored, inserts, max_patterns)));
         }
     }
 
@@ -211,6 +232,20 @@ fn replay(rec: &DeviceRecord, up: &Upload) -> Option<Result<Applied, ApiError>> 
     }
     None
 }
+
+/// `403 pattern_quota_exceeded`: the upload would leave the device more
+/// stored pattern ids than `max`. Nothing of it is stored; the device must
+/// remove patterns (or stop adding new ones) before new ids are accepted.
+pub fn quota_exceeded(stored: u64, inserts: u64, max: u32) -> ApiError {
+    ApiError::new(
+        403,
+        QUOTA_EXCEEDED,
+        format!("{stored} pattern ids stored, {inserts} new in this upload: the quota is {max}"),
+    )
+}
+
+/// The code of [`quota_exceeded`].
+pub const QUOTA_EXCEEDED: &str = "pattern_quota_exceeded";
 
 /// Largest step above the last applied sequence the server accepts (the
 /// device's own cap on a 409 jump, `omega_tv_sync::sync::MAX_SEQ_JUMP`).

@@ -18,7 +18,7 @@
 mod apply;
 mod validate;
 
-pub use apply::{apply, predecode, Applied};
+pub use apply::{apply, predecode, quota_exceeded, Applied, QUOTA_EXCEEDED};
 pub use validate::{check_device_id, check_sync_version, validate};
 
 use omega_tv_sync::wire::Caps;

@@ -157,6 +157,8 @@ pub fn config(db: &Path) -> Config {
     c.codebooks = constellation::codebooks::default_codebooks();
     c.admin_token = Some(constellation::AdminToken::new(ADMIN_TOKEN).unwrap());
     c.aggregate.interval = Duration::from_secs(3600);
+    // These tests sync one device back to back; sync.rs tests the limit.
+    c.min_sync_interval_s = 0;
     c.auth = constellation::AuthConfig::disabled();
     c
 }
@@ -339,7 +341,7 @@ pub fn spawn_server(db: &Path) -> Child_ {
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--admin-token-file")
         .arg(&token)
-        .args(["--log-level", "warn"])
+        .args(["--min-sync-interval", "0", "--log-level", "warn"])
         .arg("--insecure-no-auth")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
