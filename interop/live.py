@@ -93,7 +93,10 @@ class Server:
             [binary, "serve", "--db", db, "--listen", "127.0.0.1:0",
              "--admin-listen", "127.0.0.1:0", "--admin-token-file", token_file,
              "--min-sync-interval", "0"] + list(extra),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            # unbuffered: two lines arriving together must not hide the
+            # second in a buffer select() does not see
+            bufsize=0)
         self.addr = None
         self.admin_addr = None
         deadline = time.time() + 30
@@ -103,7 +106,7 @@ class Server:
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         sel.register(self.proc.stderr, selectors.EVENT_READ)
         self.log = b""
-        while time.time() < deadline and self.addr is None:
+        while time.time() < deadline and (self.addr is None or self.admin_addr is None):
             for key, _ in sel.select(timeout=0.5):
                 line = key.fileobj.readline()
                 self.log += line
