@@ -108,7 +108,7 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
     let unsettled = fleet::settle::settle(&mut result, move || h.clone(), 8).await;
     assert_eq!(unsettled, 0);
     let mut t = HttpTransport::new(&format!("http://{}", child.admin())).unwrap();
-    let v = check::check_all(&cb, &result.tvs, &mut t, ADMIN_TOKEN)
+    let v = check::check_all(&result.tvs, &mut t, ADMIN_TOKEN)
         .await
         .unwrap();
     eprintln!(
@@ -123,7 +123,7 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
     child.kill();
     let mut child = serve(&bin, &db, addr, &[]);
     let mut t = HttpTransport::new(&format!("http://{}", child.admin())).unwrap();
-    let v2 = check::check_all(&cb, &result.tvs, &mut t, ADMIN_TOKEN)
+    let v2 = check::check_all(&result.tvs, &mut t, ADMIN_TOKEN)
         .await
         .unwrap();
     assert_eq!((v2.lost_updates, v2.duplicates_applied), (0, 0));
