@@ -81,10 +81,24 @@ def run_cli(binary, args):
 
 class Server:
     def __init__(self, binary, db, extra=()):
+        # The admin listener (GET /metrics; the device read-back with a
+        # bearer token from a mode-0600 file); no minimum sync interval (the
+        # scenario syncs back to back).
+        self.admin_token = "interop-%s" % os.urandom(12).hex()
+        token_file = db + ".admin-token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.admin_token + "\n")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--db", db, "--listen", "127.0.0.1:0", "--admin"] + list(extra),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            [binary, "serve", "--db", db, "--listen", "127.0.0.1:0",
+             "--admin-listen", "127.0.0.1:0", "--admin-token-file", token_file,
+             "--min-sync-interval", "0"] + list(extra),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            # unbuffered: two lines arriving together must not hide the
+            # second in a buffer select() does not see
+            bufsize=0)
         self.addr = None
+        self.admin_addr = None
         deadline = time.time() + 30
         # `listening on ADDR` (docs/server.md); read stdout and stderr
         import selectors
@@ -92,13 +106,17 @@ class Server:
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         sel.register(self.proc.stderr, selectors.EVENT_READ)
         self.log = b""
-        while time.time() < deadline and self.addr is None:
+        while time.time() < deadline and (self.addr is None or self.admin_addr is None):
             for key, _ in sel.select(timeout=0.5):
                 line = key.fileobj.readline()
                 self.log += line
                 # server.md says `listening on ADDR`; the binary logs
                 # `constellation listening addr=ADDR` (with colour codes)
                 plain = re.sub(rb"\x1b\[[0-9;]*m", b"", line)
+                a = re.match(rb"admin listening on (127\.0\.0\.1:\d+)", plain)
+                if a:
+                    self.admin_addr = a.group(1).decode()
+                    continue
                 m = re.search(rb"listening(?: on|.*?addr=)\s*(?:http://)?(127\.0\.0\.1:\d+)", plain)
                 if m:
                     self.addr = m.group(1).decode()
@@ -110,6 +128,11 @@ class Server:
             raise RuntimeError("server did not print `listening on`: %r" % self.log[-2000:])
         host, port = self.addr.split(":")
         self.host, self.port = host, int(port)
+        if self.admin_addr is None:
+            self.stop()
+            raise RuntimeError("server did not print `admin listening on`: %r" % self.log[-2000:])
+        host, port = self.admin_addr.split(":")
+        self.admin_host, self.admin_port = host, int(port)
         # keep draining its output so it never blocks on a full pipe
         import threading
         for f in (self.proc.stdout, self.proc.stderr):
@@ -137,6 +160,8 @@ class Http:
     def __init__(self, host, port):
         self.host, self.port = host, port
         self.count = 0
+        self.admin = None  # the admin listener's Http, and its token
+        self.admin_token = None
 
     def request(self, method, path, headers=None, body=None):
         self.count += 1
@@ -423,6 +448,8 @@ def run(binary, tmp, db):
     server = Server(binary, db, ["--aggregate-interval-ms", "200"])
     print("server on %s" % server.addr)
     http = Http(server.host, server.port)
+    http.admin = Http(server.admin_host, server.admin_port)
+    http.admin_token = server.admin_token
     try:
         scenario(http, cb, cbs, emb, rng, keys)
     except Exception as e:  # a crash of the scenario is a failure, not a hang
@@ -434,8 +461,10 @@ def run(binary, tmp, db):
 
 
 def admin(http, dev):
-    st, h, j = http.json("/api/v1/devices/%s/patterns" % dev)
-    return j if st == 200 else None
+    """The device read-back, on the admin listener with the bearer token."""
+    st, h, b = http.admin.request("GET", "/api/v1/devices/%s/patterns" % dev,
+                                  {"Authorization": "Bearer " + http.admin_token})
+    return json.loads(b) if st == 200 and b else None
 
 
 def admin_codes(http, dev):
@@ -977,7 +1006,7 @@ def globals_and_feed(http, cb, emb, rng, keys, A):
             f = o.decode_frame(b, o.KIND_DOWNLOAD)
             check(not f["records"][0]["reset"], "snapshot continued with &horizon: no reset")
         check(len(live) == len(set(seen)), "the snapshot holds every live item (%d)" % len(live), (live, seen))
-    st, h, b = http.request("GET", "/metrics")
+    st, h, b = http.admin.request("GET", "/metrics")
     m = re.search(rb"constellation_feed_not_modified_total(?:\{[^}]*\})? (\d+)", b)
     check(st == 200 and m and int(m.group(1)) >= 1, "metrics count the 304", m and m.group(0))
 

@@ -16,20 +16,26 @@ dir=$(mktemp -d)
 srv=""
 trap '[ -n "$srv" ] && kill $srv 2>/dev/null; rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+admin_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# The admin listener's bearer token (the checker reads device state there).
+(umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$dir/admin-token")
 # Enrol the TVs (one key each, printed once): every request is signed, as
 # in production.
 ./target/release/constellation device add --db "$dir/load.redb" \
     $(seq -f 'tv-%06g' 0 $((devices - 1))) >"$dir/keys.txt"
+# No minimum sync interval: the simulation compresses 5-15 min into milliseconds.
 ./target/release/constellation serve --db "$dir/load.redb" --listen "127.0.0.1:$port" \
-    --admin --log-level warn >"$dir/server.out" &
+    --admin-listen "127.0.0.1:$admin_port" --admin-token-file "$dir/admin-token" \
+    --min-sync-interval 0 --log-level warn >"$dir/server.out" &
 srv=$!
-for _ in $(seq 100); do grep -q "listening on" "$dir/server.out" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "^listening on" "$dir/server.out" 2>/dev/null && break; sleep 0.1; done
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$srv/stat"; }
 cpu0=$(cpu)
 start=$(date +%s.%N)
 ./target/release/fleet --devices "$devices" --rounds "$rounds" \
     --concurrency "$conc" --server "http://127.0.0.1:$port" --keys "$dir/keys.txt" --quiet \
+    --admin "http://127.0.0.1:$admin_port" --admin-token-file "$dir/admin-token" \
     --json "$dir/report.json" ${FLEET_ARGS:-} &
 fleet=$!
 # Once a second: wall, server CPU ticks, fleet CPU ticks, fleet VmHWM (kB).
@@ -47,7 +53,7 @@ hwm=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
 threads=$(for t in /proc/$srv/task/*; do
     printf '%s %s\n' "$(tr ' ' '_' <"$t/comm")" "$(awk '{print $14 + $15}' "$t/stat")"
 done | awk -v tk="$ticks" '{c[$1] += $2; n[$1]++} END {for (k in c) printf "%s x%d %.1fs; ", k, n[k], c[k] / tk}')
-curl -s "http://127.0.0.1:$port/metrics" >"$dir/metrics.txt" || true
+curl -s "http://127.0.0.1:$admin_port/metrics" >"$dir/metrics.txt" || true
 # Server-side sync latency (validation to response) from its histogram: the
 # bucket bound at or below which 50% / 99% of the syncs finished.
 srv_lat=$(python3 - "$dir/metrics.txt" <<'PY'

@@ -11,14 +11,17 @@
 #      embassy-net stack is the other end, with $DEVICE_ADDR/24);
 #   3. enrols two device ids (`constellation device add`, which prints each
 #      key once), writes the TLS PSK of the second (`constellation device
-#      tls-psk`, ID:HEX) to a mode-0600 file, and starts `constellation serve
-#      --admin` inside the namespace (authentication on), bound to
-#      $HOST_ADDR:$PORT, with a fresh redb file in a temporary directory;
+#      tls-psk`, ID:HEX) to a mode-0600 file, writes a random admin token to
+#      a mode-0600 file, and starts `constellation serve` inside the
+#      namespace (authentication on), bound to $HOST_ADDR:$PORT, its admin
+#      listener on $HOST_ADDR:$ADMIN_PORT with that token, no minimum sync
+#      interval (the client syncs back to back), with a fresh redb file in a
+#      temporary directory;
 #   4. runs the client inside the namespace for $SYNCS syncs of the real
 #      sync client over plain HTTP, every request signed with the first key
 #      (patterns drifting between syncs), bounded in time ($CLIENT_TIMEOUT
-#      seconds); the client then reads the server's state back
-#      (GET /api/v1/devices/{id}/patterns) and checks that the server holds
+#      seconds); the client then reads the server's state back from the
+#      admin listener (GET /api/v1/devices/{id}/patterns, bearer token) and checks that the server holds
 #      exactly its acked revisions and codes;
 #   5. starts stunnel in the namespace as a TLS 1.3 PSK terminator on
 #      $HOST_ADDR:$TLS_PORT in front of the server, and runs the client again
@@ -48,6 +51,7 @@
 #   CLIENT_TIMEOUT  hard bound on the client run, seconds [60]
 #   NETNS TAP HOST_ADDR DEVICE_ADDR PORT   [omega-sync-$$ omtap0 10.77.0.1 10.77.0.2 8080]
 #   TLS_PORT        the TLS terminator's port [8443]
+#   ADMIN_PORT      the server's admin listener port [8081]
 #   DEVICE TLS_DEVICE   device ids [stb-netns-embassy-0001 stb-netns-embassy-tls-0002]
 #   STUNNEL         the stunnel binary [stunnel4 or stunnel on PATH]
 #   CARGO_PROFILE   debug or release [debug]
@@ -64,6 +68,7 @@ SYNCS=${SYNCS:-5}
 SERVER=${SERVER:-constellation}
 CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-60}
 TLS_PORT=${TLS_PORT:-8443}
+ADMIN_PORT=${ADMIN_PORT:-8081}
 DEVICE=${DEVICE:-stb-netns-embassy-0001}
 TLS_DEVICE=${TLS_DEVICE:-stb-netns-embassy-tls-0002}
 CARGO_PROFILE=${CARGO_PROFILE:-debug}
@@ -163,11 +168,15 @@ if [ "$SERVER" = constellation ]; then
         { echo "netns-sync: FAILED: enrolment printed no key" >&2; exit 1; }
     # The TLS terminator's PSK file (ID:HEX, what the TLS device derives).
     (umask 077 && "$TARGET_DIR/release/constellation" device tls-psk --db "$tmp/ns.redb" "$TLS_DEVICE" >"$tmp/psk.txt")
+    admin_token=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+    (umask 077 && printf '%s\n' "$admin_token" >"$tmp/admin-token")
     start_server "$TARGET_DIR/release/constellation" serve --db "$tmp/ns.redb" \
-        --listen "$HOST_ADDR:$PORT" --admin --log-level warn
+        --listen "$HOST_ADDR:$PORT" --admin-listen "$HOST_ADDR:$ADMIN_PORT" \
+        --admin-token-file "$tmp/admin-token" --min-sync-interval 0 --log-level warn
 
     # 1. Plain HTTP.
-    run_client --syncs "$SYNCS" --key "$key" --device "$DEVICE"
+    run_client --syncs "$SYNCS" --key "$key" --device "$DEVICE" \
+        --admin-port "$ADMIN_PORT" --admin-token "$admin_token"
     if [ "$rc" -ne 0 ]; then
         echo "netns-sync: FAILED: plain client exited with $rc" >&2
         exit 1
@@ -184,7 +193,8 @@ if [ "$SERVER" = constellation ]; then
         if nsx ss -ltn 2>/dev/null | grep -q "$HOST_ADDR:$TLS_PORT"; then break; fi
         sleep 0.1
     done
-    run_client --syncs "$SYNCS" --key "$tls_key" --device "$TLS_DEVICE" --tls-port "$TLS_PORT"
+    run_client --syncs "$SYNCS" --key "$tls_key" --device "$TLS_DEVICE" --tls-port "$TLS_PORT" \
+        --admin-port "$ADMIN_PORT" --admin-token "$admin_token"
     stop_server
     if [ "$rc" -ne 0 ]; then
         echo "netns-sync: FAILED: TLS client exited with $rc; stunnel said:" >&2

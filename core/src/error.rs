@@ -94,6 +94,14 @@ pub enum Error {
     Compression,
     /// zstd failed to decompress (corrupt input, or output too large).
     Decompression,
+    /// The server's per-device quota of stored pattern ids is full (`403
+    /// pattern_quota_exceeded`, signed for the request): the request was
+    /// dropped, nothing of it stored (its patterns stay pending), and the
+    /// client waits at least the backoff cap before it sends again. The
+    /// server refuses every upload that adds pattern ids while the quota is
+    /// full; the application removes patterns (their removals are uploaded)
+    /// to make room.
+    QuotaExceeded,
 
     // ---- storage (feature `flash`) ----
     /// The flash driver reported an error (read, write or erase failed).
@@ -138,17 +146,22 @@ impl Error {
             Error::CapacityExceeded => "capacity_exceeded",
             Error::Compression => "compression",
             Error::Decompression => "decompression",
+            Error::QuotaExceeded => "pattern_quota_exceeded",
             Error::Flash => "flash",
             Error::StorageCorrupt => "storage_corrupt",
         }
     }
 
     /// True for errors that more room (a bigger buffer, fewer items per frame)
-    /// would fix; false for bad input and peer mismatches.
+    /// or fewer stored patterns (the server's quota) would fix; false for bad
+    /// input and peer mismatches.
     pub const fn is_resource(self) -> bool {
         matches!(
             self,
-            Error::BufferTooSmall | Error::CapacityExceeded | Error::Compression
+            Error::BufferTooSmall
+                | Error::CapacityExceeded
+                | Error::Compression
+                | Error::QuotaExceeded
         )
     }
 }

@@ -365,6 +365,7 @@ pub async fn run_embedded(cfg: &HerdConfig, dir: &std::path::Path) -> Result<Her
     c.db = Some(dir.join("herd.redb"));
     c.listen = "127.0.0.1:0".parse().expect("loopback address");
     c.codebooks = constellation::codebooks::default_codebooks();
+    c.min_sync_interval_s = 0; // syncs back to back (virtual time)
     let h = constellation::Server::start(c)
         .await
         .map_err(|e| format!("starting the server: {e}"))?;

@@ -349,6 +349,13 @@ typedef enum {
    */
   OTS_ERROR_COMPRESSION = 82,
   /**
+   * The server's per-device quota of stored pattern ids is full (`403
+   * pattern_quota_exceeded`): the request was dropped, its patterns stay
+   * pending, the next attempt waits at least the backoff cap. Remove
+   * patterns to make room.
+   */
+  OTS_ERROR_QUOTA_EXCEEDED = 83,
+  /**
    * The flash driver reported an error.
    */
   OTS_ERROR_FLASH = 96,

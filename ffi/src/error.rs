@@ -118,6 +118,11 @@ pub enum ots_error_t {
     OTS_ERROR_CAPACITY_EXCEEDED = 81,
     /// zstd failed to compress.
     OTS_ERROR_COMPRESSION = 82,
+    /// The server's per-device quota of stored pattern ids is full (`403
+    /// pattern_quota_exceeded`): the request was dropped, its patterns stay
+    /// pending, the next attempt waits at least the backoff cap. Remove
+    /// patterns to make room.
+    OTS_ERROR_QUOTA_EXCEEDED = 83,
 
     // ---- storage ----
     /// The flash driver reported an error.
@@ -199,6 +204,7 @@ impl From<Error> for ots_error_t {
             Error::BufferTooSmall => E::OTS_ERROR_BUFFER_TOO_SMALL,
             Error::CapacityExceeded => E::OTS_ERROR_CAPACITY_EXCEEDED,
             Error::Compression => E::OTS_ERROR_COMPRESSION,
+            Error::QuotaExceeded => E::OTS_ERROR_QUOTA_EXCEEDED,
             Error::Flash => E::OTS_ERROR_FLASH,
             Error::StorageCorrupt => E::OTS_ERROR_STORAGE_CORRUPT,
             _ => E::OTS_ERROR_UNKNOWN,
@@ -247,6 +253,7 @@ pub(crate) const TABLE: &[(ots_error_t, &core::ffi::CStr)] = &[
     (E::OTS_ERROR_BUFFER_TOO_SMALL, c"buffer_too_small"),
     (E::OTS_ERROR_CAPACITY_EXCEEDED, c"capacity_exceeded"),
     (E::OTS_ERROR_COMPRESSION, c"compression"),
+    (E::OTS_ERROR_QUOTA_EXCEEDED, c"pattern_quota_exceeded"),
     (E::OTS_ERROR_FLASH, c"flash"),
     (E::OTS_ERROR_STORAGE_CORRUPT, c"storage_corrupt"),
     (E::OTS_ERROR_TRANSPORT, c"transport"),

@@ -6,11 +6,12 @@
 //!   natively, under AddressSanitizer + UBSan, and under valgrind, each
 //!   with zero errors;
 //! - `host_example_syncs_with_the_real_server`: `examples/host/ots_sync.c`
-//!   (libcurl) against `constellation serve --admin` on loopback with the
+//!   (libcurl) against `constellation serve` on loopback with the
 //!   device enrolled by `constellation device add`: 5 syncs in two runs
 //!   (the second restores the snapshot file the first wrote), the first run
 //!   built with AddressSanitizer, the second run under valgrind; then the
-//!   server's state, read back through the admin endpoint, must equal the
+//!   server's state, read back through the admin listener (bearer token),
+//!   must equal the
 //!   client's acknowledged codes and revisions.
 //!
 //! Without a C compiler, libcurl's headers, AddressSanitizer or valgrind a
@@ -289,37 +290,61 @@ impl Drop for Served {
     }
 }
 
-/// Starts `constellation serve --admin` on a free loopback port and
-/// returns it with its address.
-fn serve(bin: &Path, db: &Path) -> (Served, String) {
+/// The admin bearer token [`serve`] starts the server with.
+const ADMIN_TOKEN: &str = "c-programs-admin-token-0123";
+
+/// Starts `constellation serve` on a free loopback port (its admin listener
+/// on another, with [`ADMIN_TOKEN`] in a mode-0600 file next to `db`; no
+/// minimum sync interval: the example syncs back to back) and returns it
+/// with its address and its admin address.
+fn serve(bin: &Path, db: &Path) -> (Served, String, String) {
+    let token = db.with_extension("admin-token");
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).expect("write the admin token");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the admin token");
+    }
     let mut child = Command::new(bin)
         .args(["serve", "--db"])
         .arg(db)
-        .args(["--listen", "127.0.0.1:0", "--admin", "--log-level", "error"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--admin-token-file")
+        .arg(&token)
+        .args(["--min-sync-interval", "0", "--log-level", "error"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn constellation");
     let out = child.stdout.take().expect("stdout");
     let served = Served(child);
+    let mut r = BufReader::new(out);
+    let mut admin = String::new();
+    let _ = r.read_line(&mut admin);
+    let admin = admin
+        .trim()
+        .strip_prefix("admin listening on ")
+        .unwrap_or_else(|| panic!("constellation did not start: {admin:?}"))
+        .to_string();
     let mut line = String::new();
-    let _ = BufReader::new(out).read_line(&mut line);
+    let _ = r.read_line(&mut line);
     let addr = line
         .trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("constellation did not start: {line:?}"))
         .to_string();
-    (served, addr)
+    (served, addr, admin)
 }
 
-/// `GET path` over HTTP/1.1 on loopback; the body.
+/// `GET path` over HTTP/1.1 on loopback with the admin bearer token; the body.
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Connection: close\r\n\r\n"
     )
     .expect("send");
     let mut raw = Vec::new();
@@ -395,7 +420,7 @@ fn host_example_syncs_with_the_real_server() {
         .expect("ID KEY")
         .to_string();
 
-    let (_server, addr) = serve(&bin, &db);
+    let (_server, addr, admin) = serve(&bin, &db);
     let url = format!("http://{addr}");
     let state = dir.path().join("state.bin");
     let dump = dir.path().join("acked.txt");
@@ -439,7 +464,7 @@ fn host_example_syncs_with_the_real_server() {
 
     // The client's acknowledged state against the server's.
     let acked = std::fs::read_to_string(&dump).expect("dump");
-    let json = http_get(&addr, &format!("/api/v1/devices/{device}/patterns"));
+    let json = http_get(&admin, &format!("/api/v1/devices/{device}/patterns"));
     let v: serde_json::Value = serde_json::from_str(&json).expect("admin JSON");
     assert_eq!(v["last_seq"], 5, "{json}");
     let patterns = v["patterns"].as_array().expect("patterns");

@@ -60,7 +60,16 @@ use store::{Meta, Store, StoreError, StoreResult};
 pub use aggregate::trends::TrendConfig;
 pub use aggregate::AggregateConfig;
 pub use auth::{AuthConfig, MasterSecret};
+pub use http::admin::AdminToken;
 pub use listen::Limits;
+
+/// Default of [`Config::min_sync_interval_s`], seconds.
+pub const DEFAULT_MIN_SYNC_INTERVAL_S: u32 = 60;
+
+/// Default of [`Config::max_patterns_per_device`]: far above what a device
+/// keeps (the client holds a compile-time number of patterns, tens), small
+/// enough that one device cannot grow the store without bound.
+pub const DEFAULT_MAX_PATTERNS_PER_DEVICE: u32 = 1024;
 
 /// Everything a server instance is configured with.
 #[derive(Clone, Debug)]
@@ -81,9 +90,15 @@ pub struct Config {
     /// Seed of the pacing jitter; `None` draws one at start-up. A fixed seed
     /// makes a simulation's schedule repeatable.
     pub pacing_seed: Option<u64>,
-    /// A device whose last sync (without `more`) is more recent than this
-    /// gets `429`; 0 turns the limit off (the default).
+    /// A device whose last applied sync (without `more`) is more recent
+    /// than this gets `429` for a new sequence; a retry of an applied
+    /// sequence still gets its replay. 0 turns the limit off. Default 60 s,
+    /// well under the 300..900 s pacing a device follows.
     pub min_sync_interval_s: u32,
+    /// Most pattern ids one device may have stored; an upload that would
+    /// exceed it is refused whole with `403 pattern_quota_exceeded`. 0: no
+    /// quota. Default [`DEFAULT_MAX_PATTERNS_PER_DEVICE`].
+    pub max_patterns_per_device: u32,
     /// Writes queued before new syncs are answered `503`.
     pub queue_limit: usize,
     /// Most syncs in one group commit.
@@ -92,9 +107,13 @@ pub struct Config {
     pub overload_retry_after_s: u32,
     /// `Cache-Control: max-age` of global feed pages, in seconds.
     pub feed_max_age_s: u32,
-    /// Serve `GET /api/v1/devices/{id}/patterns` (raw device state: keep off
-    /// in production).
-    pub admin: bool,
+    /// Address of the admin listener (`GET /metrics`, and the device
+    /// read-back when `admin_token` is set); `None`: no admin listener.
+    /// Default: loopback, a free port ([`ServerHandle::admin_addr`]).
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token of the admin routes (`GET /api/v1/devices/{id}/patterns`,
+    /// raw device state); `None` (the default): those routes are off.
+    pub admin_token: Option<http::admin::AdminToken>,
     /// Aggregation into global patterns.
     pub aggregate: AggregateConfig,
     /// Trend signals.
@@ -119,12 +138,14 @@ impl Config {
             codebooks: Codebooks::empty(),
             sync_interval: 300..=900,
             pacing_seed: None,
-            min_sync_interval_s: 0,
+            min_sync_interval_s: DEFAULT_MIN_SYNC_INTERVAL_S,
+            max_patterns_per_device: DEFAULT_MAX_PATTERNS_PER_DEVICE,
             queue_limit: 4096,
             max_batch: 1024,
             overload_retry_after_s: 5,
             feed_max_age_s: 10,
-            admin: false,
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin_token: None,
             aggregate: AggregateConfig::default(),
             trends: TrendConfig::default(),
             auth: AuthConfig::new(),
@@ -176,7 +197,9 @@ pub struct AppState {
     rng: AtomicU64,
     pace_seed: u64,
     pub(crate) aggregator: tokio::sync::Mutex<aggregate::Aggregator>,
-    limiter: Mutex<std::collections::HashMap<String, (Instant, bool)>>,
+    /// Per device: when its last sync was applied, whether it asked for
+    /// more, and its sequence.
+    limiter: Mutex<std::collections::HashMap<String, (Instant, bool, u64)>>,
 }
 
 impl AppState {
@@ -235,20 +258,26 @@ impl AppState {
         lo + (z % (u64::from(hi - lo) + 1)) as u32
     }
 
-    /// Seconds the device must still wait, when it syncs too often.
-    pub(crate) fn rate_limited(&self, device: &str) -> Option<u32> {
+    /// Seconds the device must still wait, when it syncs too often. A
+    /// request for a sequence at or below the last one applied is never
+    /// limited: it is a retry, answered from the idempotency record (or
+    /// refused as stale) by the writer.
+    pub(crate) fn rate_limited(&self, device: &str, seq: u64) -> Option<u32> {
         let min = self.config.min_sync_interval_s;
         if min == 0 {
             return None;
         }
         let map = self.limiter.lock().ok()?;
-        let (at, more) = map.get(device)?;
+        let (at, more, last_seq) = map.get(device)?;
+        if seq <= *last_seq {
+            return None;
+        }
         let elapsed = at.elapsed();
         let min = Duration::from_secs(u64::from(min));
         (!more && elapsed < min).then(|| (min - elapsed).as_secs().max(1) as u32)
     }
 
-    pub(crate) fn note_sync(&self, device: &str, more: bool) {
+    pub(crate) fn note_sync(&self, device: &str, more: bool, seq: u64) {
         if self.config.min_sync_interval_s == 0 {
             return;
         }
@@ -256,7 +285,7 @@ impl AppState {
             if map.len() > 1_000_000 {
                 map.clear();
             }
-            map.insert(device.to_string(), (Instant::now(), more));
+            map.insert(device.to_string(), (Instant::now(), more, seq));
         }
     }
 
@@ -382,6 +411,18 @@ impl Server {
             .await
             .map_err(StartError::Io)?;
         let local_addr = listener.local_addr().map_err(StartError::Io)?;
+        let admin_listener = match config.admin_listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(StartError::Io)?,
+            ),
+            None => None,
+        };
+        let admin_addr = match &admin_listener {
+            Some(l) => Some(l.local_addr().map_err(StartError::Io)?),
+            None => None,
+        };
         let state = Arc::new(AppState::new(store, config));
         if !state.config.auth.required {
             state.metrics.auth.set_disabled(true);
@@ -400,15 +441,36 @@ impl Server {
             state.metrics.conns.clone(),
             stop_rx.clone(),
         ));
-        let aggregator = tokio::spawn(aggregate::run(state.clone(), stop_rx));
+        let mut tasks = vec![serve];
+        if let Some(l) = admin_listener {
+            // Plain HTTP under the same limits; its own connection counters,
+            // so the sync listener's cap never locks out metrics scrapes.
+            tasks.push(tokio::spawn(listen::serve(
+                l,
+                None,
+                http::admin::router(state.clone()),
+                state.config.limits.clone(),
+                Arc::new(listen::ConnMetrics::default()),
+                stop_rx.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(aggregate::run(state.clone(), stop_rx)));
         tracing::info!(addr = %local_addr, db = ?state.config.db, "constellation listening");
+        if let Some(a) = admin_addr {
+            tracing::info!(
+                addr = %a,
+                device_routes = state.config.admin_token.is_some(),
+                "admin listener (metrics; device read-back with the bearer token)"
+            );
+        }
         Ok(ServerHandle {
             local_addr,
+            admin_addr,
             state,
             redb,
             pg,
             stop: stop_tx,
-            tasks: vec![serve, aggregator],
+            tasks,
         })
     }
 }
@@ -416,6 +478,7 @@ impl Server {
 /// A running server.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     state: Arc<AppState>,
     redb: Option<Arc<store::redb::RedbStore>>,
     pg: Option<Arc<store::postgres::PgStore>>,
@@ -427,6 +490,12 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the admin listener (`GET /metrics`, device
+    /// read-back), when it has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Base URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).

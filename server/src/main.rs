@@ -161,9 +161,14 @@ struct ServeArgs {
     /// Range `next_sync_s` is drawn from, seconds, as `MIN..MAX` (inclusive).
     #[arg(long, default_value = "300..900", value_parser = parse_range)]
     sync_interval: (u32, u32),
-    /// Minimum seconds between two syncs of one device (429 otherwise); 0 = off.
-    #[arg(long, default_value_t = 0)]
+    /// Minimum seconds between two applied syncs of one device (429 for a
+    /// new sequence sooner; a retry still gets its replay); 0 = off.
+    #[arg(long, default_value_t = constellation::DEFAULT_MIN_SYNC_INTERVAL_S)]
     min_sync_interval: u32,
+    /// Most pattern ids one device may have stored (403
+    /// pattern_quota_exceeded past it); 0 = no quota.
+    #[arg(long, default_value_t = constellation::DEFAULT_MAX_PATTERNS_PER_DEVICE)]
+    max_patterns_per_device: u32,
     /// Cosine similarity at which a device pattern joins a global pattern.
     #[arg(long, default_value_t = 0.92)]
     similarity: f32,
@@ -176,9 +181,17 @@ struct ServeArgs {
     /// Writes queued before syncs are answered 503.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
-    /// Serve GET /api/v1/devices/{id}/patterns (raw device state).
+    /// Address of the admin listener: GET /metrics, and GET
+    /// /api/v1/devices/{id}/patterns (raw device state) when
+    /// --admin-token-file is given; `off`: no admin listener. Keep it on
+    /// loopback or a private network.
+    #[arg(long, default_value = "127.0.0.1:8081", value_parser = parse_admin_listen)]
+    admin_listen: AdminListen,
+    /// File holding the bearer token (at least 16 printable characters) the
+    /// admin device routes require; mode 0600 (refused when group or others
+    /// may access it). Without it those routes are off.
     #[arg(long)]
-    admin: bool,
+    admin_token_file: Option<PathBuf>,
     /// The master secret file device keys derive from (created, mode 0600,
     /// if missing); default: the redb path with `.master-secret` appended
     /// (required with PostgreSQL).
@@ -206,6 +219,19 @@ struct ServeArgs {
     /// Connection limits.
     #[command(flatten)]
     limits: constellation::listen::LimitArgs,
+}
+
+/// `--admin-listen`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct AdminListen(Option<SocketAddr>);
+
+fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
+    if s == "off" {
+        return Ok(AdminListen(None));
+    }
+    s.parse()
+        .map(|a| AdminListen(Some(a)))
+        .map_err(|e| format!("{e} (expected ADDR:PORT or off)"))
 }
 
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
@@ -358,8 +384,18 @@ fn main() -> std::process::ExitCode {
     config.codebooks = constellation::codebooks::default_codebooks();
     config.sync_interval = args.sync_interval.0..=args.sync_interval.1;
     config.min_sync_interval_s = args.min_sync_interval;
+    config.max_patterns_per_device = args.max_patterns_per_device;
     config.queue_limit = args.queue_limit;
-    config.admin = args.admin;
+    config.admin_listen = args.admin_listen.0;
+    if let Some(path) = &args.admin_token_file {
+        match constellation::AdminToken::load(path) {
+            Ok(t) => config.admin_token = Some(t),
+            Err(e) => {
+                eprintln!("constellation: admin token {}: {e}", path.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     config.limits = args.limits.limits();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(constellation::tls::TlsConfig {
@@ -421,7 +457,10 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        // The line tests and scripts wait for.
+        // The lines tests and scripts wait for (the admin one first).
+        if let Some(a) = handle.admin_addr() {
+            println!("admin listening on {a}");
+        }
         println!("listening on {}", handle.local_addr());
         let sig = constellation::shutdown::signal().await;
         tracing::info!(signal = sig, "shutting down");

@@ -98,7 +98,7 @@ fn sync_once(store: &MemStore, body: &[u8]) -> Result<sync::Applied, crate::erro
     let s2 = slot.clone();
     store
         .submit(Box::new(move |txn: &mut dyn WriteTxn| {
-            let r = sync::apply(txn, &up, &books(), 600);
+            let r = sync::apply(txn, &up, &books(), 600, 0);
             let status = r.as_ref().map(|_| ()).map_err(|e| e.clone());
             *s2.lock().unwrap() = Some(r);
             let f: store::Finish = Box::new(|_| {});

@@ -106,8 +106,11 @@ async fn exactly_once(b: Backend) {
         assert_eq!(p.revision, 1, "applied once");
         assert_eq!(p.codes, u.codes.to_vec());
     }
-    assert_eq!(metric(addr, "constellation_syncs_total"), 1.0);
-    assert_eq!(metric(addr, "constellation_retries_replayed_total"), 2.0);
+    assert_eq!(metric(admin(&srv), "constellation_syncs_total"), 1.0);
+    assert_eq!(
+        metric(admin(&srv), "constellation_retries_replayed_total"),
+        2.0
+    );
     // A delta on the acknowledged codes lands exactly on the new codes.
     let newer = quantize(&v[10]);
     let body = upload(2, 0, &[Up::delta("p1", 1, items[0].codes, newer)]);
@@ -176,10 +179,7 @@ async fn conflicts(b: Backend) {
         srv.device_state("tv-9").unwrap().patterns[0].codes,
         qb.to_vec()
     );
-    assert_eq!(
-        metric(srv.local_addr(), "constellation_conflicts_total"),
-        1.0
-    );
+    assert_eq!(metric(admin(&srv), "constellation_conflicts_total"), 1.0);
     srv.shutdown().await;
 }
 
@@ -529,7 +529,8 @@ fn device_commands_work_against_a_running_postgres_deployment() {
     let mut child = Command::new(bin)
         .args(["serve", "--db", &url, "--master-secret"])
         .arg(&secret)
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--log-level", "warn"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

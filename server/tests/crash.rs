@@ -12,17 +12,6 @@ use std::time::Duration;
 use common::*;
 use omega_tv_sync::codec::Codes;
 
-fn device_json(addr: std::net::SocketAddr, id: &str) -> serde_json::Value {
-    raw(
-        addr,
-        "GET",
-        &format!("/api/v1/devices/{id}/patterns"),
-        &[],
-        &[],
-    )
-    .json()
-}
-
 /// What a device knows when the server dies.
 struct Device {
     id: String,
@@ -91,7 +80,7 @@ fn acknowledged_updates_survive_a_kill_and_unacknowledged_ones_apply_once() {
 
     let mut srv = spawn_server(&db);
     for dev in &devices {
-        let j = device_json(srv.addr, &dev.id);
+        let j = device_json(srv.admin, &dev.id);
         let stored = j["last_seq"].as_u64().unwrap();
         // Everything acknowledged survived; at most the in-flight one more.
         assert!(
@@ -113,7 +102,7 @@ fn acknowledged_updates_survive_a_kill_and_unacknowledged_ones_apply_once() {
             assert_eq!(again.status, 200);
             assert_eq!(again.header("x-replayed"), Some("true"));
             assert_eq!(again.body, r.body);
-            let j = device_json(srv.addr, &dev.id);
+            let j = device_json(srv.admin, &dev.id);
             assert_eq!(j["last_seq"], *seq);
             assert_eq!(j["patterns"][0]["revision"], *seq, "applied exactly once");
             assert_eq!(j["syncs"], *seq, "one application per sequence");

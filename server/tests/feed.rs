@@ -188,7 +188,10 @@ async fn pages_follow_caps_and_the_feed_is_cacheable() {
     );
     assert_eq!(r304.status, 304);
     assert!(r304.body.is_empty());
-    assert_eq!(metric(addr, "constellation_feed_not_modified_total"), 1.0);
+    assert_eq!(
+        metric(admin(&srv), "constellation_feed_not_modified_total"),
+        1.0
+    );
     // A new version changes the tag: a fifth device brings "lonely" to k = 5,
     // which publishes it. (More samples alone do not: a republication needs
     // a material change, see `GlobalAggregate::material_change`.)

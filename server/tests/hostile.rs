@@ -529,7 +529,8 @@ fn serve_child(db: &std::path::Path) -> (std::process::Child, SocketAddr) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_constellation"))
         .args(["serve", "--db"])
         .arg(db)
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--log-level", "warn"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn constellation");
@@ -614,7 +615,7 @@ fn sigterm_drains_files_are_0600_and_an_exposed_secret_is_refused() {
     let out = std::process::Command::new(bin)
         .args(["serve", "--db"])
         .arg(&db)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -634,6 +635,7 @@ fn a_failed_commit_answers_503_with_retry_after_and_no_error_text() {
     let bin = env!("CARGO_BIN_EXE_constellation");
     let script = format!(
         "trap '' XFSZ; ulimit -f 8192; exec '{bin}' serve --db '{}' --listen 127.0.0.1:0 \
+         --admin-listen off --min-sync-interval 0 --max-patterns-per-device 0 \
          --insecure-no-auth --log-level error",
         db.display()
     );

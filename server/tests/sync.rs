@@ -46,9 +46,12 @@ async fn retried_upload_is_applied_once() {
         assert_eq!(p.revision, 1, "applied once");
         assert_eq!(p.codes, u.codes.to_vec());
     }
-    assert_eq!(metric(addr, "constellation_syncs_total"), 1.0);
-    assert_eq!(metric(addr, "constellation_retries_replayed_total"), 2.0);
-    assert_eq!(metric(addr, "constellation_acks_total"), 3.0);
+    assert_eq!(metric(admin(&srv), "constellation_syncs_total"), 1.0);
+    assert_eq!(
+        metric(admin(&srv), "constellation_retries_replayed_total"),
+        2.0
+    );
+    assert_eq!(metric(admin(&srv), "constellation_acks_total"), 3.0);
 
     // Closed loop: a delta on the acknowledged codes lands exactly on the new codes.
     let newer = quantize(&v[10]);
@@ -125,10 +128,7 @@ async fn racing_sessions_of_one_device_conflict() {
         srv.device_state("tv-9").unwrap().patterns[0].codes,
         qb.to_vec()
     );
-    assert_eq!(
-        metric(srv.local_addr(), "constellation_conflicts_total"),
-        1.0
-    );
+    assert_eq!(metric(admin(&srv), "constellation_conflicts_total"), 1.0);
     srv.shutdown().await;
 }
 
@@ -313,7 +313,7 @@ async fn bad_inputs_get_their_4xx_and_store_nothing() {
     assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));
     assert_eq!(post_sync(addr, "tv-2", "0", &good).status, 200);
     assert_eq!(srv.device_state("tv-2").unwrap().patterns.len(), 2);
-    assert!(metric(addr, "constellation_syncs_rejected_total") >= cases.len() as f64);
+    assert!(metric(admin(&srv), "constellation_syncs_rejected_total") >= cases.len() as f64);
     srv.shutdown().await;
 }
 
@@ -494,7 +494,7 @@ async fn restart_in_process_on_the_same_file() {
     // The retry after the restart is a replay.
     let r = post_sync(srv.local_addr(), "tv-r", "0", &body);
     assert_eq!((r.status, r.header("x-replayed")), (200, Some("true")));
-    let m = raw(srv.local_addr(), "GET", "/metrics", &[], &[]);
+    let m = raw(admin(&srv), "GET", "/metrics", &[], &[]);
     let text = String::from_utf8(m.body).unwrap();
     assert!(text.contains("constellation_sync_duration_seconds_bucket{le=\"+Inf\"} 1"));
     srv.shutdown().await;

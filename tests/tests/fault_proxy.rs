@@ -11,6 +11,15 @@ use omega_tv_sync_examples::fleet::{self, Faults};
 use omega_tv_sync_examples::proxy::{FaultProxy, ProxyFaults};
 use std::time::Duration;
 
+/// Writes the admin token of these tests to a mode-0600 file in `dir`.
+fn admin_token_file(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("admin-token");
+    std::fs::write(&p, "fault-proxy-admin-token\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -18,7 +27,8 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
     cfg.db = Some(dir.path().join("constellation.redb"));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.codebooks = constellation::codebooks::default_codebooks();
-    cfg.admin = true;
+    cfg.admin_token = Some(constellation::AdminToken::new("fault-proxy-admin-token").unwrap());
+    cfg.min_sync_interval_s = 0;
     assert!(cfg.auth.required, "authentication is on by default");
     let srv = constellation::Server::start(cfg).await.unwrap();
     let faults = ProxyFaults {
@@ -60,6 +70,8 @@ async fn fleet_through_a_faulty_proxy_loses_nothing_and_applies_nothing_twice() 
     };
     a.server = Some(proxy.url());
     a.check_server = Some(srv.url());
+    a.admin = Some(format!("http://{}", srv.admin_addr().unwrap()));
+    a.admin_token_file = Some(admin_token_file(dir.path()));
     a.quiet = true;
     let r = fleet::run(a).await.expect("the run completes");
     let p = proxy.totals();
@@ -132,7 +144,8 @@ async fn forged_and_replayed_answers_change_nothing() {
     cfg.db = Some(dir.path().join("constellation.redb"));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.codebooks = constellation::codebooks::default_codebooks();
-    cfg.admin = true;
+    cfg.admin_token = Some(constellation::AdminToken::new("fault-proxy-admin-token").unwrap());
+    cfg.min_sync_interval_s = 0;
     let srv = constellation::Server::start(cfg).await.unwrap();
     let faults = ProxyFaults {
         forge: 0.08,
@@ -166,6 +179,8 @@ async fn forged_and_replayed_answers_change_nothing() {
     };
     a.server = Some(proxy.url());
     a.check_server = Some(srv.url());
+    a.admin = Some(format!("http://{}", srv.admin_addr().unwrap()));
+    a.admin_token_file = Some(admin_token_file(dir.path()));
     a.quiet = true;
     let r = fleet::run(a).await.expect("the run completes");
     let p = proxy.totals();

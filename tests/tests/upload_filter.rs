@@ -42,6 +42,7 @@ async fn only_changed_filtered_patterns_are_uploaded() {
     cfg.db = Some(dir.path().join("c.redb"));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.codebooks = constellation::codebooks::default_codebooks();
+    cfg.min_sync_interval_s = 0; // one client syncing back to back
     let srv = constellation::Server::start(cfg).await.unwrap();
     let v = vectors();
     // Authentication is on by default: enrol the device, sign with its key.

@@ -220,6 +220,16 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
                 self.stats.resends += 1;
                 Ok(Outcome::RetryLater { at_ms })
             }
+            // The server's quota of stored pattern ids, in an answer signed
+            // for this request: a resource error, not something a resend
+            // fixes, so the next attempt waits at least the backoff cap.
+            403 if authentic && json_has(body, b"\"pattern_quota_exceeded\"") => {
+                self.inflight = None;
+                self.stats.rejected += 1;
+                self.fail(now_ms, self.cfg.backoff.cap_ms);
+                warn!("the server's pattern quota is full; remove patterns");
+                Err(Error::QuotaExceeded)
+            }
             _ => {
                 self.inflight = None;
                 self.stats.rejected += 1;
@@ -236,8 +246,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
     /// (`last_counter >= sent`, or the device would loop), and only forward
     /// jumps of at most `MAX_COUNTER_JUMP` are taken.
     fn counter_resync(&mut self, body: &[u8]) -> bool {
-        let code = b"\"replayed_counter\"";
-        if self.cfg.auth_key.is_none() || !body.windows(code.len()).any(|w| w == code) {
+        if self.cfg.auth_key.is_none() || !json_has(body, b"\"replayed_counter\"") {
             return false;
         }
         let Some(last) = crate::ascii::parse_json_u64(body, b"\"last_counter\"") else {
@@ -484,6 +493,11 @@ fn answer(req: &FrameReader<'_>, id: &PatternId, answered: &mut u128) -> Result<
 }
 
 /// Round-half-away-from-zero integer division (`d > 0`).
+/// True when `body` holds the bytes `needle` (an error code in quotes).
+fn json_has(body: &[u8], needle: &[u8]) -> bool {
+    body.windows(needle.len()).any(|w| w == needle)
+}
+
 pub(super) fn div_round(n: i64, d: i64) -> i64 {
     if n >= 0 {
         (n + d / 2) / d

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use omega_tv_sync::codec::{Codebook, Codes};
-use omega_tv_sync::{Transport, DIM};
+use omega_tv_sync::{Request, Transport, DIM};
 use omega_tv_sync_testkit::get;
 use serde::Deserialize;
 
@@ -29,15 +29,26 @@ pub struct ServerDevice {
     pub patterns: Vec<ServerPattern>,
 }
 
-/// Reads a device's state through `GET /api/v1/devices/{id}/patterns`.
-pub async fn read_device<T: Transport>(t: &mut T, device: &str) -> Result<ServerDevice, String>
+/// Reads a device's state through `GET /api/v1/devices/{id}/patterns` on
+/// the admin listener `t`, with the admin bearer `token`.
+pub async fn read_device<T: Transport>(
+    t: &mut T,
+    device: &str,
+    token: &str,
+) -> Result<ServerDevice, String>
 where
     T::Error: std::fmt::Debug,
 {
     let path = format!("/api/v1/devices/{device}/patterns");
+    let bearer = format!("Bearer {token}");
+    let headers = [("Authorization", bearer.as_str())];
     let mut buf = vec![0u8; 1 << 20];
+    let req = Request {
+        headers: &headers,
+        ..get(&path)
+    };
     let r = t
-        .send(get(&path), &mut buf)
+        .send(req, &mut buf)
         .await
         .map_err(|e| format!("read-back of {device}: {e:?}"))?;
     if r.status != 200 {
@@ -152,15 +163,16 @@ pub fn check_device(
     }
 }
 
-/// Checks every TV against the server (each in its own codebook).
-pub async fn check_all<T: Transport>(tvs: &[Tv], t: &mut T) -> Result<Verdict, String>
+/// Checks every TV against the server, each in its own codebook (`t`: its
+/// admin listener, `token`: the admin bearer token).
+pub async fn check_all<T: Transport>(tvs: &[Tv], t: &mut T, token: &str) -> Result<Verdict, String>
 where
     T::Error: std::fmt::Debug,
 {
     let mut v = Verdict::default();
     let mut cos_sum = 0.0;
     for tv in tvs {
-        let s = read_device(t, tv.id.as_str()).await?;
+        let s = read_device(t, tv.id.as_str(), token).await?;
         check_device(tv.client.codebook(), tv, &s, &mut v, &mut cos_sum);
     }
     v.cos_mean = if v.cos_count > 0 {

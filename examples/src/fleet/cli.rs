@@ -29,9 +29,18 @@ struct Cli {
     /// requests go unsigned (server run with --insecure-no-auth)
     #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
-    /// Read the state back from this URL (default: the server)
+    /// Settle and read the global feed through this URL (default: the server)
     #[arg(long, value_name = "URL")]
     check_server: Option<String>,
+    /// With --server: the server's admin listener (`http://host:port` of
+    /// `constellation serve --admin-listen`), where the checker reads each
+    /// device's state back
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
+    /// With --server: the file holding the admin bearer token
+    /// (`constellation serve --admin-token-file`)
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Route the TVs through a fault-injecting TCP proxy: per exchange,
     /// probability P split evenly over drop, delay, cut response and reset
     /// connection
@@ -123,6 +132,8 @@ where
     };
     a.server = cli.server;
     a.check_server = cli.check_server;
+    a.admin = cli.admin;
+    a.admin_token_file = cli.admin_token_file;
     a.proxy_faults = cli.proxy_faults;
     a.out = cli.out;
     a.json = cli.json;

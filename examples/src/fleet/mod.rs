@@ -44,6 +44,11 @@ pub struct Args {
     /// server; default: `server` (or the embedded server). Set it when
     /// `server` is a proxy, so the read-back does not pass through faults.
     pub check_server: Option<String>,
+    /// With `server`: the admin listener's URL (`http://host:port`), where
+    /// the checker reads device state back (`GET /api/v1/devices/{id}/patterns`).
+    pub admin: Option<String>,
+    /// With `server`: the file holding the admin bearer token.
+    pub admin_token_file: Option<PathBuf>,
     /// Put a fault-injecting TCP proxy ([`crate::proxy`]) between the TVs
     /// and the server, with this total fault probability per exchange split
     /// evenly over drop, delay, cut and reset. The checker reads back
@@ -80,6 +85,8 @@ impl Default for Args {
             },
             server: None,
             check_server: None,
+            admin: None,
+            admin_token_file: None,
             proxy_faults: None,
             out: None,
             json: None,
@@ -92,6 +99,8 @@ impl Default for Args {
 /// The embedded server, when the run starts one.
 struct Embedded {
     handle: constellation::ServerHandle,
+    /// The admin bearer token it was started with.
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -100,13 +109,21 @@ async fn start_embedded(seed: u64) -> Result<Embedded, String> {
     let mut cfg = constellation::Config::new();
     cfg.db = Some(dir.path().join("constellation.redb"));
     cfg.listen = "127.0.0.1:0".parse().expect("loopback address");
-    cfg.admin = true;
+    let token = format!("fleet-{seed:016x}-{:016x}", std::process::id());
+    cfg.admin_token =
+        Some(constellation::AdminToken::new(&token).map_err(|e| format!("admin token: {e}"))?);
+    // The simulation runs virtual 5-15 min intervals in real seconds.
+    cfg.min_sync_interval_s = 0;
     cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.pacing_seed = Some(seed);
     let handle = constellation::Server::start(cfg)
         .await
         .map_err(|e| format!("starting the server: {e}"))?;
-    Ok(Embedded { handle, _dir: dir })
+    Ok(Embedded {
+        handle,
+        token,
+        _dir: dir,
+    })
 }
 
 async fn get_text(t: &mut HttpTransport, path: &str) -> Result<String, String> {
@@ -283,6 +300,23 @@ pub async fn run(args: Args) -> Result<Report, String> {
         (None, None) => unreachable!("one of them is set"),
     };
     let check_url = args.check_server.clone().unwrap_or_else(|| url.clone());
+    let (admin_url, admin_token) = match (&embedded, &args.admin, &args.admin_token_file) {
+        (Some(e), _, _) => match e.handle.admin_addr() {
+            Some(a) => (format!("http://{a}"), e.token.clone()),
+            None => return Err("the embedded server has no admin listener".into()),
+        },
+        (None, Some(u), Some(f)) => {
+            let t = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            (u.clone(), t.trim().to_string())
+        }
+        _ => {
+            return Err(
+                "with --server, give --admin URL and --admin-token-file FILE: the checker \
+                 reads device state from the admin listener"
+                    .into(),
+            )
+        }
+    };
     let proxy = match args.proxy_faults {
         Some(p) => {
             let upstream = upstream_addr(&url)?;
@@ -348,7 +382,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let h = direct.clone();
     let behind = settle::catch_up(&mut result, move || h.clone(), 64).await;
     let mut t = direct.clone();
-    let verdict = check::check_all(&result.tvs, &mut t).await?;
+    let mut adm = HttpTransport::new(&admin_url).map_err(|e| format!("{admin_url}: {e}"))?;
+    let verdict = check::check_all(&result.tvs, &mut adm, &admin_token).await?;
     let (global_version, live) = global_summary(&mut t, &cb).await?;
     let mut rep = report::build(
         &args.sim,

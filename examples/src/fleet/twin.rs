@@ -199,8 +199,11 @@ mod tests {
         assert_eq!(ledger.shared_acks, 1);
         assert_eq!(ledger.reused_revisions, 0);
 
-        let mut t = net.clone();
-        let srv = check::read_device(&mut t, &id).await.unwrap();
+        let admin = format!("http://{}", server.handle.admin_addr().unwrap());
+        let mut t = Net::new(&admin).unwrap();
+        let srv = check::read_device(&mut t, &id, &server.token)
+            .await
+            .unwrap();
         let srv_rev = srv.patterns.iter().find(|p| p.id == pid).unwrap().revision;
         assert_eq!(srv_rev, 2, "applied once");
         assert_eq!(tv.client.acked(&tv.patterns[0].id).unwrap().0, 2);

@@ -1,12 +1,15 @@
-//! Routes: the sync endpoint, the cacheable global feed, health, version,
-//! metrics and the optional admin read-back.
+//! Routes of the sync listener: the sync endpoint, the cacheable global
+//! feed, health and version. Metrics and the admin read-back are on the
+//! admin listener ([`admin`]), never here.
+
+pub mod admin;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,16 +27,13 @@ type St = State<Arc<AppState>>;
 
 /// The router of a server.
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut r = Router::new()
+    Router::new()
         .route("/api/v1/sync", post(sync_handler))
         .route("/api/v1/sync/version", get(version))
         .route("/api/v1/health", get(health))
         .route("/api/v1/global", get(feed))
-        .route("/metrics", get(metrics));
-    if state.config.admin {
-        r = r.route("/api/v1/devices/{id}/patterns", get(device_patterns));
-    }
-    r.layer(DefaultBodyLimit::disable()).with_state(state)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
 }
 
 fn octet(resp_body: Vec<u8>) -> Response {
@@ -98,7 +98,7 @@ struct Synced {
     replayed: bool,
 }
 
-/// One sync, in order: headers, authentication header, body, signature,
+/// One sync, in order: headers, authentication header, enrolment, body, signature,
 /// validation, rate limit, pre-decoding, the write, the response. `signer`
 /// is set once the request's signature verified.
 async fn sync_inner(
@@ -117,13 +117,28 @@ async fn sync_inner(
         false => None,
     };
     let version = sync::check_sync_version(headers.get("x-sync-version").map(|v| v.as_bytes()))?;
+    if !is_octet_stream(headers) {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "Content-Type must be application/octet-stream",
+        ));
+    }
+    // The enrolment before the body: an unknown or revoked id is refused
+    // without the server reading (or waiting for) its body.
+    if let (Some(p), Some(master)) = (presented.as_ref(), &st.config.auth.master) {
+        match store::read(&*st.store, |t| crate::auth::precheck(t, master, &device, p)) {
+            Ok(r) => r?,
+            Err(e) => return Err(unavailable_or_internal(st, e)),
+        }
+    }
     let bytes = read_body(headers, body, st.config.limits.body_read_timeout).await?;
     st.metrics
         .bytes_in
         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let counter = authenticate(st, &device, presented.as_ref(), &bytes, signer)?;
     let up = sync::validate(device, version, &bytes, &st.config.codebooks)?;
-    if let Some(wait) = st.rate_limited(&up.device) {
+    if let Some(wait) = st.rate_limited(&up.device, up.seq) {
         return Err(error::rate_limited(wait));
     }
     // Off the async workers, from a read snapshot: deltas decoded and the
@@ -142,10 +157,10 @@ async fn sync_inner(
         Ok(x) => x,
         Err(e) => return Err(unavailable_or_internal(st, e)),
     };
-    let device = up.device.clone();
+    let (device, seq) = (up.device.clone(), up.seq);
     let accept_zstd = up.accept_zstd;
     let mut applied = write(st, up, counter, next, prebuilt).await?;
-    count_applied(st, &device, &applied);
+    count_applied(st, &device, seq, &applied);
     if let Some(recipe) = applied.rebuild.take() {
         let books = st.config.codebooks.clone();
         let built =
@@ -175,18 +190,11 @@ async fn sync_inner(
     })
 }
 
-/// Reads the body of a sync: `application/octet-stream`, at most
+/// Reads the body of a sync (its `Content-Type` checked before): at most
 /// `MAX_UPLOAD_FRAME` bytes (refused by `Content-Length` before reading,
 /// else while reading), within `deadline` (`408 body_timeout`; the
 /// connection is closed after the answer, the rest of the body unread).
 async fn read_body(headers: &HeaderMap, body: Body, deadline: Duration) -> Result<Bytes, ApiError> {
-    if !is_octet_stream(headers) {
-        return Err(ApiError::new(
-            415,
-            "unsupported_media_type",
-            "Content-Type must be application/octet-stream",
-        ));
-    }
     let too_large = || {
         ApiError::new(
             413,
@@ -259,10 +267,11 @@ async fn write(
     prebuilt: Option<sync::Prebuilt>,
 ) -> Result<sync::Applied, ApiError> {
     let codebooks = st.config.codebooks.clone();
+    let quota = st.config.max_patterns_per_device;
     let result = store::write(&*st.store, move |txn| {
         let dev = up.device.clone();
         crate::auth::guarded(txn, &dev, counter, |txn| {
-            sync::apply_with(txn, &up, &codebooks, next, prebuilt)
+            sync::apply_with(txn, &up, &codebooks, next, quota, prebuilt)
         })
     })
     .await;
@@ -296,7 +305,7 @@ fn count_rejected(st: &AppState, e: &ApiError) {
 
 /// Counts an answered sync (a replay, or an applied one with its acks and
 /// conflicts, noted for the rate limit) and logs it.
-fn count_applied(st: &AppState, device: &str, applied: &sync::Applied) {
+fn count_applied(st: &AppState, device: &str, seq: u64, applied: &sync::Applied) {
     use Ordering::Relaxed;
     if applied.replayed {
         st.metrics.retries_replayed.fetch_add(1, Relaxed);
@@ -306,7 +315,7 @@ fn count_applied(st: &AppState, device: &str, applied: &sync::Applied) {
         st.metrics
             .conflicts
             .fetch_add(applied.conflicts as u64, Relaxed);
-        st.note_sync(device, applied.more);
+        st.note_sync(device, applied.more, seq);
     }
     tracing::debug!(
         device = %device,
@@ -354,15 +363,6 @@ async fn health(State(st): St) -> Response {
         })
             .into_response(),
     }
-}
-
-async fn metrics(State(st): St) -> Response {
-    let mut r = Response::new(Body::from(st.metrics.render(st.gauges())));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
 }
 
 /// Query of `GET /api/v1/global`.
@@ -489,16 +489,4 @@ async fn feed(
         }
     }
     r
-}
-
-async fn device_patterns(State(st): St, Path(id): Path<String>) -> Response {
-    if let Err(e) = sync::check_device_id(Some(id.as_bytes())) {
-        return e.into_response();
-    }
-    match crate::device_state(&*st.store, &id) {
-        Ok(s) => Json(s).into_response(),
-        Err(e) => {
-            error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
-        }
-    }
 }

@@ -88,6 +88,11 @@ pub trait ReadTxn {
     fn pattern(&self, device: &str, pattern: &str) -> StoreResult<Option<StoredPattern>>;
     /// Every stored pattern of a device, by pattern id.
     fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>>;
+    /// How many patterns a device has stored (its quota, `sync::apply`).
+    /// The default reads them all; a backend may count keys only.
+    fn device_pattern_count(&self, device: &str) -> StoreResult<u64> {
+        Ok(self.device_patterns(device)?.len() as u64)
+    }
     /// A device's revision floor (0 when it never removed a pattern): the
     /// highest revision any pattern of the device had when it was removed.
     /// A pattern stored anew (no stored row) gets `floor + 1`, so no

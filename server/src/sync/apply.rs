@@ -148,16 +148,20 @@ enum Plan {
     Nothing,
 }
 
-/// Applies `up` inside a write transaction, building the page there.
-/// The outer `Err` is a storage failure (the transaction is abandoned);
-/// the inner one a rejection, for which nothing was written.
+/// Applies `up` inside a write transaction, building the page there. The outer `Err` is a storage
+/// failure (the transaction is abandoned); the inner one a rejection, for
+/// which nothing was written. `max_patterns` is the device's quota of
+/// stored pattern ids (0: none): an upload that would leave more stored is
+/// refused whole ([`quota_exceeded`]); updates, removals and uploads that
+/// do not grow the count are never refused by it.
 pub fn apply(
     txn: &mut dyn WriteTxn,
     up: &Upload,
     codebooks: &Codebooks,
     next_sync_s: u32,
+    max_patterns: u32,
 ) -> StoreResult<Result<Applied, ApiError>> {
-    apply_with(txn, up, codebooks, next_sync_s, None)
+    apply_with(txn, up, codebooks, next_sync_s, max_patterns, None)
 }
 
 /// The answers `up` gets against the state in `txn`; `None` when it would
@@ -236,12 +240,13 @@ pub fn prebuild(
 /// Applies `up` inside a write transaction, with the page [`prebuild`]
 /// made when it still holds. The outer `Err` is a storage failure (the
 /// transaction is abandoned); the inner one a rejection, for which nothing
-/// was written.
+/// was written. `max_patterns` as for [`apply`].
 pub fn apply_with(
     txn: &mut dyn WriteTxn,
     up: &Upload,
     codebooks: &Codebooks,
     next_sync_s: u32,
+    max_patterns: u32,
     prebuilt: Option<Prebuilt>,
 ) -> StoreResult<Result<Applied, ApiError>> {
     let prev = txn.device(&up.device)?;
@@ -268,6 +273,23 @@ pub fn apply_with(
                 answers.push(a);
             }
             Err(e) => return Ok(Err(e)),
+        }
+    }
+
+    // The quota: counted (keys only) when the upload adds pattern ids.
+    let inserts = plans
+        .iter()
+        .filter(|p| matches!(p, Plan::Insert(..)))
+        .count() as u64;
+    if max_patterns > 0 && inserts > 0 {
+        let removes = plans
+            .iter()
+            .filter(|p| matches!(p, Plan::Remove(_)))
+            .count() as u64;
+        let stored = txn.device_pattern_count(&up.device)?;
+        let after = (stored + inserts).saturating_sub(removes);
+        if after > u64::from(max_patterns) {
+            return Ok(Err(quota_exceeded(stored, inserts, max_patterns)));
         }
     }
 
@@ -441,6 +463,20 @@ fn replay(rec: &DeviceRecord, up: &Upload) -> Option<Result<Applied, ApiError>> 
     }
     None
 }
+
+/// `403 pattern_quota_exceeded`: the upload would leave the device more
+/// stored pattern ids than `max`. Nothing of it is stored; the device must
+/// remove patterns (or stop adding new ones) before new ids are accepted.
+pub fn quota_exceeded(stored: u64, inserts: u64, max: u32) -> ApiError {
+    ApiError::new(
+        403,
+        QUOTA_EXCEEDED,
+        format!("{stored} pattern ids stored, {inserts} new in this upload: the quota is {max}"),
+    )
+}
+
+/// The code of [`quota_exceeded`].
+pub const QUOTA_EXCEEDED: &str = "pattern_quota_exceeded";
 
 /// Largest step above the last applied sequence the server accepts (the
 /// device's own cap on a 409 jump, `omega_tv_sync::sync::MAX_SEQ_JUMP`).

@@ -19,7 +19,8 @@ mod apply;
 mod validate;
 
 pub use apply::{
-    apply, apply_with, prebuild, predecode, rebuild, Applied, Prebuilt, Recipe, REPLAY_INLINE,
+    apply, apply_with, prebuild, predecode, quota_exceeded, rebuild, Applied, Prebuilt, Recipe,
+    QUOTA_EXCEEDED, REPLAY_INLINE,
 };
 pub use validate::{check_device_id, check_sync_version, validate};
 

@@ -78,7 +78,8 @@ fn cli_enrols_and_serve_requires_signatures() {
     let mut child = std::process::Command::new(bin)
         .args(["serve", "--db"])
         .arg(&db)
-        .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--log-level", "warn"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

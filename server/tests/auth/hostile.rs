@@ -185,7 +185,7 @@ async fn hostile_inputs_are_refused_and_store_nothing() {
     println!("| hostile input | tries | expected | observed |");
     println!("|---|---:|---|---|");
     for (what, code, reqs) in &cases {
-        let m0 = auth_failures(addr, code);
+        let m0 = auth_failures(admin(&srv), code);
         let mut ok = 0usize;
         for (dev, auth, b) in reqs {
             let r = post_signed(addr, dev, "0", auth.as_deref(), b);
@@ -197,7 +197,11 @@ async fn hostile_inputs_are_refused_and_store_nothing() {
             ok += 1;
         }
         assert_eq!(snapshot(&srv, "tv-h"), before, "{what}: store unchanged");
-        assert_eq!(auth_failures(addr, code), m0 + reqs.len() as f64, "{what}");
+        assert_eq!(
+            auth_failures(admin(&srv), code),
+            m0 + reqs.len() as f64,
+            "{what}"
+        );
         println!(
             "| {what} | {} | 401 `{}`, nothing stored | {ok} x 401 `{}`; store unchanged; metric `{code}` +{} |",
             reqs.len(),
@@ -210,6 +214,78 @@ async fn hostile_inputs_are_refused_and_store_nothing() {
     assert_eq!(
         post_signed(addr, "tv-h", "0", Some(&good), &body).status,
         200
+    );
+    srv.shutdown().await;
+}
+
+/// The enrolment is looked up before the body is read: an unknown or a
+/// revoked device announcing a 100,000-byte body and sending 10 bytes of it
+/// gets `401 unauthorized` (the old server waited for the body and answered
+/// `408 body_timeout` after the body-read limit), and the server closes the
+/// connection without reading the rest. An enrolled device with the same
+/// stalled body still gets `408`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_revoked_devices_are_refused_before_their_body_is_read() {
+    use std::io::{Read, Write};
+    let (_dir, db) = temp_db();
+    let mut c = config(&db);
+    c.auth =
+        constellation::AuthConfig::with_master(constellation::MasterSecret::from_bytes([0x5a; 32]));
+    c.limits.body_read_timeout = std::time::Duration::from_secs(3);
+    let srv = constellation::Server::start(c).await.unwrap();
+    let addr = srv.local_addr();
+    let key = srv.enrol("tv-known").await.unwrap();
+    srv.enrol("tv-gone").await.unwrap();
+    srv.revoke("tv-gone").await.unwrap();
+    let stalled = |device: &str, auth: &str| -> (u16, Vec<u8>) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let head = format!(
+            "POST /api/v1/sync HTTP/1.1\r\nHost: {addr}\r\nX-Device-ID: {device}\r\n\
+             X-Sync-Version: 0\r\nContent-Type: application/octet-stream\r\n\
+             Authorization: {auth}\r\nContent-Length: 100000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&[0u8; 10]).unwrap();
+        // Read the answer, then until the server closes the connection
+        // (bounded by the 30 s read timeout).
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&got).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.as_bytes().to_vec())
+            .unwrap_or_default();
+        (status, body)
+    };
+    let body = [0u8; 10];
+    for device in ["tv-never", "tv-gone"] {
+        let a = authz(&DeviceKey::new([9; 32]), device, 1, &body);
+        let (status, answer) = stalled(device, &a);
+        assert_eq!(status, 401, "{device}");
+        assert_eq!(answer, UNAUTHORIZED_BODY, "{device}");
+    }
+    let a = authz(&key, "tv-known", 1, &body);
+    let (status, answer) = stalled("tv-known", &a);
+    assert_eq!(status, 408, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        constellation::metrics::scrape(
+            &srv.metrics_text(),
+            "constellation_auth_failures_total{code=\"unknown_device\"}"
+        ),
+        Some(1.0)
     );
     srv.shutdown().await;
 }

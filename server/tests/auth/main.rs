@@ -70,7 +70,7 @@ pub(crate) fn snapshot(srv: &ServerHandle, device: &str) -> String {
     let en = constellation::auth::enrolment(&*srv.state().store, device).unwrap();
     format!(
         "{st:?} {en:?} {}",
-        metric(srv.local_addr(), "constellation_syncs_total")
+        metric(admin(srv), "constellation_syncs_total")
     )
 }
 
@@ -175,7 +175,7 @@ async fn signed_syncs_are_accepted_and_every_bad_one_is_refused_with_nothing_sto
         ),
     ];
     for (what, dev, auth, body, code) in &cases {
-        let m0 = auth_failures(addr, code);
+        let m0 = auth_failures(admin(&srv), code);
         let r = post_signed(addr, dev, "0", auth.as_deref(), body);
         assert_eq!(r.status, 401, "{what}");
         assert_eq!(r.json()["error"], wire_code(code), "{what}");
@@ -189,7 +189,7 @@ async fn signed_syncs_are_accepted_and_every_bad_one_is_refused_with_nothing_sto
             Some("OTS1-HMAC-SHA256"),
             "{what}"
         );
-        assert_eq!(auth_failures(addr, code), m0 + 1.0, "{what}: metric");
+        assert_eq!(auth_failures(admin(&srv), code), m0 + 1.0, "{what}: metric");
         assert_eq!(snapshot(&srv, "tv-a"), before, "{what}: store unchanged");
         assert!(srv.device_state("tv-zz").unwrap().last_seq.is_none());
     }
@@ -209,7 +209,7 @@ async fn signed_syncs_are_accepted_and_every_bad_one_is_refused_with_nothing_sto
     // Health and metrics say authentication is on.
     let h = raw(addr, "GET", "/api/v1/health", &[], &[]);
     assert_eq!(h.json()["auth"], "required");
-    assert_eq!(metric(addr, "constellation_auth_disabled"), 0.0);
+    assert_eq!(metric(admin(&srv), "constellation_auth_disabled"), 0.0);
     srv.shutdown().await;
 }
 
@@ -330,7 +330,7 @@ async fn with_authentication_off_unsigned_requests_are_accepted() {
     assert_eq!(post_sync(addr, "tv-u", "0", &body).status, 200);
     let h = raw(addr, "GET", "/api/v1/health", &[], &[]);
     assert_eq!(h.json()["auth"], "DISABLED");
-    assert_eq!(metric(addr, "constellation_auth_disabled"), 1.0);
+    assert_eq!(metric(admin(&srv), "constellation_auth_disabled"), 1.0);
     srv.shutdown().await;
 }
 

@@ -155,8 +155,10 @@ pub fn config(db: &Path) -> Config {
     c.db = Some(db.to_path_buf());
     c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.codebooks = constellation::codebooks::default_codebooks();
-    c.admin = true;
+    c.admin_token = Some(constellation::AdminToken::new(ADMIN_TOKEN).unwrap());
     c.aggregate.interval = Duration::from_secs(3600);
+    // These tests sync one device back to back; sync.rs tests the limit.
+    c.min_sync_interval_s = 0;
     c.auth = constellation::AuthConfig::disabled();
     c
 }
@@ -275,8 +277,36 @@ pub fn post_sync(addr: SocketAddr, device: &str, version: &str, body: &[u8]) -> 
     )
 }
 
-pub fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let r = raw(addr, "GET", "/metrics", &[], &[]);
+/// The admin bearer token of [`config`] and [`spawn_server`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The admin listener of an in-process server.
+pub fn admin(srv: &ServerHandle) -> SocketAddr {
+    srv.admin_addr().expect("an admin listener")
+}
+
+/// `GET path` on the admin listener `admin` with the admin token.
+pub fn admin_get(admin: SocketAddr, path: &str) -> Raw {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    raw(
+        admin,
+        "GET",
+        path,
+        &[("Authorization", bearer.as_str())],
+        &[],
+    )
+}
+
+/// A device's stored state as the admin read-back shows it.
+pub fn device_json(admin: SocketAddr, device: &str) -> serde_json::Value {
+    let r = admin_get(admin, &format!("/api/v1/devices/{device}/patterns"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// A metric scraped from `GET /metrics` on the admin listener `admin`.
+pub fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let r = raw(admin, "GET", "/metrics", &[], &[]);
     let text = String::from_utf8(r.body).unwrap();
     constellation::metrics::scrape(&text, name).unwrap_or(0.0)
 }
@@ -285,13 +315,33 @@ pub fn metric(addr: SocketAddr, name: &str) -> f64 {
 pub struct Child_ {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (token [`ADMIN_TOKEN`]).
+    pub admin: SocketAddr,
+    _token: tempfile::TempDir,
+}
+
+/// Writes [`ADMIN_TOKEN`] to a mode-0600 file in a new temporary directory.
+pub fn admin_token_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("admin-token");
+    std::fs::write(&p, format!("{ADMIN_TOKEN}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    (dir, p)
 }
 
 pub fn spawn_server(db: &Path) -> Child_ {
+    let (token_dir, token) = admin_token_file();
     let mut child = Command::new(env!("CARGO_BIN_EXE_constellation"))
         .args(["serve", "--db"])
         .arg(db)
-        .args(["--listen", "127.0.0.1:0", "--admin", "--log-level", "warn"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--admin-token-file")
+        .arg(&token)
+        .args(["--min-sync-interval", "0", "--log-level", "warn"])
         .arg("--insecure-no-auth")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -299,13 +349,22 @@ pub fn spawn_server(db: &Path) -> Child_ {
         .expect("spawn constellation");
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
+    let mut admin = None;
     let addr = loop {
         let l = lines.next().expect("server printed its address").unwrap();
+        if let Some(a) = l.strip_prefix("admin listening on ") {
+            admin = Some(a.trim().parse().unwrap());
+        }
         if let Some(a) = l.strip_prefix("listening on ") {
             break a.trim().parse().unwrap();
         }
     };
-    Child_ { child, addr }
+    Child_ {
+        child,
+        addr,
+        admin: admin.expect("the admin address printed first"),
+        _token: token_dir,
+    }
 }
 
 pub fn temp_db() -> (tempfile::TempDir, PathBuf) {

@@ -50,9 +50,15 @@ pub fn free_port() -> u16 {
 
 /// A server child process, killed (SIGKILL) and reaped when dropped, so a
 /// failing test leaves no server behind.
-pub struct Served(pub Child);
+pub struct Served(pub Child, pub SocketAddr);
 
 impl Served {
+    /// Its admin listener (`GET /metrics`; the device read-back with
+    /// [`ADMIN_TOKEN`]).
+    pub fn admin(&self) -> SocketAddr {
+        self.1
+    }
+
     /// SIGKILL, then wait for the process to be gone.
     pub fn kill(&mut self) {
         let _ = self.0.kill();
@@ -91,11 +97,23 @@ pub fn enrol(bin: &Path, db: &Path, ids: &[String]) -> HashMap<String, DeviceKey
     keys
 }
 
-/// Starts `constellation serve --admin` on `addr` with `db` (authentication
-/// on, the default: enrol the devices first with [`enrol`]); retries a
-/// bind that fails while the previous process's socket goes away (at most
-/// 50 tries, 100 ms apart).
+/// The admin bearer token [`serve`] starts servers with.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// Starts `constellation serve` on `addr` with `db` (authentication on, the
+/// default: enrol the devices first with [`enrol`]), its admin listener on a
+/// free loopback port with [`ADMIN_TOKEN`] (a mode-0600 file next to `db`),
+/// and no minimum sync interval (simulated fleets compress minutes into
+/// milliseconds); retries a bind that fails while the previous process's
+/// socket goes away (at most 50 tries, 100 ms apart).
 pub fn serve(bin: &Path, db: &Path, addr: SocketAddr, extra: &[&str]) -> Served {
+    let token = db.with_extension("admin-token");
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).expect("write the admin token");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the admin token");
+    }
     for _ in 0..50 {
         let mut child = Command::new(bin)
             .args(["serve", "--db"])
@@ -103,21 +121,33 @@ pub fn serve(bin: &Path, db: &Path, addr: SocketAddr, extra: &[&str]) -> Served 
             .args([
                 "--listen",
                 &addr.to_string(),
-                "--admin",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--min-sync-interval",
+                "0",
                 "--log-level",
                 "error",
             ])
+            .arg("--admin-token-file")
+            .arg(&token)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn constellation");
         let out = child.stdout.take().unwrap();
-        // The server prints one line once it listens; EOF means it exited.
+        // The server prints its admin address, then one line once it
+        // listens; EOF means it exited.
+        let mut r = BufReader::new(out);
+        let mut admin = String::new();
+        let _ = r.read_line(&mut admin);
         let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        if line.starts_with("listening on ") {
-            return Served(child);
+        let _ = r.read_line(&mut line);
+        let admin = admin
+            .strip_prefix("admin listening on ")
+            .and_then(|a| a.trim().parse().ok());
+        if let (true, Some(admin)) = (line.starts_with("listening on "), admin) {
+            return Served(child, admin);
         }
         let _ = child.kill();
         let _ = child.wait();

@@ -146,6 +146,7 @@ async fn run(a: Args) {
     cfg.max_batch = a.max_batch.max(1);
     cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.codebooks = constellation::codebooks::default_codebooks();
+    cfg.min_sync_interval_s = 0; // load clients sync back to back
     cfg.aggregate.interval = Duration::from_millis(a.aggregate_ms.max(1));
     // Its clients send hand-made frames without signatures: this measures
     // the sync path itself (one HMAC per request is not the bottleneck).

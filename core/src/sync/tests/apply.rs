@@ -509,3 +509,29 @@ fn an_unsigned_retry_after_is_capped_by_the_backoff() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_signed_quota_refusal_is_a_resource_error_that_waits_the_backoff_cap() {
+    let key = crate::DeviceKey::new([5; 32]);
+    let mut tx = [0u8; 4096];
+    let body = br#"{"error":"pattern_quota_exceeded","detail":"1024 pattern ids stored"}"#;
+    // Signed for the request (counter 1): QuotaExceeded, the request is
+    // dropped, the patterns stay pending, and the next attempt is at least
+    // the backoff cap away (not the 1 s of a first failure).
+    let (mut c, n) = signed_in_flight(&key, &mut tx);
+    let cap = c.config().backoff.cap_ms;
+    let sig = auth::sign_response(&key, 1, 403, body).unwrap();
+    let r = c.apply(&tx[..n], answer(403, body, Some(sig)), body, 1_000, &mut ());
+    assert_eq!(r, Err(Error::QuotaExceeded));
+    assert!(Error::QuotaExceeded.is_resource());
+    assert_eq!(Error::QuotaExceeded.code(), "pattern_quota_exceeded");
+    assert_eq!(c.in_flight(), None);
+    assert!(c.pending() > 0, "the patterns stay pending");
+    assert!(c.next_sync_at() >= 1_000 + cap, "{}", c.next_sync_at());
+    assert_eq!(c.stats().rejected, 1);
+    // The same answer unsigned proves nothing: an ordinary rejection.
+    let (mut c, n) = signed_in_flight(&key, &mut tx);
+    let r = c.apply(&tx[..n], answer(403, body, None), body, 1_000, &mut ());
+    assert_eq!(r, Err(Error::Rejected));
+    assert!(c.next_sync_at() < 1_000 + cap);
+}

@@ -24,6 +24,9 @@ pub struct Args {
     pub device: String,
     /// Sync over TLS (PSK) to this port.
     pub tls_port: Option<u16>,
+    /// The server's admin listener (same address, this port) and its
+    /// bearer token: where the sync mode reads the device's state back.
+    pub admin: Option<(u16, String)>,
 }
 
 /// Parses `std::env::args()`.
@@ -36,6 +39,8 @@ pub fn parse_args() -> Result<Args, String> {
     let mut key = None;
     let mut device = SYNC_DEVICE.to_string();
     let mut tls_port = None;
+    let mut admin_port = None;
+    let mut admin_token = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -78,6 +83,10 @@ pub fn parse_args() -> Result<Args, String> {
             "--tls-port" => {
                 tls_port = Some(value.parse().map_err(|e| format!("--tls-port: {e}"))?);
             }
+            "--admin-port" => {
+                admin_port = Some(value.parse().map_err(|e| format!("--admin-port: {e}"))?);
+            }
+            "--admin-token" => admin_token = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -90,5 +99,10 @@ pub fn parse_args() -> Result<Args, String> {
         key,
         device,
         tls_port,
+        admin: match (admin_port, admin_token) {
+            (Some(p), Some(t)) => Some((p, t)),
+            (None, None) => None,
+            _ => return Err("--admin-port and --admin-token go together".into()),
+        },
     })
 }

@@ -5,18 +5,20 @@
 //!
 //! ```text
 //! embassy-client --tap TAP --addr 10.77.0.2/24 --server 10.77.0.1:8080 [--rounds N]
-//!                [--syncs N --key HEX [--device ID] [--tls-port PORT]]
+//!                [--syncs N --key HEX --admin-port PORT --admin-token TOKEN
+//!                 [--device ID] [--tls-port PORT]]
 //! ```
 //!
 //! Run by `scripts/netns-sync.sh` inside a private network namespace (a TAP
 //! device needs root and `/dev/net/tun`). Two modes:
 //!
-//! - `--syncs N` (against the real Constellation server, started with
-//!   `--admin`): the real `SyncClient` syncs [`SYNC_PATTERNS`](sync::SYNC_PATTERNS) real
+//! - `--syncs N --admin-port PORT --admin-token TOKEN` (against the real
+//!   Constellation server, its admin listener on PORT of the same address
+//!   with that bearer token): the real `SyncClient` syncs [`SYNC_PATTERNS`](sync::SYNC_PATTERNS) real
 //!   patterns `N` times through `SyncClient::exchange` over the embassy
 //!   transport, the patterns drifting between syncs (another real vector
 //!   mixed in), then reads the server's state back with
-//!   `GET /api/v1/devices/{id}/patterns` and checks that every pattern's
+//!   `GET /api/v1/devices/{id}/patterns` on the admin listener and checks that every pattern's
 //!   revision and integer codes there equal what the client holds as
 //!   acknowledged. Exit code 3 (and nothing else checked) when the server
 //!   answers the first sync `422 unknown_codebook`: a server built without
@@ -144,8 +146,19 @@ async fn main(spawner: Spawner) {
         }));
     }
     if let Some(n) = args.syncs {
+        let Some((admin_port, token)) = &args.admin else {
+            eprintln!("embassy-client: --syncs needs --admin-port and --admin-token");
+            std::process::exit(2);
+        };
+        let admin = sync::Admin {
+            stack,
+            ip: args.server.0,
+            port: *admin_port,
+            token,
+        };
         let code = run_sync(
             &mut transport,
+            &admin,
             &args.device,
             n,
             args.key.clone(),

@@ -4,7 +4,10 @@
 use omega_tv_sync::codec::minilm_v1;
 use omega_tv_sync::sync::{Config as SyncConfig, Outcome, SyncClient, SyncError};
 use omega_tv_sync::{Category, DeviceId, Embedding, Pattern, PatternId, Transport, DIM};
-use omega_tv_sync_embassy::Error;
+use omega_tv_sync_embassy::{
+    Buffers, Config as NetConfig, EmbassyTransport, Error, RECOMMENDED_HEADER_BUFFER,
+    RECOMMENDED_TCP_BUFFER,
+};
 
 use crate::checks::Checks;
 
@@ -41,11 +44,56 @@ fn drifted(pats: &[Embedding], items: &[Embedding], i: usize, k: usize) -> Optio
     .ok()
 }
 
+/// Where the server's admin listener is: the stack to reach it, its
+/// address and port, and the bearer token of its device read-back.
+pub struct Admin<'a> {
+    /// The network stack.
+    pub stack: embassy_net::Stack<'static>,
+    /// The server's address.
+    pub ip: embassy_net::Ipv4Address,
+    /// The admin listener's port.
+    pub port: u16,
+    /// The admin bearer token.
+    pub token: &'a str,
+}
+
+impl Admin<'_> {
+    /// `GET path` on the admin listener with the bearer token (plain HTTP,
+    /// its own connection and buffers); `(status, body)`.
+    async fn get(&self, path: &str, buf: &mut [u8]) -> Result<(u16, usize), Error> {
+        let mut tcp_rx = vec![0u8; RECOMMENDED_TCP_BUFFER];
+        let mut tcp_tx = vec![0u8; RECOMMENDED_TCP_BUFFER];
+        let mut header = vec![0u8; RECOMMENDED_HEADER_BUFFER];
+        let host = format!("{}:{}", self.ip, self.port);
+        let mut cfg = NetConfig::new((self.ip, self.port).into(), &host);
+        cfg.timeout = embassy_time::Duration::from_secs(5);
+        let mut t = EmbassyTransport::new(
+            self.stack,
+            cfg,
+            Buffers {
+                tcp_rx: &mut tcp_rx,
+                tcp_tx: &mut tcp_tx,
+                header: &mut header,
+            },
+        );
+        let bearer = format!("Bearer {}", self.token);
+        let headers = [("Authorization", bearer.as_str())];
+        let req = omega_tv_sync::Request {
+            headers: &headers,
+            ..omega_tv_sync_testkit::get(path)
+        };
+        let r = t.send(req, buf).await?;
+        Ok((r.status, r.body_len))
+    }
+}
+
 /// The real sync cycle against Constellation: `n` syncs with drifting
-/// patterns, then the server's stored state read back and compared.
-/// Returns `Some(3)` when the server has no codec yet.
+/// patterns, then the server's stored state read back from its admin
+/// listener `admin` and compared. Returns `Some(3)` when the server has no
+/// codec yet.
 pub async fn run_sync<T: Transport<Error = Error>>(
     t: &mut T,
+    admin: &Admin<'_>,
     device: &str,
     n: usize,
     key: Option<omega_tv_sync::DeviceKey>,
@@ -128,9 +176,9 @@ pub async fn run_sync<T: Transport<Error = Error>>(
     // Read back what the server holds.
     let path = format!("/api/v1/devices/{device}/patterns");
     let mut buf = vec![0u8; 256 * 1024];
-    let r = t.send(omega_tv_sync_testkit::get(&path), &mut buf).await;
+    let r = admin.get(&path, &mut buf).await;
     let body = match r {
-        Ok(resp) if resp.status == 200 => &buf[..resp.body_len],
+        Ok((200, len)) => &buf[..len],
         other => {
             checks.check(&format!("admin read-back: {other:?}"), false);
             return None;

@@ -61,7 +61,17 @@ pub async fn run_tls_sync(
         ),
         transport.max_fragment_length().is_some(),
     );
-    run_sync(&mut transport, &args.device, n, Some(key), checks).await
+    let Some((admin_port, token)) = &args.admin else {
+        checks.check("--admin-port and --admin-token given", false);
+        return None;
+    };
+    let admin = crate::sync::Admin {
+        stack,
+        ip: args.server.0,
+        port: *admin_port,
+        token,
+    };
+    run_sync(&mut transport, &admin, &args.device, n, Some(key), checks).await
 }
 
 /// The TLS transport's caller memory (on firmware these are statics).

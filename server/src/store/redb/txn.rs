@@ -154,6 +154,19 @@ macro_rules! impl_read {
             fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>> {
                 by_device(self.patterns_t()?, device, StoredPattern::from_bytes)
             }
+            fn device_pattern_count(&self, device: &str) -> StoreResult<u64> {
+                // Keys only: no pattern is decoded.
+                let t = self.patterns_t()?;
+                let mut n = 0u64;
+                for e in t.range((device, "")..).map_err(be)? {
+                    let (k, _) = e.map_err(be)?;
+                    if k.value().0 != device {
+                        break;
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            }
             fn revision_floor(&self, device: &str) -> StoreResult<u32> {
                 let t = self.floors_t()?;
                 let r = t.get(device).map_err(be)?;
