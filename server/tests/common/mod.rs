@@ -157,6 +157,10 @@ pub fn config(db: &Path) -> Config {
     c.codebooks = constellation::codebooks::default_codebooks();
     c.admin = true;
     c.aggregate.interval = Duration::from_secs(3600);
+    // Protocol tests: the exact mode (k distinct devices, no noise), so what
+    // a download carries is predictable; `dp_attacks.rs` runs the default,
+    // differentially private configuration.
+    c.aggregate.dp = constellation::aggregate::dp::DpConfig::disabled();
     c.auth = constellation::AuthConfig::disabled();
     c
 }
