@@ -538,3 +538,79 @@ async fn metrics_report_the_privacy_loss_and_a_config_over_budget_is_refused() {
         Ok(_) => panic!("a configuration over budget started"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_device_stays_within_its_cohorts_and_the_honest_global_appears() {
+    // A small test deployment (little noise, low threshold, a large budget):
+    // five honest households must be enough to publish.
+    let dp = DpConfig {
+        sigma_vector: 0.05,
+        sigma_scalar: 0.3,
+        threshold: 4.0,
+        delta: 1e-6,
+        budget_epsilon: 1e9,
+        seed: Some(5),
+        ..Default::default()
+    };
+    let m = dp.max_globals as usize;
+    let (_dir, db) = temp_db();
+    let srv = start_with(&db, dp).await;
+    let addr = srv.local_addr();
+    let ps = patterns();
+    let honest = &ps[1500];
+    // The flood: 4 syncs of 64 distinct real patterns from other cohorts.
+    let honest_cell = cell(honest);
+    let flood: Vec<(&Embedding, u32)> = ps
+        .iter()
+        .map(|p| (p, cell(p)))
+        .filter(|(_, c)| *c != honest_cell)
+        .take(256)
+        .collect();
+    let mut n_cells = std::collections::BTreeSet::new();
+    for (s, chunk) in flood.chunks(64).enumerate() {
+        let ups: Vec<Up> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (e, c))| {
+                n_cells.insert(*c);
+                let id: &'static str = Box::leak(format!("f{s}-{i}").into_boxed_str());
+                Up::abs(id, quantize(e))
+            })
+            .collect();
+        let r = post_sync(addr, "flooder", "0", &upload(s as u64 + 1, 0, &ups));
+        assert_eq!(r.status, 200);
+        srv.aggregate_now().await.unwrap();
+    }
+    assert!(n_cells.len() > 4 * m, "the flood spans {} cohorts", n_cells.len());
+    for d in 0..5 {
+        contribute(addr, &format!("tv-{d}"), 1, "p", honest, 200, 0.8);
+    }
+    srv.release_now().await.unwrap();
+    // The flooder counts in at most m cohorts; the rest was left out.
+    let aggs = constellation::store::read(&*srv.state().store, |t| t.aggregates()).unwrap();
+    let flooder_in = aggs
+        .iter()
+        .filter(|(_, a)| a.devices.contains_key("flooder"))
+        .count();
+    assert!(flooder_in <= m, "flooder in {flooder_in} cohorts");
+    assert!(aggs.len() <= m + 1, "{} aggregates", aggs.len());
+    // At most the m largest cohorts of the flood were taken in.
+    let mut sizes: Vec<usize> = n_cells
+        .iter()
+        .map(|c| flood.iter().filter(|(_, k)| k == c).count())
+        .collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    let most_in: usize = sizes.iter().take(m).sum();
+    let bounded = metric(addr, "constellation_dp_bounded_contributions_total");
+    assert!(bounded >= (256 - most_in) as f64, "left out {bounded}, most taken in {most_in}");
+    // The honest cohort is published in this release.
+    let (g, _) = feed(addr);
+    let honest_unit = back(honest);
+    assert!(
+        g.iter()
+            .any(|p| cos(&p.unit, &honest_unit) > 0.95 && (4..=7).contains(&p.contributors)),
+        "{:?}",
+        g.iter().map(|p| p.contributors).collect::<Vec<_>>()
+    );
+    srv.shutdown().await;
+}
