@@ -36,6 +36,9 @@ pub struct Metrics {
     pub aggregation_runs: AtomicU64,
     /// Global changelog entries published by aggregation.
     pub published: AtomicU64,
+    /// Device-pattern changes an aggregation pass did not read again
+    /// because a change of the same (device, pattern) was already in it.
+    pub aggregation_coalesced: AtomicU64,
     /// Differentially private releases made.
     pub dp_releases: AtomicU64,
     /// Pattern contributions left out by user-level bounding (beyond a
@@ -192,6 +195,12 @@ impl Metrics {
         );
         c(
             &mut s,
+            "constellation_aggregation_coalesced_total",
+            "Repeated changes of one (device, pattern) read once in a pass.",
+            ld(&self.aggregation_coalesced),
+        );
+        c(
+            &mut s,
             "constellation_dp_releases_total",
             "Differentially private releases of global patterns.",
             ld(&self.dp_releases),
@@ -245,14 +254,46 @@ impl Metrics {
         );
         if let Some(p) = p {
             for (name, help, v) in [
-                ("constellation_dp_epsilon_release", "Epsilon of one release (zCDP, at constellation_dp_delta).", p.epsilon_release),
-                ("constellation_dp_epsilon_window", "Epsilon over the window, releasing on schedule.", p.epsilon_window),
-                ("constellation_dp_epsilon_spent", "Epsilon of the releases made in the trailing window.", p.epsilon_spent),
-                ("constellation_dp_rho_release", "zCDP rho of one release.", p.rho_release),
-                ("constellation_dp_rho_window", "zCDP rho over the window, releasing on schedule.", p.rho_window),
-                ("constellation_dp_delta", "Delta the epsilons are stated at.", p.delta),
-                ("constellation_dp_window_seconds", "Window of the cumulative epsilon.", p.window_s),
-                ("constellation_dp_releases_in_window", "Releases made in the trailing window.", p.releases_in_window as f64),
+                (
+                    "constellation_dp_epsilon_release",
+                    "Epsilon of one release (zCDP, at constellation_dp_delta).",
+                    p.epsilon_release,
+                ),
+                (
+                    "constellation_dp_epsilon_window",
+                    "Epsilon over the window, releasing on schedule.",
+                    p.epsilon_window,
+                ),
+                (
+                    "constellation_dp_epsilon_spent",
+                    "Epsilon of the releases made in the trailing window.",
+                    p.epsilon_spent,
+                ),
+                (
+                    "constellation_dp_rho_release",
+                    "zCDP rho of one release.",
+                    p.rho_release,
+                ),
+                (
+                    "constellation_dp_rho_window",
+                    "zCDP rho over the window, releasing on schedule.",
+                    p.rho_window,
+                ),
+                (
+                    "constellation_dp_delta",
+                    "Delta the epsilons are stated at.",
+                    p.delta,
+                ),
+                (
+                    "constellation_dp_window_seconds",
+                    "Window of the cumulative epsilon.",
+                    p.window_s,
+                ),
+                (
+                    "constellation_dp_releases_in_window",
+                    "Releases made in the trailing window.",
+                    p.releases_in_window as f64,
+                ),
             ] {
                 gauge(&mut s, name, help, v);
             }

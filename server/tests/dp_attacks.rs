@@ -91,7 +91,11 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 
 /// What the server merges for `e`: its uploaded codes, reconstructed.
 fn back(e: &Embedding) -> Vec<f32> {
-    book().reconstruct(&quantize(e)).unwrap().as_array().to_vec()
+    book()
+        .reconstruct(&quantize(e))
+        .unwrap()
+        .as_array()
+        .to_vec()
 }
 
 fn cell(e: &Embedding) -> u32 {
@@ -125,7 +129,15 @@ fn victim_and_probe() -> (Embedding, Embedding) {
     panic!("no probe found");
 }
 
-fn contribute(addr: SocketAddr, device: &str, seq: u64, id: &'static str, e: &Embedding, samples: u32, rate: f32) {
+fn contribute(
+    addr: SocketAddr,
+    device: &str,
+    seq: u64,
+    id: &'static str,
+    e: &Embedding,
+    samples: u32,
+    rate: f32,
+) {
     let mut u = Up::abs(id, quantize(e));
     (u.samples, u.rate) = (samples, rate);
     let r = post_sync(addr, device, "0", &upload(seq, 0, &[u]));
@@ -139,7 +151,9 @@ fn server_config(db: &std::path::Path, dp: DpConfig) -> Config {
 }
 
 async fn start_with(db: &std::path::Path, dp: DpConfig) -> ServerHandle {
-    Server::start(server_config(db, dp)).await.expect("server starts")
+    Server::start(server_config(db, dp))
+        .await
+        .expect("server starts")
 }
 
 /// Default parameters, noise from a fixed seed (so a test that needs a
@@ -179,8 +193,8 @@ fn background(addr: SocketAddr, v: &Embedding, from: usize, n: usize) -> Vec<Vec
 /// numbers, minus the attacker's own four probes at their known weight.
 fn sybil_estimate(p: &Pub, probe: &[f32], v: &[f32], clip: f32) -> f32 {
     let attacker_w = 4.0 * 7.0; // four boxes, 10 samples at rate 0.7
-    // Readings of the sum's length: weight = samples * rate, in samples
-    // and in units of the clip, and a wide grid around them.
+                                // Readings of the sum's length: weight = samples * rate, in samples
+                                // and in units of the clip, and a wide grid around them.
     let w = p.samples as f32 * p.rate;
     let mut scales = vec![w, w / clip, p.contributors as f32, p.samples as f32];
     for k in 1..200 {
@@ -238,7 +252,10 @@ async fn sybil_attack(dp: DpConfig, background_households: usize) -> (f32, f32, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k_minus_1_sybils_learn_nothing_in_the_default_configuration() {
     let (best, prior, seen) = sybil_attack(DpConfig::default(), 0).await;
-    assert_eq!(seen, 0, "a cohort of 5 is never published (best estimate {best})");
+    assert_eq!(
+        seen, 0,
+        "a cohort of 5 is never published (best estimate {best})"
+    );
     let _ = prior;
 }
 
@@ -298,10 +315,7 @@ async fn differencing_attack(dp: DpConfig, extra: usize) -> (f32, f32, usize, us
         best = best.max(cos(&a.unit, &bv));
         for b in before.iter().filter(|b| b.id == a.id) {
             // The sums' lengths from the published weights, and a grid.
-            let (wa, wb) = (
-                a.samples as f32 * a.rate,
-                b.samples as f32 * b.rate,
-            );
+            let (wa, wb) = (a.samples as f32 * a.rate, b.samples as f32 * b.rate);
             let mut ratios = vec![wb / wa.max(1e-9)];
             for k in 0..=100 {
                 ratios.push(0.5 + k as f32 * 0.01);
@@ -324,13 +338,20 @@ async fn differencing_attack(dp: DpConfig, extra: usize) -> (f32, f32, usize, us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differencing_releases_reveals_nothing_in_the_default_configuration() {
     let (best, _, before, after) = differencing_attack(DpConfig::default(), 0).await;
-    assert_eq!((before, after), (0, 0), "cohorts of 6 and 7 are never published ({best})");
+    assert_eq!(
+        (before, after),
+        (0, 0),
+        "cohorts of 6 and 7 are never published ({best})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differencing_a_published_cohort_learns_no_more_than_the_cohort() {
     let (best, prior, before, after) = differencing_attack(seeded(2), 300).await;
-    assert!(before > 0 && after > 0, "published before and after the join");
+    assert!(
+        before > 0 && after > 0,
+        "published before and after the join"
+    );
     assert!(
         best <= prior + 0.02,
         "attacker's estimate cos {best} vs the cohort's own {prior}"
@@ -495,7 +516,11 @@ fn empirical_privacy_loss_stays_within_the_claimed_epsilon() {
     // A cohort held by one device alone is never published.
     let mut noise = Noise::new(Some(3)).unwrap();
     let alone = Cohort {
-        sum: patterns()[5].as_array().iter().map(|x| f64::from(*x)).collect(),
+        sum: patterns()[5]
+            .as_array()
+            .iter()
+            .map(|x| f64::from(*x))
+            .collect(),
         count: 1.0,
         samples: 1.0,
         weight: 1.0,
@@ -581,7 +606,11 @@ async fn a_flooding_device_stays_within_its_cohorts_and_the_honest_global_appear
         assert_eq!(r.status, 200);
         srv.aggregate_now().await.unwrap();
     }
-    assert!(n_cells.len() > 4 * m, "the flood spans {} cohorts", n_cells.len());
+    assert!(
+        n_cells.len() > 4 * m,
+        "the flood spans {} cohorts",
+        n_cells.len()
+    );
     for d in 0..5 {
         contribute(addr, &format!("tv-{d}"), 1, "p", honest, 200, 0.8);
     }
@@ -602,7 +631,10 @@ async fn a_flooding_device_stays_within_its_cohorts_and_the_honest_global_appear
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     let most_in: usize = sizes.iter().take(m).sum();
     let bounded = metric(addr, "constellation_dp_bounded_contributions_total");
-    assert!(bounded >= (256 - most_in) as f64, "left out {bounded}, most taken in {most_in}");
+    assert!(
+        bounded >= (256 - most_in) as f64,
+        "left out {bounded}, most taken in {most_in}"
+    );
     // The honest cohort is published in this release.
     let (g, _) = feed(addr);
     let honest_unit = back(honest);
@@ -612,5 +644,36 @@ async fn a_flooding_device_stays_within_its_cohorts_and_the_honest_global_appear
         "{:?}",
         g.iter().map(|p| p.contributors).collect::<Vec<_>>()
     );
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_changes_of_one_pattern_coalesce_within_a_pass() {
+    let (_dir, db) = temp_db();
+    let srv = start_with(&db, DpConfig::default()).await;
+    let addr = srv.local_addr();
+    let ps = patterns();
+    // 20 syncs, each changing the same pattern (a new absolute vector),
+    // before one pass.
+    let mut base = quantize(&ps[0]);
+    for seq in 1..=20u64 {
+        let next = quantize(&ps[seq as usize]);
+        let u = if seq == 1 {
+            Up::abs("p", next)
+        } else {
+            Up::delta("p", seq as u32 - 1, base, next)
+        };
+        let r = post_sync(addr, "tv-busy", "0", &upload(seq, 0, &[u]));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        base = next;
+    }
+    srv.aggregate_now().await.unwrap();
+    assert_eq!(
+        metric(addr, "constellation_aggregation_coalesced_total"),
+        19.0,
+        "one read for 20 changes"
+    );
+    let aggs = constellation::store::read(&*srv.state().store, |t| t.aggregates()).unwrap();
+    assert_eq!(aggs.len(), 1, "one cohort: the pattern's last state");
     srv.shutdown().await;
 }

@@ -24,7 +24,11 @@ const TRIALS: usize = 10;
 const COHORTS: usize = 8;
 
 fn top10(q: &Row, items: &[Row]) -> Vec<usize> {
-    let mut s: Vec<(f32, usize)> = items.iter().enumerate().map(|(i, r)| (dot(q, r), i)).collect();
+    let mut s: Vec<(f32, usize)> = items
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (dot(q, r), i))
+        .collect();
     s.select_nth_unstable_by(10, |a, b| b.0.total_cmp(&a.0));
     s.truncate(10);
     s.into_iter().map(|(_, i)| i).collect()
@@ -64,7 +68,11 @@ fn main() {
         by_size.first().map_or(0, Vec::len)
     );
     let base = DpConfig::default();
-    let configs = [("default", 1.0), ("half the noise", 0.5), ("twice the noise", 2.0)];
+    let configs = [
+        ("default", 1.0),
+        ("half the noise", 0.5),
+        ("twice the noise", 2.0),
+    ];
     println!();
     println!("| noise | eps/release | eps/day | threshold | cohort | published | cos(published, exact) | recall@10 |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
@@ -74,8 +82,8 @@ fn main() {
         let cfg = DpConfig {
             sigma_vector: base.sigma_vector * f,
             sigma_scalar,
-            // The least threshold (to a whole device) the accountant accepts.
-            threshold: (1.0 + 7.5 * sigma_scalar).ceil(),
+            // 7.5 noise deviations (180 at the default noise, as the server).
+            threshold: (7.5 * sigma_scalar).round(),
             budget_epsilon: f64::INFINITY,
             ..base.clone()
         };

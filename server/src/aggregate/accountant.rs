@@ -53,16 +53,17 @@ pub fn normal_tail(z: f64) -> f64 {
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87
-                                    + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     if x >= 0.0 {
         r
     } else {
@@ -135,10 +136,14 @@ impl Accountant {
             cfg: cfg.clone(),
             releases: VecDeque::new(),
         };
-        if !(cfg.delta > 0.0 && cfg.delta < 1.0) {
+        if !(0.0..1.0).contains(&cfg.delta) || cfg.delta == 0.0 {
             return Err(BudgetError::Invalid("delta must be in (0, 1)"));
         }
-        if !(cfg.sigma_vector > 0.0 && cfg.sigma_scalar > 0.0) {
+        if cfg.sigma_vector.is_nan()
+            || cfg.sigma_scalar.is_nan()
+            || cfg.sigma_vector <= 0.0
+            || cfg.sigma_scalar <= 0.0
+        {
             return Err(BudgetError::Invalid("noise must be positive"));
         }
         if cfg.epoch.is_zero() || cfg.max_globals == 0 || cfg.full_weight_samples == 0 {
@@ -153,7 +158,7 @@ impl Accountant {
                 allowed,
             });
         }
-        if !(a.epsilon_window() <= cfg.budget_epsilon) {
+        if a.epsilon_window().is_nan() || a.epsilon_window() > cfg.budget_epsilon {
             return Err(BudgetError::OverBudget {
                 window_epsilon: a.epsilon_window(),
                 budget: cfg.budget_epsilon,
@@ -165,7 +170,8 @@ impl Accountant {
     /// `rho` of one release.
     pub fn rho_release(&self) -> f64 {
         f64::from(self.cfg.max_globals)
-            * (gaussian_rho(1.0, self.cfg.sigma_vector) + 3.0 * gaussian_rho(1.0, self.cfg.sigma_scalar))
+            * (gaussian_rho(1.0, self.cfg.sigma_vector)
+                + 3.0 * gaussian_rho(1.0, self.cfg.sigma_scalar))
     }
 
     /// Releases the schedule allows within one window.
@@ -291,6 +297,9 @@ mod tests {
             sigma_vector: 0.0,
             ..Default::default()
         };
-        assert!(matches!(Accountant::new(&cfg), Err(BudgetError::Invalid(_))));
+        assert!(matches!(
+            Accountant::new(&cfg),
+            Err(BudgetError::Invalid(_))
+        ));
     }
 }

@@ -204,11 +204,11 @@ pub struct Published {
 impl NoisyCohort {
     /// Post-processing: the published values (`None` below the threshold).
     pub fn publish(&self, cfg: &DpConfig) -> Option<Published> {
-        if !(self.count >= cfg.threshold) {
+        if self.count.is_nan() || self.count < cfg.threshold {
             return None;
         }
         let n = self.sum.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if !(n > 1e-12) {
+        if n.is_nan() || n <= 1e-12 {
             return None;
         }
         let unit = self.sum.iter().map(|x| (x / n) as f32).collect();
@@ -221,7 +221,9 @@ impl NoisyCohort {
         Some(Published {
             unit,
             contributors: self.count.round().clamp(0.0, f64::from(u32::MAX)) as u32,
-            samples: (self.samples * scale).round().clamp(0.0, f64::from(u32::MAX)) as u32,
+            samples: (self.samples * scale)
+                .round()
+                .clamp(0.0, f64::from(u32::MAX)) as u32,
             rate,
         })
     }

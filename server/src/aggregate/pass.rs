@@ -138,7 +138,8 @@ pub(super) fn compute(
             .dp
             .lock()
             .map_err(|_| crate::store::StoreError::Backend("noise source poisoned".into()))?;
-        let r = super::release::release(state, agg, &mut dp.noise, now.as_secs_f64(), now.as_secs());
+        let r =
+            super::release::release(state, agg, &mut dp.noise, now.as_secs_f64(), now.as_secs());
         p.changes.extend(r.changes);
         p.aggregates.extend(r.aggregates);
         p.epoch = Some(epoch);
@@ -197,6 +198,12 @@ fn compute_pass(
         let mut items = Vec::new();
         for c in changes {
             if !seen.insert((c.device.clone(), c.pattern.clone())) {
+                // A later change of the same (device, pattern): the pass
+                // reads its current state once.
+                state
+                    .metrics
+                    .aggregation_coalesced
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             let p = t.pattern(&c.device, &c.pattern)?;
@@ -275,12 +282,14 @@ fn compute_pass(
         super::dp::clip_unit(&mut v);
         let id = if dp {
             // The cohort is a function of this pattern alone.
-            let id = super::dp::cohort_id(&p.category, super::dp::cell_of(&p.codes[..], cfg.dp.cell_bits));
+            let id = super::dp::cohort_id(
+                &p.category,
+                super::dp::cell_of(&p.codes[..], cfg.dp.cell_bits),
+            );
             let clash = agg.aggs.get(&id).is_some_and(|a| a.category != p.category);
             let mine = agg.device_globals.get(&device);
-            let full = mine.is_some_and(|g| {
-                !g.contains(&id) && g.len() >= cfg.dp.max_globals.max(1) as usize
-            });
+            let full = mine
+                .is_some_and(|g| !g.contains(&id) && g.len() >= cfg.dp.max_globals.max(1) as usize);
             if clash || full {
                 // Beyond the device's `m` cohorts (or a hash clash): not
                 // counted anywhere until the pattern changes again.
@@ -332,9 +341,9 @@ fn compute_pass(
         // signal must not reveal what fewer than k households watch.
         let k_reached = !dp
             && agg
-            .aggs
-            .get(&id)
-            .is_some_and(|a| a.devices.len() >= cfg.k.max(1) as usize);
+                .aggs
+                .get(&id)
+                .is_some_and(|a| a.devices.len() >= cfg.k.max(1) as usize);
         if gained > 0 && k_reached {
             let content = match &state.config.trends.catalogue {
                 Some(cat) => cat.nearest(&c.vector).map(str::to_string),
