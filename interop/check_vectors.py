@@ -12,9 +12,11 @@ and the signed request). One line per vector; exit status 1 on any mismatch.
 """
 
 import json
+import math
 import os
 import re
 import sys
+from array import array
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -265,11 +267,101 @@ def main():
         report("auth[%d] %s counter=%d" % (i, a["device"], a["counter"]), enc_ok, dec_ok,
                "%d B body" % len(body) + (", " + err if err else ""))
 
+    # -- reconstruct and the conflict merge ---------------------------------
+    check_reconstruct_and_merge(v, cbs)
+    check_zstd(v)
+
     # -- the worked examples of wire-format.md ------------------------------
     check_doc_examples()
 
     print("%d failure(s)" % len(failures))
     return 1 if failures else 0
+
+
+def reconstruct_exact(cb, codes):
+    """codec.md, "reconstruct exactly": f32 accumulation from mu, products and
+    sums each rounded to f32 (array('f') rounds a binary64 result to
+    binary32, exact for one + or * of f32 values), f64 norm."""
+    a = array("f", cb.mu)
+    if cb.basis is None:
+        prod = array("f", [q * dm for q, dm in zip(codes, cb.dec_mul)])
+        a = array("f", [x + p for x, p in zip(a, prod)])
+    else:
+        for j in range(o.DIM):
+            q = codes[j]
+            if q == 0:
+                continue
+            k = o.f32(q * cb.dec_mul[j])
+            prod = array("f", [k * b for b in cb.basis[j]])
+            a = array("f", [x + p for x, p in zip(a, prod)])
+    s = 0.0
+    for x in a:
+        s += x * x
+    n = o.f32(math.sqrt(s))
+    inv = o.f32(1.0 / n)
+    return array("f", [x * inv for x in a])
+
+
+def merge_exact(n_dev, q_dev, r_dev, n_srv, q_srv, r_srv):
+    """protocol.md, conflict resolution with the server's state: the codes in
+    exact integers (halves away from zero, saturated to i16), the rate in f32,
+    the sample count the larger one as sent."""
+    nd, ns = max(1, n_dev), max(1, n_srv)
+    codes = []
+    for a, b in zip(q_dev, q_srv):
+        num = nd * a + ns * b
+        q, r = divmod(abs(num), nd + ns)
+        if 2 * r >= nd + ns:
+            q += 1
+        q = q if num >= 0 else -q
+        codes.append(max(-32768, min(32767, q)))
+    f = o.f32
+    rate = f(f(f(f(nd) * r_dev) + f(f(ns) * r_srv)) / f(nd + ns))
+    return codes, min(1.0, max(0.0, rate)), max(n_dev, n_srv)
+
+
+def check_reconstruct_and_merge(v, cbs):
+    def bits_of(h):
+        return [int(h[i:i + 8], 16) for i in range(0, len(h), 8)]
+
+    for r in v.get("reconstruct", []):
+        got = reconstruct_exact(cbs[r["codebook"]], r["codes"])
+        want = bits_of(r["embedding_f32_bits"])
+        mine = [o.f32_bits(x) for x in got]
+        diff = sum(1 for a, b in zip(mine, want) if a != b)
+        report("reconstruct %s %s" % (r["codebook"], r["case"]), diff == 0, True,
+               "%d of 384 components differ" % diff if diff else "bit-exact")
+    for m in v.get("merge", []):
+        r_dev = o.f32_from_bits(int(m["rate_dev_f32_bits"], 16))
+        r_srv = o.f32_from_bits(int(m["rate_srv_f32_bits"], 16))
+        codes, rate, n = merge_exact(m["n_dev"], m["q_dev"], r_dev, m["n_srv"], m["q_srv"], r_srv)
+        codes_ok = codes == m["merged"]
+        rate_ok = "%08x" % o.f32_bits(rate) == m["rate_f32_bits"]
+        report("merge %s" % m["case"], codes_ok and rate_ok and n == m["sample_count"], True,
+               "codes %s, rate %s, samples %d" % ("ok" if codes_ok else "FAIL", "ok" if rate_ok else "FAIL", n))
+
+
+def check_zstd(v):
+    """The compressed frame: header as the plain one's with flag bit 0, CRC
+    over the bytes as sent, a body that decompresses (zstd command line tool:
+    the standard library has none) to the plain frame's records."""
+    import shutil
+    for z in v.get("zstd", []):
+        plain, comp = bytes.fromhex(z["plain"]), bytes.fromhex(z["compressed"])
+        name = "zstd %s" % z["name"]
+        hp, hc = o.parse_header(plain), o.parse_header(comp)
+        head_ok = (hc[0], hc[2]) == (hp[0], hp[2]) and hc[1] == hp[1] | o.FLAG_ZSTD_BODY
+        # Re-encoding: the plain frame with the compressed body put in.
+        enc_ok = head_ok and o.frame(hp[0], hp[2], hc[3], hc[1]) == comp
+        if not shutil.which("zstd"):
+            report(name, enc_ok, True, "no zstd tool: header and CRC only")
+            continue
+        body, err = attempt(lambda: o.zstd_decompress(hc[3], o.MAX_DOWNLOAD_FRAME))
+        recs, err2 = attempt(lambda: o.decode_frame(comp)["records"])
+        want, _ = attempt(lambda: o.decode_frame(plain)["records"])
+        dec_ok = body == hp[3] and recs is not None and recs == want
+        report(name, enc_ok, dec_ok, "%d B -> %d B, %d records%s" % (
+            len(comp), len(plain), len(want or []), (", " + (err or err2)) if (err or err2) else ""))
 
 
 def check_snapshot(fr, cb, cbname, want, codec_by, name):

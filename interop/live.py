@@ -652,6 +652,31 @@ def scenario(http, cb, cbs, emb, rng, keys):
         check(len(cf) == 1 and cf[0]["id"] == "p1" and cf[0]["server_rev"] == 4, "stale removal: Conflict, rev 4")
     check("p1" in admin_codes(http, A.id), "p1 still there after the stale removal")
 
+    # protocol.md, "Revisions are never reused": p2 created again continues
+    # above every revision it had, and a stale session's delta on its old
+    # revision is a conflict (never decoded against the new codes)
+    old = A.acked["p2"]["rev"]
+    p2_again = cb.quantize(perturb(e1, 0.25, rng))
+    A.acked.pop("p2", None)
+    resp, _, _ = A.sync([A.update("p2", p2_again, 0.8, 20, "kids")], "p2 created again (absolute on 0)")
+    new = None
+    if resp:
+        acks = recs_of(resp, "Ack")
+        new = acks[0]["revision"] if acks else None
+        check(new is not None and new > old, "re-created p2: revision %s, above its old %d" % (new, old))
+    A.acked["p2"] = {"rev": old, "codes": cb.quantize(e1)}
+    up = A.update("p2", cb.quantize(perturb(e1, 0.3, rng)), 0.85, 25, "kids")
+    check(up["coding"] == o.CODING_DELTA and up["base_rev"] == old, "the stale session sends a delta on %d" % old)
+    resp, _, _ = A.sync([up], "a stale session's delta on p2's old revision")
+    if resp:
+        cf = recs_of(resp, "Conflict")
+        check(len(cf) == 1 and cf[0]["id"] == "p2" and cf[0]["server_rev"] == new,
+              "stale delta on a re-created pattern: Conflict, server_rev %s" % new, resp["records"][1:])
+    check(admin_codes(http, A.id).get("p2", {}).get("codes") == p2_again, "p2 keeps its new codes")
+    resp, _, _ = A.sync([{"type": "PatternRemoval", "id": "p2", "base_rev": new or 0}], "p2 removed again")
+    A.acked.pop("p2", None)
+    check("p2" not in admin_codes(http, A.id), "p2 is gone again")
+
     # 9. bad inputs -------------------------------------------------------
     bad_inputs(http, A, cb, e0, rng, keys)
 

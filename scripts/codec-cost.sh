@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-200}"
-target="${CARGO_TARGET_DIR:-target}"
+target=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
 cargo build --release -q -p omega-tv-sync-bench --bin codec-cost
 out="$(mktemp -d)"
 valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \

@@ -214,6 +214,45 @@ fn real_patterns_reconstruct_closely() {
     }
 }
 
+/// Scoring in the code domain equals scoring the reconstructions: for pairs
+/// of real patterns (near and far), the cosine from the codes alone matches
+/// the dot product of the two reconstructions, on both codebooks.
+#[test]
+fn code_domain_cosine_equals_reconstructed_cosine() {
+    let pats = rows("patterns_public.f32");
+    for cb in books() {
+        let space = cb.coefficient_space();
+        let codes: Vec<Codes> = pats
+            .iter()
+            .take(120)
+            .map(|p| cb.quantize(&Embedding::new(*p).unwrap()))
+            .collect();
+        let recon: Vec<Embedding> = codes.iter().map(|c| cb.reconstruct(c).unwrap()).collect();
+        let mut worst = 0f32;
+        for i in 0..codes.len() {
+            for j in [i, (i + 1) % codes.len(), (i * 7 + 3) % codes.len()] {
+                let want = recon[i].dot(&recon[j]);
+                let got = space.cosine(&codes[i], &codes[j]);
+                worst = worst.max((want - got).abs());
+                let (ni, nj) = (space.prepare(&codes[i]), space.prepare(&codes[j]));
+                let prepared = space.cosine_prepared(&codes[i], ni, &codes[j], nj);
+                worst = worst.max((want - prepared).abs());
+                // The coordinates carry the same inner product, unnormalised.
+                let (a, b) = (space.coefficients(&codes[i]), space.coefficients(&codes[j]));
+                let dot: f32 = a.iter().zip(b.iter()).map(|(x, y)| x * y).sum();
+                let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+                worst = worst.max((dot / (na * nb) - want).abs());
+            }
+        }
+        assert!(
+            worst < 5e-5,
+            "codebook {:#x}: worst |diff| {worst}",
+            cb.id()
+        );
+    }
+}
+
 /// 100 successive syncs of one pattern drifting with real items: the server
 /// applies each closed-loop delta to its stored integer codes, so it always
 /// holds exactly the device's codes and quality does not decay.

@@ -12,8 +12,9 @@ use omega_tv_sync::sync::{Config, SyncClient};
 use omega_tv_sync::transport::{auth, Response};
 use omega_tv_sync::types::{Category, ContentId, PatternId, Region, TrendSignal};
 use omega_tv_sync::wire::{
-    Ack, Caps, Coding, Conflict, DownloadHead, FrameWriter, GlobalRemove, GlobalUpsert, Kind,
-    PatternRemoval, PatternUpdate, Record, ServerState, TrendRecord, UploadHead,
+    Ack, Caps, Coding, Conflict, DownloadHead, FrameReader, FrameWriter, GlobalRemove,
+    GlobalUpsert, Kind, PatternRemoval, PatternUpdate, Record, ServerState, TrendRecord,
+    UploadHead,
 };
 use omega_tv_sync::{DeviceId, DeviceKey, Embedding, Pattern, DIM};
 
@@ -451,7 +452,265 @@ fn response_vectors() -> Vec<String> {
         .collect()
 }
 
-fn generate() -> String {
+/// `reconstruct`: the codes of the codec cases `absolute` and `delta` (the
+/// latter is what applying the delta bytes to `base_codes` gives) back to a
+/// unit embedding, as 384 f32 bit patterns.
+fn reconstruct_vectors(name: &str, book: &Codebook<'_>, all: &[f32]) -> Vec<String> {
+    let e = row(all, 0);
+    let c0 = book.quantize(&e);
+    let c1 = book.quantize(&blend(&e, &row(all, 1), 0.1));
+    [("absolute", c0), ("delta", c1)]
+        .iter()
+        .map(|(case, codes)| {
+            let r = book.reconstruct(codes).expect("reconstruct");
+            obj(&[
+                ("codebook", s(name)),
+                ("case", s(case)),
+                ("codes", ints(codes)),
+                ("embedding_f32_bits", s(&f32_hex(&r))),
+            ])
+        })
+        .collect()
+}
+
+fn f32_bits(x: f32) -> String {
+    format!("\"{:08x}\"", x.to_bits())
+}
+
+/// The conflict merge, as the device's real state machine does it: pattern
+/// `p` acknowledged at revision 1, then changed on the device (`dev`
+/// embedding, rate, samples); its upload meets a `Conflict{p, 2, state}`
+/// carrying the server's codes `srv`, rate and samples; the next upload is
+/// the merge, a delta on revision 2, read back here.
+fn merge_vector(
+    book: &Codebook<'_>,
+    case: &str,
+    dev: (&Embedding, f32, u32),
+    srv: (&Codes, f32, u32),
+) -> String {
+    let mut c: SyncClient<'_, 4> = SyncClient::new(
+        *book,
+        Config::new(DeviceId::new("tv-0002").expect("device")),
+    );
+    let plain = |c: &mut SyncClient<'_, 4>, recs: &dyn Fn(u64) -> Vec<u8>| {
+        let mut req = vec![0u8; 8192];
+        let n = c.prepare(&mut req).expect("prepare");
+        let sent = req[..n].to_vec();
+        let down = recs(c.seq());
+        let resp = Response {
+            status: 200,
+            body_len: down.len(),
+            retry_after_s: None,
+            signature: None,
+        };
+        let seq = c.seq();
+        let r = c.apply(&sent, resp, &down, 0, &mut ());
+        assert!(r.is_ok(), "apply at seq {seq}: {r:?}");
+    };
+    let head = |seq| {
+        Record::DownloadHead(DownloadHead {
+            seq,
+            global_version: 1,
+            more: false,
+            reset: false,
+            next_sync_s: 600,
+        })
+    };
+    let first = Pattern::new(pid("p"), dev.0.clone(), 0.8, 12, cat("drama")).expect("p");
+    c.upsert(&first, 0).expect("upsert");
+    plain(&mut c, &|seq| {
+        frame(
+            Kind::Download,
+            book.id(),
+            &[
+                head(seq),
+                Record::Ack(Ack {
+                    id: pid("p"),
+                    revision: 1,
+                }),
+            ],
+        )
+    });
+    let moved = Pattern::new(pid("p"), dev.0.clone(), dev.1, dev.2, cat("drama")).expect("p");
+    c.upsert(&moved, 1).expect("upsert");
+    let q_dev = book.quantize(dev.0);
+    let srv_code = encode(book, srv.0, None);
+    plain(&mut c, &|seq| {
+        frame(
+            Kind::Download,
+            book.id(),
+            &[
+                head(seq),
+                Record::Conflict(Conflict {
+                    id: pid("p"),
+                    server_rev: 2,
+                    state: Some(ServerState {
+                        success_rate: srv.1,
+                        sample_count: srv.2,
+                        category: cat("drama"),
+                        code: &srv_code,
+                    }),
+                }),
+            ],
+        )
+    });
+    let mut req = vec![0u8; 8192];
+    let n = c.prepare(&mut req).expect("prepare the merge");
+    let f = FrameReader::parse(&req[..n]).expect("upload");
+    let up = f
+        .records()
+        .find_map(|r| match r.expect("record") {
+            Record::Pattern(p) => Some((
+                p.base_rev,
+                p.coding,
+                p.success_rate,
+                p.sample_count,
+                p.code.to_vec(),
+            )),
+            _ => None,
+        })
+        .expect("the merge is uploaded");
+    assert_eq!((up.0, up.1), (2, Coding::Delta), "a delta on server_rev");
+    let mut merged = [0i16; DIM];
+    book.decode(&up.4, Some(srv.0), &mut merged)
+        .expect("decode the merge");
+    obj(&[
+        ("case", s(case)),
+        ("n_dev", dev.2.to_string()),
+        ("q_dev", ints(&q_dev)),
+        ("rate_dev_f32_bits", f32_bits(dev.1)),
+        ("n_srv", srv.2.to_string()),
+        ("q_srv", ints(srv.0)),
+        ("rate_srv_f32_bits", f32_bits(srv.1)),
+        ("merged", ints(&merged)),
+        ("rate_f32_bits", f32_bits(up.2)),
+        ("sample_count", up.3.to_string()),
+    ])
+}
+
+fn merge_vectors(book: &Codebook<'_>, all: &[f32]) -> Vec<String> {
+    let dev = blend(&row(all, 0), &row(all, 1), 0.3);
+    let q_srv = book.quantize(&row(all, 4));
+    // Equal weights: every odd sum is a tie, both signs; extreme codes.
+    let mut ties = [0i16; DIM];
+    for (i, t) in ties.iter_mut().enumerate() {
+        *t = match i % 4 {
+            0 => i16::MAX,
+            1 => i16::MIN,
+            2 => 2 * (i as i16) - 301,
+            _ => -(2 * (i as i16)) + 77,
+        };
+    }
+    vec![
+        merge_vector(book, "weighted", (&dev, 0.9, 30), (&q_srv, 0.5, 20)),
+        merge_vector(
+            book,
+            "equal_weights_ties",
+            (&dev, 0.9, 10),
+            (&ties, 0.7, 10),
+        ),
+    ]
+}
+
+/// A download frame of twelve trends (the first 12 catalogue titles as
+/// content ids), uncompressed: the `plain` of the `zstd` vector.
+fn zstd_plain(book: u32) -> (String, Vec<u8>) {
+    let meta = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/minilm/items_public.meta.tsv"
+    );
+    let names: Vec<String> = std::fs::read_to_string(meta)
+        .expect("items_public.meta.tsv")
+        .lines()
+        .skip(1)
+        .take(12)
+        .map(|l| l.split('\t').nth(2).expect("title").to_string())
+        .collect();
+    let mut recs = vec![Record::DownloadHead(DownloadHead {
+        seq: 0,
+        global_version: 61,
+        more: false,
+        reset: false,
+        next_sync_s: 300,
+    })];
+    for (i, n) in names.iter().enumerate() {
+        recs.push(Record::Trend(TrendRecord {
+            version: 50 + i as u64,
+            signal: TrendSignal::new(
+                ContentId::new(n).expect("content id"),
+                1.0 + i as f32 / 8.0,
+                Region::new(["DE", "US", "FR"][i % 3]).expect("region"),
+                cat(["drama", "kids", "news"][i % 3]),
+                1_700_000_000 + i as u64,
+            )
+            .expect("trend"),
+        }));
+    }
+    let describe = "DownloadHead{seq 0, version 61, more false, reset false, next_sync_s 300}; \
+        then for i = 0..11: Trend{50 + i, content id = items_public.meta.tsv title of row i, \
+        1 + i/8, [DE, US, FR][i mod 3], [drama, kids, news][i mod 3], 1700000000 + i}";
+    (describe.to_string(), frame(Kind::Download, book, &recs))
+}
+
+/// The `zstd` vector: `plain` and the same frame with its body compressed
+/// (flag bit 0). With the `zstd` feature (as in the workspace's tests) it
+/// is compressed here and read back; without it the committed compressed
+/// bytes are kept and checked as far as a reader without zstd can (header,
+/// CRC, flag), and `plain` is still regenerated and compared.
+fn zstd_vector(book: u32, committed: Option<&str>) -> String {
+    let (describe, plain) = zstd_plain(book);
+    let compressed = compress(&plain).unwrap_or_else(|| {
+        let c = committed.expect("the committed zstd vector (or build with --features zstd)");
+        let at = c.find("\"compressed\": \"").expect("compressed field") + 15;
+        let hex_s = &c[at..at + c[at..].find('"').expect("end")];
+        (0..hex_s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex_s[i..i + 2], 16).expect("hex"))
+            .collect()
+    });
+    let f = FrameReader::parse(&compressed).expect("a valid frame");
+    assert!(f.is_compressed(), "flag bit 0");
+    assert_eq!((f.kind(), f.codebook_id()), (Kind::Download, book));
+    assert!(compressed.len() < plain.len());
+    obj(&[
+        ("name", s("download_trends")),
+        ("records", s(&describe)),
+        ("plain", s(&hex(&plain))),
+        ("compressed", s(&hex(&compressed))),
+    ])
+}
+
+/// `plain` with its body compressed as the server does, and read back.
+#[cfg(feature = "zstd")]
+fn compress(plain: &[u8]) -> Option<Vec<u8>> {
+    use omega_tv_sync::wire::zstd::{
+        Compressor, Decompressor, CCTX_WORKSPACE_WORDS, DCTX_WORKSPACE_WORDS,
+    };
+    use omega_tv_sync::wire::{compress_body, seal, HEADER_LEN, TRAILER_LEN};
+    let mut cws = vec![0u64; CCTX_WORKSPACE_WORDS];
+    let mut c = Compressor::new(&mut cws).expect("compressor");
+    let mut buf = plain.to_vec();
+    let mut scratch = vec![0u8; plain.len()];
+    let n =
+        compress_body(&mut buf, plain.len() - TRAILER_LEN, &mut c, &mut scratch).expect("compress");
+    buf.truncate(n + TRAILER_LEN);
+    let end = seal(&mut buf, n).expect("seal");
+    buf.truncate(end);
+    let mut dws = vec![0u64; DCTX_WORKSPACE_WORDS];
+    let mut d = Decompressor::new(&mut dws).expect("decompressor");
+    let mut out = vec![0u8; plain.len()];
+    let f = FrameReader::parse(&buf).expect("frame");
+    let opened = f.decompress(&mut d, &mut out).expect("decompress");
+    assert_eq!(opened.body(), &plain[HEADER_LEN..plain.len() - TRAILER_LEN]);
+    Some(buf)
+}
+
+#[cfg(not(feature = "zstd"))]
+fn compress(_plain: &[u8]) -> Option<Vec<u8>> {
+    None
+}
+
+fn generate(committed: Option<&str>) -> String {
     let all = items();
     let v1 = codec::minilm_v1().expect("minilm-v1");
     let small = codec::minilm_small_v1().expect("minilm-small-v1");
@@ -461,19 +720,29 @@ fn generate() -> String {
     for f in frame_vectors(&small, &all) {
         frames.push(f.replacen("{\"name\": \"", "{\"name\": \"small_", 1));
     }
+    let mut recon = reconstruct_vectors("minilm-v1", &v1, &all);
+    recon.extend(reconstruct_vectors("minilm-small-v1", &small, &all));
     let list = |xs: Vec<String>| format!("[\n    {}\n  ]", xs.join(",\n    "));
     format!(
-        "{{\n  \"format\": 1,\n  \"codec\": {},\n  \"frames\": {},\n  \"auth\": {},\n  \"responses\": {}\n}}\n",
+        "{{\n  \"format\": 1,\n  \"codec\": {},\n  \"frames\": {},\n  \"auth\": {},\n  \"responses\": {},\n  \"reconstruct\": {},\n  \"merge\": {},\n  \"zstd\": {}\n}}\n",
         list(codec_v),
         list(frames),
         list(auth_vectors()),
-        list(response_vectors())
+        list(response_vectors()),
+        list(recon),
+        list(merge_vectors(&v1, &all)),
+        list(vec![zstd_vector(v1.id(), committed)])
     )
 }
 
 #[test]
 fn known_answers_match_the_committed_file() {
-    let fresh = generate();
+    let on_disk = std::fs::read_to_string(PATH).ok();
+    // The committed `zstd` section, for a build without the `zstd` feature.
+    let committed_zstd = on_disk
+        .as_deref()
+        .and_then(|t| t.find("\"zstd\": [").map(|at| &t[at..]));
+    let fresh = generate(committed_zstd);
     if std::env::var_os("OTS_WRITE_VECTORS").is_some() {
         std::fs::create_dir_all(std::path::Path::new(PATH).parent().expect("dir")).expect("mkdir");
         std::fs::write(PATH, &fresh).expect("write vectors");

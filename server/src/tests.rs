@@ -227,6 +227,55 @@ fn removal_acks_revision_zero() {
 }
 
 #[test]
+fn a_recreated_pattern_continues_above_its_removed_revisions() {
+    let s = MemStore::new();
+    let (a, b) = (codes(1), codes(2));
+    sync_once(
+        &s,
+        &frame(1, 0, &[U::Abs("p1", 0, &a), U::Abs("p2", 0, &a)]),
+    )
+    .unwrap();
+    let mut d = [0i16; DIM];
+    d[7] = 3;
+    sync_once(&s, &frame(2, 0, &[U::Delta("p1", 1, &d)])).unwrap();
+    // p1 removed at revision 2, then created again: revision 3, not 1.
+    sync_once(&s, &frame(3, 0, &[U::Rm("p1", 2)])).unwrap();
+    let r = sync_once(&s, &frame(4, 0, &[U::Abs("p1", 0, &b)])).unwrap();
+    match &acks(&r.response)[1] {
+        Record::Ack(a) => assert_eq!(a.revision, 3),
+        other => panic!("{other:?}"),
+    }
+    // A stale session's delta on revision 1 or 2 of the old p1: a conflict
+    // carrying the new codes, never decoded against them.
+    for stale in [1, 2] {
+        let r = sync_once(
+            &s,
+            &frame(4 + u64::from(stale), 0, &[U::Delta("p1", stale, &d)]),
+        )
+        .unwrap();
+        assert_eq!((r.acked, r.conflicts), (0, 1));
+        match &acks(&r.response)[1] {
+            Record::Conflict(c) => assert_eq!(c.server_rev, 3),
+            other => panic!("{other:?}"),
+        }
+    }
+    let st = crate::device_state(&s, "dev-1").unwrap();
+    let p1 = st.patterns.iter().find(|p| p.id == "p1").unwrap();
+    assert_eq!((p1.revision, p1.codes.clone()), (3, b.to_vec()));
+    // The floor is the device's: another pattern removed and re-created
+    // also continues above it, and other devices are untouched.
+    sync_once(&s, &frame(7, 0, &[U::Rm("p2", 1)])).unwrap();
+    let r = sync_once(&s, &frame(8, 0, &[U::Abs("p2", 0, &a)])).unwrap();
+    match &acks(&r.response)[1] {
+        Record::Ack(a) => assert_eq!(a.revision, 3),
+        other => panic!("{other:?}"),
+    }
+    let floor = store::read(&s, |t| t.revision_floor("dev-1")).unwrap();
+    assert_eq!(floor, 2);
+    assert_eq!(store::read(&s, |t| t.revision_floor("dev-2")).unwrap(), 0);
+}
+
+#[test]
 fn compressed_responses_are_the_core_writers_frames() {
     use omega_tv_sync::wire::zstd::{Compressor, CCTX_WORKSPACE_WORDS};
     let a = codes(1);

@@ -1,11 +1,12 @@
 //! The PostgreSQL backend on a private cluster (`pg_support`): schema
 //! migrations from an empty database, a re-run, an older version and a
-//! newer one; migrators racing; two nodes on one database.
+//! newer one; version 1 data carried to version 2 (revision floors);
+//! migrators racing; two nodes on one database.
 
 mod common;
 mod pg_support;
 
-use constellation::store::postgres::schema::{Migration, MIGRATIONS, V1};
+use constellation::store::postgres::schema::{Migration, MIGRATIONS, V1, V2};
 use constellation::store::postgres::{migrate_url, PgOptions, PgStore};
 use constellation::store::{self, DeviceRecord, Meta, Store, StoreError};
 
@@ -31,18 +32,22 @@ fn versions(url: &str) -> Vec<i32> {
     })
 }
 
-/// A version 2 as a later release would add one: a column, and data
+/// A version 3 as a later release would add one: a column, and data
 /// rewritten.
-static WITH_V2: &[Migration] = &[
+static WITH_V3: &[Migration] = &[
     Migration {
         version: 1,
         sql: V1,
     },
     Migration {
         version: 2,
+        sql: V2,
+    },
+    Migration {
+        version: 3,
         sql: "ALTER TABLE devices ADD COLUMN note text;
               UPDATE devices SET note = 'upgraded';
-              INSERT INTO meta (key, value) VALUES ('upgraded_to', 2);",
+              INSERT INTO meta (key, value) VALUES ('upgraded_to', 3);",
     },
 ];
 
@@ -53,12 +58,12 @@ fn migrations_apply_once_upgrade_an_older_schema_and_refuse_a_newer_one() {
     };
     let url = pg.database();
     // From an empty database.
-    assert_eq!(migrate_url(&url, MIGRATIONS).unwrap(), 1);
-    assert_eq!(versions(&url), vec![1]);
+    assert_eq!(migrate_url(&url, MIGRATIONS).unwrap(), 2);
+    assert_eq!(versions(&url), vec![1, 2]);
     // Re-running is a no-op.
-    assert_eq!(migrate_url(&url, MIGRATIONS).unwrap(), 1);
-    assert_eq!(versions(&url), vec![1]);
-    // Data written at version 1 ...
+    assert_eq!(migrate_url(&url, MIGRATIONS).unwrap(), 2);
+    assert_eq!(versions(&url), vec![1, 2]);
+    // Data written at version 2 ...
     let s = PgStore::open(&url, PgOptions::default()).unwrap();
     assert_eq!(
         s.aggregation_term().unwrap(),
@@ -85,17 +90,17 @@ fn migrations_apply_once_upgrade_an_older_schema_and_refuse_a_newer_one() {
     .unwrap();
     s.close();
     drop(s);
-    // ... survives the upgrade from version 1 to 2.
-    assert_eq!(migrate_url(&url, WITH_V2).unwrap(), 2);
-    assert_eq!(versions(&url), vec![1, 2]);
-    assert_eq!(migrate_url(&url, WITH_V2).unwrap(), 2, "no-op again");
-    // This binary knows version 1 only: it refuses the newer schema.
+    // ... survives the upgrade from version 2 to 3.
+    assert_eq!(migrate_url(&url, WITH_V3).unwrap(), 3);
+    assert_eq!(versions(&url), vec![1, 2, 3]);
+    assert_eq!(migrate_url(&url, WITH_V3).unwrap(), 3, "no-op again");
+    // This binary knows version 2 only: it refuses the newer schema.
     match PgStore::open(&url, PgOptions::default()) {
         Err(StoreError::Backend(m)) => assert!(m.contains("newer"), "{m}"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a newer schema must be refused"),
     }
-    // The version 1 data reads back through a version 2 schema (a store
+    // The version 2 data reads back through a version 3 schema (a store
     // that only knows the columns it needs).
     let rows = {
         let (c, conn) = rt
@@ -118,6 +123,82 @@ fn migrations_apply_once_upgrade_an_older_schema_and_refuse_a_newer_one() {
     assert_eq!(rows[0].get::<_, String>(2), "upgraded");
 }
 
+/// Runs `sql` on `url` (a plain session, no store).
+fn exec(url: &str, sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let h = tokio::spawn(conn);
+        c.batch_execute(sql).await.unwrap();
+        drop(c);
+        let _ = h.await;
+    })
+}
+
+/// A database at version 1 (no revision floors) with a device and its
+/// patterns is taken to version 2: the data reads back, floors start at 0,
+/// and a removal after the upgrade raises the floor so that the pattern id
+/// never gets one of its revisions again.
+#[test]
+fn version_1_data_migrates_to_2_with_revision_floors() {
+    let Some(pg) = pg_support::cluster() else {
+        return;
+    };
+    let url = pg.database();
+    static ONLY_V1: &[Migration] = &[Migration {
+        version: 1,
+        sql: V1,
+    }];
+    assert_eq!(migrate_url(&url, ONLY_V1).unwrap(), 1);
+    // Rows as a version 1 server wrote them: p at revision 5 (codes all 0,
+    // one zigzag varint byte each), q at revision 2.
+    exec(
+        &url,
+        "INSERT INTO devices (device_id, last_seq, body_sha256, response, syncs) \
+         VALUES ('tv-old', 9, decode(repeat('00', 32), 'hex'), '\\x00', 9); \
+         INSERT INTO patterns (device_id, pattern_id, revision, codebook, success_rate, \
+         sample_count, category, codes) VALUES \
+         ('tv-old', 'p', 5, 1, 0.5, 10, 'drama', decode(repeat('00', 384), 'hex')), \
+         ('tv-old', 'q', 2, 1, 0.5, 10, 'drama', decode(repeat('00', 384), 'hex'));",
+    );
+    // Opening the store migrates (under the advisory lock) to version 2.
+    let s = PgStore::open(&url, PgOptions::default()).unwrap();
+    assert_eq!(versions(&url), vec![1, 2]);
+    let (p, floor) = store::read(&s, |t| {
+        Ok((t.pattern("tv-old", "p")?, t.revision_floor("tv-old")?))
+    })
+    .unwrap();
+    let p = p.expect("version 1 pattern reads back");
+    assert_eq!((p.revision, p.sample_count, p.codes[0]), (5, 10, 0));
+    assert_eq!(floor, 0, "no floor before the first removal");
+    // p removed: the floor rises to 5; removing q (2) keeps it there.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store::write(&s, |t| {
+        t.remove_pattern("tv-old", "p")?;
+        t.remove_pattern("tv-old", "q")
+    }))
+    .unwrap();
+    let (gone, floor) = store::read(&s, |t| {
+        Ok((t.pattern("tv-old", "p")?, t.revision_floor("tv-old")?))
+    })
+    .unwrap();
+    assert_eq!((gone, floor), (None, 5));
+    s.close();
+    drop(s);
+    // The floor is stored, not cached: a new store reads it back.
+    let s = PgStore::open(&url, PgOptions::default()).unwrap();
+    assert_eq!(store::read(&s, |t| t.revision_floor("tv-old")).unwrap(), 5);
+    s.close();
+}
+
 #[test]
 fn racing_migrators_apply_each_version_once() {
     let Some(pg) = pg_support::cluster() else {
@@ -131,9 +212,9 @@ fn racing_migrators_apply_each_version_once() {
         })
         .collect();
     for h in handles {
-        assert_eq!(h.join().unwrap().unwrap(), 1);
+        assert_eq!(h.join().unwrap().unwrap(), 2);
     }
-    assert_eq!(versions(&url), vec![1]);
+    assert_eq!(versions(&url), vec![1, 2]);
 }
 
 #[test]
@@ -171,6 +252,12 @@ fn the_store_reads_back_what_it_wrote() {
         Ok(())
     }))
     .unwrap();
+    // The removal raised tv-2's revision floor to the removed revision.
+    let floors = store::read(&s, |t| {
+        Ok((t.revision_floor("tv-1")?, t.revision_floor("tv-2")?))
+    })
+    .unwrap();
+    assert_eq!(floors, (0, 3));
     let (pats, none, log, changes, version) = store::read(&s, |t| {
         let mut log = Vec::new();
         t.log_after(0, &mut |v, c| {

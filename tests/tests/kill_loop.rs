@@ -108,7 +108,7 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
     let unsettled = fleet::settle::settle(&mut result, move || h.clone(), 8).await;
     assert_eq!(unsettled, 0);
     let mut t = http.clone();
-    let v = check::check_all(&cb, &result.tvs, &mut t).await.unwrap();
+    let v = check::check_all(&result.tvs, &mut t).await.unwrap();
     eprintln!(
         "checked {}: lost {}, duplicated {}; twins {}; acks shared by two sessions {}",
         v.checked, v.lost_updates, v.duplicates_applied, result.counters.twins, v.shared_acks
@@ -121,7 +121,7 @@ async fn sigkill_loop_during_a_fleet_run_loses_nothing_and_applies_nothing_twice
     child.kill();
     let mut child = serve(&bin, &db, addr, &[]);
     let mut t = HttpTransport::new(&url).unwrap();
-    let v2 = check::check_all(&cb, &result.tvs, &mut t).await.unwrap();
+    let v2 = check::check_all(&result.tvs, &mut t).await.unwrap();
     assert_eq!((v2.lost_updates, v2.duplicates_applied), (0, 0));
     assert_eq!(v2.checked, v.checked);
     assert_eq!(auth_mode(&t).await, "required");

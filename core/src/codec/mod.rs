@@ -35,7 +35,10 @@
 
 mod quantize;
 mod rans;
+mod space;
 mod stream;
+
+pub use space::{CodeNorms, CoefficientSpace};
 
 use crate::types::{Embedding, DIM};
 use crate::{Error, Result};

@@ -1,9 +1,8 @@
 //! The global feed: the path of the next page, applying a page, and
 //! handing global records and trends of any checked download to the sink.
 
-use super::{GlobalSink, Summary, SyncClient};
+use super::{CodedGlobal, GlobalSink, Summary, SyncClient};
 use crate::codec::Codes;
-use crate::types::GlobalPattern;
 use crate::wire::{FrameReader, Kind, Record};
 use crate::{Error, Result};
 
@@ -102,16 +101,21 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             match r? {
                 Record::GlobalUpsert(g) => {
                     self.cb.decode(g.code, None, scratch)?;
-                    let embedding = self.cb.reconstruct(scratch)?;
-                    sink.global_upsert(&GlobalPattern {
+                    let coded = CodedGlobal {
                         id: g.id,
-                        embedding,
+                        codes: scratch,
                         success_rate: g.success_rate,
                         sample_count: g.sample_count,
                         contributors: g.contributors,
-                        category: g.category,
+                        category: &g.category,
                         version: g.version,
-                    });
+                        codebook: &self.cb,
+                    };
+                    if S::RECONSTRUCT {
+                        sink.global_upsert(&coded.to_pattern()?);
+                    } else {
+                        sink.global_codes(&coded);
+                    }
                 }
                 Record::GlobalRemove(g) => sink.global_remove(g.id, g.version),
                 Record::Trend(t) => sink.trend(&t.signal, t.version),

@@ -45,7 +45,7 @@
 //! | `exchange.rs` | `exchange` over a [`Transport`](crate::Transport), `authorization`, [`SyncError`] |
 //! | `snapshot.rs` | `snapshot`, `restore`, `restore_into` |
 //! | `persist.rs` | feature `flash`: the snapshot on NOR flash, power-loss safe |
-//! | `backoff.rs`, `filter.rs`, `sink.rs` | [`Backoff`], [`QualityFilter`], the [`GlobalSink`] trait |
+//! | `backoff.rs`, `filter.rs`, `sink.rs` | [`Backoff`], [`QualityFilter`], the [`GlobalSink`] trait, [`CodedGlobal`] |
 
 mod apply;
 mod backoff;
@@ -64,7 +64,7 @@ pub use apply::{MAX_RETRY_AFTER_S, MAX_SEQ_JUMP};
 pub use backoff::{Backoff, Jitter};
 pub use exchange::{SyncError, SYNC_PATH};
 pub use filter::QualityFilter;
-pub use sink::GlobalSink;
+pub use sink::{CodedGlobal, GlobalSink};
 pub use snapshot::max_snapshot_len;
 
 use crate::codec::{Codebook, Codes};

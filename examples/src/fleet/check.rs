@@ -152,12 +152,8 @@ pub fn check_device(
     }
 }
 
-/// Checks every TV against the server.
-pub async fn check_all<T: Transport>(
-    cb: &Codebook<'_>,
-    tvs: &[Tv],
-    t: &mut T,
-) -> Result<Verdict, String>
+/// Checks every TV against the server (each in its own codebook).
+pub async fn check_all<T: Transport>(tvs: &[Tv], t: &mut T) -> Result<Verdict, String>
 where
     T::Error: std::fmt::Debug,
 {
@@ -165,7 +161,7 @@ where
     let mut cos_sum = 0.0;
     for tv in tvs {
         let s = read_device(t, tv.id.as_str()).await?;
-        check_device(cb, tv, &s, &mut v, &mut cos_sum);
+        check_device(tv.client.codebook(), tv, &s, &mut v, &mut cos_sum);
     }
     v.cos_mean = if v.cos_count > 0 {
         cos_sum / v.cos_count as f64

@@ -61,6 +61,10 @@ struct Cli {
     /// Watch events per TV per 10 virtual minutes
     #[arg(long, value_name = "W", default_value_t = 1.5)]
     watch_rate: f64,
+    /// Share of TVs on the small-flash codebook (minilm-small-v1), spread
+    /// evenly over the fleet; they take global patterns through syncs
+    #[arg(long, value_name = "S", default_value_t = 0.0, value_parser = probability)]
+    small_profile_share: f64,
     /// No progress bar
     #[arg(long)]
     quiet: bool,
@@ -101,6 +105,7 @@ where
     a.sim.seed = cli.seed;
     a.sim.concurrency = cli.concurrency;
     a.sim.watch_rate = cli.watch_rate;
+    a.sim.small_profile_share = cli.small_profile_share;
     // `--no-faults` zeroes the rates given before it (or not at all); a
     // rate given after it applies.
     let after_no_faults = |id: &str| {
@@ -151,6 +156,7 @@ mod tests {
             (0.01, 0.01, 0.002)
         );
         assert_eq!(a.sim.watch_rate, 1.5);
+        assert_eq!(a.sim.small_profile_share, 0.0);
         assert!(a.server.is_none() && a.proxy_faults.is_none() && !a.quiet);
     }
 
@@ -185,12 +191,21 @@ mod tests {
             "1",
             "--watch-rate",
             "3.5",
+            "--small-profile-share",
+            "0.2",
             "--quiet",
             "--devices",
             "21",
         ])
         .unwrap();
         assert_eq!((a.sim.devices, a.sim.rounds, a.sim.seed), (21, 3, 7));
+        assert_eq!(a.sim.small_profile_share, 0.2);
+        // 21 TVs at 0.2: exactly floor(21 * 0.2) = 4 on the small profile.
+        let small = (0..21)
+            .filter(|&i| crate::fleet::config::small_profile(&a.sim, i))
+            .count();
+        assert_eq!(small, 4);
+        assert!(parse(&["--small-profile-share", "1.5"]).is_err());
         assert_eq!(a.server.as_deref(), Some("http://h:1"));
         assert_eq!(a.check_server.as_deref(), Some("http://h:2"));
         assert_eq!(a.proxy_faults, Some(0.2));

@@ -42,6 +42,18 @@ pub struct SimConfig {
     /// Each TV's signing key, by device id (`None`: requests go unsigned,
     /// for a server run with `--insecure-no-auth`).
     pub keys: Option<Arc<std::collections::HashMap<String, omega_tv_sync::DeviceKey>>>,
+    /// Share of TVs on the small-flash codebook (`minilm-small-v1`), in
+    /// `[0, 1]`; the others use `minilm-v1`. See [`small_profile`].
+    pub small_profile_share: f64,
+}
+
+/// Whether TV number `index` uses the small-flash codebook: exactly
+/// `floor(devices * share)` TVs do, spread evenly over the indices (TV `i`
+/// is one when `floor((i + 1) * share)` exceeds `floor(i * share)`), so the
+/// choice depends on nothing random and a small fleet gets its share.
+pub fn small_profile(cfg: &SimConfig, index: usize) -> bool {
+    let share = cfg.small_profile_share.clamp(0.0, 1.0);
+    ((index + 1) as f64 * share).floor() > (index as f64 * share).floor()
 }
 
 /// The id of TV number `index`.
@@ -155,14 +167,30 @@ pub fn device_config(id: DeviceId, cfg: &SimConfig, index: usize) -> Config {
     c
 }
 
+impl RunContext {
+    /// The codebook of TV number `index`.
+    pub fn codebook(&self, index: usize) -> Codebook<'static> {
+        if small_profile(&self.cfg, index) {
+            self.small
+        } else {
+            self.cb
+        }
+    }
+}
+
 /// What every step of a run shares: the catalogue, the codebook, the
 /// settings and the run's wall-clock start (samples are timed from it).
 #[derive(Clone)]
 pub struct RunContext {
     /// The catalogue and seed patterns.
     pub cat: Arc<Catalog>,
-    /// The codebook every TV uses.
+    /// The codebook of most TVs (`minilm-v1`), the server's primary one:
+    /// the one feed pages are in.
     pub cb: Codebook<'static>,
+    /// The small-flash codebook (`minilm-small-v1`) of the TVs for which
+    /// [`small_profile`] holds; they take global patterns through the sync
+    /// endpoint only (feed pages are in the primary codebook).
+    pub small: Codebook<'static>,
     /// The run's settings.
     pub cfg: SimConfig,
     /// When the run started.

@@ -10,7 +10,7 @@ use omega_tv_sync_http::HttpTransport as Net;
 use super::config::{Counters, SyncSample};
 use super::faults::{Exchange, FaultError, Faulty};
 use super::ledger::Ledger;
-use super::tv::Client;
+use super::tv::{Client, Globals};
 
 /// Request buffer per exchange in flight.
 pub const TX_BYTES: usize = 8 * 1024;
@@ -44,6 +44,8 @@ pub struct Session<'a> {
     pub tx: &'a mut [u8],
     /// Where its acks and conflicts are recorded.
     pub ledger: &'a mut Ledger,
+    /// Where the global patterns it receives go.
+    pub globals: &'a mut Globals,
 }
 
 impl Session<'_> {
@@ -61,10 +63,11 @@ impl Session<'_> {
             transport,
             tx,
             ledger,
+            globals,
         } = self;
         let mut rx = vec![0u8; RX_BYTES];
         let r = client
-            .exchange(transport, tx, &mut rx, now_ms, &mut ())
+            .exchange(transport, tx, &mut rx, now_ms, globals)
             .await;
         // Left in `transport.last` for the caller (tests read it).
         let ex: Exchange = transport.last.clone();
@@ -152,11 +155,14 @@ fn tracing_like(msg: &str) {
     }
 }
 
-/// Fetches the next page of the global feed and applies it; `None` when it
-/// failed (the next sync picks up from the same cursor).
+/// Fetches the next page of the global feed and applies it, its global
+/// patterns going to `globals`; `None` when it failed (the next sync picks
+/// up from the same cursor). Feed pages are in the server's primary
+/// codebook: a client of another one takes its pages through syncs.
 pub async fn feed_page(
     client: &mut Client,
     net: &mut Net,
+    globals: &mut Globals,
     t0: Instant,
 ) -> Option<(bool, SyncSample)> {
     use omega_tv_sync::Transport;
@@ -172,7 +178,7 @@ pub async fn feed_page(
     if r.status != 200 {
         return None;
     }
-    let summary = client.apply_feed(&rx[..r.body_len], &mut ()).ok()?;
+    let summary = client.apply_feed(&rx[..r.body_len], globals).ok()?;
     let s = SyncSample {
         at_s: t0.elapsed().as_secs_f64(),
         up: 0,

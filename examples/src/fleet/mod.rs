@@ -79,6 +79,7 @@ impl Default for Args {
                 watch_rate: 1.5,
                 patterns: (8, 20),
                 keys: None,
+                small_profile_share: 0.0,
             },
             server: None,
             check_server: None,
@@ -127,16 +128,25 @@ async fn get_text(t: &mut HttpTransport, path: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&buf[..r.body_len]).into_owned())
 }
 
-/// Reads the global version, then counts the live global patterns by paging
-/// through the public feed (`GET /api/v1/global`) from version 0: the
-/// changelog is compacted, so every live pattern appears once as an upsert.
-async fn global_summary(t: &mut HttpTransport) -> Result<(u64, u64), String> {
+/// The live global patterns, as the public feed (`GET /api/v1/global`, the
+/// primary codebook `cb`) gives them from version 0: the changelog is
+/// compacted, so every live pattern appears once as an upsert. By id: its
+/// version and its direction as `cb` reconstructs it.
+pub type LiveGlobals = std::collections::BTreeMap<u32, (u64, omega_tv_sync::Embedding)>;
+
+/// Reads the global version, then the live global patterns by paging
+/// through the public feed from version 0.
+async fn global_summary(
+    t: &mut HttpTransport,
+    cb: &omega_tv_sync::codec::Codebook<'_>,
+) -> Result<(u64, LiveGlobals), String> {
     use omega_tv_sync::wire::{FrameReader, Record};
     let v: serde_json::Value = serde_json::from_str(&get_text(t, "/api/v1/sync/version").await?)
         .map_err(|e| format!("version: {e}"))?;
     let version = v["version"].as_u64().ok_or("version: not a number")?;
-    let (mut since, mut live) = (0u64, std::collections::BTreeSet::new());
+    let (mut since, mut live) = (0u64, LiveGlobals::new());
     let mut buf = vec![0u8; 1 << 20];
+    let mut codes = [0i16; omega_tv_sync::DIM];
     for _ in 0..100_000 {
         let path = format!("/api/v1/global?since={since}&limit=256");
         let r = t
@@ -155,7 +165,12 @@ async fn global_summary(t: &mut HttpTransport) -> Result<(u64, u64), String> {
                     since = h.global_version;
                 }
                 Record::GlobalUpsert(g) => {
-                    live.insert(g.id);
+                    cb.decode(g.code, None, &mut codes)
+                        .map_err(|e| format!("global {}: {e}", g.id))?;
+                    let e = cb
+                        .reconstruct(&codes)
+                        .map_err(|e| format!("global {}: {e}", g.id))?;
+                    live.insert(g.id, (g.version, e));
                 }
                 Record::GlobalRemove(g) => {
                     live.remove(&g.id);
@@ -164,10 +179,46 @@ async fn global_summary(t: &mut HttpTransport) -> Result<(u64, u64), String> {
             }
         }
         if !more {
-            return Ok((version, live.len() as u64));
+            return Ok((version, live));
         }
     }
     Err("the global feed did not end".into())
+}
+
+/// Compares every TV's global patterns with the server's live set: the TVs
+/// whose set (ids and versions) differs, and over the small-profile TVs the
+/// lowest cosine of a decoded global against its source.
+pub fn compare_globals(tvs: &[tv::Tv], live: &LiveGlobals) -> (u64, Option<f64>) {
+    let mut mismatches = 0;
+    let mut cos_min: Option<f64> = None;
+    for tv in tvs {
+        let same = tv.globals.versions.len() == live.len()
+            && tv
+                .globals
+                .versions
+                .iter()
+                .all(|(id, v)| live.get(id).is_some_and(|(lv, _)| lv == v));
+        if !same {
+            mismatches += 1;
+            if std::env::var_os("FLEET_DEBUG").is_some() {
+                let have: Vec<_> = tv.globals.versions.iter().collect();
+                let want: Vec<_> = live.iter().map(|(id, (v, _))| (id, v)).collect();
+                eprintln!(
+                    "fleet: globals of {}: {have:?}, server {want:?}",
+                    tv.id.as_str()
+                );
+            }
+        }
+        if let Some(embs) = &tv.globals.embeddings {
+            for (id, e) in embs {
+                if let Some((_, src)) = live.get(id) {
+                    let c = f64::from(e.dot(src));
+                    cos_min = Some(cos_min.map_or(c, |m| m.min(c)));
+                }
+            }
+        }
+    }
+    (mismatches, cos_min)
 }
 
 /// Reads `ID KEY` lines (the output of `constellation device add`).
@@ -301,17 +352,22 @@ pub async fn run(args: Args) -> Result<Report, String> {
             .await
             .map_err(|e| format!("aggregation: {e}"))?;
     }
+    // Every TV takes what that aggregation published (feed pages, or syncs
+    // for small-profile TVs), so that the global sets can be compared.
+    let h = direct.clone();
+    let behind = settle::catch_up(&mut result, move || h.clone(), 64).await;
     let mut t = direct.clone();
-    let verdict = check::check_all(&cb, &result.tvs, &mut t).await?;
-    let (global_version, global_patterns) = global_summary(&mut t).await?;
+    let verdict = check::check_all(&result.tvs, &mut t).await?;
+    let (global_version, live) = global_summary(&mut t, &cb).await?;
     let mut rep = report::build(
         &args.sim,
         &result,
         &verdict,
-        unsettled,
-        global_patterns,
+        unsettled + behind,
+        live.len() as u64,
         global_version,
     );
+    (rep.global_set_mismatches, rep.small_global_cos_min) = compare_globals(&result.tvs, &live);
     rep.proxy = proxy.as_ref().map(|p| p.totals());
     if let Some(dir) = &args.out {
         report::write_dir(dir, &args.sim, &rep, &result)
@@ -325,4 +381,68 @@ pub async fn run(args: Args) -> Result<Report, String> {
         e.handle.shutdown().await;
     }
     Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omega_tv_sync::sync::GlobalSink;
+    use omega_tv_sync::{Category, Embedding, GlobalPattern, DIM};
+
+    fn unit(i: usize) -> Embedding {
+        let mut v = [0f32; DIM];
+        v[i] = 1.0;
+        Embedding::new(v).unwrap()
+    }
+
+    fn global(id: u32, version: u64, e: Embedding) -> GlobalPattern {
+        GlobalPattern {
+            id,
+            embedding: e,
+            success_rate: 0.8,
+            sample_count: 100,
+            contributors: 5,
+            category: Category::new("drama").unwrap(),
+            version,
+        }
+    }
+
+    /// The comparison finds a TV that misses a global, one that holds an
+    /// older version, and one with an extra (withdrawn) global; and it
+    /// measures the small-profile copies against their sources.
+    #[test]
+    fn global_sets_are_compared_exactly() {
+        let cat = model::Catalog::load().unwrap();
+        let cb = omega_tv_sync::codec::minilm_v1().unwrap();
+        let mut cfg = Args::default().sim;
+        cfg.devices = 5;
+        cfg.small_profile_share = 0.2;
+        let live: LiveGlobals = [(1, (10, unit(0))), (2, (12, unit(1)))].into();
+        let mut tvs: Vec<tv::Tv> = (0..5).map(|i| tv::Tv::new(&cat, cb, &cfg, i)).collect();
+        assert_eq!(tvs.iter().filter(|t| t.small_profile).count(), 1);
+        for t in tvs.iter_mut() {
+            t.globals.global_upsert(&global(1, 10, unit(0)));
+            t.globals.global_upsert(&global(2, 12, unit(1)));
+        }
+        assert_eq!(compare_globals(&tvs, &live).0, 0);
+        // The small-profile TV's copy of global 2, a little off its source.
+        let small = tvs.iter().position(|t| t.small_profile).unwrap();
+        let mut off = [0f32; DIM];
+        off[1] = 0.96;
+        off[2] = 0.28;
+        tvs[small]
+            .globals
+            .global_upsert(&global(2, 12, Embedding::new(off).unwrap()));
+        let (m, cos) = compare_globals(&tvs, &live);
+        assert_eq!(m, 0);
+        assert!((cos.unwrap() - 0.96).abs() < 1e-6, "{cos:?}");
+        // Missing, stale and extra.
+        tvs[0].globals.global_remove(2, 13);
+        tvs[1].globals.global_upsert(&global(1, 9, unit(0)));
+        tvs[2].globals.global_upsert(&global(3, 14, unit(3)));
+        assert_eq!(compare_globals(&tvs, &live).0, 3);
+        // A reset empties the set.
+        tvs[3].globals.reset();
+        assert_eq!(compare_globals(&tvs, &live).0, 4);
+    }
 }

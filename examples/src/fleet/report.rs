@@ -86,6 +86,17 @@ pub struct Report {
     pub global_patterns: u64,
     /// Global version at the end.
     pub global_version: u64,
+    /// TVs on the small-flash codebook (`minilm-small-v1`).
+    pub small_profile_tvs: u64,
+    /// TVs whose global patterns at the end (ids, and the version of each)
+    /// are not exactly the server's live set: 0 when every TV, whatever its
+    /// codebook, holds the same global set.
+    pub global_set_mismatches: u64,
+    /// Over the small-profile TVs' global patterns at the end: the lowest
+    /// cosine between the direction a TV decoded (transcoded by the server
+    /// into its codebook) and the source, the global as published in the
+    /// primary codebook and reconstructed by it. `None` without such TVs.
+    pub small_global_cos_min: Option<f64>,
     /// Wall-clock seconds of the run.
     pub wall_s: f64,
     /// Virtual (simulated) seconds.
@@ -169,6 +180,9 @@ pub fn build(
         latency_p99_ms: percentile(&lat, 0.99),
         global_patterns,
         global_version,
+        small_profile_tvs: r.tvs.iter().filter(|t| t.small_profile).count() as u64,
+        global_set_mismatches: 0,
+        small_global_cos_min: None,
         wall_s: r.wall_s,
         virtual_s: r.virtual_s,
     }
@@ -231,6 +245,15 @@ pub fn table(r: &Report) -> String {
         (
             "global patterns / version",
             format!("{} / {}", r.global_patterns, r.global_version),
+        ),
+        (
+            "small-profile TVs / global set mismatches",
+            format!("{} / {}", r.small_profile_tvs, r.global_set_mismatches),
+        ),
+        (
+            "small-profile globals: cos min vs source",
+            r.small_global_cos_min
+                .map_or("-".to_string(), |c| format!("{c:.4}")),
         ),
         (
             "wall / virtual time (s)",

@@ -63,6 +63,7 @@ async fn step(mut tv: Box<Tv>, i: usize, due: u64, ctx: RunContext, net: Net) ->
         transport: &mut t,
         tx: &mut tx,
         ledger: &mut tvr.ledger,
+        globals: &mut tvr.globals,
     }
     .attempt(&mut tally.counters, due, *t0)
     .await;
@@ -73,10 +74,15 @@ async fn step(mut tv: Box<Tv>, i: usize, due: u64, ctx: RunContext, net: Net) ->
         // Further pages come from the read-only, cacheable feed: no write on
         // the server, and not faulted, so their number (which depends on what
         // the server published meanwhile) cannot shift the TV's fault stream.
+        // Feed pages are in the primary codebook: a small-profile TV takes
+        // the rest at its next sync, which the server schedules at once.
         let mut pages = 0;
+        if tvr.small_profile {
+            more = false;
+        }
         while more && pages < MAX_PAGES {
             pages += 1;
-            match feed_page(&mut tvr.client, &mut t.inner, *t0).await {
+            match feed_page(&mut tvr.client, &mut t.inner, &mut tvr.globals, *t0).await {
                 Some((m, s)) => {
                     more = m;
                     tally.samples.push(s);
@@ -125,15 +131,17 @@ pub async fn run<F>(
 where
     F: Fn() -> Net,
 {
+    let small = omega_tv_sync::codec::minilm_small_v1().expect("the small codebook loads");
     let ctx = RunContext {
         cat,
         cb,
+        small,
         cfg,
         t0: Instant::now(),
     };
-    let RunContext { cat, cb, cfg, t0 } = &ctx;
+    let RunContext { cat, cfg, t0, .. } = &ctx;
     let mut tvs: Vec<Option<Box<Tv>>> = (0..cfg.devices)
-        .map(|i| Some(Box::new(Tv::new(cat, *cb, cfg, i))))
+        .map(|i| Some(Box::new(Tv::new(cat, ctx.codebook(i), cfg, i))))
         .collect();
     let mut queue: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut start_rng = Rng::new(cfg.seed, u64::MAX);

@@ -1,13 +1,15 @@
 //! A simulated TV: its learned patterns, its sync client, its random
 //! stream and what its sessions were told.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use omega_tv_sync::codec::Codebook;
-use omega_tv_sync::sync::SyncClient;
+use omega_tv_sync::sync::{GlobalSink, SyncClient};
 use omega_tv_sync::types::DeviceId;
+use omega_tv_sync::{Embedding, GlobalPattern};
 
-use super::config::{device_config, device_id, SimConfig};
+use super::config::{device_config, device_id, small_profile, SimConfig};
 use super::ledger::Ledger;
 use super::model::{initial_patterns, watch, Catalog, TvPattern};
 use super::rng::Rng;
@@ -17,6 +19,39 @@ pub const CAPACITY: usize = 24;
 
 /// A simulated TV's sync client.
 pub type Client = SyncClient<'static, CAPACITY>;
+
+/// The global patterns a TV holds, as its sessions applied them (its
+/// [`GlobalSink`]): the version of each live id and, when asked for (the
+/// small-profile TVs, whose copies are transcoded by the server), the
+/// decoded direction.
+#[derive(Clone, Debug, Default)]
+pub struct Globals {
+    /// Live global pattern ids and the version of the state held.
+    pub versions: BTreeMap<u32, u64>,
+    /// The decoded direction of each, when kept.
+    pub embeddings: Option<BTreeMap<u32, Embedding>>,
+}
+
+impl GlobalSink for Globals {
+    fn reset(&mut self) {
+        self.versions.clear();
+        if let Some(e) = &mut self.embeddings {
+            e.clear();
+        }
+    }
+    fn global_upsert(&mut self, p: &GlobalPattern) {
+        self.versions.insert(p.id, p.version);
+        if let Some(e) = &mut self.embeddings {
+            e.insert(p.id, p.embedding.clone());
+        }
+    }
+    fn global_remove(&mut self, id: u32, _version: u64) {
+        self.versions.remove(&id);
+        if let Some(e) = &mut self.embeddings {
+            e.remove(&id);
+        }
+    }
+}
 
 /// A simulated TV.
 pub struct Tv {
@@ -35,6 +70,10 @@ pub struct Tv {
     pub(super) last_watch_at: u64,
     /// Acks and conflicts seen by this TV and any twin of it.
     pub ledger: Ledger,
+    /// The global patterns it holds.
+    pub globals: Globals,
+    /// On the small-flash codebook (`minilm-small-v1`).
+    pub small_profile: bool,
     /// A copy of the persisted state taken after sync `.1`: a stale twin
     /// box restored from it syncs before this TV's sync `.1 + 2`.
     pub(super) twin: Option<(Vec<u8>, u32)>,
@@ -42,12 +81,14 @@ pub struct Tv {
 }
 
 impl Tv {
+    /// TV number `index`, on codebook `cb`.
     pub(super) fn new(cat: &Catalog, cb: Codebook<'static>, cfg: &SimConfig, index: usize) -> Tv {
         let mut rng = Rng::new(cfg.seed, index as u64);
         let n = rng.range(cfg.patterns.0 as u64, cfg.patterns.1 as u64) as usize;
         let patterns = initial_patterns(cat, &mut rng, n.min(CAPACITY));
         let id = DeviceId::new(&device_id(index)).expect("short id");
         let client = SyncClient::new(cb, device_config(id.clone(), cfg, index));
+        let small = small_profile(cfg, index);
         Tv {
             id,
             patterns,
@@ -58,6 +99,11 @@ impl Tv {
             offline_until: 0,
             last_watch_at: 0,
             ledger: Ledger::default(),
+            globals: Globals {
+                versions: BTreeMap::new(),
+                embeddings: small.then(BTreeMap::new),
+            },
+            small_profile: small,
             twin: None,
             tx: None,
         }

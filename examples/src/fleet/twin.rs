@@ -9,7 +9,7 @@ use super::exchange::{Session, Step, TX_BYTES};
 use super::faults::{Exchange, Faulty};
 use super::model::watch;
 use super::rng::Rng;
-use super::tv::{Client, Tv};
+use super::tv::{Client, Globals, Tv};
 
 /// A second box restored from `tv`'s older state: it learns a little on its
 /// own and syncs, on stale bases, until the server has taken it.
@@ -22,11 +22,11 @@ pub async fn run_twin(
     net: Net,
     tally: &mut Tally,
 ) {
-    let RunContext { cat, cb, cfg, t0 } = ctx;
+    let RunContext { cat, cfg, t0, .. } = ctx;
     let Tally { samples, counters } = tally;
     let index: usize = tv.id.as_str()[3..].parse().unwrap_or(0);
-    let Ok(mut client) = Client::restore(*cb, device_config(tv.id.clone(), cfg, index), snap)
-    else {
+    let cb = *tv.client.codebook();
+    let Ok(mut client) = Client::restore(cb, device_config(tv.id.clone(), cfg, index), snap) else {
         return;
     };
     let mut rng = Rng::new(
@@ -47,6 +47,8 @@ pub async fn run_twin(
         last: Exchange::default(),
     };
     let mut tx = vec![0u8; TX_BYTES];
+    // What the stale box receives of the global patterns is its own.
+    let mut globals = Globals::default();
     let mut now = at;
     // Eight answered exchanges at most. A request lost in transit (the
     // server may have applied it) is re-sent until the server answers, as a
@@ -63,6 +65,7 @@ pub async fn run_twin(
             transport: &mut t,
             tx: &mut tx,
             ledger: &mut tv.ledger,
+            globals: &mut globals,
         }
         .attempt(counters, now, *t0)
         .await;
@@ -121,6 +124,7 @@ mod tests {
                 transport: &mut t,
                 tx: &mut tx,
                 ledger,
+                globals: &mut Globals::default(),
             }
             .attempt(&mut c, now, t0)
             .await;

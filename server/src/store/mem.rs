@@ -18,6 +18,7 @@ pub struct MemState {
     contributions: BTreeMap<(String, String), Contribution>,
     aggregates: BTreeMap<u32, GlobalAggregate>,
     enrolments: BTreeMap<String, Enrolment>,
+    floors: BTreeMap<String, u32>,
 }
 
 impl MemState {
@@ -49,6 +50,9 @@ impl ReadTxn for MemState {
             .take_while(|((d, _), _)| d == device)
             .map(|((_, p), s)| (p.clone(), s.clone()))
             .collect())
+    }
+    fn revision_floor(&self, device: &str) -> StoreResult<u32> {
+        Ok(self.floors.get(device).copied().unwrap_or(0))
     }
     fn meta(&self, key: Meta) -> StoreResult<u64> {
         Ok(self.meta.get(key.key()).copied().unwrap_or(0))
@@ -122,8 +126,13 @@ impl WriteTxn for MemState {
         Ok(())
     }
     fn remove_pattern(&mut self, device: &str, pattern: &str) -> StoreResult<()> {
-        self.patterns
-            .remove(&(device.to_string(), pattern.to_string()));
+        if let Some(old) = self
+            .patterns
+            .remove(&(device.to_string(), pattern.to_string()))
+        {
+            let f = self.floors.entry(device.to_string()).or_insert(0);
+            *f = (*f).max(old.revision);
+        }
         self.record_change(device, pattern);
         Ok(())
     }

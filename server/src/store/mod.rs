@@ -91,6 +91,13 @@ pub trait ReadTxn {
     fn pattern(&self, device: &str, pattern: &str) -> StoreResult<Option<StoredPattern>>;
     /// Every stored pattern of a device, by pattern id.
     fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>>;
+    /// A device's revision floor (0 when it never removed a pattern): the
+    /// highest revision any pattern of the device had when it was removed.
+    /// A pattern stored anew (no stored row) gets `floor + 1`, so no
+    /// revision of a pattern id is ever handed out twice, whatever was
+    /// removed and re-created in between. It only rises, and is never
+    /// pruned (one integer per device, however many ids come and go).
+    fn revision_floor(&self, device: &str) -> StoreResult<u32>;
     /// A `meta` counter (0 when unset).
     fn meta(&self, key: Meta) -> StoreResult<u64>;
     /// Visits the changelog entries with version `> after` in version order
@@ -124,7 +131,9 @@ pub trait WriteTxn: ReadTxn {
     fn put_device(&mut self, id: &str, rec: &DeviceRecord) -> StoreResult<()>;
     /// Stores a pattern and records the change for aggregation.
     fn put_pattern(&mut self, device: &str, pattern: &str, p: &StoredPattern) -> StoreResult<()>;
-    /// Removes a pattern and records the change for aggregation.
+    /// Removes a pattern and records the change for aggregation; raises the
+    /// device's [revision floor](ReadTxn::revision_floor) to the removed
+    /// pattern's revision, in the same transaction.
     fn remove_pattern(&mut self, device: &str, pattern: &str) -> StoreResult<()>;
     /// Sets a `meta` counter.
     fn set_meta(&mut self, key: Meta, value: u64) -> StoreResult<()>;

@@ -43,7 +43,11 @@ pub struct Enrolment {
 /// A device pattern as the server holds it: absolute integer codes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredPattern {
-    /// Revision, bumped by one on every applied update (starts at 1).
+    /// Revision, bumped by one on every applied update. A pattern stored
+    /// anew starts one above the device's revision floor
+    /// ([`ReadTxn::revision_floor`](super::ReadTxn::revision_floor): 1 when
+    /// the device never removed a pattern), so a revision is never reused
+    /// for a pattern id.
     pub revision: u32,
     /// Codebook the codes belong to.
     pub codebook: u32,

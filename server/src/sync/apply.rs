@@ -69,7 +69,8 @@ pub struct Applied {
 
 /// What one uploaded item does, decided before anything is written.
 enum Plan {
-    /// A pattern the device did not have stored: stored at revision 1.
+    /// A pattern the device did not have stored: stored one above the
+    /// device's revision floor (revision 1 when it never removed one).
     Insert(String, StoredPattern),
     /// A stored pattern's next revision.
     Update(String, StoredPattern),
@@ -268,7 +269,23 @@ fn plan(
                     Err(e) => return Ok(Err(e)),
                 },
             };
-            let revision = cur_rev.checked_add(1).unwrap_or(1);
+            // The next revision: one above the stored one, or, for a pattern
+            // stored anew, one above the device's revision floor (the highest
+            // revision any removed pattern of it had), so that a revision is
+            // never handed out twice for a pattern id: a stale session's
+            // delta on an old revision then conflicts instead of being
+            // decoded against other codes.
+            let last = match cur {
+                Some(_) => cur_rev,
+                None => txn.revision_floor(&up.device)?,
+            };
+            let Some(revision) = last.checked_add(1) else {
+                return Ok(Err(ApiError::new(
+                    422,
+                    "revision_exhausted",
+                    format!("pattern {id}: no revision left above {last}"),
+                )));
+            };
             let answer = Answer::Ack {
                 id: id.clone(),
                 revision,

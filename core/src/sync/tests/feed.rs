@@ -114,3 +114,54 @@ fn feed_pages_move_the_cursor_and_refuse_sync_records() {
     c.prepare(&mut tx).unwrap();
     assert_eq!(c.apply_feed(&page(0, false), &mut sink), Err(Error::Busy));
 }
+
+/// A sink that asks for codes gets, for each global, the codes the frame
+/// carries, and on request exactly the pattern a reconstructing sink gets.
+#[test]
+fn a_codes_sink_gets_codes_and_reconstructs_on_request() {
+    #[derive(Default)]
+    struct Full(Vec<GlobalPattern>);
+    impl GlobalSink for Full {
+        fn global_upsert(&mut self, g: &GlobalPattern) {
+            self.0.push(g.clone());
+        }
+    }
+    #[derive(Default)]
+    struct ByCodes {
+        codes: Vec<(u32, Codes)>,
+        patterns: Vec<GlobalPattern>,
+        upserts: u32,
+    }
+    impl GlobalSink for ByCodes {
+        const RECONSTRUCT: bool = false;
+        fn global_upsert(&mut self, _: &GlobalPattern) {
+            self.upserts += 1;
+        }
+        fn global_codes(&mut self, g: &CodedGlobal<'_, '_>) {
+            self.codes.push((g.id, *g.codes));
+            self.patterns.push(g.to_pattern().unwrap());
+        }
+    }
+    let cb = minilm_v1().unwrap();
+    let peer = || Peer {
+        globals: std::vec![(1, 5), (2, 9), (4, 12)],
+        ..Peer::default()
+    };
+    let (mut tx, mut rx) = ([0u8; 4096], [0u8; 16384]);
+    let mut full = Full::default();
+    let mut c = client("tv-full");
+    block(c.exchange(&mut Loop(&mut peer()), &mut tx, &mut rx, 0, &mut full)).unwrap();
+    let mut by_codes = ByCodes::default();
+    let mut c = client("tv-codes");
+    block(c.exchange(&mut Loop(&mut peer()), &mut tx, &mut rx, 0, &mut by_codes)).unwrap();
+    assert_eq!(
+        by_codes.upserts, 0,
+        "nothing reconstructed for a codes sink"
+    );
+    assert_eq!(full.0.len(), 3);
+    assert_eq!(by_codes.patterns, full.0);
+    for ((id, codes), g) in by_codes.codes.iter().zip(full.0.iter()) {
+        assert_eq!(*id, g.id);
+        assert_eq!(cb.reconstruct(codes).unwrap(), g.embedding);
+    }
+}

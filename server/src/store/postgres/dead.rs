@@ -15,6 +15,9 @@ impl ReadTxn for DeadTxn {
     fn device_patterns(&self, _: &str) -> StoreResult<Vec<(String, StoredPattern)>> {
         Err(self.0.clone())
     }
+    fn revision_floor(&self, _: &str) -> StoreResult<u32> {
+        Err(self.0.clone())
+    }
     fn meta(&self, _: Meta) -> StoreResult<u64> {
         Err(self.0.clone())
     }

@@ -39,6 +39,19 @@ impl ReadTxn for PgTxn<'_> {
             .collect()
     }
 
+    fn revision_floor(&self, device: &str) -> StoreResult<u32> {
+        let rows = self.rows(
+            Some(device),
+            |s| &s.revision_floor,
+            vec![p(device.to_string())],
+        )?;
+        match rows.first() {
+            Some(r) => u32::try_from(get::<i64>(r, 0, "revision floor")?)
+                .map_err(|_| StoreError::Corrupt("revision floor")),
+            None => Ok(0),
+        }
+    }
+
     fn meta(&self, key: Meta) -> StoreResult<u64> {
         let rows = self.rows(None, |s| &s.meta, vec![p(key.key())])?;
         Ok(match rows.first() {

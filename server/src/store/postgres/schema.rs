@@ -84,11 +84,31 @@ CREATE TABLE aggregates (
 );
 "#;
 
+/// Version 2: each device's revision floor (`ReadTxn::revision_floor`),
+/// the highest revision of any pattern it removed, so that a pattern id
+/// re-created after a removal continues above every revision it had.
+/// Keyed by `device_id` like the other device tables. Nothing is derived
+/// from the version 1 data: revisions of patterns removed before the
+/// upgrade are not known (their rows are gone); floors start at 0 and rise
+/// with the first removal after it.
+pub const V2: &str = r#"
+CREATE TABLE revision_floors (
+    device_id text COLLATE "C" PRIMARY KEY,
+    floor     bigint NOT NULL CHECK (floor >= 0)
+);
+"#;
+
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        sql: V2,
+    },
+];
 
 /// Applies `migrations` newer than the database's version; returns the
 /// version the database is at afterwards.

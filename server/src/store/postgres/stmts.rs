@@ -12,6 +12,7 @@ pub(super) struct Stmts {
     pub(super) device_patterns: Statement,
     pub(super) put_pattern: Statement,
     pub(super) remove_pattern: Statement,
+    pub(super) revision_floor: Statement,
     pub(super) meta: Statement,
     pub(super) set_meta: Statement,
     pub(super) log_after: Statement,
@@ -89,9 +90,16 @@ impl Stmts {
                 .await?,
             remove_pattern: c
                 .prepare(
-                    "WITH d AS (DELETE FROM patterns WHERE device_id = $1 AND pattern_id = $2) \
+                    "WITH d AS (DELETE FROM patterns WHERE device_id = $1 AND pattern_id = $2 \
+                     RETURNING revision), \
+                     f AS (INSERT INTO revision_floors (device_id, floor) \
+                     SELECT $1, revision FROM d ON CONFLICT (device_id) DO UPDATE \
+                     SET floor = GREATEST(revision_floors.floor, EXCLUDED.floor)) \
                      INSERT INTO device_changes (device_id, pattern_id) VALUES ($1, $2)",
                 )
+                .await?,
+            revision_floor: c
+                .prepare("SELECT floor FROM revision_floors WHERE device_id = $1")
                 .await?,
             meta: c.prepare("SELECT value FROM meta WHERE key = $1").await?,
             set_meta: c

@@ -25,6 +25,7 @@ const CHANGES: TableDefinition<u64, (&str, &str)> = TableDefinition::new("device
 const CONTRIB: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contributions");
 const AGG: TableDefinition<u32, &[u8]> = TableDefinition::new("aggregates");
 const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_devices");
+const FLOORS: TableDefinition<&str, u32> = TableDefinition::new("revision_floors");
 
 /// Creates every table (a new file), so that read transactions find them.
 pub(super) fn create_tables(db: &Database) -> StoreResult<()> {
@@ -114,6 +115,7 @@ transactions! {
     contrib_t: CONTRIB, Pair => Bytes;
     agg_t: AGG, u32 => Bytes;
     auth_t: AUTH, Str => Bytes;
+    floors_t: FLOORS, Str => u32;
 }
 
 /// The entries of a table keyed by (device id, pattern id) for `device`,
@@ -151,6 +153,11 @@ macro_rules! impl_read {
             }
             fn device_patterns(&self, device: &str) -> StoreResult<Vec<(String, StoredPattern)>> {
                 by_device(self.patterns_t()?, device, StoredPattern::from_bytes)
+            }
+            fn revision_floor(&self, device: &str) -> StoreResult<u32> {
+                let t = self.floors_t()?;
+                let r = t.get(device).map_err(be)?;
+                Ok(r.map(|g| g.value()).unwrap_or(0))
             }
             fn meta(&self, key: Meta) -> StoreResult<u64> {
                 let t = self.meta_t()?;
@@ -275,9 +282,18 @@ impl WriteTxn for RedbWrite<'_> {
         self.record_change(device, pattern)
     }
     fn remove_pattern(&mut self, device: &str, pattern: &str) -> StoreResult<()> {
-        {
+        let removed = {
             let t = &mut self.patterns_t;
-            t.remove((device, pattern)).map_err(be)?;
+            let old = t.remove((device, pattern)).map_err(be)?;
+            old.map(|g| StoredPattern::from_bytes(g.value()))
+                .transpose()?
+                .map(|p| p.revision)
+        };
+        if let Some(rev) = removed {
+            let floor = self.revision_floor(device)?;
+            if rev > floor {
+                self.floors_t.insert(device, rev).map_err(be)?;
+            }
         }
         self.record_change(device, pattern)
     }
