@@ -170,6 +170,8 @@ pub enum StartError {
     Io(std::io::Error),
     /// Authentication is required but no master secret is configured.
     NoMasterSecret,
+    /// The differential-privacy configuration exceeds its budget or is invalid.
+    Privacy(aggregate::accountant::BudgetError),
 }
 
 impl std::fmt::Display for StartError {
@@ -180,6 +182,7 @@ impl std::fmt::Display for StartError {
             StartError::NoMasterSecret => {
                 f.write_str("authentication is on but no master secret is configured")
             }
+            StartError::Privacy(e) => write!(f, "{e}"),
         }
     }
 }
@@ -197,13 +200,15 @@ pub struct AppState {
     rng: AtomicU64,
     pace_seed: u64,
     pub(crate) aggregator: tokio::sync::Mutex<aggregate::Aggregator>,
+    /// Noise source and privacy accountant of the releases.
+    pub(crate) dp: Mutex<aggregate::DpState>,
     /// Per device: when its last sync was applied, whether it asked for
     /// more, and its sequence.
     limiter: Mutex<std::collections::HashMap<String, (Instant, bool, u64)>>,
 }
 
 impl AppState {
-    fn new(store: Arc<dyn Store>, config: Config) -> Self {
+    fn new(store: Arc<dyn Store>, config: Config, dp: aggregate::DpState) -> Self {
         let seed = config.pacing_seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -216,6 +221,7 @@ impl AppState {
             rng: AtomicU64::new(seed),
             pace_seed: seed,
             aggregator: Default::default(),
+            dp: Mutex::new(dp),
             limiter: Mutex::new(Default::default()),
         }
     }
@@ -292,11 +298,29 @@ impl AppState {
     /// Current gauges.
     pub fn gauges(&self) -> Gauges {
         let (commits, commit_items) = self.store.commit_stats();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let privacy = self.dp.lock().ok().and_then(|mut d| {
+            let a = d.accountant.as_mut()?;
+            Some(metrics::PrivacyGauges {
+                epsilon_release: a.epsilon_release(),
+                epsilon_window: a.epsilon_window(),
+                epsilon_spent: a.epsilon_spent(now),
+                rho_release: a.rho_release(),
+                rho_window: a.rho_window(),
+                delta: a.conversion_delta(),
+                window_s: self.config.aggregate.dp.window.as_secs_f64(),
+                releases_in_window: a.releases_in_window(now),
+            })
+        });
         Gauges {
             global_version: store::read(&*self.store, |t| t.meta(Meta::GlobalVersion)).unwrap_or(0),
             queue_depth: self.store.queue_depth() as u64,
             commits,
             commit_items,
+            privacy,
         }
     }
 }
@@ -369,6 +393,21 @@ impl Server {
         if config.auth.required && config.auth.master.is_none() {
             return Err(StartError::NoMasterSecret);
         }
+        let dp = config.aggregate.dp.clone();
+        let accountant = if dp.enabled {
+            Some(aggregate::accountant::Accountant::new(&dp).map_err(StartError::Privacy)?)
+        } else {
+            tracing::warn!(
+                "DIFFERENTIAL PRIVACY IS OFF: global patterns are exact aggregates of k devices \
+                 (no protection against Sybil or differencing attacks). Closed test fleets only."
+            );
+            None
+        };
+        let noise = aggregate::dp::Noise::new(dp.seed).map_err(StartError::Io)?;
+        if dp.seed.is_some() {
+            tracing::warn!("privacy noise from a fixed seed: tests and simulations only");
+        }
+        let dp_state = aggregate::DpState { noise, accountant };
         let tls = match &config.tls {
             Some(t) => Some(tls::server_config(t).map_err(StartError::Io)?),
             None => None,
@@ -423,7 +462,7 @@ impl Server {
             Some(l) => Some(l.local_addr().map_err(StartError::Io)?),
             None => None,
         };
-        let state = Arc::new(AppState::new(store, config));
+        let state = Arc::new(AppState::new(store, config, dp_state));
         if !state.config.auth.required {
             state.metrics.auth.set_disabled(true);
             tracing::warn!(
@@ -553,6 +592,14 @@ impl ServerHandle {
     /// `aggregate.interval`); returns the changelog entries published.
     pub async fn aggregate_now(&self) -> StoreResult<usize> {
         aggregate::run_once(&self.state).await
+    }
+
+    /// Runs an aggregation pass and a differentially private release now,
+    /// whatever the epoch schedule (counted by the accountant like any
+    /// release); returns the changelog entries published. For tests and
+    /// simulations whose clock does not follow the schedule.
+    pub async fn release_now(&self) -> StoreResult<usize> {
+        aggregate::release_now(&self.state).await
     }
 
     /// Metrics in the Prometheus text format.

@@ -178,6 +178,34 @@ struct ServeArgs {
     /// Keep tombstones for this many versions (0 = forever).
     #[arg(long, default_value_t = 0)]
     retention_versions: u64,
+    /// Turn differential privacy off: publish exact aggregates of `k`
+    /// devices (k-anonymity only; closed test fleets).
+    #[arg(long)]
+    no_dp: bool,
+    /// Minutes between differentially private releases.
+    #[arg(long, default_value_t = 60)]
+    dp_epoch_min: u64,
+    /// Hours the cumulative epsilon is stated over.
+    #[arg(long, default_value_t = 24)]
+    dp_window_h: u64,
+    /// Most global patterns one device contributes to per release.
+    #[arg(long, default_value_t = 4)]
+    dp_max_globals: u32,
+    /// Noise on each coordinate of a global pattern's vector sum.
+    #[arg(long, default_value_t = 12.0)]
+    dp_sigma_vector: f64,
+    /// Noise on a global pattern's count, samples and weight.
+    #[arg(long, default_value_t = 24.0)]
+    dp_sigma_scalar: f64,
+    /// Noisy device count from which a global pattern is published.
+    #[arg(long, default_value_t = 180.0)]
+    dp_threshold: f64,
+    /// Delta the epsilons are stated at.
+    #[arg(long, default_value_t = 1e-10)]
+    dp_delta: f64,
+    /// Refuse to start when the window epsilon exceeds this.
+    #[arg(long, default_value_t = 10.0)]
+    dp_budget: f64,
     /// Writes queued before syncs are answered 503.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
@@ -430,6 +458,18 @@ fn main() -> std::process::ExitCode {
     config.aggregate.similarity = args.similarity;
     config.aggregate.interval = Duration::from_millis(args.aggregate_interval_ms.max(1));
     config.aggregate.retention_versions = args.retention_versions;
+    config.aggregate.dp = constellation::aggregate::dp::DpConfig {
+        enabled: !args.no_dp,
+        epoch: Duration::from_secs(args.dp_epoch_min.max(1) * 60),
+        window: Duration::from_secs(args.dp_window_h.max(1) * 3600),
+        max_globals: args.dp_max_globals,
+        sigma_vector: args.dp_sigma_vector,
+        sigma_scalar: args.dp_sigma_scalar,
+        threshold: args.dp_threshold,
+        delta: args.dp_delta,
+        budget_epsilon: args.dp_budget,
+        ..Default::default()
+    };
     if let (Some(v), Some(m)) = (&args.catalogue, &args.catalogue_meta) {
         match constellation::aggregate::trends::Catalogue::load(v, m) {
             Ok(c) => config.trends.catalogue = Some(Arc::new(c)),

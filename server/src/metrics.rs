@@ -42,6 +42,14 @@ pub struct Metrics {
     pub aggregation_runs: AtomicU64,
     /// Global changelog entries published by aggregation.
     pub published: AtomicU64,
+    /// Device-pattern changes an aggregation pass did not read again
+    /// because a change of the same (device, pattern) was already in it.
+    pub aggregation_coalesced: AtomicU64,
+    /// Differentially private releases made.
+    pub dp_releases: AtomicU64,
+    /// Pattern contributions left out by user-level bounding (beyond a
+    /// device's `max_globals` cohorts).
+    pub dp_bounded: AtomicU64,
     /// Authentication failures by code (`crate::auth`).
     pub auth: crate::auth::AuthMetrics,
     /// Connections of the sync listener (`crate::listen`).
@@ -63,6 +71,29 @@ pub struct Gauges {
     pub commits: u64,
     /// Work items committed so far.
     pub commit_items: u64,
+    /// The privacy accountant's figures (`None`: differential privacy off).
+    pub privacy: Option<PrivacyGauges>,
+}
+
+/// The privacy accountant's figures (zCDP; `aggregate::accountant`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PrivacyGauges {
+    /// Epsilon of one release at `delta`.
+    pub epsilon_release: f64,
+    /// Epsilon over the window, releasing on schedule, at `delta`.
+    pub epsilon_window: f64,
+    /// Epsilon of the releases actually made in the trailing window.
+    pub epsilon_spent: f64,
+    /// zCDP rho of one release.
+    pub rho_release: f64,
+    /// zCDP rho over the window, releasing on schedule.
+    pub rho_window: f64,
+    /// The delta the epsilons are stated at.
+    pub delta: f64,
+    /// The window, seconds.
+    pub window_s: f64,
+    /// Releases made in the trailing window.
+    pub releases_in_window: u64,
 }
 
 impl Metrics {
@@ -188,6 +219,24 @@ impl Metrics {
         );
         c(
             &mut s,
+            "constellation_aggregation_coalesced_total",
+            "Repeated changes of one (device, pattern) read once in a pass.",
+            ld(&self.aggregation_coalesced),
+        );
+        c(
+            &mut s,
+            "constellation_dp_releases_total",
+            "Differentially private releases of global patterns.",
+            ld(&self.dp_releases),
+        );
+        c(
+            &mut s,
+            "constellation_dp_bounded_contributions_total",
+            "Pattern contributions left out beyond a device's max_globals cohorts.",
+            ld(&self.dp_bounded),
+        );
+        c(
+            &mut s,
             "constellation_group_commits_total",
             "Write transactions committed.",
             g.commits,
@@ -217,6 +266,62 @@ impl Metrics {
             "# HELP constellation_write_queue_depth Writes waiting for a group commit.\n# TYPE constellation_write_queue_depth gauge\nconstellation_write_queue_depth {}",
             g.queue_depth
         );
+        let gauge = |s: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let p = g.privacy;
+        gauge(
+            &mut s,
+            "constellation_dp_enabled",
+            "1 when global patterns are released with differential privacy.",
+            if p.is_some() { 1.0 } else { 0.0 },
+        );
+        if let Some(p) = p {
+            for (name, help, v) in [
+                (
+                    "constellation_dp_epsilon_release",
+                    "Epsilon of one release (zCDP, at constellation_dp_delta).",
+                    p.epsilon_release,
+                ),
+                (
+                    "constellation_dp_epsilon_window",
+                    "Epsilon over the window, releasing on schedule.",
+                    p.epsilon_window,
+                ),
+                (
+                    "constellation_dp_epsilon_spent",
+                    "Epsilon of the releases made in the trailing window.",
+                    p.epsilon_spent,
+                ),
+                (
+                    "constellation_dp_rho_release",
+                    "zCDP rho of one release.",
+                    p.rho_release,
+                ),
+                (
+                    "constellation_dp_rho_window",
+                    "zCDP rho over the window, releasing on schedule.",
+                    p.rho_window,
+                ),
+                (
+                    "constellation_dp_delta",
+                    "Delta the epsilons are stated at.",
+                    p.delta,
+                ),
+                (
+                    "constellation_dp_window_seconds",
+                    "Window of the cumulative epsilon.",
+                    p.window_s,
+                ),
+                (
+                    "constellation_dp_releases_in_window",
+                    "Releases made in the trailing window.",
+                    p.releases_in_window as f64,
+                ),
+            ] {
+                gauge(&mut s, name, help, v);
+            }
+        }
         let name = "constellation_sync_duration_seconds";
         let _ = writeln!(
             s,

@@ -77,6 +77,9 @@ struct Cli {
     /// No progress bar
     #[arg(long)]
     quiet: bool,
+    /// Embedded server without differential privacy (exact k-anonymous globals)
+    #[arg(long)]
+    no_dp: bool,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -139,6 +142,7 @@ where
     a.json = cli.json;
     a.keys = cli.keys;
     a.quiet = cli.quiet;
+    a.no_dp = cli.no_dp;
     Ok(a)
 }
 

@@ -63,6 +63,9 @@ pub struct Args {
     pub keys: Option<PathBuf>,
     /// No progress bar.
     pub quiet: bool,
+    /// The embedded server publishes exact aggregates of k devices instead
+    /// of differentially private releases (to measure what privacy costs).
+    pub no_dp: bool,
 }
 
 impl Default for Args {
@@ -92,6 +95,7 @@ impl Default for Args {
             json: None,
             keys: None,
             quiet: false,
+            no_dp: false,
         }
     }
 }
@@ -104,7 +108,7 @@ struct Embedded {
     _dir: tempfile::TempDir,
 }
 
-async fn start_embedded(seed: u64) -> Result<Embedded, String> {
+async fn start_embedded(seed: u64, no_dp: bool) -> Result<Embedded, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let mut cfg = constellation::Config::new();
     cfg.db = Some(dir.path().join("constellation.redb"));
@@ -116,6 +120,9 @@ async fn start_embedded(seed: u64) -> Result<Embedded, String> {
     cfg.min_sync_interval_s = 0;
     cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.pacing_seed = Some(seed);
+    if no_dp {
+        cfg.aggregate.dp = constellation::aggregate::dp::DpConfig::disabled();
+    }
     let handle = constellation::Server::start(cfg)
         .await
         .map_err(|e| format!("starting the server: {e}"))?;
@@ -276,7 +283,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let cb = omega_tv_sync::codec::minilm_v1().map_err(|e| format!("codebook: {e}"))?;
     let embedded = match &args.server {
         Some(_) => None,
-        None => Some(start_embedded(args.sim.seed).await?),
+        None => Some(start_embedded(args.sim.seed, args.no_dp).await?),
     };
     let mut args = args;
     let ids: Vec<String> = (0..args.sim.devices).map(device_id).collect();
@@ -371,9 +378,11 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let h = direct.clone();
     let unsettled = settle::settle(&mut result, move || h.clone(), 8).await;
     if let Some(e) = &embedded {
-        // Publish what the last syncs contributed before reading the totals.
+        // Publish what the last syncs contributed before reading the totals
+        // (a release now: the simulated hours do not follow the server's
+        // epoch clock).
         e.handle
-            .aggregate_now()
+            .release_now()
             .await
             .map_err(|e| format!("aggregation: {e}"))?;
     }

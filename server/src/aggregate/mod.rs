@@ -33,11 +33,14 @@
 //! changelog entries with their versions, the cursor) is committed in one
 //! transaction by the single writer, so versions are commit-ordered.
 
+pub mod accountant;
+pub mod dp;
 mod model;
 mod pass;
+mod release;
 pub mod trends;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +79,21 @@ pub struct AggregateConfig {
     /// (`GlobalAggregate::material_change`). Default 2e-4, about three times
     /// the codec's own error.
     pub republish_turn: f32,
+    /// Differential privacy of what is published (on by default; see
+    /// [`dp`]). When on, `k`, `similarity` and `max_weight_samples` give way
+    /// to the cohort keys, the noisy threshold and `full_weight_samples`.
+    pub dp: dp::DpConfig,
+}
+
+impl AggregateConfig {
+    /// The most samples one device counts for in one global pattern.
+    pub fn clip(&self) -> u32 {
+        if self.dp.enabled {
+            self.dp.full_weight_samples.max(1)
+        } else {
+            self.max_weight_samples.max(1)
+        }
+    }
 }
 
 impl Default for AggregateConfig {
@@ -90,6 +108,7 @@ impl Default for AggregateConfig {
             batch: 4096,
             retention_versions: 0,
             republish_turn: 2e-4,
+            dp: dp::DpConfig::default(),
         }
     }
 }
@@ -106,9 +125,25 @@ pub struct Aggregator {
     trends: TrendTracker,
     /// The leadership term this state was loaded in (`Store::aggregation_term`).
     term: u64,
+    /// The aggregation cursor as of the last pass.
+    cursor: u64,
+    /// The last release epoch written (`Meta::DpEpoch`).
+    released_epoch: u64,
+    /// The aggregates each device contributes to (bounded by `dp.max_globals`).
+    device_globals: HashMap<String, BTreeSet<u32>>,
 }
 
 impl Aggregator {
+    /// Forgets that `device` contributes to aggregate `id`.
+    fn forget_device_global(&mut self, device: &str, id: u32) {
+        if let Some(g) = self.device_globals.get_mut(device) {
+            g.remove(&id);
+            if g.is_empty() {
+                self.device_globals.remove(device);
+            }
+        }
+    }
+
     /// Refreshes the cached unit centroid of aggregate `id`.
     fn refresh(&mut self, id: u32) {
         let Some(a) = self.aggs.get(&id) else {
@@ -142,8 +177,35 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One pass; returns the changelog entries published.
+/// The noise source and the accountant of a running server.
+#[derive(Debug)]
+pub struct DpState {
+    /// Noise for releases.
+    pub noise: dp::Noise,
+    /// Privacy loss (`None` when differential privacy is off).
+    pub accountant: Option<accountant::Accountant>,
+}
+
+/// The release epoch of unix time `unix_s` (1-based, so 0 means "none yet").
+fn epoch_of(cfg: &dp::DpConfig, unix_s: f64) -> u64 {
+    (unix_s / cfg.epoch.as_secs_f64().max(1e-3)).floor() as u64 + 1
+}
+
+/// One pass; returns the changelog entries published. With differential
+/// privacy on, global patterns and trends are published only when an epoch
+/// begins (see [`dp::DpConfig::epoch`]).
 pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
+    pass_and_release(state, false).await
+}
+
+/// One pass followed by a release now, whatever the schedule (differential
+/// privacy on; counted by the accountant like any release). For tests and
+/// simulations, whose clocks do not follow the epoch.
+pub async fn release_now(state: &Arc<AppState>) -> StoreResult<usize> {
+    pass_and_release(state, true).await
+}
+
+async fn pass_and_release(state: &Arc<AppState>, force: bool) -> StoreResult<usize> {
     let mut guard = state.aggregator.lock().await;
     // Only the leader aggregates; a new term (this node took over) starts
     // from the stored state, which the previous leader may have changed.
@@ -161,7 +223,17 @@ pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
     let st = state.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let mut agg = agg;
-        let r = pass::compute(&st, &mut agg);
+        let r = pass::load(&st, &mut agg).and_then(|()| {
+            let dpc = &st.config.aggregate.dp;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let epoch = epoch_of(dpc, now);
+            let release = (dpc.enabled && (force || epoch > agg.released_epoch))
+                .then_some(epoch.max(agg.released_epoch));
+            pass::compute(&st, &mut agg, release)
+        });
         (agg, r)
     })
     .await;
@@ -178,6 +250,7 @@ pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
         }
     };
     let n = plan.changes.len();
+    let released = plan.epoch;
     let retention = state.config.aggregate.retention_versions;
     let r = store::write(&*state.store, move |txn| {
         for (d, p, c) in &plan.contributions {
@@ -192,6 +265,9 @@ pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
         txn.set_meta(Meta::AggregateCursor, plan.cursor)?;
         txn.drop_device_changes(plan.cursor)?;
         txn.set_meta(Meta::GlobalId, u64::from(plan.next_id))?;
+        if let Some(e) = plan.epoch {
+            txn.set_meta(Meta::DpEpoch, e)?;
+        }
         if retention > 0 {
             let current = txn.meta(Meta::GlobalVersion)?;
             let horizon = txn.meta(Meta::Horizon)?;
@@ -208,6 +284,19 @@ pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
             use std::sync::atomic::Ordering::Relaxed;
             state.metrics.aggregation_runs.fetch_add(1, Relaxed);
             state.metrics.published.fetch_add(n as u64, Relaxed);
+            if let Some(e) = released {
+                agg.released_epoch = e;
+                state.metrics.dp_releases.fetch_add(1, Relaxed);
+                if let Ok(mut dp) = state.dp.lock() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    if let Some(a) = dp.accountant.as_mut() {
+                        a.record(now);
+                    }
+                }
+            }
             agg.loaded = true;
             *guard = agg;
             Ok(n)

@@ -22,6 +22,8 @@ pub(super) struct Plan {
     pub(super) changes: Vec<GlobalChange>,
     pub(super) cursor: u64,
     pub(super) next_id: u32,
+    /// The release epoch written with this plan (differential privacy).
+    pub(super) epoch: Option<u64>,
 }
 
 /// The per-device cap: one device's contributions to one global pattern
@@ -112,13 +114,58 @@ fn cap_devices(
     Ok(())
 }
 
-/// Computes one pass; `None` when there is nothing to write.
-pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Option<Plan>> {
-    let cfg = &state.config.aggregate;
+/// Computes one pass, and the release of epoch `release` when given;
+/// `None` when there is nothing to write.
+pub(super) fn compute(
+    state: &AppState,
+    agg: &mut Aggregator,
+    release: Option<u64>,
+) -> StoreResult<Option<Plan>> {
+    let mut plan = compute_pass(state, agg, release.is_some())?;
+    if let Some(epoch) = release {
+        let p = plan.get_or_insert_with(|| Plan {
+            contributions: Vec::new(),
+            aggregates: Vec::new(),
+            changes: Vec::new(),
+            cursor: agg.cursor,
+            next_id: agg.next_id,
+            epoch: None,
+        });
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut dp = state
+            .dp
+            .lock()
+            .map_err(|_| crate::store::StoreError::Backend("noise source poisoned".into()))?;
+        let r =
+            super::release::release(state, agg, &mut dp.noise, now.as_secs_f64(), now.as_secs());
+        p.changes.extend(r.changes);
+        p.aggregates.extend(r.aggregates);
+        p.epoch = Some(epoch);
+    }
+    Ok(plan)
+}
+
+/// Loads the aggregation state from the store (first pass of a term).
+pub(super) fn load(state: &AppState, agg: &mut Aggregator) -> StoreResult<()> {
     if !agg.loaded {
-        let (aggs, next_id) = store::read(&*state.store, |t| {
-            Ok((t.aggregates()?, t.meta(Meta::GlobalId)?))
+        let (aggs, next_id, cursor, epoch) = store::read(&*state.store, |t| {
+            Ok((
+                t.aggregates()?,
+                t.meta(Meta::GlobalId)?,
+                t.meta(Meta::AggregateCursor)?,
+                t.meta(Meta::DpEpoch)?,
+            ))
         })?;
+        agg.cursor = cursor;
+        agg.released_epoch = epoch;
+        agg.device_globals.clear();
+        for (id, a) in &aggs {
+            for d in a.devices.keys() {
+                agg.device_globals.entry(d.clone()).or_default().insert(*id);
+            }
+        }
         agg.aggs = aggs.into_iter().collect();
         agg.units.clear();
         let ids: Vec<u32> = agg.aggs.keys().copied().collect();
@@ -128,6 +175,17 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
         agg.next_id = u32::try_from(next_id).unwrap_or(u32::MAX);
         agg.loaded = true;
     }
+    Ok(())
+}
+
+/// The pass proper: device-pattern changes since the cursor into `agg`.
+fn compute_pass(
+    state: &AppState,
+    agg: &mut Aggregator,
+    releasing: bool,
+) -> StoreResult<Option<Plan>> {
+    let cfg = &state.config.aggregate;
+    let dp = cfg.dp.enabled;
     type Snapshot = (
         u64,
         Vec<(String, String, Option<StoredPattern>, Option<Contribution>)>,
@@ -140,6 +198,12 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
         let mut items = Vec::new();
         for c in changes {
             if !seen.insert((c.device.clone(), c.pattern.clone())) {
+                // A later change of the same (device, pattern): the pass
+                // reads its current state once.
+                state
+                    .metrics
+                    .aggregation_coalesced
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             let p = t.pattern(&c.device, &c.pattern)?;
@@ -152,7 +216,12 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let (now_f, unix_s) = (now.as_secs_f64(), now.as_secs());
+    agg.cursor = cursor;
     if items.is_empty() {
+        if dp || releasing {
+            // Trends come with releases only.
+            return Ok(None);
+        }
         let trends = agg.trends.due(now_f, unix_s, &state.config.trends);
         if trends.is_empty() {
             return Ok(None);
@@ -163,11 +232,12 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
             changes: trends,
             cursor,
             next_id: agg.next_id,
+            epoch: None,
         }));
     }
     // The most samples one contribution counts for (weight, published
     // sample count, trend activity).
-    let clip = cfg.max_weight_samples.max(1);
+    let clip = cfg.clip();
     let mut touched: BTreeSet<u32> = BTreeSet::new();
     let mut contributions = Vec::with_capacity(items.len());
     // (device, global) pairs whose contributions changed in this pass: the
@@ -182,6 +252,7 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
                     *n = n.saturating_sub(1);
                     if *n == 0 {
                         a.devices.remove(&device);
+                        agg.forget_device_global(&device, o.global);
                     } else {
                         // Its other contributions may regain weight.
                         recheck.insert((device.clone(), o.global));
@@ -207,26 +278,34 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
             contributions.push((device, pattern, None));
             continue;
         };
-        let v: Vec<f32> = e.as_array().to_vec();
-        let mut best: Option<(f32, u32)> = None;
-        if let Some(cands) = agg.units.get(&p.category) {
-            for (id, u) in cands {
-                let cos = dot(u, &v);
-                if cos >= cfg.similarity
-                    && best.is_none_or(|(c, b)| cos > c || (cos == c && *id < b))
-                {
-                    best = Some((cos, *id));
-                }
+        let mut v: Vec<f32> = e.as_array().to_vec();
+        super::dp::clip_unit(&mut v);
+        let id = if dp {
+            // The cohort is a function of this pattern alone.
+            let id = super::dp::cohort_id(
+                &p.category,
+                super::dp::cell_of(&p.codes[..], cfg.dp.cell_bits),
+            );
+            let clash = agg.aggs.get(&id).is_some_and(|a| a.category != p.category);
+            let mine = agg.device_globals.get(&device);
+            let full = mine
+                .is_some_and(|g| !g.contains(&id) && g.len() >= cfg.dp.max_globals.max(1) as usize);
+            if clash || full {
+                // Beyond the device's `m` cohorts (or a hash clash): not
+                // counted anywhere until the pattern changes again.
+                state
+                    .metrics
+                    .dp_bounded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                contributions.push((device, pattern, None));
+                continue;
             }
-        }
-        let id = match best {
-            Some((_, id)) => id,
-            None => {
-                agg.next_id = agg.next_id.saturating_add(1);
-                agg.aggs
-                    .insert(agg.next_id, GlobalAggregate::new(&p.category));
-                agg.next_id
-            }
+            agg.aggs
+                .entry(id)
+                .or_insert_with(|| GlobalAggregate::new(&p.category));
+            id
+        } else {
+            nearest_or_new(agg, cfg.similarity, &p.category, &v)
         };
         // Merged at its own clip; the device's total in this global pattern
         // is capped below, once every change of the pass is in.
@@ -243,6 +322,10 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
             add(a, &c, clip);
             let n = a.devices.entry(device.clone()).or_insert(0);
             *n += 1;
+            agg.device_globals
+                .entry(device.clone())
+                .or_default()
+                .insert(id);
             if *n > 1 {
                 recheck.insert((device.clone(), id));
             }
@@ -256,10 +339,11 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
             .saturating_sub(old_samples.min(clip));
         // Only from a global pattern with k distinct devices: a trend
         // signal must not reveal what fewer than k households watch.
-        let k_reached = agg
-            .aggs
-            .get(&id)
-            .is_some_and(|a| a.devices.len() >= cfg.k.max(1) as usize);
+        let k_reached = !dp
+            && agg
+                .aggs
+                .get(&id)
+                .is_some_and(|a| a.devices.len() >= cfg.k.max(1) as usize);
         if gained > 0 && k_reached {
             let content = match &state.config.trends.catalogue {
                 Some(cat) => cat.nearest(&c.vector).map(str::to_string),
@@ -286,6 +370,16 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
         let Some(a) = agg.aggs.get_mut(&id) else {
             continue;
         };
+        if dp {
+            // Published by the epoch's release only.
+            if a.devices.is_empty() && !a.published {
+                agg.aggs.remove(&id);
+                aggregates.push((id, None));
+            } else {
+                aggregates.push((id, Some(a.clone())));
+            }
+            continue;
+        }
         let devices = a.devices.len();
         let rate = if a.weight > 0.0 {
             (a.rate_sum / a.weight).clamp(0.0, 1.0) as f32
@@ -348,12 +442,37 @@ pub(super) fn compute(state: &AppState, agg: &mut Aggregator) -> StoreResult<Opt
             aggregates.push((id, Some(a.clone())));
         }
     }
-    changes.extend(agg.trends.due(now_f, unix_s, &state.config.trends));
+    if !dp {
+        changes.extend(agg.trends.due(now_f, unix_s, &state.config.trends));
+    }
     Ok(Some(Plan {
         contributions,
         aggregates,
         changes,
         cursor,
         next_id: agg.next_id,
+        epoch: None,
     }))
+}
+
+/// The aggregate of `category` whose unit centroid is nearest `v` with
+/// cosine at least `similarity`, or a new one (the exact mode's grouping).
+fn nearest_or_new(agg: &mut Aggregator, similarity: f32, category: &str, v: &[f32]) -> u32 {
+    let mut best: Option<(f32, u32)> = None;
+    if let Some(cands) = agg.units.get(category) {
+        for (id, u) in cands {
+            let cos = dot(u, v);
+            if cos >= similarity && best.is_none_or(|(c, b)| cos > c || (cos == c && *id < b)) {
+                best = Some((cos, *id));
+            }
+        }
+    }
+    match best {
+        Some((_, id)) => id,
+        None => {
+            agg.next_id = agg.next_id.saturating_add(1);
+            agg.aggs.insert(agg.next_id, GlobalAggregate::new(category));
+            agg.next_id
+        }
+    }
 }

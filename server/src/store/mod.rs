@@ -65,6 +65,8 @@ pub enum Meta {
     AggregateCursor,
     /// Last global pattern id handed out.
     GlobalId,
+    /// Last differentially private release epoch (`aggregate::dp`).
+    DpEpoch,
 }
 
 impl Meta {
@@ -76,6 +78,7 @@ impl Meta {
             Meta::ChangeSeq => "change_seq",
             Meta::AggregateCursor => "aggregate_cursor",
             Meta::GlobalId => "global_id",
+            Meta::DpEpoch => "dp_epoch",
         }
     }
 }

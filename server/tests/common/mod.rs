@@ -159,6 +159,10 @@ pub fn config(db: &Path) -> Config {
     c.aggregate.interval = Duration::from_secs(3600);
     // These tests sync one device back to back; sync.rs tests the limit.
     c.min_sync_interval_s = 0;
+    // Protocol tests: the exact mode (k distinct devices, no noise), so what
+    // a download carries is predictable; `dp_attacks.rs` runs the default,
+    // differentially private configuration.
+    c.aggregate.dp = constellation::aggregate::dp::DpConfig::disabled();
     c.auth = constellation::AuthConfig::disabled();
     c
 }
