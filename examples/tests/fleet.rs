@@ -97,8 +97,8 @@ async fn same_seed_same_device_side_counts() {
 /// --small-profile-share 0.2`).
 const SMALL_GLOBAL_COS_MIN: f64 = 0.999;
 
-/// A fleet with a fifth of its TVs on the small-flash codebook (issue 12,
-/// defect 1: they used to receive no global pattern at all): at the end,
+/// A fleet with a fifth of its TVs on the small-flash codebook (they used
+/// to receive no global pattern at all): at the end,
 /// after the last aggregation, every TV (either codebook) holds exactly the
 /// server's live global set, ids and versions, and the small-profile TVs
 /// hold each global decoded close to its source.

@@ -16,6 +16,7 @@
 //! all in that one transaction.
 
 mod apply;
+mod plan;
 mod validate;
 
 pub use apply::{
