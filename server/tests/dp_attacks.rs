@@ -535,16 +535,36 @@ fn empirical_privacy_loss_stays_within_the_claimed_epsilon() {
 async fn metrics_report_the_privacy_loss_and_a_config_over_budget_is_refused() {
     let (_dir, db) = temp_db();
     let srv = start_with(&db, DpConfig::default()).await;
-    let addr = srv.local_addr();
     let a = Accountant::new(&DpConfig::default()).unwrap();
-    assert_eq!(metric(addr, "constellation_dp_enabled"), 1.0);
-    let w = metric(addr, "constellation_dp_epsilon_window");
+    assert_eq!(
+        metric(
+            srv.admin_addr().expect("admin listener"),
+            "constellation_dp_enabled"
+        ),
+        1.0
+    );
+    let w = metric(
+        srv.admin_addr().expect("admin listener"),
+        "constellation_dp_epsilon_window",
+    );
     assert!((w - a.epsilon_window()).abs() < 1e-9, "{w}");
-    let r = metric(addr, "constellation_dp_epsilon_release");
+    let r = metric(
+        srv.admin_addr().expect("admin listener"),
+        "constellation_dp_epsilon_release",
+    );
     assert!((r - a.epsilon_release()).abs() < 1e-9, "{r}");
     srv.release_now().await.unwrap();
-    assert_eq!(metric(addr, "constellation_dp_releases_in_window"), 1.0);
-    let spent = metric(addr, "constellation_dp_epsilon_spent");
+    assert_eq!(
+        metric(
+            srv.admin_addr().expect("admin listener"),
+            "constellation_dp_releases_in_window"
+        ),
+        1.0
+    );
+    let spent = metric(
+        srv.admin_addr().expect("admin listener"),
+        "constellation_dp_epsilon_spent",
+    );
     assert!((spent - r).abs() < 1e-9, "one release spent {spent}");
     srv.shutdown().await;
 
@@ -630,7 +650,10 @@ async fn a_flooding_device_stays_within_its_cohorts_and_the_honest_global_appear
         .collect();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     let most_in: usize = sizes.iter().take(m).sum();
-    let bounded = metric(addr, "constellation_dp_bounded_contributions_total");
+    let bounded = metric(
+        srv.admin_addr().expect("admin listener"),
+        "constellation_dp_bounded_contributions_total",
+    );
     assert!(
         bounded >= (256 - most_in) as f64,
         "left out {bounded}, most taken in {most_in}"
@@ -669,7 +692,10 @@ async fn repeated_changes_of_one_pattern_coalesce_within_a_pass() {
     }
     srv.aggregate_now().await.unwrap();
     assert_eq!(
-        metric(addr, "constellation_aggregation_coalesced_total"),
+        metric(
+            srv.admin_addr().expect("admin listener"),
+            "constellation_aggregation_coalesced_total"
+        ),
         19.0,
         "one read for 20 changes"
     );

@@ -159,13 +159,19 @@ async fn a_stale_session_after_remove_and_recreate_conflicts(postgres: bool) {
     let mut stale: SyncClient<'static, N> = SyncClient::restore(book(), ccfg(), &snap).unwrap();
     assert_eq!(stale.acked(&PatternId::new("p").unwrap()).unwrap().0, 1);
     stale.upsert(&pattern("p", &v[600], 30), now).unwrap();
-    let conflicts_before = metric(srv.local_addr(), "constellation_conflicts_total");
+    let conflicts_before = metric(
+        srv.admin_addr().expect("admin listener"),
+        "constellation_conflicts_total",
+    );
     let mut ts = HttpTransport::new(&srv.url()).unwrap();
     settle(&mut stale, &mut ts, &mut now).await;
     // Its delta on revision 1 was refused with a conflict, not applied ...
     assert!(stale.stats().conflicts >= 1, "{:?}", stale.stats());
     assert!(
-        metric(srv.local_addr(), "constellation_conflicts_total") > conflicts_before,
+        metric(
+            srv.admin_addr().expect("admin listener"),
+            "constellation_conflicts_total"
+        ) > conflicts_before,
         "the server answered a conflict"
     );
     // ... and once resolved (merged with the server's revision 2 codes and

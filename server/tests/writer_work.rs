@@ -32,6 +32,7 @@ async fn feed_requests_visit_a_bounded_number_of_entries_and_limit_0_none() {
     let (_dir, db) = temp_db();
     let srv = start(&db).await;
     let addr = srv.local_addr();
+    let admin = srv.admin_addr().expect("admin listener");
     // A changelog of three budgets and a bit, in one transaction.
     let n = (3 * FEED_MAX_VISITED + 10) as u64;
     store::write(&*srv.state().store, move |t| {
@@ -59,7 +60,7 @@ async fn feed_requests_visit_a_bounded_number_of_entries_and_limit_0_none() {
         assert_eq!(records(&r.body).len(), 1, "limit=0: the head only");
         assert_eq!((h.global_version, h.more), (n, false), "since={since}");
     }
-    assert_eq!(metric(addr, "constellation_feed_visited_max"), 0.0);
+    assert_eq!(metric(admin, "constellation_feed_visited_max"), 0.0);
 
     // Pages that take records: each request is cut at the budget.
     for since in [0u64, 1, 17, n / 2, n + 987_654, u64::MAX / 3] {
@@ -73,9 +74,9 @@ async fn feed_requests_visit_a_bounded_number_of_entries_and_limit_0_none() {
             assert_eq!(records(&r.body).len(), FEED_MAX_VISITED + 1);
         }
     }
-    let max = metric(addr, "constellation_feed_visited_max");
+    let max = metric(admin, "constellation_feed_visited_max");
     assert_eq!(max, FEED_MAX_VISITED as f64, "budget {FEED_MAX_VISITED}");
-    assert!(metric(addr, "constellation_feed_visit_cut_total") >= 4.0);
+    assert!(metric(admin, "constellation_feed_visit_cut_total") >= 4.0);
 
     // The continue cursor walks the whole changelog, budget by budget.
     let (mut since, mut pages, mut got) = (0u64, 0, 0);
@@ -93,7 +94,7 @@ async fn feed_requests_visit_a_bounded_number_of_entries_and_limit_0_none() {
     }
     assert_eq!((since, got as u64), (n, n));
     assert_eq!(pages, n.div_ceil(FEED_MAX_VISITED as u64) as usize);
-    let max = metric(addr, "constellation_feed_visited_max");
+    let max = metric(admin, "constellation_feed_visited_max");
     assert!(max <= FEED_MAX_VISITED as f64, "{max}");
     srv.shutdown().await;
 }

@@ -21,9 +21,9 @@ use omega_tv_sync::Error;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::plan::{plan, write, Plan};
 use super::{Item, Upload};
 use crate::codebooks::{CodeSpace, Codebooks, Codes};
-use super::plan::{plan, write, Plan};
 use crate::download::{self, Answer, Page, PageRequest};
 use crate::error::ApiError;
 use crate::store::{DeviceRecord, Meta, ReadTxn, StoreError, StoreResult, WriteTxn};

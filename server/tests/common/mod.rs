@@ -311,6 +311,7 @@ pub fn device_json(admin: SocketAddr, device: &str) -> serde_json::Value {
 /// A metric scraped from `GET /metrics` on the admin listener `admin`.
 pub fn metric(admin: SocketAddr, name: &str) -> f64 {
     let r = raw(admin, "GET", "/metrics", &[], &[]);
+    assert_eq!(r.status, 200, "/metrics on {admin}");
     let text = String::from_utf8(r.body).unwrap();
     constellation::metrics::scrape(&text, name).unwrap_or(0.0)
 }
