@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use omega_tv_sync_examples::fleet::{self, check, model, sim, Faults};
-use omega_tv_sync_http::HttpTransport;
+use omega_tv_sync_examples::fleet::nodes::Nodes as HttpTransport;
 
 const KILLS: u32 = 5;
 

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use omega_tv_sync::sync::{Outcome, SyncError};
-use omega_tv_sync_http::HttpTransport as Net;
+use super::nodes::Nodes as Net;
 
 use super::config::{Counters, SyncSample};
 use super::faults::{Exchange, FaultError, Faulty};

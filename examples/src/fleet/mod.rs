@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod faults;
 pub mod ledger;
 pub mod model;
+pub mod nodes;
 pub mod report;
 pub mod rng;
 pub mod settle;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use omega_tv_sync::Transport;
-use omega_tv_sync_http::HttpTransport;
+use nodes::Nodes;
 use omega_tv_sync_testkit::get;
 
 pub use cli::parse_args;
@@ -37,7 +38,9 @@ pub use report::Report;
 pub struct Args {
     /// Simulation settings.
     pub sim: SimConfig,
-    /// An external server (`http://host:port`); default: start the embedded
+    /// An external server (`http://host:port`), or several nodes of one
+    /// deployment separated by commas (each TV's requests rotate across
+    /// them: [`nodes::Nodes`]); default: start the embedded
     /// server on loopback with a redb file in a temporary directory.
     pub server: Option<String>,
     /// Where the end-of-run settle, checker and global summary talk to the
@@ -109,7 +112,7 @@ async fn start_embedded(seed: u64) -> Result<Embedded, String> {
     Ok(Embedded { handle, _dir: dir })
 }
 
-async fn get_text(t: &mut HttpTransport, path: &str) -> Result<String, String> {
+async fn get_text(t: &mut Nodes, path: &str) -> Result<String, String> {
     let mut buf = vec![0u8; 1 << 20];
     let r = t
         .send(get(path), &mut buf)
@@ -130,7 +133,7 @@ pub type LiveGlobals = std::collections::BTreeMap<u32, (u64, omega_tv_sync::Embe
 /// Reads the global version, then the live global patterns by paging
 /// through the public feed from version 0.
 async fn global_summary(
-    t: &mut HttpTransport,
+    t: &mut Nodes,
     cb: &omega_tv_sync::codec::Codebook<'_>,
 ) -> Result<(u64, LiveGlobals), String> {
     use omega_tv_sync::wire::{FrameReader, Record};
@@ -284,6 +287,9 @@ pub async fn run(args: Args) -> Result<Report, String> {
     };
     let check_url = args.check_server.clone().unwrap_or_else(|| url.clone());
     let proxy = match args.proxy_faults {
+        Some(_) if url.contains(',') => {
+            return Err("--proxy-faults takes one --server URL".into());
+        }
         Some(p) => {
             let upstream = upstream_addr(&url)?;
             let faults = crate::proxy::ProxyFaults::even(p);
@@ -296,8 +302,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
         None => None,
     };
     let url = proxy.as_ref().map_or(url, |p| p.url());
-    let http = HttpTransport::new(&url).map_err(|e| format!("{url}: {e}"))?;
-    let direct = HttpTransport::new(&check_url).map_err(|e| format!("{check_url}: {e}"))?;
+    let http = Nodes::new(&url).map_err(|e| format!("{url}: {e}"))?;
+    let direct = Nodes::new(&check_url).map_err(|e| format!("{check_url}: {e}"))?;
     let target = (args.sim.devices as u64) * u64::from(args.sim.rounds);
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use omega_tv_sync::codec::Codebook;
-use omega_tv_sync_http::HttpTransport as Net;
+use super::nodes::Nodes as Net;
 
 use super::config::{RunContext, SimConfig, SimResult, Tally};
 use super::exchange::{feed_page, Session, Step, MAX_PAGES, TX_BYTES};
