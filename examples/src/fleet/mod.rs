@@ -25,8 +25,8 @@ pub mod twin;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use omega_tv_sync::Transport;
 use nodes::Nodes;
+use omega_tv_sync::Transport;
 use omega_tv_sync_testkit::get;
 
 pub use cli::parse_args;

@@ -65,11 +65,7 @@ impl Nodes {
         }
         let turn = match device {
             Some(d) => {
-                let mut m = self
-                    .turns
-                    .devices
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut m = self.turns.devices.lock().unwrap_or_else(|e| e.into_inner());
                 let t = m.entry(d.to_string()).or_insert(0);
                 let cur = *t;
                 *t += 1;
