@@ -224,20 +224,24 @@ pub(super) struct RunResult {
     pub(super) elapsed: f64,
 }
 
-/// Drives `url` with `clients` devices for `seconds` after their initial upload.
+/// Drives `url` with `clients` devices for `seconds` after their initial
+/// upload. `url` may list several nodes separated by commas: client `c`
+/// talks to node `c % n`. Device ids start at `a.id_base`.
 pub(super) async fn drive(url: &str, a: &Args, ch: &Arc<Vec<Chains>>, codebook: u32) -> RunResult {
+    let urls: Vec<String> = url.split(',').map(str::to_string).collect();
     let mut tasks = Vec::new();
     let deadline_after = Duration::from_secs_f64(a.seconds);
     let start_gate = Arc::new(tokio::sync::Barrier::new(a.clients));
     for c in 0..a.clients {
-        let url = url.to_string();
+        let url = urls[c % urls.len()].clone();
         let ch = ch.clone();
         let gate = start_gate.clone();
+        let id_base = a.id_base;
         let (patterns, changed) = (a.patterns, a.changed);
         tasks.push(tokio::spawn(async move {
             let ch = &ch[c % ch.len()];
             let mut t = HttpTransport::new(&url).expect("url");
-            let mut dev = Device::new(c, patterns);
+            let mut dev = Device::new(id_base + c, patterns);
             let mut body = Vec::new();
             let mut buf = vec![0u8; 1 << 20];
             dev.initial(codebook, ch, &mut body);
