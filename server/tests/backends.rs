@@ -662,3 +662,98 @@ async fn a_sync_while_the_database_is_down_gets_503_and_applies_once_after() {
     assert_eq!(again.body, applied.body);
     srv.shutdown().await;
 }
+
+/// Devices partitioned across two PostgreSQL clusters (`--db` twice), two
+/// nodes with the same list: devices land on both databases (their rows are
+/// on their own database and nowhere else), the same request sent to both
+/// nodes at once is applied once, a stale twin conflicts, and globals
+/// backed by devices of both databases are aggregated and published
+/// through either node. A list in another order is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_partitioned_across_two_databases() {
+    use constellation::store::postgres::{shard, PgOptions, PgStore};
+    let Some(pg1) = pg_support::private_cluster() else {
+        return;
+    };
+    let Some(pg2) = pg_support::private_cluster() else {
+        return;
+    };
+    let urls = vec![pg1.database(), pg2.database()];
+    let (_dir, path) = temp_db();
+    let mut cfg = config(&path);
+    cfg.db = None;
+    cfg.postgres = urls.clone();
+    let a = start(&cfg).await;
+    let b = start(&cfg).await;
+    let (aa, ba) = (a.local_addr(), b.local_addr());
+    let v = patterns();
+    let devices: Vec<String> = (0..8).map(|d| format!("tv-{d}")).collect();
+    let on: Vec<usize> = devices.iter().map(|d| shard::database_of(d, 2)).collect();
+    assert!(on.contains(&0) && on.contains(&1), "{on:?}");
+    // Each device: the same request to both nodes at once, then a stale twin.
+    for dev in &devices {
+        let items: Vec<Up> = (0..2usize)
+            .map(|g| Up::abs(["p0", "p1"][g], quantize(&v[g * 97])))
+            .collect();
+        let body = upload(1, 0, &items);
+        let (d2, b2) = (dev.clone(), body.clone());
+        let t = std::thread::spawn(move || post_sync(ba, &d2, "0", &b2));
+        let r1 = post_sync(aa, dev, "0", &body);
+        let r2 = t.join().unwrap();
+        assert_eq!((r1.status, r2.status), (200, 200), "{dev}");
+        assert_eq!(r1.body, r2.body, "{dev}: one answer");
+        let replays = [&r1, &r2]
+            .iter()
+            .filter(|r| r.header("x-replayed") == Some("true"))
+            .count();
+        assert_eq!(replays, 1, "{dev}: one applied, one replayed");
+        let next = quantize(&v[300]);
+        let up = upload(2, 0, &[Up::delta("p0", 1, items[0].codes, next)]);
+        assert_eq!(post_sync(ba, dev, "0", &up).status, 200);
+        let stale = upload(3, 0, &[Up::delta("p0", 1, items[0].codes, next)]);
+        let r = post_sync(aa, dev, "0", &stale);
+        assert_eq!(r.status, 200);
+        assert!(
+            matches!(&records(&r.body)[1], Record::Conflict(c) if c.server_rev == 2),
+            "{dev}"
+        );
+        for srv in [&a, &b] {
+            let st = srv.device_state(dev).unwrap();
+            assert_eq!((st.last_seq, st.syncs), (Some(3), 3), "{dev}");
+        }
+    }
+    // The rows are on the device's database, and only there.
+    for (i, url) in urls.iter().enumerate() {
+        let one = PgStore::open(url, PgOptions::default()).unwrap();
+        for (dev, &db) in devices.iter().zip(&on) {
+            let rec = constellation::store::read(&one, |t| t.device(dev)).unwrap();
+            assert_eq!(rec.is_some(), db == i, "{dev} on database {i}");
+        }
+        one.close();
+    }
+    // Globals from devices on both databases: one pass, through either
+    // node's aggregator (whichever holds the leader lock), publishes both
+    // patterns with all 8 contributors.
+    let published = a.aggregate_now().await.unwrap() + b.aggregate_now().await.unwrap();
+    assert!(published >= 2, "published {published}");
+    for addr in [aa, ba] {
+        let all = feed(addr, "since=0");
+        let contributors: Vec<u32> = records(&all.body)
+            .iter()
+            .filter_map(|r| match r {
+                Record::GlobalUpsert(g) => Some(g.contributors),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(contributors.len(), 2, "{contributors:?}");
+        assert!(contributors.iter().all(|&c| c == 8), "{contributors:?}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    // Every node must get the same list in the same order.
+    let reversed = vec![urls[1].clone(), urls[0].clone()];
+    let e = PgStore::open_all(&reversed, PgOptions::default())
+        .err()
+        .expect("a reordered --db list is refused");
+    assert!(e.to_string().contains("same --db list"), "{e}");
+}

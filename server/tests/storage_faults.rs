@@ -45,6 +45,7 @@ fn serve(db: &Path, fsize: Option<u64>) -> (Child, SocketAddr) {
     cmd.args(["serve", "--db"])
         .arg(db)
         .args(["--listen", "127.0.0.1:0", "--insecure-no-auth"])
+        .args(["--admin-listen", "off", "--min-sync-interval", "0"])
         .args(["--log-level", "error"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

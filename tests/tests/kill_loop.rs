@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use omega_tv_sync_examples::fleet::nodes::Nodes as HttpTransport;
 use omega_tv_sync_examples::fleet::{self, check, model, sim, Faults};
-use omega_tv_sync_http::HttpTransport;
 
 const KILLS: u32 = 5;
 

@@ -21,15 +21,18 @@ struct Cli {
     /// counts (timings and what the server published by when may differ)
     #[arg(long, value_name = "S", default_value_t = 42)]
     seed: u64,
-    /// Use a running server instead of the embedded one
-    #[arg(long, value_name = "URL")]
+    /// Use a running server instead of the embedded one; several nodes of
+    /// one deployment as URL1,URL2,...: each TV's syncs, retries and stale
+    /// twins rotate across them
+    #[arg(long, value_name = "URL[,URL...]")]
     server: Option<String>,
     /// With --server: the TVs' keys as `constellation device add --db DB
     /// tv-000000 tv-000001 ...` printed them (ID KEY lines); without it
     /// requests go unsigned (server run with --insecure-no-auth)
     #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
-    /// Settle and read the global feed through this URL (default: the server)
+    /// Read the state back from this URL, or these URL1,URL2,... (default:
+    /// the server's)
     #[arg(long, value_name = "URL")]
     check_server: Option<String>,
     /// With --server: the server's admin listener (`http://host:port` of

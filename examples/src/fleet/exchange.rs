@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
+use super::nodes::Nodes as Net;
 use omega_tv_sync::sync::{Outcome, SyncError};
-use omega_tv_sync_http::HttpTransport as Net;
 
 use super::config::{Counters, SyncSample};
 use super::faults::{Exchange, FaultError, Faulty};

@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod faults;
 pub mod ledger;
 pub mod model;
+pub mod nodes;
 pub mod report;
 pub mod rng;
 pub mod settle;
@@ -24,8 +25,8 @@ pub mod twin;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use nodes::Nodes;
 use omega_tv_sync::Transport;
-use omega_tv_sync_http::HttpTransport;
 use omega_tv_sync_testkit::get;
 
 pub use cli::parse_args;
@@ -37,7 +38,9 @@ pub use report::Report;
 pub struct Args {
     /// Simulation settings.
     pub sim: SimConfig,
-    /// An external server (`http://host:port`); default: start the embedded
+    /// An external server (`http://host:port`), or several nodes of one
+    /// deployment separated by commas (each TV's requests rotate across
+    /// them: [`nodes::Nodes`]); default: start the embedded
     /// server on loopback with a redb file in a temporary directory.
     pub server: Option<String>,
     /// Where the end-of-run settle, checker and global summary talk to the
@@ -133,7 +136,7 @@ async fn start_embedded(seed: u64, no_dp: bool) -> Result<Embedded, String> {
     })
 }
 
-async fn get_text(t: &mut HttpTransport, path: &str) -> Result<String, String> {
+async fn get_text(t: &mut Nodes, path: &str) -> Result<String, String> {
     let mut buf = vec![0u8; 1 << 20];
     let r = t
         .send(get(path), &mut buf)
@@ -154,7 +157,7 @@ pub type LiveGlobals = std::collections::BTreeMap<u32, (u64, omega_tv_sync::Embe
 /// Reads the global version, then the live global patterns by paging
 /// through the public feed from version 0.
 async fn global_summary(
-    t: &mut HttpTransport,
+    t: &mut Nodes,
     cb: &omega_tv_sync::codec::Codebook<'_>,
 ) -> Result<(u64, LiveGlobals), String> {
     use omega_tv_sync::wire::{FrameReader, Record};
@@ -325,6 +328,9 @@ pub async fn run(args: Args) -> Result<Report, String> {
         }
     };
     let proxy = match args.proxy_faults {
+        Some(_) if url.contains(',') => {
+            return Err("--proxy-faults takes one --server URL".into());
+        }
         Some(p) => {
             let upstream = upstream_addr(&url)?;
             let faults = crate::proxy::ProxyFaults::even(p);
@@ -337,8 +343,8 @@ pub async fn run(args: Args) -> Result<Report, String> {
         None => None,
     };
     let url = proxy.as_ref().map_or(url, |p| p.url());
-    let http = HttpTransport::new(&url).map_err(|e| format!("{url}: {e}"))?;
-    let direct = HttpTransport::new(&check_url).map_err(|e| format!("{check_url}: {e}"))?;
+    let http = Nodes::new(&url).map_err(|e| format!("{url}: {e}"))?;
+    let direct = Nodes::new(&check_url).map_err(|e| format!("{check_url}: {e}"))?;
     let target = (args.sim.devices as u64) * u64::from(args.sim.rounds);
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
@@ -391,7 +397,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let h = direct.clone();
     let behind = settle::catch_up(&mut result, move || h.clone(), 64).await;
     let mut t = direct.clone();
-    let mut adm = HttpTransport::new(&admin_url).map_err(|e| format!("{admin_url}: {e}"))?;
+    let mut adm = Nodes::new(&admin_url).map_err(|e| format!("{admin_url}: {e}"))?;
     let verdict = check::check_all(&result.tvs, &mut adm, &admin_token).await?;
     let (global_version, live) = global_summary(&mut t, &cb).await?;
     let mut rep = report::build(

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use omega_tv_sync_http::HttpTransport as Net;
+use super::nodes::Nodes as Net;
 
 use super::config::SimResult;
 use super::exchange::{feed_page, Session, Step, MAX_PAGES, TX_BYTES};

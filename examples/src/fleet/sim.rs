@@ -9,8 +9,8 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::nodes::Nodes as Net;
 use omega_tv_sync::codec::Codebook;
-use omega_tv_sync_http::HttpTransport as Net;
 
 use super::config::{RunContext, SimConfig, SimResult, Tally};
 use super::exchange::{feed_page, Session, Step, MAX_PAGES, TX_BYTES};

@@ -2,7 +2,7 @@
 //! restore from backup, or a cloned box) syncs on stale bases under the
 //! same device id.
 
-use omega_tv_sync_http::HttpTransport as Net;
+use super::nodes::Nodes as Net;
 
 use super::config::{device_config, RunContext, SyncSample, Tally};
 use super::exchange::{Session, Step, TX_BYTES};

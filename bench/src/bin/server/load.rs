@@ -225,8 +225,9 @@ pub(super) struct RunResult {
 }
 
 /// Drives `url` with `clients` devices for `seconds` after their initial
-/// upload; device ids start at `id_base` (a second run on the same server
-/// uses fresh devices).
+/// upload. `url` may list several nodes separated by commas: client `c`
+/// talks to node `c % n`. Device ids start at `id_base + a.id_base` (a
+/// second run on the same server or database uses fresh devices).
 pub(super) async fn drive(
     url: &str,
     a: &Args,
@@ -234,13 +235,15 @@ pub(super) async fn drive(
     codebook: u32,
     id_base: usize,
 ) -> RunResult {
+    let urls: Vec<String> = url.split(',').map(str::to_string).collect();
     let mut tasks = Vec::new();
     let deadline_after = Duration::from_secs_f64(a.seconds);
     let start_gate = Arc::new(tokio::sync::Barrier::new(a.clients));
     for c in 0..a.clients {
-        let url = url.to_string();
+        let url = urls[c % urls.len()].clone();
         let ch = ch.clone();
         let gate = start_gate.clone();
+        let id_base = id_base + a.id_base;
         let (patterns, changed) = (a.patterns, a.changed);
         tasks.push(tokio::spawn(async move {
             let ch = &ch[c % ch.len()];

@@ -11,6 +11,7 @@
 //! cargo run --release -p omega-tv-sync-bench --bin server -- [--clients 32] [--seconds 5]
 //!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
 //!     [--max-batch 1024] [--attack]
+//!     [--postgres URL2 --serve-bin target/release/constellation]
 //! ```
 //!
 //! With `--attack` it measures only the fleet under attack (`attack.rs`):
@@ -19,7 +20,14 @@
 //! connections, the ratio, and the process's peak RSS.
 //!
 //! With `--postgres postgres://USER@HOST:PORT/DB` (an empty database) the
-//! same run also drives a node on that PostgreSQL database.
+//! same run also drives a node on that PostgreSQL database. With
+//! `--serve-bin` (the `constellation` binary) it then runs nodes as
+//! processes of their own, so that their CPU can be read from `/proc`: 1
+//! node and 2 nodes on the first database, and with a second `--postgres`
+//! (another empty database, ideally on another cluster) 2 nodes on the two
+//! databases (`--db` twice). Each prints syncs/s, the nodes' CPU per sync
+//! and the CPU per sync of the PostgreSQL servers behind the URLs' ports
+//! (postmaster and its children).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +46,7 @@ use omega_tv_sync_http::HttpTransport;
 
 mod attack;
 mod load;
+mod nodes;
 use load::*;
 
 /// Versions in each pattern's drift chain (the chain wraps around).
@@ -49,9 +58,12 @@ struct Args {
     patterns: usize,
     changed: usize,
     aggregate_ms: u64,
-    postgres: Option<String>,
+    postgres: Vec<String>,
     max_batch: usize,
     attack: bool,
+    serve_bin: Option<std::path::PathBuf>,
+    /// First device id of a run (runs on one database use distinct ids).
+    id_base: usize,
 }
 
 fn args() -> Args {
@@ -61,9 +73,11 @@ fn args() -> Args {
         patterns: 16,
         changed: 5,
         aggregate_ms: 1000,
-        postgres: None,
+        postgres: Vec::new(),
         max_batch: 1024,
         attack: false,
+        serve_bin: None,
+        id_base: 0,
     };
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = argv.iter().position(|s| s == "--attack") {
@@ -79,7 +93,8 @@ fn args() -> Args {
             "--patterns" => a.patterns = v.parse().unwrap_or(a.patterns),
             "--changed" => a.changed = v.parse().unwrap_or(a.changed),
             "--aggregate-ms" => a.aggregate_ms = v.parse().unwrap_or(a.aggregate_ms),
-            "--postgres" => a.postgres = Some(v.clone()),
+            "--postgres" => a.postgres.push(v.clone()),
+            "--serve-bin" => a.serve_bin = Some(v.into()),
             "--max-batch" => a.max_batch = v.parse().unwrap_or(a.max_batch),
             other => eprintln!("ignoring {other}"),
         }
@@ -184,7 +199,7 @@ async fn run(a: Args) {
     let bare_r = drive(&format!("http://{bare}"), &a, &ch, codebook, 0).await;
     // The same load on a PostgreSQL node (give an empty database: device
     // ids repeat from run to run).
-    let pg = match &a.postgres {
+    let pg = match a.postgres.first() {
         Some(url) => {
             let mut c = cfg.clone();
             c.db = None;
@@ -305,4 +320,7 @@ async fn run(a: Args) {
         feed.body_len
     );
     srv.shutdown().await;
+    if let (Some(bin), Some(_)) = (&a.serve_bin, a.postgres.first()) {
+        nodes::run(&a, bin, &ch, codebook).await;
+    }
 }

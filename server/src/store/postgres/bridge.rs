@@ -9,7 +9,8 @@ pub(super) fn p<T: ToSql + Sync + Send + 'static>(v: T) -> Param {
 }
 
 /// A PostgreSQL error as a store error: a lost connection, a server
-/// shutting down, a deadlock or serialization failure, or exhausted
+/// shutting down, a deadlock or serialization failure, a lock wait past
+/// `lock_timeout`, or exhausted
 /// resources are [`StoreError::Overloaded`] (retry later: `503`); anything
 /// else is a backend failure.
 pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -22,6 +23,7 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> StoreError {
                     || c.starts_with("57P")
                     || c.starts_with("40")
                     || c.starts_with("53")
+                    || c == "55P03"
             }
         };
     if transient {

@@ -54,16 +54,15 @@
 //! writer at a time, in commit order.
 
 mod bridge;
-mod dead;
 mod read;
 pub mod schema;
+pub mod shard;
 mod stmts;
 mod txn;
 mod write;
 mod writer;
 
 use bridge::*;
-use dead::*;
 use stmts::*;
 use txn::*;
 use writer::*;
@@ -128,14 +127,35 @@ impl PgStore {
     /// Connects to `url` (`postgres://USER@HOST:PORT/DB`), brings the schema
     /// up to date ([`schema::MIGRATIONS`]) and starts the writers.
     pub fn open(url: &str, opts: PgOptions) -> StoreResult<Self> {
+        Self::open_all(&[url.to_string()], opts)
+    }
+
+    /// Opens a deployment on the databases `urls` (`--db` in the order
+    /// given; every node of one deployment gets the same list). Devices
+    /// are partitioned across them by [`shard::database_of`]; the first
+    /// also holds the global tables and the leader lock. Each database's
+    /// schema is brought up to date, and each records its place in the
+    /// list (`meta.shard_index`, `meta.shard_count`) the first time: a
+    /// list in another order or of another length is refused.
+    pub fn open_all(urls: &[String], opts: PgOptions) -> StoreResult<Self> {
+        if urls.is_empty() {
+            return Err(StoreError::Backend("no PostgreSQL URL".into()));
+        }
         let shared = Arc::new(Shared {
             bridge: Bridge::new(opts.io_threads)?,
-            url: url.to_string(),
-            idle: Mutex::new(Vec::new()),
+            urls: urls.to_vec(),
+            idle: urls.iter().map(|_| Mutex::new(Vec::new())).collect(),
             consumed: Mutex::new(Vec::new()),
             term: Mutex::new(None),
         });
-        migrate(&shared.bridge, url, schema::MIGRATIONS)?;
+        for url in urls {
+            migrate(&shared.bridge, url, schema::MIGRATIONS)?;
+        }
+        if urls.len() > 1 {
+            for db in 0..urls.len() {
+                check_place(&shared, db)?;
+            }
+        }
         let (tx, rx) = sync_channel::<Work>(opts.queue_limit.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
@@ -161,17 +181,9 @@ impl PgStore {
         })
     }
 
-    /// [`open`](Self::open) on the one database of `urls`. Several
-    /// databases (devices partitioned across them) are not built yet: more
-    /// than one URL is refused.
-    pub fn open_all(urls: &[String], opts: PgOptions) -> StoreResult<Self> {
-        match urls {
-            [url] => Self::open(url, opts),
-            [] => Err(StoreError::Backend("no PostgreSQL URL".into())),
-            _ => Err(StoreError::Backend(
-                "several PostgreSQL databases are not supported yet: give one --db".into(),
-            )),
-        }
+    /// The number of databases devices are partitioned across.
+    pub fn databases(&self) -> usize {
+        self.shared.urls.len()
     }
 
     /// Stops the writers after the queued work is committed. Later submits
@@ -201,6 +213,46 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Records database `db`'s place in the list (index and count) in its
+/// `meta`, or checks it against what is recorded there.
+fn check_place(shared: &Shared, db: usize) -> StoreResult<()> {
+    let conn = shared.take(db)?;
+    let client = conn.client.clone();
+    let n = shared.urls.len() as i64;
+    let me = db as i64;
+    let (index, count) = shared
+        .bridge
+        .run(async move {
+            client
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('shard_index', $1), ('shard_count', $2) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&me, &n],
+                )
+                .await?;
+            let i = client
+                .query_one("SELECT value FROM meta WHERE key = 'shard_index'", &[])
+                .await?;
+            let c = client
+                .query_one("SELECT value FROM meta WHERE key = 'shard_count'", &[])
+                .await?;
+            Ok::<_, tokio_postgres::Error>((i.get::<_, i64>(0), c.get::<_, i64>(0)))
+        })?
+        .map_err(pg_err)?;
+    shared.give_back(db, conn);
+    if index != me || count != n {
+        return Err(StoreError::Backend(format!(
+            "database {} of {} in --db was set up as database {} of {}: give every node \
+             the same --db list, in the same order",
+            db + 1,
+            n,
+            index + 1,
+            count
+        )));
+    }
+    Ok(())
 }
 
 /// Connects to `url` once and applies `migrations` (see [`schema::migrate`]);
@@ -234,8 +286,7 @@ impl Store for PgStore {
     }
 
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()> {
-        let conn = self.shared.take()?;
-        let txn = PgTxn::new(&self.shared, conn, false);
+        let txn = PgTxn::new(&self.shared, false);
         let r = f(&txn);
         let ended = txn.end(true);
         r?;
@@ -264,7 +315,7 @@ impl Store for PgStore {
         *self.shared.term.lock().map_err(|_| StoreError::Closed)? = None;
         let conn = match leader.take() {
             Some(c) if !c.client.is_closed() => c,
-            _ => self.shared.connect()?,
+            _ => self.shared.connect(0)?,
         };
         let client = conn.client.clone();
         let term = self

@@ -12,7 +12,7 @@ impl ReadTxn for PgTxn<'_> {
                 .transpose()
                 .map(Option::flatten);
         }
-        let rows = self.rows(None, |s| &s.device, vec![p(id.to_string())])?;
+        let rows = self.rows_at(self.db_of(id), |s| &s.device, vec![p(id.to_string())])?;
         rows.first()
             .map(device_record)
             .transpose()
@@ -83,25 +83,60 @@ impl ReadTxn for PgTxn<'_> {
         }
     }
 
+    /// The oldest rows present on each database, up to `limit` in all
+    /// (taken from the databases in turn, so none is starved). With one
+    /// database each change reports its own `seq`; with several, its place
+    /// in this answer (1, 2, ...), which [`WriteTxn::drop_device_changes`]
+    /// maps back.
     fn device_changes_after(&self, _after: u64, limit: usize) -> StoreResult<Vec<DeviceChange>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.rows(None, |s| &s.changes, vec![p(limit)])?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let seq: i64 = get(r, 0, "device change")?;
-            seqs.push(seq);
-            out.push(DeviceChange {
-                seq: seq as u64,
-                device: get(r, 1, "device change")?,
-                pattern: get(r, 2, "device change")?,
-            });
+        let dbs = self.shared.urls.len();
+        let lim = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut per_db: Vec<VecDeque<(i64, String, String)>> = Vec::with_capacity(dbs);
+        for db in 0..dbs {
+            let rows = self.rows_at(db, |s| &s.changes, vec![p(lim)])?;
+            let mut q = VecDeque::with_capacity(rows.len());
+            for r in &rows {
+                q.push_back((
+                    get::<i64>(r, 0, "device change")?,
+                    get::<String>(r, 1, "device change")?,
+                    get::<String>(r, 2, "device change")?,
+                ));
+            }
+            per_db.push(q);
+        }
+        let mut out = Vec::new();
+        let mut consumed = Vec::new();
+        'fill: while out.len() < limit {
+            let mut any = false;
+            for (db, q) in per_db.iter_mut().enumerate() {
+                if out.len() >= limit {
+                    break 'fill;
+                }
+                let Some((seq, device, pattern)) = q.pop_front() else {
+                    continue;
+                };
+                any = true;
+                let reported = if dbs == 1 {
+                    seq as u64
+                } else {
+                    out.len() as u64 + 1
+                };
+                consumed.push((reported, db, seq));
+                out.push(DeviceChange {
+                    seq: reported,
+                    device,
+                    pattern,
+                });
+            }
+            if !any {
+                break;
+            }
         }
         *self
             .shared
             .consumed
             .lock()
-            .map_err(|_| StoreError::Closed)? = seqs;
+            .map_err(|_| StoreError::Closed)? = consumed;
         Ok(out)
     }
 
@@ -156,11 +191,14 @@ impl ReadTxn for PgTxn<'_> {
     }
 
     fn device_count(&self) -> StoreResult<u64> {
-        let rows = self.rows(None, |s| &s.device_count, Vec::new())?;
-        Ok(match rows.first() {
-            Some(r) => get::<i64>(r, 0, "device count")? as u64,
-            None => 0,
-        })
+        let mut n = 0;
+        for db in 0..self.shared.urls.len() {
+            let rows = self.rows_at(db, |s| &s.device_count, Vec::new())?;
+            if let Some(r) = rows.first() {
+                n += get::<i64>(r, 0, "device count")? as u64;
+            }
+        }
+        Ok(n)
     }
 
     fn enrolment(&self, device: &str) -> StoreResult<Option<Enrolment>> {

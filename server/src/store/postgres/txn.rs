@@ -4,25 +4,32 @@ use super::*;
 
 /// One transaction: a read snapshot (`REPEATABLE READ READ ONLY`) or a write
 /// transaction (`READ COMMITTED` with a row lock per device it touches).
+/// With several databases it is one transaction on each database it
+/// touches, begun on first use: a device's rows are on its own database
+/// ([`shard::database_of`]), the global tables on database 0.
 pub(super) struct PgTxn<'s> {
     pub(super) shared: &'s Shared,
-    pub(super) conn: Conn,
+    /// One connection per database, taken on first use.
+    pub(super) conns: RefCell<Vec<Option<Conn>>>,
     pub(super) write: bool,
-    pub(super) began: Cell<bool>,
     pub(super) locked: RefCell<HashSet<String>>,
     pub(super) fenced: Cell<bool>,
 }
 
 impl<'s> PgTxn<'s> {
-    pub(super) fn new(shared: &'s Shared, conn: Conn, write: bool) -> Self {
+    pub(super) fn new(shared: &'s Shared, write: bool) -> Self {
         PgTxn {
             shared,
-            conn,
+            conns: RefCell::new(vec![None; shared.urls.len()]),
             write,
-            began: Cell::new(false),
             locked: RefCell::new(HashSet::new()),
             fenced: Cell::new(false),
         }
+    }
+
+    /// The database that holds `device`'s rows.
+    pub(super) fn db_of(&self, device: &str) -> usize {
+        shard::database_of(device, self.shared.urls.len())
     }
 
     /// Checks, once per transaction and holding the row until commit, that
@@ -46,35 +53,75 @@ impl<'s> PgTxn<'s> {
         Ok(())
     }
 
-    /// Commits (`true`) or rolls back, and returns the connection.
+    /// Commits (`true`) or rolls back, and returns the connections. With
+    /// several databases, database 0 (the global tables, the leader's
+    /// fence) commits first, then the others in order; when one commit
+    /// fails, the databases not yet committed are rolled back. Each
+    /// device's rows are on one database, so each device's writes commit
+    /// or roll back as one (a batch of several devices may commit in part:
+    /// the works of it are then told it failed, and a retried sync replays
+    /// what was stored).
     pub(super) fn end(self, commit: bool) -> StoreResult<()> {
-        if !self.began.get() {
-            self.shared.give_back(self.conn);
-            return Ok(());
+        let conns = std::mem::take(&mut *self.conns.borrow_mut());
+        let mut outcome = Ok(());
+        for (db, conn) in conns.into_iter().enumerate() {
+            let Some(conn) = conn else { continue };
+            let commit_this = commit && outcome.is_ok();
+            let client = conn.client.clone();
+            let sql = if commit_this { "COMMIT" } else { "ROLLBACK" };
+            let r = self
+                .shared
+                .bridge
+                .run(async move { client.batch_execute(sql).await })
+                .and_then(|r| r.map_err(pg_err));
+            if r.is_ok() || !commit_this {
+                self.shared.give_back(db, conn);
+            }
+            if commit_this {
+                outcome = r;
+            }
         }
-        let client = self.conn.client.clone();
-        let sql = if commit { "COMMIT" } else { "ROLLBACK" };
-        let r = self
-            .shared
-            .bridge
-            .run(async move { client.batch_execute(sql).await })?
-            .map_err(pg_err);
-        if r.is_ok() || !commit {
-            self.shared.give_back(self.conn);
-        }
-        r
+        outcome
     }
 
-    /// Runs `stmt` with `params`. Sent in one pipeline with it, when needed:
-    /// the `BEGIN` of the transaction, and (writes) the lock of `device`'s
-    /// row, whose row is returned first.
+    /// Runs `stmt` with `params` on the database of `device` (database 0
+    /// without one). Sent in one pipeline with it, when needed: the `BEGIN`
+    /// of the transaction there, and (writes) the lock of `device`'s row,
+    /// whose row is returned first.
     pub(super) fn query(
         &self,
         device: Option<&str>,
         stmt: Option<fn(&Stmts) -> &Statement>,
         params: Vec<Param>,
     ) -> StoreResult<(Option<Row>, Vec<Row>)> {
-        let begin = (!self.began.get()).then_some(if self.write {
+        let db = device.map_or(0, |d| self.db_of(d));
+        self.query_at(db, device, stmt, params)
+    }
+
+    /// [`query`](Self::query) on database `db`, locking `device`'s row
+    /// there (writes) unless this transaction already holds it.
+    pub(super) fn query_at(
+        &self,
+        db: usize,
+        device: Option<&str>,
+        stmt: Option<fn(&Stmts) -> &Statement>,
+        params: Vec<Param>,
+    ) -> StoreResult<(Option<Row>, Vec<Row>)> {
+        let (conn, begun) = {
+            let mut conns = self.conns.borrow_mut();
+            let slot = conns
+                .get_mut(db)
+                .ok_or(StoreError::Corrupt("database index"))?;
+            match slot {
+                Some(c) => (c.clone(), true),
+                None => {
+                    let c = self.shared.take(db)?;
+                    *slot = Some(c.clone());
+                    (c, false)
+                }
+            }
+        };
+        let begin = (!begun).then_some(if self.write {
             "BEGIN ISOLATION LEVEL READ COMMITTED"
         } else {
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -83,8 +130,6 @@ impl<'s> PgTxn<'s> {
             Some(d) if self.write && !self.locked.borrow().contains(d) => Some(d.to_string()),
             _ => None,
         };
-        let conn = self.conn.clone();
-        let has_stmt = stmt.is_some();
         let fut = async move {
             let c = &conn.client;
             let refs: Vec<&(dyn ToSql + Sync)> =
@@ -120,13 +165,21 @@ impl<'s> PgTxn<'s> {
             let l = l?;
             Ok::<_, tokio_postgres::Error>((lock, l, q?))
         };
-        self.began.set(true);
         let (lock, row, rows) = self.shared.bridge.run(fut)?.map_err(pg_err)?;
         if let Some(d) = lock {
             self.locked.borrow_mut().insert(d);
         }
-        let _ = has_stmt;
         Ok((row, rows))
+    }
+
+    /// Rows of `stmt` on database `db`, without a device lock.
+    pub(super) fn rows_at(
+        &self,
+        db: usize,
+        stmt: fn(&Stmts) -> &Statement,
+        params: Vec<Param>,
+    ) -> StoreResult<Vec<Row>> {
+        Ok(self.query_at(db, None, Some(stmt), params)?.1)
     }
 
     pub(super) fn rows(

@@ -132,20 +132,27 @@ impl WriteTxn for PgTxn<'_> {
 
     fn drop_device_changes(&mut self, upto: u64) -> StoreResult<()> {
         self.fence()?;
-        let seqs: Vec<i64> = {
+        let done: Vec<(u64, usize, i64)> = {
             let mut consumed = self
                 .shared
                 .consumed
                 .lock()
                 .map_err(|_| StoreError::Closed)?;
-            let (done, keep): (Vec<i64>, Vec<i64>) =
-                consumed.iter().partition(|&&s| s as u64 <= upto);
+            let (done, keep) = consumed.iter().partition(|&&(r, _, _)| r <= upto);
             *consumed = keep;
             done
         };
-        if seqs.is_empty() {
-            return Ok(());
+        // Database 0 first, in this transaction's order of commit.
+        for db in 0..self.shared.urls.len() {
+            let seqs: Vec<i64> = done
+                .iter()
+                .filter(|&&(_, d, _)| d == db)
+                .map(|&(_, _, s)| s)
+                .collect();
+            if !seqs.is_empty() {
+                self.query_at(db, None, Some(|s| &s.drop_changes), vec![p(seqs)])?;
+            }
         }
-        self.exec(None, |s| &s.drop_changes, vec![p(seqs)])
+        Ok(())
     }
 }

@@ -9,13 +9,20 @@ pub(super) struct Conn {
     pub(super) st: Arc<Stmts>,
 }
 
-async fn connect(url: String) -> Result<Conn, tokio_postgres::Error> {
+async fn connect(url: String, sharded: bool) -> Result<Conn, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "database connection closed");
         }
     });
+    if sharded {
+        // A batch of syncs locks device rows on several databases; two
+        // such transactions can wait for each other across databases,
+        // which no single server detects. A lock wait this long fails
+        // (`503`, the devices retry) instead of hanging.
+        client.batch_execute("SET lock_timeout = '5s'").await?;
+    }
     let st = Stmts::prepare(&client).await?;
     Ok(Conn {
         client: Arc::new(client),
@@ -26,33 +33,52 @@ async fn connect(url: String) -> Result<Conn, tokio_postgres::Error> {
 /// What every transaction needs from the store.
 pub(super) struct Shared {
     pub(super) bridge: Bridge,
-    pub(super) url: String,
-    pub(super) idle: Mutex<Vec<Conn>>,
-    /// `seq` of the rows the last [`ReadTxn::device_changes_after`] returned:
-    /// what [`WriteTxn::drop_device_changes`] deletes.
-    pub(super) consumed: Mutex<Vec<i64>>,
+    /// The databases, in `--db` order (database 0 holds the global tables).
+    pub(super) urls: Vec<String>,
+    /// Idle connections, per database.
+    pub(super) idle: Vec<Mutex<Vec<Conn>>>,
+    /// The rows the last [`ReadTxn::device_changes_after`] returned, as
+    /// (the `seq` it reported, database, `seq` in that database's
+    /// `device_changes`): what [`WriteTxn::drop_device_changes`] deletes.
+    pub(super) consumed: Mutex<Vec<(u64, usize, i64)>>,
     /// The leadership term this node holds (`None`: not the leader).
     pub(super) term: Mutex<Option<u64>>,
 }
 
 impl Shared {
-    pub(super) fn connect(&self) -> StoreResult<Conn> {
-        self.bridge.run(connect(self.url.clone()))?.map_err(pg_err)
+    /// A new connection to database `db`.
+    pub(super) fn connect(&self, db: usize) -> StoreResult<Conn> {
+        let url = self
+            .urls
+            .get(db)
+            .ok_or(StoreError::Corrupt("database index"))?
+            .clone();
+        self.bridge
+            .run(connect(url, self.urls.len() > 1))?
+            .map_err(pg_err)
     }
 
-    pub(super) fn take(&self) -> StoreResult<Conn> {
-        let idle = self.idle.lock().map_err(|_| StoreError::Closed)?.pop();
+    /// An idle connection to database `db`, or a new one.
+    pub(super) fn take(&self, db: usize) -> StoreResult<Conn> {
+        let pool = self
+            .idle
+            .get(db)
+            .ok_or(StoreError::Corrupt("database index"))?;
+        let idle = pool.lock().map_err(|_| StoreError::Closed)?.pop();
         match idle {
             Some(c) if !c.client.is_closed() => Ok(c),
-            _ => self.connect(),
+            _ => self.connect(db),
         }
     }
 
-    pub(super) fn give_back(&self, c: Conn) {
+    pub(super) fn give_back(&self, db: usize, c: Conn) {
         if c.client.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
+        let Some(pool) = self.idle.get(db) else {
+            return;
+        };
+        if let Ok(mut idle) = pool.lock() {
             if idle.len() < 16 {
                 idle.push(c);
             }
@@ -105,19 +131,9 @@ pub(super) fn run_batch(
     pending: &mut VecDeque<Work>,
     stats: &Stats,
 ) {
-    let conn = match shared.take() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "no database connection");
-            // Unrun: each caller sees the error through its Finish.
-            for w in batch.drain(..) {
-                let (finish, _) = fail_unrun(w, e.clone());
-                finish(Err(e.clone()));
-            }
-            return;
-        }
-    };
-    let mut txn = PgTxn::new(shared, conn, true);
+    // Connections are taken on first use, per database: one that cannot
+    // be had fails the work that needed it, and the transaction with it.
+    let mut txn = PgTxn::new(shared, true);
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
     let mut failure: Option<StoreError> = None;
     let mut rest = batch.drain(..);
@@ -158,15 +174,5 @@ pub(super) fn run_batch(
     }
     for f in finishes {
         f(outcome.clone());
-    }
-}
-
-/// Runs `w` against a transaction that fails every call, to get its
-/// [`Finish`] (a work's caller learns the outcome only through it).
-pub(super) fn fail_unrun(w: Work, e: StoreError) -> (Finish, StoreResult<()>) {
-    let mut dead = DeadTxn(e);
-    match catch_unwind(AssertUnwindSafe(|| w(&mut dead))) {
-        Ok(r) => r,
-        Err(_) => (Box::new(|_| {}), Err(StoreError::Closed)),
     }
 }
