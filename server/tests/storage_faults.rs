@@ -46,6 +46,8 @@ fn serve(db: &Path, fsize: Option<u64>) -> (Child, SocketAddr) {
         .arg(db)
         .args(["--listen", "127.0.0.1:0", "--insecure-no-auth"])
         .args(["--admin-listen", "off", "--min-sync-interval", "0"])
+        // One device fills the disk: no per-device quota.
+        .args(["--max-patterns-per-device", "0"])
         .args(["--log-level", "error"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
