@@ -273,11 +273,17 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
     let list: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
     let net = Nodes::new(&list.join(",")).unwrap();
 
-    // The faults, each at a share of the run's applied syncs (the fleet
-    // cannot finish while they are pending, so each falls inside the run).
-    // Bounded: the thread gives up waiting after 240 s.
+    // The faults, each at a share of the run's applied syncs. The node and
+    // leader faults need the fleet running (a new leader shows by
+    // publishing what the fleet uploads); once they are done, the fleet is
+    // held before its last 5% until the database fault is done too, so
+    // every fault falls inside the run however fast the machine. Bounded:
+    // the thread gives up waiting after 240 s, and so does the hold.
     let total = (cfg.devices as u64) * u64::from(cfg.rounds);
     let progress = Arc::new(AtomicU64::new(0));
+    let leader_done = Arc::new(AtomicBool::new(false));
+    let db_done = Arc::new(AtomicBool::new(false));
+    let (leader_done2, db_done2) = (leader_done.clone(), db_done.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let (stop2, progress2, bin2, urls2, secret2, addrs2, pg1b) = (
         stop.clone(),
@@ -340,6 +346,7 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
             assert!(leader(&survivors).is_some(), "a surviving node aggregates");
             nodes[l] = serve_pg(&bin2, &urls2, &secret2, addrs2[l], admins2[l], &token2);
             done.push("leader");
+            leader_done2.store(true, Ordering::Relaxed);
         }
         // 3. Immediate stop of the cluster with the global tables (a crash,
         // as far as PostgreSQL is concerned), down 1 s, restarted.
@@ -349,13 +356,22 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
             pg1b.restart();
             done.push("database");
         }
+        db_done2.store(true, Ordering::Relaxed);
         (nodes, done, takeover_s)
     });
 
     let h = net.clone();
     let p = progress.clone();
+    let hold_deadline = Instant::now() + Duration::from_secs(240);
     let mut result = sim::run(cat, cb, cfg.clone(), move || h.clone(), &move |n| {
-        p.store(n, Ordering::Relaxed)
+        p.store(n, Ordering::Relaxed);
+        while n > total * 95 / 100
+            && leader_done.load(Ordering::Relaxed)
+            && !db_done.load(Ordering::Relaxed)
+            && Instant::now() < hold_deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     })
     .await;
     stop.store(true, Ordering::Relaxed);

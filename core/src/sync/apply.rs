@@ -492,12 +492,12 @@ fn answer(req: &FrameReader<'_>, id: &PatternId, answered: &mut u128) -> Result<
     Ok(())
 }
 
-/// Round-half-away-from-zero integer division (`d > 0`).
 /// True when `body` holds the bytes `needle` (an error code in quotes).
 fn json_has(body: &[u8], needle: &[u8]) -> bool {
     body.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Round-half-away-from-zero integer division (`d > 0`).
 pub(super) fn div_round(n: i64, d: i64) -> i64 {
     if n >= 0 {
         (n + d / 2) / d
