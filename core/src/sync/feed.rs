@@ -3,6 +3,7 @@
 
 use super::{CodedGlobal, GlobalSink, Summary, SyncClient};
 use crate::codec::Codes;
+use crate::types::GlobalPattern;
 use crate::wire::{FrameReader, Kind, Record};
 use crate::{Error, Result};
 
@@ -101,20 +102,31 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             match r? {
                 Record::GlobalUpsert(g) => {
                     self.cb.decode(g.code, None, scratch)?;
-                    let coded = CodedGlobal {
-                        id: g.id,
-                        codes: scratch,
-                        success_rate: g.success_rate,
-                        sample_count: g.sample_count,
-                        contributors: g.contributors,
-                        category: &g.category,
-                        version: g.version,
-                        codebook: &self.cb,
-                    };
                     if S::RECONSTRUCT {
-                        sink.global_upsert(&coded.to_pattern()?);
+                        // Built in place (no `CodedGlobal::to_pattern`
+                        // temporaries: this frame is on the sync cycle's
+                        // deepest path).
+                        let embedding = self.cb.reconstruct(scratch)?;
+                        sink.global_upsert(&GlobalPattern {
+                            id: g.id,
+                            embedding,
+                            success_rate: g.success_rate,
+                            sample_count: g.sample_count,
+                            contributors: g.contributors,
+                            category: g.category,
+                            version: g.version,
+                        });
                     } else {
-                        sink.global_codes(&coded);
+                        sink.global_codes(&CodedGlobal {
+                            id: g.id,
+                            codes: scratch,
+                            success_rate: g.success_rate,
+                            sample_count: g.sample_count,
+                            contributors: g.contributors,
+                            category: &g.category,
+                            version: g.version,
+                            codebook: &self.cb,
+                        });
                     }
                 }
                 Record::GlobalRemove(g) => sink.global_remove(g.id, g.version),
