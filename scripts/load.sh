@@ -12,6 +12,9 @@ devices=${1:-20000}
 rounds=${2:-5}
 conc=${3:-64}
 cargo build --release -q -p constellation -p omega-tv-sync-examples --bin constellation --bin fleet
+# The binaries, wherever CARGO_TARGET_DIR puts them.
+bin="$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')/release"
 dir=$(mktemp -d)
 srv=""
 trap '[ -n "$srv" ] && kill $srv 2>/dev/null; rm -rf "$dir"' EXIT
@@ -21,10 +24,10 @@ admin_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 (umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$dir/admin-token")
 # Enrol the TVs (one key each, printed once): every request is signed, as
 # in production.
-./target/release/constellation device add --db "$dir/load.redb" \
+"$bin/constellation" device add --db "$dir/load.redb" \
     $(seq -f 'tv-%06g' 0 $((devices - 1))) >"$dir/keys.txt"
 # No minimum sync interval: the simulation compresses 5-15 min into milliseconds.
-./target/release/constellation serve --db "$dir/load.redb" --listen "127.0.0.1:$port" \
+"$bin/constellation" serve --db "$dir/load.redb" --listen "127.0.0.1:$port" \
     --admin-listen "127.0.0.1:$admin_port" --admin-token-file "$dir/admin-token" \
     --min-sync-interval 0 --log-level warn >"$dir/server.out" &
 srv=$!
@@ -33,7 +36,7 @@ ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$srv/stat"; }
 cpu0=$(cpu)
 start=$(date +%s.%N)
-./target/release/fleet --devices "$devices" --rounds "$rounds" \
+"$bin/fleet" --devices "$devices" --rounds "$rounds" \
     --concurrency "$conc" --server "http://127.0.0.1:$port" --keys "$dir/keys.txt" --quiet \
     --admin "http://127.0.0.1:$admin_port" --admin-token-file "$dir/admin-token" \
     --json "$dir/report.json" ${FLEET_ARGS:-} &

@@ -144,6 +144,21 @@ impl Aggregator {
         }
     }
 
+    /// After a pass or a release changed aggregate `id`: drops it when no
+    /// device contributes and nothing is published (`None` in `out`), else
+    /// records its new state.
+    fn keep_or_drop(&mut self, id: u32, out: &mut Vec<(u32, Option<GlobalAggregate>)>) {
+        match self.aggs.get(&id) {
+            Some(a) if a.devices.is_empty() && !a.published => {
+                self.aggs.remove(&id);
+                self.refresh(id);
+                out.push((id, None));
+            }
+            Some(a) => out.push((id, Some(a.clone()))),
+            None => {}
+        }
+    }
+
     /// Refreshes the cached unit centroid of aggregate `id`.
     fn refresh(&mut self, id: u32) {
         let Some(a) = self.aggs.get(&id) else {

@@ -6,9 +6,21 @@
 use std::hash::{Hash, Hasher};
 
 use crate::codebooks::Codes;
-use crate::store::{Contribution, GlobalAggregate};
+use crate::store::{Contribution, GlobalAggregate, GlobalChange};
 
 impl GlobalAggregate {
+    /// Takes a published aggregate back: its changelog removal, or `None`
+    /// when it was not published.
+    pub(super) fn withdraw(&mut self, id: u32) -> Option<GlobalChange> {
+        if !self.published {
+            return None;
+        }
+        self.published = false;
+        self.fingerprint = 0;
+        self.published_unit.clear();
+        Some(GlobalChange::Remove { id })
+    }
+
     /// Whether a new state differs enough from the last published one to be
     /// published again. Every republication is downloaded by every device,
     /// so a centroid that moved less than the codec's own error is not news:

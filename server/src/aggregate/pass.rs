@@ -426,21 +426,10 @@ fn compute_pass(
                 a.published_rate = rate;
             }
             None => {
-                if a.published {
-                    changes.push(GlobalChange::Remove { id });
-                    a.published = false;
-                    a.fingerprint = 0;
-                    a.published_unit.clear();
-                }
+                changes.extend(a.withdraw(id));
             }
         }
-        if a.devices.is_empty() && !a.published {
-            agg.aggs.remove(&id);
-            agg.refresh(id);
-            aggregates.push((id, None));
-        } else {
-            aggregates.push((id, Some(a.clone())));
-        }
+        agg.keep_or_drop(id, &mut aggregates);
     }
     if !dp {
         changes.extend(agg.trends.due(now_f, unix_s, &state.config.trends));

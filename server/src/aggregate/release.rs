@@ -97,21 +97,10 @@ pub(super) fn release(
                 a.published_rate = p.rate;
             }
             _ => {
-                if a.published {
-                    changes.push(GlobalChange::Remove { id });
-                    a.published = false;
-                    a.fingerprint = 0;
-                    a.published_unit.clear();
-                }
+                changes.extend(a.withdraw(id));
             }
         }
-        if a.devices.is_empty() && !a.published {
-            agg.aggs.remove(&id);
-            agg.refresh(id);
-            aggregates.push((id, None));
-        } else {
-            aggregates.push((id, Some(a.clone())));
-        }
+        agg.keep_or_drop(id, &mut aggregates);
     }
     for (category, content, amount) in activity {
         agg.trends
