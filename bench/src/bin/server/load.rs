@@ -315,3 +315,50 @@ pub(super) async fn drive(
     total.lat_us.sort_unstable();
     total
 }
+
+/// What the global feed since 0 holds.
+#[derive(Default)]
+pub(super) struct Feed {
+    /// Global patterns published and live.
+    pub(super) globals: usize,
+    /// Trends.
+    pub(super) trends: usize,
+    /// Bytes of the page.
+    pub(super) bytes: usize,
+}
+
+/// Reads `GET /api/v1/global?since=0&limit=1000` of the server at `url`.
+pub(super) async fn feed(url: &str) -> Feed {
+    let Ok(mut t) = HttpTransport::new(url) else {
+        return Feed::default();
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let Ok(r) = t
+        .send(
+            Request {
+                method: Method::Get,
+                path: "/api/v1/global?since=0&limit=1000",
+                headers: &[],
+                body: &[],
+            },
+            &mut buf,
+        )
+        .await
+    else {
+        return Feed::default();
+    };
+    let mut f = Feed {
+        bytes: r.body_len,
+        ..Feed::default()
+    };
+    if let Ok(frame) = omega_tv_sync::wire::FrameReader::parse(&buf[..r.body_len]) {
+        for rec in frame.records() {
+            match rec {
+                Ok(Record::GlobalUpsert(_)) => f.globals += 1,
+                Ok(Record::Trend(_)) => f.trends += 1,
+                _ => {}
+            }
+        }
+    }
+    f
+}

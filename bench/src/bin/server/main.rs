@@ -10,7 +10,7 @@
 //! ```text
 //! cargo run --release -p omega-tv-sync-bench --bin server -- [--clients 32] [--seconds 5]
 //!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
-//!     [--max-batch 1024] [--attack]
+//!     [--max-batch 1024] [--attack] [--leader-devices 1000] [--cohort-devices 400]
 //!     [--postgres URL2 --serve-bin target/release/constellation]
 //! ```
 //!
@@ -20,14 +20,29 @@
 //! connections, the ratio, and the process's peak RSS.
 //!
 //! With `--postgres postgres://USER@HOST:PORT/DB` (an empty database) the
-//! same run also drives a node on that PostgreSQL database. With
-//! `--serve-bin` (the `constellation` binary) it then runs nodes as
-//! processes of their own, so that their CPU can be read from `/proc`: 1
-//! node and 2 nodes on the first database, and with a second `--postgres`
-//! (another empty database, ideally on another cluster) 2 nodes on the two
-//! databases (`--db` twice). Each prints syncs/s, the nodes' CPU per sync
-//! and the CPU per sync of the PostgreSQL servers behind the URLs' ports
-//! (postmaster and its children).
+//! same run also drives a node on that PostgreSQL database and reads the
+//! WAL it writes per sync (`pg_current_wal_lsn()` before and after,
+//! `pg_wal_lsn_diff`). With `--serve-bin` (the `constellation` binary) it
+//! then runs nodes as processes of their own, so that their CPU can be read
+//! from `/proc`: 1, 2 and 3 nodes on the first database, and with a second
+//! `--postgres` (another empty database, ideally on another cluster) 2
+//! nodes on the two databases (`--db` twice). Each prints syncs/s, the
+//! nodes' CPU per sync, the CPU and WAL bytes per sync of the PostgreSQL
+//! servers behind the URLs' ports (postmaster and its children), and the
+//! ratio to `pgbench` run with the same client count on a scratch database
+//! of the first cluster (its TPC-B-like transaction and a sync-shaped one).
+//!
+//! Global patterns: every table says how many are live. Under the default
+//! differential privacy the throughput clients are too few per cohort, so
+//! before the bytes-per-sync table `--cohort-devices N` (400) devices fill
+//! a few cohorts past the noisy threshold and a release is forced
+//! (`release_now`): the first sync and the feed rows then carry globals.
+//!
+//! Last, the aggregation leader's throughput (`leader.rs`,
+//! `--leader-devices N`, 1,000; 0 skips it): a backlog of real changes from
+//! N devices drained by passes, CPU per change from `/proc`, in the private
+//! and the exact mode, on redb and on a scratch database of the first
+//! PostgreSQL cluster.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,11 +57,14 @@ use omega_tv_sync::wire::{
 };
 use omega_tv_sync::{Category, Embedding, Method, PatternId, Request, Transport};
 use omega_tv_sync_bench::data::{data_dir, drift, read_rows, Row};
+use std::path::Path;
 use omega_tv_sync_http::HttpTransport;
 
 mod attack;
+mod leader;
 mod load;
 mod nodes;
+mod pg;
 use load::*;
 
 /// Versions in each pattern's drift chain (the chain wraps around).
@@ -64,6 +82,11 @@ struct Args {
     serve_bin: Option<std::path::PathBuf>,
     /// First device id of a run (runs on one database use distinct ids).
     id_base: usize,
+    /// Devices of the aggregation leader's backlog (0: not measured).
+    leader_devices: usize,
+    /// Devices that fill cohorts past the private threshold before the
+    /// bytes-per-sync table (0: none).
+    cohort_devices: usize,
 }
 
 fn args() -> Args {
@@ -78,6 +101,8 @@ fn args() -> Args {
         attack: false,
         serve_bin: None,
         id_base: 0,
+        leader_devices: 1000,
+        cohort_devices: 400,
     };
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = argv.iter().position(|s| s == "--attack") {
@@ -96,6 +121,8 @@ fn args() -> Args {
             "--postgres" => a.postgres.push(v.clone()),
             "--serve-bin" => a.serve_bin = Some(v.into()),
             "--max-batch" => a.max_batch = v.parse().unwrap_or(a.max_batch),
+            "--leader-devices" => a.leader_devices = v.parse().unwrap_or(a.leader_devices),
+            "--cohort-devices" => a.cohort_devices = v.parse().unwrap_or(a.cohort_devices),
             other => eprintln!("ignoring {other}"),
         }
         i += 2;
@@ -194,38 +221,63 @@ async fn run(a: Args) {
         "server throughput: {} clients (keep-alive), {} patterns per device, {} changed per sync (closed-loop deltas on real vectors), {} s per server",
         a.clients, a.patterns, a.changed, a.seconds
     );
+    eprintln!("[server] redb: {} s", a.seconds);
     let real = drive(&srv.url(), &a, &ch, codebook, 0).await;
+    let real_globals = feed(&srv.url()).await.globals;
     let (commits0, items0) = srv.state().store.commit_stats();
+    eprintln!("[server] bare axum: {} s", a.seconds);
     let bare_r = drive(&format!("http://{bare}"), &a, &ch, codebook, 0).await;
     // The same load on a PostgreSQL node (give an empty database: device
-    // ids repeat from run to run).
+    // ids repeat from run to run), with the WAL it writes.
     let pg = match a.postgres.first() {
         Some(url) => {
+            eprintln!("[server] PostgreSQL in-process node: {} s", a.seconds);
             let mut c = cfg.clone();
             c.db = None;
             c.postgres = vec![url.clone()];
             let node = Server::start(c).await.expect("postgres server");
+            let wal = pg::Wal::start(std::slice::from_ref(url)).await;
             let r = drive(&node.url(), &a, &ch, codebook, 0).await;
+            let wal = wal.bytes().await;
+            let globals = feed(&node.url()).await.globals;
             let stats = node.state().store.commit_stats();
             node.shutdown().await;
-            Some((r, stats))
+            Some((r, stats, wal, globals))
         }
         None => None,
     };
     let rate = |r: &RunResult| r.syncs as f64 / r.elapsed.max(1e-9);
     println!();
-    println!("| server | syncs/s | p50 ms | p99 ms | up B/sync | down B/sync | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| server | syncs/s | p50 ms | p99 ms | up B/sync | down B/sync | errors | WAL B/sync | globals live |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = vec![
-        ("constellation (redb, group commit, aggregation on)", &real),
-        ("bare axum handler, same response bytes", &bare_r),
+        (
+            "constellation (redb, group commit, aggregation on)",
+            &real,
+            "-".to_string(),
+            real_globals.to_string(),
+        ),
+        (
+            "bare axum handler, same response bytes",
+            &bare_r,
+            "-".to_string(),
+            "-".to_string(),
+        ),
     ];
-    if let Some((r, _)) = &pg {
-        rows.push(("constellation (PostgreSQL, 1 node, aggregation on)", r));
+    if let Some((r, _, wal, globals)) = &pg {
+        // WAL is charged to the timed syncs plus each client's initial
+        // upload (both are in the WAL range).
+        let charged = r.syncs as f64 + a.clients as f64;
+        rows.push((
+            "constellation (PostgreSQL, 1 node, aggregation on)",
+            r,
+            format!("{:.0}", *wal as f64 / charged),
+            globals.to_string(),
+        ));
     }
-    for (name, r) in rows {
+    for (name, r, wal, globals) in rows {
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} | {wal} | {globals} |",
             rate(r),
             pct(&r.lat_us, 0.5),
             pct(&r.lat_us, 0.99),
@@ -243,7 +295,7 @@ async fn run(a: Args) {
         items0,
         items0 as f64 / commits0.max(1) as f64
     );
-    if let Some((r, (commits, items))) = &pg {
+    if let Some((r, (commits, items), _, _)) = &pg {
         println!(
             "ratio PostgreSQL / redb: {:.3}; PostgreSQL transactions: {} for {} writes (mean group {:.1})",
             rate(r) / rate(&real).max(1e-9),
@@ -252,6 +304,26 @@ async fn run(a: Args) {
             *items as f64 / (*commits).max(1) as f64
         );
     }
+    println!(
+        "global patterns live after the runs, differential privacy on (default: hourly releases, noisy threshold {}): the throughput clients are {} devices over {} pattern sets, too few per cohort",
+        cfg.aggregate.dp.threshold,
+        a.clients,
+        ch.len()
+    );
+
+    // Cohorts that pass the private threshold, so that the first sync and
+    // the feed below carry global patterns under the default privacy.
+    let real_data = Arc::new(leader::Real {
+        patterns,
+        items,
+        book: minilm_v1().expect("codebook"),
+    });
+    let (globals, published) =
+        leader::seed_cohorts(&srv, &real_data, codebook, a.cohort_devices).await;
+    println!(
+        "cohort devices: {} (4 shared real patterns, each drifted by a real item per device); release forced (release_now): {published} changelog entries, {globals} global patterns live",
+        a.cohort_devices
+    );
 
     // Bytes per sync for typical syncs, on a fresh device.
     println!();
@@ -263,7 +335,7 @@ async fn run(a: Args) {
     let mut buf = vec![0u8; 1 << 20];
     let mut body = Vec::new();
     let full = 64usize;
-    let ch64 = chains(&book, &patterns, &items, full, 7);
+    let ch64 = chains(&book, &real_data.patterns, &real_data.items, full, 7);
     let mut dev = Device::new(200_000, full);
     dev.initial(codebook, &ch64, &mut body);
     let (s, n) = post(&mut t, &dev, &body, &mut buf).await;
@@ -288,39 +360,14 @@ async fn run(a: Args) {
         );
     }
     let _ = srv.aggregate_now().await;
-    let mut req_buf = vec![0u8; 1 << 20];
-    let feed = t
-        .send(
-            Request {
-                method: Method::Get,
-                path: "/api/v1/global?since=0&limit=1000",
-                headers: &[],
-                body: &[],
-            },
-            &mut req_buf,
-        )
-        .await
-        .expect("feed");
-    let globals = omega_tv_sync::wire::FrameReader::parse(&req_buf[..feed.body_len])
-        .map(|f| {
-            f.records()
-                .filter(|r| matches!(r, Ok(Record::GlobalUpsert(_))))
-                .count()
-        })
-        .unwrap_or(0);
-    let trends = omega_tv_sync::wire::FrameReader::parse(&req_buf[..feed.body_len])
-        .map(|f| {
-            f.records()
-                .filter(|r| matches!(r, Ok(Record::Trend(_))))
-                .count()
-        })
-        .unwrap_or(0);
+    let f = feed(&srv.url()).await;
     println!(
-        "| global feed since 0: {globals} global patterns + {trends} trends | 0 | {} | |",
-        feed.body_len
+        "| global feed since 0: {} global patterns + {} trends | 0 | {} | |",
+        f.globals, f.trends, f.bytes
     );
     srv.shutdown().await;
     if let (Some(bin), Some(_)) = (&a.serve_bin, a.postgres.first()) {
         nodes::run(&a, bin, &ch, codebook).await;
     }
+    leader::run(&a, &cfg, &real_data, codebook).await;
 }

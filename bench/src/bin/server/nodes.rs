@@ -6,68 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
+use super::pg::{self, PgCpu, Wal};
 use super::*;
-
-/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on
-/// Linux on every architecture this runs on).
-const TICKS: f64 = 100.0;
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state(0) ppid(1) ... utime(11) stime(12).
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / TICKS
-}
-
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The PostgreSQL processes behind `ports`: each postmaster started with
-/// `-p PORT` and its children (backends, WAL writer, checkpointer ...).
-fn pg_pids(ports: &[u16]) -> Vec<u32> {
-    let all: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let masters: Vec<u32> = all
-        .iter()
-        .copied()
-        .filter(|pid| {
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                return false;
-            };
-            let args: Vec<String> = cmd
-                .split(|&b| b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            args.first().is_some_and(|a| a.ends_with("postgres"))
-                && args
-                    .windows(2)
-                    .any(|w| w[0] == "-p" && ports.iter().any(|p| w[1] == p.to_string()))
-        })
-        .collect();
-    all.into_iter()
-        .filter(|pid| masters.contains(pid) || ppid(*pid).is_some_and(|p| masters.contains(&p)))
-        .collect()
-}
-
-fn port_of(url: &str) -> Option<u16> {
-    let host = url.split('@').nth(1)?.split('/').next()?;
-    host.rsplit(':').next()?.parse().ok()
-}
 
 struct Node(Child, String);
 
@@ -103,26 +43,45 @@ fn serve(bin: &Path, dbs: &[String], a: &Args) -> Node {
     Node(child, format!("http://{addr}"))
 }
 
-/// The process runs: 1 node and 2 nodes on the first database, 2 nodes on
-/// two databases.
+
+/// One measured deployment.
+struct Row {
+    name: String,
+    syncs_s: f64,
+    errors: u64,
+    node_ms: f64,
+    pg_ms: f64,
+    wal_b: f64,
+    cores: f64,
+    globals: usize,
+}
+
+/// The process runs: 1, 2 and 3 nodes on the first database, 2 nodes on
+/// two databases; then `pgbench` on the first database's cluster (the
+/// built-in TPC-B-like transaction and a sync-shaped one) with the same
+/// client count, as the physical anchor.
 pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u32) {
     let mut runs: Vec<(&str, usize, Vec<String>)> = vec![
         ("1 node, 1 database", 1, vec![a.postgres[0].clone()]),
         ("2 nodes, 1 database", 2, vec![a.postgres[0].clone()]),
+        ("3 nodes, 1 database", 3, vec![a.postgres[0].clone()]),
     ];
     if a.postgres.len() >= 2 {
         runs.push(("2 nodes, 2 databases", 2, a.postgres[..2].to_vec()));
     }
-    let ports: Vec<u16> = a.postgres.iter().filter_map(|u| port_of(u)).collect();
+    let ports: Vec<u16> = a
+        .postgres
+        .iter()
+        .filter_map(|u| pg::PgUrl::parse(u).map(|p| p.port))
+        .collect();
     println!();
     println!(
         "nodes as processes ({} clients split over the nodes, {} s each; CPU from /proc, utime + stime):",
         a.clients, a.seconds
     );
-    println!();
-    println!("| deployment | syncs/s | errors | node CPU ms/sync | PostgreSQL CPU ms/sync | node + PostgreSQL CPU s per s |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
     for (k, (name, n, dbs)) in runs.into_iter().enumerate() {
+        eprintln!("[nodes] {name}: starting {n} node(s)");
         let nodes: Vec<Node> = (0..n).map(|_| serve(bin, &dbs, a)).collect();
         let urls: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
         let mut args = Args {
@@ -132,38 +91,100 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
         };
         args.id_base = 1_000_000 * (k + 1);
         let pids: Vec<u32> = nodes.iter().map(|n| n.0.id()).collect();
-        let pg_before: Vec<(u32, f64)> =
-            pg_pids(&ports).into_iter().map(|p| (p, cpu_s(p))).collect();
-        let node0: f64 = pids.iter().map(|&p| cpu_s(p)).sum();
+        let wal = Wal::start(&pg::one_per_cluster(&dbs)).await;
+        let pg_cpu = PgCpu::start(&ports);
+        let node0: f64 = pids.iter().map(|&p| pg::cpu_s(p)).sum();
         let r = drive(&urls.join(","), &args, ch, codebook, 0).await;
-        let node1: f64 = pids.iter().map(|&p| cpu_s(p)).sum();
+        let node1: f64 = pids.iter().map(|&p| pg::cpu_s(p)).sum();
         // The nodes connect on first use: a backend started during the run
         // counts from 0. Backends that ended during the run are not counted.
-        let pg_after: Vec<(u32, f64)> =
-            pg_pids(&ports).into_iter().map(|p| (p, cpu_s(p))).collect();
-        let pg0: f64 = pg_after
-            .iter()
-            .map(|(p, _)| {
-                pg_before
-                    .iter()
-                    .find(|(q, _)| q == p)
-                    .map_or(0.0, |(_, c)| *c)
-            })
-            .sum();
-        let pg1: f64 = pg_after.iter().map(|(_, c)| c).sum();
-        let syncs = r.syncs.max(1) as f64;
+        let pg = pg_cpu.elapsed();
+        let wal_bytes = wal.bytes().await;
+        let globals = feed(&urls[0]).await.globals;
         // The drive includes each client's initial upload before the clock
-        // starts; CPU covers both, so it is charged to the timed syncs plus
-        // those uploads.
-        let charged = syncs + a.clients as f64;
-        println!(
-            "| {name} | {:.0} | {} | {:.3} | {:.3} | {:.2} |",
-            syncs / r.elapsed.max(1e-9),
-            r.errors,
-            (node1 - node0) * 1000.0 / charged,
-            (pg1 - pg0) * 1000.0 / charged,
-            (node1 - node0 + pg1 - pg0) / r.elapsed.max(1e-9),
+        // starts; CPU and WAL cover both, so they are charged to the timed
+        // syncs plus those uploads.
+        let charged = r.syncs.max(1) as f64 + a.clients as f64;
+        let row = Row {
+            name: name.to_string(),
+            syncs_s: r.syncs as f64 / r.elapsed.max(1e-9),
+            errors: r.errors,
+            node_ms: (node1 - node0) * 1000.0 / charged,
+            pg_ms: pg * 1000.0 / charged,
+            wal_b: wal_bytes as f64 / charged,
+            cores: (node1 - node0 + pg) / r.elapsed.max(1e-9),
+            globals,
+        };
+        eprintln!(
+            "[nodes] {name}: {:.0} syncs/s, {} errors",
+            row.syncs_s, row.errors
         );
+        rows.push(row);
         drop(nodes);
+    }
+
+    // The physical anchor: pgbench on the first cluster, same clients.
+    let anchors = match pg::pg_bin() {
+        Some(pgb) => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut v = Vec::new();
+            for (label, w) in [
+                ("pgbench TPC-B-like (-s 1)", pg::Workload::TpcB),
+                ("pgbench sync-shaped (-f)", pg::Workload::SyncShaped),
+            ] {
+                eprintln!("[pgbench] {label}: {} clients, {} s", a.clients, a.seconds);
+                let secs = a.seconds.round().max(1.0) as u64;
+                match pg::pgbench(&pgb, &a.postgres[0], w, a.clients, secs, dir.path()).await {
+                    Ok(r) => v.push((label, r)),
+                    Err(e) => eprintln!("[pgbench] {label}: {e}"),
+                }
+            }
+            v
+        }
+        None => {
+            eprintln!("[pgbench] not found (/usr/lib/postgresql/*/bin or $OTS_PG_BIN): no anchor");
+            Vec::new()
+        }
+    };
+    let tps = |i: usize| anchors.get(i).map(|(_, r)| r.tps);
+    let ratio = |s: f64, t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}", s / t));
+    println!();
+    println!("| deployment | syncs/s | errors | node CPU ms/sync | PostgreSQL CPU ms/sync | WAL B/sync | node + PostgreSQL CPU s per s | globals live | syncs/s : pgbench TPC-B TPS | syncs/s : sync-shaped TPS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.0} | {} | {:.3} | {:.3} | {:.0} | {:.2} | {} | {} | {} |",
+            r.name,
+            r.syncs_s,
+            r.errors,
+            r.node_ms,
+            r.pg_ms,
+            r.wal_b,
+            r.cores,
+            r.globals,
+            ratio(r.syncs_s, tps(0)),
+            ratio(r.syncs_s, tps(1)),
+        );
+    }
+    if !anchors.is_empty() {
+        println!();
+        println!(
+            "pgbench on the first database's cluster ({} clients, {} s, same run):",
+            a.clients, a.seconds
+        );
+        println!();
+        println!("| anchor | TPS | transactions | PostgreSQL CPU ms/txn | pgbench CPU ms/txn | WAL B/txn |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (label, r) in &anchors {
+            let n = r.transactions.max(1) as f64;
+            println!(
+                "| {label} | {:.0} | {} | {:.3} | {:.3} | {:.0} |",
+                r.tps,
+                r.transactions,
+                r.pg_cpu * 1000.0 / n,
+                r.client_cpu * 1000.0 / n,
+                r.wal as f64 / n
+            );
+        }
     }
 }

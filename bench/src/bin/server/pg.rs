@@ -1,0 +1,394 @@
+//! PostgreSQL side of the bench: CPU of processes from `/proc`, WAL
+//! positions, scratch databases, and `pgbench` on the same cluster as the
+//! physical anchor.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tokio_postgres::NoTls;
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on
+/// Linux on every architecture this runs on).
+const TICKS: f64 = 100.0;
+
+/// The fields of `/proc/PID/stat` after the command name.
+fn stat_fields(pid: &str) -> Vec<f64> {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Vec::new();
+    };
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+        return Vec::new();
+    };
+    rest.split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(0.0))
+        .collect()
+}
+
+/// utime + stime of `pid`, in seconds.
+pub(super) fn cpu_s(pid: u32) -> f64 {
+    let f = stat_fields(&pid.to_string());
+    // After the command: state(0) ppid(1) ... utime(11) stime(12).
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS
+}
+
+/// utime + stime of this process, in seconds.
+pub(super) fn self_cpu_s() -> f64 {
+    let f = stat_fields("self");
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS
+}
+
+/// cutime + cstime of this process (its children that were waited for),
+/// in seconds.
+pub(super) fn children_cpu_s() -> f64 {
+    let f = stat_fields("self");
+    (f.get(13).unwrap_or(&0.0) + f.get(14).unwrap_or(&0.0)) / TICKS
+}
+
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The PostgreSQL processes behind `ports`: each postmaster started with
+/// `-p PORT` and its children (backends, WAL writer, checkpointer ...).
+pub(super) fn pg_pids(ports: &[u16]) -> Vec<u32> {
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let masters: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|pid| {
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = cmd
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.first().is_some_and(|a| a.ends_with("postgres"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == "-p" && ports.iter().any(|p| w[1] == p.to_string()))
+        })
+        .collect();
+    all.into_iter()
+        .filter(|pid| masters.contains(pid) || ppid(*pid).is_some_and(|p| masters.contains(&p)))
+        .collect()
+}
+
+/// CPU of the PostgreSQL processes behind some ports, between two reads.
+pub(super) struct PgCpu {
+    ports: Vec<u16>,
+    before: Vec<(u32, f64)>,
+}
+
+impl PgCpu {
+    /// Reads the CPU of every current process of the clusters on `ports`.
+    pub(super) fn start(ports: &[u16]) -> Self {
+        PgCpu {
+            ports: ports.to_vec(),
+            before: pg_pids(ports).into_iter().map(|p| (p, cpu_s(p))).collect(),
+        }
+    }
+
+    /// CPU seconds since [`PgCpu::start`]. A backend started since counts
+    /// from 0; one that ended since is not counted.
+    pub(super) fn elapsed(&self) -> f64 {
+        pg_pids(&self.ports)
+            .into_iter()
+            .map(|p| {
+                let was = self
+                    .before
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map_or(0.0, |(_, c)| *c);
+                cpu_s(p) - was
+            })
+            .sum()
+    }
+}
+
+/// The cluster of `postgres://USER@HOST:PORT/DB`.
+#[derive(Clone, Debug)]
+pub(super) struct PgUrl {
+    pub(super) user: String,
+    pub(super) host: String,
+    pub(super) port: u16,
+}
+
+impl PgUrl {
+    pub(super) fn parse(url: &str) -> Option<Self> {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))?;
+        let (user, rest) = rest.split_once('@')?;
+        let (hostport, _db) = rest.split_once('/')?;
+        let (host, port) = hostport.rsplit_once(':')?;
+        Some(PgUrl {
+            user: user.split(':').next()?.to_string(),
+            host: host.to_string(),
+            port: port.parse().ok()?,
+        })
+    }
+
+    /// The same cluster, database `db`.
+    pub(super) fn with_db(&self, db: &str) -> String {
+        format!(
+            "postgres://{}@{}:{}/{db}",
+            self.user, self.host, self.port
+        )
+    }
+}
+
+/// A connection for the bench's own statements.
+pub(super) async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Creates (dropping a leftover of the same name) database `name` on the
+/// cluster of `url`; returns its URL.
+pub(super) async fn scratch_db(url: &str, name: &str) -> Result<String, String> {
+    let u = PgUrl::parse(url).ok_or_else(|| format!("not a postgres:// URL: {url}"))?;
+    let c = connect(url).await?;
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(u.with_db(name))
+}
+
+/// The current WAL insert position of the cluster behind `url` (text form).
+pub(super) async fn wal_lsn(url: &str) -> Result<String, String> {
+    let c = connect(url).await?;
+    let row = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+/// WAL bytes written on the cluster behind `url` since position `before`
+/// (`pg_wal_lsn_diff`).
+pub(super) async fn wal_since(url: &str, before: &str) -> Result<u64, String> {
+    let c = connect(url).await?;
+    let row = c
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint",
+            &[&before],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
+/// WAL positions of several clusters (one URL per cluster).
+pub(super) struct Wal(Vec<(String, String)>);
+
+impl Wal {
+    /// Reads the current position of each cluster in `urls`.
+    pub(super) async fn start(urls: &[String]) -> Self {
+        let mut v = Vec::new();
+        for u in urls {
+            match wal_lsn(u).await {
+                Ok(l) => v.push((u.clone(), l)),
+                Err(e) => eprintln!("WAL position of {u}: {e}"),
+            }
+        }
+        Wal(v)
+    }
+
+    /// WAL bytes written since [`Wal::start`], summed over the clusters.
+    pub(super) async fn bytes(&self) -> u64 {
+        let mut n = 0;
+        for (u, l) in &self.0 {
+            n += wal_since(u, l).await.unwrap_or(0);
+        }
+        n
+    }
+}
+
+/// One URL per distinct cluster (host and port) of `urls`.
+pub(super) fn one_per_cluster(urls: &[String]) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for u in urls {
+        if let Some(p) = PgUrl::parse(u) {
+            let key = (p.host.clone(), p.port);
+            if !seen.contains(&key) {
+                seen.push(key);
+                out.push(u.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Debian's PostgreSQL binaries (`$OTS_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin` with `pgbench`).
+pub(super) fn pg_bin() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("OTS_PG_BIN") {
+        let d = PathBuf::from(d);
+        return d.join("pgbench").exists().then_some(d);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let b = e.path().join("bin");
+            b.join("pgbench").exists().then_some((v, b))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b)
+}
+
+/// What one `pgbench` run measured.
+pub(super) struct PgbenchResult {
+    pub(super) tps: f64,
+    pub(super) transactions: u64,
+    /// CPU of the cluster's processes during the run, seconds.
+    pub(super) pg_cpu: f64,
+    /// CPU of `pgbench` itself (the client), seconds.
+    pub(super) client_cpu: f64,
+    /// WAL bytes written during the run.
+    pub(super) wal: u64,
+}
+
+/// A sync-shaped transaction for `pgbench -f`: lock the device row, upsert
+/// 5 patterns with 388-byte codes (the stored code size measured in
+/// docs/scale.md), insert 5 change rows, update the device row with a
+/// 60-byte response.
+pub(super) const SYNC_SCRIPT: &str = r#"\set d random(1, 100000)
+\set p random(0, 11)
+BEGIN;
+INSERT INTO devices (device_id) VALUES ('dev-' || :d) ON CONFLICT DO NOTHING;
+SELECT last_seq FROM devices WHERE device_id = 'dev-' || :d FOR UPDATE;
+INSERT INTO patterns (device_id, pattern_id, revision, codes) SELECT 'dev-' || :d, 'p' || (:p + i), 1, decode(repeat(md5(random()::text), 24) || 'aabbccdd', 'hex') FROM generate_series(0, 4) i ON CONFLICT (device_id, pattern_id) DO UPDATE SET revision = patterns.revision + 1, codes = excluded.codes;
+INSERT INTO device_changes (device_id, pattern_id) SELECT 'dev-' || :d, 'p' || (:p + i) FROM generate_series(0, 4) i;
+UPDATE devices SET last_seq = coalesce(last_seq, 0) + 1, response = decode(repeat(md5(random()::text), 3) || 'aabbccddeeff112233445566', 'hex') WHERE device_id = 'dev-' || :d;
+END;
+"#;
+
+/// The tables [`SYNC_SCRIPT`] writes (the shapes of the server's own).
+const SYNC_SCHEMA: &str = "
+CREATE TABLE devices (device_id text COLLATE \"C\" PRIMARY KEY, last_seq bigint, response bytea);
+CREATE TABLE patterns (device_id text COLLATE \"C\", pattern_id text COLLATE \"C\",
+    revision bigint NOT NULL, codes bytea NOT NULL, PRIMARY KEY (device_id, pattern_id));
+CREATE TABLE device_changes (seq bigserial PRIMARY KEY, device_id text COLLATE \"C\" NOT NULL,
+    pattern_id text COLLATE \"C\" NOT NULL);
+";
+
+/// Which transaction `pgbench` runs.
+#[derive(Clone, Copy)]
+pub(super) enum Workload {
+    /// The built-in TPC-B-like script after `pgbench -i -s 1`.
+    TpcB,
+    /// [`SYNC_SCRIPT`].
+    SyncShaped,
+}
+
+/// Runs `pgbench` with `clients` clients for `seconds` on a scratch
+/// database of the cluster behind `url`, reading the cluster's CPU from
+/// `/proc` and its WAL position before and after.
+pub(super) async fn pgbench(
+    bin: &Path,
+    url: &str,
+    workload: Workload,
+    clients: usize,
+    seconds: u64,
+    scratch_dir: &Path,
+) -> Result<PgbenchResult, String> {
+    let u = PgUrl::parse(url).ok_or_else(|| format!("not a postgres:// URL: {url}"))?;
+    let name = match workload {
+        Workload::TpcB => "ots_pgbench_tpcb",
+        Workload::SyncShaped => "ots_pgbench_sync",
+    };
+    let db_url = scratch_db(url, name).await?;
+    let port = u.port.to_string();
+    let conn = ["-h", u.host.as_str(), "-p", port.as_str(), "-U", u.user.as_str()];
+    let mut run_args: Vec<String> = Vec::new();
+    match workload {
+        Workload::TpcB => {
+            let out = Command::new(bin.join("pgbench"))
+                .args(conn)
+                .args(["-i", "-q", "-s", "1", name])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+        }
+        Workload::SyncShaped => {
+            connect(&db_url)
+                .await?
+                .batch_execute(SYNC_SCHEMA)
+                .await
+                .map_err(|e| e.to_string())?;
+            let script = scratch_dir.join("sync.sql");
+            std::fs::write(&script, SYNC_SCRIPT).map_err(|e| e.to_string())?;
+            run_args.extend(["-n".into(), "-f".into(), script.display().to_string()]);
+        }
+    }
+    let jobs = clients.clamp(1, 2).to_string();
+    let clients_s = clients.max(1).to_string();
+    let secs = seconds.max(1).to_string();
+    let wal = Wal::start(&[db_url.clone()]).await;
+    let cpu = PgCpu::start(&[u.port]);
+    let child0 = children_cpu_s();
+    let out = Command::new(bin.join("pgbench"))
+        .args(conn)
+        .args(["-c", &clients_s, "-j", &jobs, "-T", &secs])
+        .args(&run_args)
+        .arg(name)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let client_cpu = children_cpu_s() - child0;
+    let pg_cpu = cpu.elapsed();
+    let wal = wal.bytes().await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let field = |key: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))?
+            .split(|c: char| c == '=' || c == ':')
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let tps = field("tps").ok_or_else(|| format!("no tps in: {text}"))?;
+    let transactions = field("number of transactions actually processed").unwrap_or(0.0) as u64;
+    if let Ok(c) = connect(url).await {
+        let _ = c
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await;
+    }
+    Ok(PgbenchResult {
+        tps,
+        transactions,
+        pg_cpu,
+        client_cpu,
+        wal,
+    })
+}
