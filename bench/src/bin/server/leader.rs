@@ -297,7 +297,10 @@ pub(super) async fn run(a: &Args, base: &Config, real: &Arc<Real>, codebook: u32
                 let pgc = PgCpu::start(if url_is_pg(store) { &ports } else { &[] });
                 let cpu0 = pg::self_cpu_s();
                 let t0 = Instant::now();
-                let published = srv.release_now().await.unwrap_or(0);
+                let published = srv.release_now().await.unwrap_or_else(|e| {
+                    eprintln!("[leader] release failed: {e}");
+                    0
+                });
                 println!(
                     "| {mode} | {store} | release forced (release_now): {published} changelog entries | - | 1 | {:.2} | {:.2} | - | {} | - | {} |",
                     t0.elapsed().as_secs_f64(),
@@ -341,7 +344,28 @@ pub(super) async fn seed_cohorts(
         (format!("cohort-{d}"), 0, upload(codebook, 1, 0, &ups, 50, 0.9))
     });
     let applied = send_all(&srv.url(), 0..n, 32, make).await;
-    eprintln!("[globals] {applied} cohort devices uploaded; forcing a release");
-    let published = srv.release_now().await.unwrap_or(0);
+    // The queue holds the throughput run's changes before these (a pass
+    // takes at most `batch` of the oldest): drain it, then release.
+    let d = drain(srv, &[]).await;
+    eprintln!(
+        "[globals] {applied} cohort devices uploaded; queue drained in {} passes; forcing a release",
+        d.passes
+    );
+    let published = match srv.release_now().await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("[globals] release failed: {e}");
+            0
+        }
+    };
+    if std::env::var("OTS_BENCH_DEBUG").is_ok() {
+        for l in srv.metrics_text().lines().filter(|l| !l.starts_with('#')) {
+            eprintln!("{l}");
+        }
+        let aggs = cstore::read(&*srv.state().store, |t| t.aggregates()).unwrap_or_default();
+        for (id, a) in aggs {
+            eprintln!("agg {id}: {} devices, published {}", a.devices.len(), a.published);
+        }
+    }
     (feed(&srv.url()).await.globals, published)
 }

@@ -30,7 +30,7 @@
 //! nodes' CPU per sync, the CPU and WAL bytes per sync of the PostgreSQL
 //! servers behind the URLs' ports (postmaster and its children), and the
 //! ratio to `pgbench` run with the same client count on a scratch database
-//! of the first cluster (its TPC-B-like transaction and a sync-shaped one).
+//! of the first cluster (its simple-update transaction `-N` and a sync-shaped one).
 //!
 //! Global patterns: every table says how many are live. Under the default
 //! differential privacy the throughput clients are too few per cohort, so

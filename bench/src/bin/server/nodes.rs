@@ -58,7 +58,7 @@ struct Row {
 
 /// The process runs: 1, 2 and 3 nodes on the first database, 2 nodes on
 /// two databases; then `pgbench` on the first database's cluster (the
-/// built-in TPC-B-like transaction and a sync-shaped one) with the same
+/// built-in simple-update transaction `-N` and a sync-shaped one) with the same
 /// client count, as the physical anchor.
 pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u32) {
     let mut runs: Vec<(&str, usize, Vec<String>)> = vec![
@@ -129,7 +129,7 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
             let dir = tempfile::tempdir().expect("tempdir");
             let mut v = Vec::new();
             for (label, w) in [
-                ("pgbench TPC-B-like (-s 1)", pg::Workload::TpcB),
+                ("pgbench simple-update (-N, -s 1)", pg::Workload::TpcB),
                 ("pgbench sync-shaped (-f)", pg::Workload::SyncShaped),
             ] {
                 eprintln!("[pgbench] {label}: {} clients, {} s", a.clients, a.seconds);
@@ -149,7 +149,7 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
     let tps = |i: usize| anchors.get(i).map(|(_, r)| r.tps);
     let ratio = |s: f64, t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}", s / t));
     println!();
-    println!("| deployment | syncs/s | errors | node CPU ms/sync | PostgreSQL CPU ms/sync | WAL B/sync | node + PostgreSQL CPU s per s | globals live | syncs/s : pgbench TPC-B TPS | syncs/s : sync-shaped TPS |");
+    println!("| deployment | syncs/s | errors | node CPU ms/sync | PostgreSQL CPU ms/sync | WAL B/sync | node + PostgreSQL CPU s per s | globals live | syncs/s : pgbench -N TPS | syncs/s : sync-shaped TPS |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(

@@ -86,29 +86,46 @@ pub(super) fn pg_pids(ports: &[u16]) -> Vec<u32> {
 pub(super) struct PgCpu {
     ports: Vec<u16>,
     before: Vec<(u32, f64)>,
+    /// The last CPU read of every process seen since the start.
+    last: std::collections::HashMap<u32, f64>,
 }
 
 impl PgCpu {
     /// Reads the CPU of every current process of the clusters on `ports`.
     pub(super) fn start(ports: &[u16]) -> Self {
+        let before: Vec<(u32, f64)> = pg_pids(ports).into_iter().map(|p| (p, cpu_s(p))).collect();
         PgCpu {
             ports: ports.to_vec(),
-            before: pg_pids(ports).into_iter().map(|p| (p, cpu_s(p))).collect(),
+            last: before.iter().copied().collect(),
+            before,
+        }
+    }
+
+    /// Reads the CPU of every current process again, so that a backend
+    /// that ends before [`PgCpu::elapsed`] still counts up to this read.
+    pub(super) fn poll(&mut self) {
+        for p in pg_pids(&self.ports) {
+            let c = cpu_s(p);
+            if c > 0.0 {
+                self.last.insert(p, c);
+            }
         }
     }
 
     /// CPU seconds since [`PgCpu::start`]. A backend started since counts
-    /// from 0; one that ended since is not counted.
-    pub(super) fn elapsed(&self) -> f64 {
-        pg_pids(&self.ports)
-            .into_iter()
-            .map(|p| {
+    /// from 0; one that ended since counts up to the last
+    /// [`PgCpu::poll`].
+    pub(super) fn elapsed(mut self) -> f64 {
+        self.poll();
+        self.last
+            .iter()
+            .map(|(p, c)| {
                 let was = self
                     .before
                     .iter()
-                    .find(|(q, _)| *q == p)
+                    .find(|(q, _)| q == p)
                     .map_or(0.0, |(_, c)| *c);
-                cpu_s(p) - was
+                c - was
             })
             .sum()
     }
@@ -296,7 +313,9 @@ CREATE TABLE device_changes (seq bigserial PRIMARY KEY, device_id text COLLATE \
 /// Which transaction `pgbench` runs.
 #[derive(Clone, Copy)]
 pub(super) enum Workload {
-    /// The built-in TPC-B-like script after `pgbench -i -s 1`.
+    /// The built-in TPC-B-like script without the branch and teller
+    /// updates (`-N`, simple-update: no hot rows at scale 1), after
+    /// `pgbench -i -s 1`.
     TpcB,
     /// [`SYNC_SCRIPT`].
     SyncShaped,
@@ -324,6 +343,7 @@ pub(super) async fn pgbench(
     let mut run_args: Vec<String> = Vec::new();
     match workload {
         Workload::TpcB => {
+            run_args.push("-N".into());
             let out = Command::new(bin.join("pgbench"))
                 .args(conn)
                 .args(["-i", "-q", "-s", "1", name])
@@ -348,15 +368,26 @@ pub(super) async fn pgbench(
     let clients_s = clients.max(1).to_string();
     let secs = seconds.max(1).to_string();
     let wal = Wal::start(&[db_url.clone()]).await;
-    let cpu = PgCpu::start(&[u.port]);
+    let mut cpu = PgCpu::start(&[u.port]);
     let child0 = children_cpu_s();
-    let out = Command::new(bin.join("pgbench"))
+    let mut child = Command::new(bin.join("pgbench"))
         .args(conn)
         .args(["-c", &clients_s, "-j", &jobs, "-T", &secs])
         .args(&run_args)
         .arg(name)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| e.to_string())?;
+    // Its backends end with it: read their CPU while it runs.
+    let t0 = std::time::Instant::now();
+    while child.try_wait().map_err(|e| e.to_string())?.is_none()
+        && t0.elapsed().as_secs() < seconds + 60
+    {
+        cpu.poll();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let client_cpu = children_cpu_s() - child0;
     let pg_cpu = cpu.elapsed();
     let wal = wal.bytes().await;
