@@ -53,6 +53,8 @@ struct Row {
     pg_ms: f64,
     wal_b: f64,
     cores: f64,
+    clients_cores: f64,
+    machine_cores: f64,
     globals: usize,
 }
 
@@ -76,7 +78,7 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
         .collect();
     println!();
     println!(
-        "nodes as processes ({} clients split over the nodes, {} s each; CPU from /proc, utime + stime):",
+        "nodes as processes ({} clients split over the nodes, {} s each; CPU from /proc, utime + stime; machine busy from /proc/stat, every process on the machine):",
         a.clients, a.seconds
     );
     let mut rows = Vec::new();
@@ -92,10 +94,12 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
         args.id_base = 1_000_000 * (k + 1);
         let pids: Vec<u32> = nodes.iter().map(|n| n.0.id()).collect();
         let wal = Wal::start(&pg::one_per_cluster(&dbs)).await;
-        let pg_cpu = PgCpu::start(&ports);
+        let mut pg_cpu = PgCpu::start(&ports);
         let node0: f64 = pids.iter().map(|&p| pg::cpu_s(p)).sum();
-        let r = drive(&urls.join(","), &args, ch, codebook, 0).await;
+        let (self0, machine0) = (pg::self_cpu_s(), pg::machine_busy_s());
+        let r = pg::polling(&mut pg_cpu, drive(&urls.join(","), &args, ch, codebook, 0)).await;
         let node1: f64 = pids.iter().map(|&p| pg::cpu_s(p)).sum();
+        let (self1, machine1) = (pg::self_cpu_s(), pg::machine_busy_s());
         // The nodes connect on first use: a backend started during the run
         // counts from 0. Backends that ended during the run are not counted.
         let pg = pg_cpu.elapsed();
@@ -113,6 +117,8 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
             pg_ms: pg * 1000.0 / charged,
             wal_b: wal_bytes as f64 / charged,
             cores: (node1 - node0 + pg) / r.elapsed.max(1e-9),
+            clients_cores: (self1 - self0) / r.elapsed.max(1e-9),
+            machine_cores: (machine1 - machine0) / r.elapsed.max(1e-9),
             globals,
         };
         eprintln!(
@@ -149,11 +155,11 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
     let tps = |i: usize| anchors.get(i).map(|(_, r)| r.tps);
     let ratio = |s: f64, t: Option<f64>| t.map_or("-".to_string(), |t| format!("{:.2}", s / t));
     println!();
-    println!("| deployment | syncs/s | errors | node CPU ms/sync | PostgreSQL CPU ms/sync | WAL B/sync | node + PostgreSQL CPU s per s | globals live | syncs/s : pgbench -N TPS | syncs/s : sync-shaped TPS |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| deployment | syncs/s | errors | node CPU ms/sync | PostgreSQL CPU ms/sync | WAL B/sync | node + PostgreSQL cores | clients (bench) cores | machine busy cores | globals live | syncs/s : pgbench -N TPS | syncs/s : sync-shaped TPS |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {} | {:.3} | {:.3} | {:.0} | {:.2} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {:.3} | {:.3} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             r.name,
             r.syncs_s,
             r.errors,
@@ -161,6 +167,8 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
             r.pg_ms,
             r.wal_b,
             r.cores,
+            r.clients_cores,
+            r.machine_cores,
             r.globals,
             ratio(r.syncs_s, tps(0)),
             ratio(r.syncs_s, tps(1)),

@@ -423,3 +423,37 @@ pub(super) async fn pgbench(
         wal,
     })
 }
+
+/// Busy CPU seconds of the whole machine (every process, this bench's and
+/// any other's) from the first line of `/proc/stat`: user + nice + system +
+/// irq + softirq + steal.
+pub(super) fn machine_busy_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        / TICKS
+}
+
+/// Runs `fut`, polling `cpu` every 250 ms meanwhile.
+pub(super) async fn polling<T>(cpu: &mut PgCpu, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => cpu.poll(),
+        }
+    }
+}
