@@ -40,7 +40,14 @@ const SECOND: usize = 5;
 type Up<'a> = (usize, u32, &'a str, Vec<u8>);
 
 /// An upload frame of absolute patterns with `samples` at `rate`.
-fn upload(codebook: u32, seq: u64, since: u64, items: &[Up<'_>], samples: u32, rate: f32) -> Vec<u8> {
+fn upload(
+    codebook: u32,
+    seq: u64,
+    since: u64,
+    items: &[Up<'_>],
+    samples: u32,
+    rate: f32,
+) -> Vec<u8> {
     let mut scratch = vec![0u8; MAX_UPLOAD_FRAME];
     let names: Vec<String> = items.iter().map(|(j, ..)| format!("p{j}")).collect();
     let mut w = FrameWriter::new(&mut scratch, Kind::Upload, codebook).expect("buffer");
@@ -186,13 +193,22 @@ async fn drain(srv: &ServerHandle, ports: &[u16]) -> Drain {
 }
 
 /// A server for the leader measurements: no background pass, `dp` on or off.
-async fn leader_server(base: &Config, pg_url: Option<String>, dp: bool, dir: &Path) -> ServerHandle {
+async fn leader_server(
+    base: &Config,
+    pg_url: Option<String>,
+    dp: bool,
+    dir: &Path,
+) -> ServerHandle {
     let mut c = base.clone();
     if let Some(u) = pg_url {
         c.db = None;
         c.postgres = vec![u];
     } else {
-        c.db = Some(dir.join(if dp { "leader-dp.redb" } else { "leader-exact.redb" }));
+        c.db = Some(dir.join(if dp {
+            "leader-dp.redb"
+        } else {
+            "leader-exact.redb"
+        }));
         c.postgres = Vec::new();
     }
     c.aggregate.interval = Duration::from_secs(3600);
@@ -236,7 +252,11 @@ pub(super) async fn run(a: &Args, base: &Config, real: &Arc<Real>, codebook: u32
         for (store, url) in &backends {
             let pg_url = match url {
                 Some(u) => {
-                    let name = if dp { "ots_leader_dp" } else { "ots_leader_exact" };
+                    let name = if dp {
+                        "ots_leader_dp"
+                    } else {
+                        "ots_leader_exact"
+                    };
                     match pg::scratch_db(u, name).await {
                         Ok(x) => Some(x),
                         Err(e) => {
@@ -263,7 +283,12 @@ pub(super) async fn run(a: &Args, base: &Config, real: &Arc<Real>, codebook: u32
                             .iter()
                             .map(|&j| {
                                 let v = r.vector(d, j, round);
-                                (j, round as u32, CATEGORIES[j % CATEGORIES.len()], r.code(&v))
+                                (
+                                    j,
+                                    round as u32,
+                                    CATEGORIES[j % CATEGORIES.len()],
+                                    r.code(&v),
+                                )
                             })
                             .collect();
                         let body = upload(codebook, round as u64 + 1, 0, &ups, 20, 0.8);
@@ -341,7 +366,11 @@ pub(super) async fn seed_cohorts(
                 (j, 0, "drama", r.code(&drift(base, item, 10.0)))
             })
             .collect();
-        (format!("cohort-{d}"), 0, upload(codebook, 1, 0, &ups, 50, 0.9))
+        (
+            format!("cohort-{d}"),
+            0,
+            upload(codebook, 1, 0, &ups, 50, 0.9),
+        )
     });
     let applied = send_all(&srv.url(), 0..n, 32, make).await;
     // The queue holds the throughput run's changes before these (a pass
@@ -364,7 +393,11 @@ pub(super) async fn seed_cohorts(
         }
         let aggs = cstore::read(&*srv.state().store, |t| t.aggregates()).unwrap_or_default();
         for (id, a) in aggs {
-            eprintln!("agg {id}: {} devices, published {}", a.devices.len(), a.published);
+            eprintln!(
+                "agg {id}: {} devices, published {}",
+                a.devices.len(),
+                a.published
+            );
         }
     }
     (feed(&srv.url()).await.globals, published)

@@ -57,8 +57,8 @@ use omega_tv_sync::wire::{
 };
 use omega_tv_sync::{Category, Embedding, Method, PatternId, Request, Transport};
 use omega_tv_sync_bench::data::{data_dir, drift, read_rows, Row};
-use std::path::Path;
 use omega_tv_sync_http::HttpTransport;
+use std::path::Path;
 
 mod attack;
 mod leader;

@@ -43,7 +43,6 @@ fn serve(bin: &Path, dbs: &[String], a: &Args) -> Node {
     Node(child, format!("http://{addr}"))
 }
 
-
 /// One measured deployment.
 struct Row {
     name: String,

@@ -156,10 +156,7 @@ impl PgUrl {
 
     /// The same cluster, database `db`.
     pub(super) fn with_db(&self, db: &str) -> String {
-        format!(
-            "postgres://{}@{}:{}/{db}",
-            self.user, self.host, self.port
-        )
+        format!("postgres://{}@{}:{}/{db}", self.user, self.host, self.port)
     }
 }
 
@@ -339,7 +336,14 @@ pub(super) async fn pgbench(
     };
     let db_url = scratch_db(url, name).await?;
     let port = u.port.to_string();
-    let conn = ["-h", u.host.as_str(), "-p", port.as_str(), "-U", u.user.as_str()];
+    let conn = [
+        "-h",
+        u.host.as_str(),
+        "-p",
+        port.as_str(),
+        "-U",
+        u.user.as_str(),
+    ];
     let mut run_args: Vec<String> = Vec::new();
     match workload {
         Workload::TpcB => {
@@ -367,7 +371,7 @@ pub(super) async fn pgbench(
     let jobs = clients.clamp(1, 2).to_string();
     let clients_s = clients.max(1).to_string();
     let secs = seconds.max(1).to_string();
-    let wal = Wal::start(&[db_url.clone()]).await;
+    let wal = Wal::start(std::slice::from_ref(&db_url)).await;
     let mut cpu = PgCpu::start(&[u.port]);
     let child0 = children_cpu_s();
     let mut child = Command::new(bin.join("pgbench"))
@@ -401,7 +405,7 @@ pub(super) async fn pgbench(
     let field = |key: &str| -> Option<f64> {
         text.lines()
             .find(|l| l.trim_start().starts_with(key))?
-            .split(|c: char| c == '=' || c == ':')
+            .split(['=', ':'])
             .nth(1)?
             .split_whitespace()
             .next()?
