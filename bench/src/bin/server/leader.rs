@@ -387,18 +387,5 @@ pub(super) async fn seed_cohorts(
             0
         }
     };
-    if std::env::var("OTS_BENCH_DEBUG").is_ok() {
-        for l in srv.metrics_text().lines().filter(|l| !l.starts_with('#')) {
-            eprintln!("{l}");
-        }
-        let aggs = cstore::read(&*srv.state().store, |t| t.aggregates()).unwrap_or_default();
-        for (id, a) in aggs {
-            eprintln!(
-                "agg {id}: {} devices, published {}",
-                a.devices.len(),
-                a.published
-            );
-        }
-    }
     (feed(&srv.url()).await.globals, published)
 }

@@ -402,16 +402,7 @@ pub(super) async fn pgbench(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let field = |key: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(key))?
-            .split(['=', ':'])
-            .nth(1)?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
+    let field = |key: &str| pgbench_field(&text, key);
     let tps = field("tps").ok_or_else(|| format!("no tps in: {text}"))?;
     let transactions = field("number of transactions actually processed").unwrap_or(0.0) as u64;
     if let Ok(c) = connect(url).await {
@@ -426,6 +417,19 @@ pub(super) async fn pgbench(
         client_cpu,
         wal,
     })
+}
+
+/// The number after `key =` or `key:` on the first line of `pgbench`'s
+/// output that starts with `key`.
+fn pgbench_field(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(key))?
+        .split(['=', ':'])
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Busy CPU seconds of the whole machine (every process, this bench's and
@@ -459,5 +463,48 @@ pub(super) async fn polling<T>(cpu: &mut PgCpu, fut: impl std::future::Future<Ou
             r = &mut fut => return r,
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => cpu.poll(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_clusters() {
+        let u = PgUrl::parse("postgres://postgres@127.0.0.1:56551/r3").expect("url");
+        assert_eq!(
+            (u.user.as_str(), u.host.as_str(), u.port),
+            ("postgres", "127.0.0.1", 56551)
+        );
+        assert_eq!(u.with_db("x"), "postgres://postgres@127.0.0.1:56551/x");
+        assert!(PgUrl::parse("redb.file").is_none());
+        assert!(PgUrl::parse("postgres://127.0.0.1:5432/db").is_none());
+        let urls = [
+            "postgres://postgres@127.0.0.1:1/a".to_string(),
+            "postgres://postgres@127.0.0.1:1/b".to_string(),
+            "postgres://postgres@127.0.0.1:2/a".to_string(),
+        ];
+        assert_eq!(
+            one_per_cluster(&urls),
+            vec![urls[0].clone(), urls[2].clone()]
+        );
+    }
+
+    #[test]
+    fn pgbench_output() {
+        // PostgreSQL 15's pgbench summary.
+        let out = "transaction type: <builtin: simple update>\n\
+                   number of clients: 32\n\
+                   number of transactions actually processed: 20148\n\
+                   latency average = 7.9 ms\n\
+                   initial connection time = 40.1 ms\n\
+                   tps = 4070.123456 (without initial connection time)\n";
+        assert_eq!(pgbench_field(out, "tps"), Some(4070.123456));
+        assert_eq!(
+            pgbench_field(out, "number of transactions actually processed"),
+            Some(20148.0)
+        );
+        assert_eq!(pgbench_field(out, "latency stddev"), None);
     }
 }
