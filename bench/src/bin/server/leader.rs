@@ -250,6 +250,7 @@ pub(super) async fn run(a: &Args, base: &Config, real: &Arc<Real>, codebook: u32
         .unwrap_or_default();
     for (mode, dp) in [("private (default)", true), ("exact (--no-dp)", false)] {
         for (store, url) in &backends {
+            let url_of_cluster = url.as_deref();
             let pg_url = match url {
                 Some(u) => {
                     let name = if dp {
@@ -335,6 +336,19 @@ pub(super) async fn run(a: &Args, base: &Config, real: &Arc<Real>, codebook: u32
                 );
             }
             srv.shutdown().await;
+            // The scratch database goes with the measurement.
+            if let (Some(u), true) = (url_of_cluster, url_is_pg(store)) {
+                let name = if dp {
+                    "ots_leader_dp"
+                } else {
+                    "ots_leader_exact"
+                };
+                if let Ok(c) = pg::connect(u).await {
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+                        .await;
+                }
+            }
         }
     }
 }
