@@ -190,9 +190,17 @@ async fn a_category_publishes_only_its_best_supported_globals() {
         s2.shutdown().await;
         r.body.len()
     };
+    let code_bytes: usize = records(&r.body)
+        .iter()
+        .map(|x| match x {
+            Record::GlobalUpsert(g) => g.code.len(),
+            _ => 0,
+        })
+        .sum();
     println!(
-        "catch-up with {N} globals: {catch_up_bytes} B ({} B per global)",
-        (catch_up_bytes - empty) / N as usize
+        "catch-up with {N} globals: {catch_up_bytes} B ({} B per global, of which {} B of code)",
+        (catch_up_bytes - empty) / N as usize,
+        code_bytes / N as usize
     );
     let seen = head(&r.body).global_version;
     // Group 0 grows to 8 devices: it enters the top 3, group 3 (5
