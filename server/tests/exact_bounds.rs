@@ -22,9 +22,7 @@ fn aggregates(srv: &ServerHandle) -> Vec<(u32, GlobalAggregate)> {
 
 /// Leaked pattern ids (`Up` takes `&'static str`).
 fn ids(prefix: &str, n: usize) -> Vec<&'static str> {
-    (0..n)
-        .map(|i| &*format!("{prefix}{i:04}").leak())
-        .collect()
+    (0..n).map(|i| &*format!("{prefix}{i:04}").leak()).collect()
 }
 
 /// Indices of real patterns whose pairwise cosine is below 0.8 (distinct
@@ -80,9 +78,9 @@ async fn a_flooding_device_holds_few_lone_aggregates_and_an_honest_group_is_publ
     }
     let mut published_after = None;
     while start.elapsed() < Duration::from_secs(10) {
-        let done = aggregates(&srv).iter().any(|(_, a)| {
-            a.published && honest_devs.iter().all(|d| a.devices.contains_key(d))
-        });
+        let done = aggregates(&srv)
+            .iter()
+            .any(|(_, a)| a.published && honest_devs.iter().all(|d| a.devices.contains_key(d)));
         if done {
             published_after = Some(start.elapsed());
             break;
@@ -222,12 +220,7 @@ async fn a_category_publishes_only_its_best_supported_globals() {
     assert_eq!(published, vec![0, 4, 5]);
     // The device that caught up gets the change: group 0 in, group 3 out
     // (a tombstone like any withdrawn global).
-    let r = post_sync(
-        addr,
-        "tv-new",
-        &seen.to_string(),
-        &upload(2, seen, &[]),
-    );
+    let r = post_sync(addr, "tv-new", &seen.to_string(), &upload(2, seen, &[]));
     assert_eq!(r.status, 200);
     let (up, rm) = globals(&r.body);
     assert_eq!(

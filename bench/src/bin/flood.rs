@@ -233,16 +233,23 @@ async fn run(mode: &str, dp: bool, a: &Args, codes: &[Codes], book: &Codebook<'_
         }
         for (i, h) in honest.iter_mut().enumerate() {
             let st = h
-                .sync(book, &[("mine".to_string(), shared, 20 + s as u32 + i as u32)])
+                .sync(
+                    book,
+                    &[("mine".to_string(), shared, 20 + s as u32 + i as u32)],
+                )
                 .await;
             assert_eq!(st, 200, "honest sync");
         }
         if !dp && honest_published.is_none() {
             let aggs = store::read(&*srv.state().store, |t| t.aggregates()).expect("read");
-            if aggs
-                .iter()
-                .any(|(_, a)| a.published && a.devices.keys().filter(|d| d.starts_with("tv-honest")).count() == 5)
-            {
+            if aggs.iter().any(|(_, a)| {
+                a.published
+                    && a.devices
+                        .keys()
+                        .filter(|d| d.starts_with("tv-honest"))
+                        .count()
+                        == 5
+            }) {
                 honest_published = Some(start.elapsed());
             }
         }
@@ -309,6 +316,13 @@ fn main() {
     );
     rt.block_on(async {
         run("exact mode (--no-dp)", false, &a, &codes, &book).await;
-        run("default mode (differential privacy)", true, &a, &codes, &book).await;
+        run(
+            "default mode (differential privacy)",
+            true,
+            &a,
+            &codes,
+            &book,
+        )
+        .await;
     });
 }

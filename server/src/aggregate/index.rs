@@ -257,8 +257,7 @@ impl CentroidIndex {
                 let Some(e) = c.entries.get(id) else { continue };
                 cosines += 1;
                 let cos = dot(&e.unit, v);
-                if cos >= similarity && best.is_none_or(|(b, i)| cos > b || (cos == b && *id < i))
-                {
+                if cos >= similarity && best.is_none_or(|(b, i)| cos > b || (cos == b && *id < i)) {
                     *best = Some((cos, *id));
                 }
             }
@@ -287,7 +286,11 @@ impl CentroidIndex {
                 if last + 1 < bits {
                     let c0 = f32::from_bits(cost);
                     let next = order[last + 1].0;
-                    heap.push(Reverse(((c0 + next).to_bits(), set | (1 << (last + 1)), last + 1)));
+                    heap.push(Reverse((
+                        (c0 + next).to_bits(),
+                        set | (1 << (last + 1)),
+                        last + 1,
+                    )));
                     heap.push(Reverse((
                         (c0 - order[last].0 + next).max(0.0).to_bits(),
                         (set & !(1 << last)) | (1 << (last + 1)),

@@ -496,11 +496,7 @@ fn best_supported(
     let n = cfg.max_globals_per_category as usize;
     let mut allowed = HashSet::new();
     for list in ranked.values_mut() {
-        list.sort_by(|x, y| {
-            y.0.cmp(&x.0)
-                .then(y.1.total_cmp(&x.1))
-                .then(x.2.cmp(&y.2))
-        });
+        list.sort_by(|x, y| y.0.cmp(&x.0).then(y.1.total_cmp(&x.1)).then(x.2.cmp(&y.2)));
         allowed.extend(list.iter().take(n).map(|e| e.2));
     }
     let mut standing: Vec<u32> = published
