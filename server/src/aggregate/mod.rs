@@ -21,6 +21,13 @@
 //!    (device, global) pair the pass touched, over the device's current
 //!    contributions, so the result does not depend on the order of changes.
 //!
+//! In the exact mode the most similar centroid is found through
+//! [`index::CentroidIndex`] (sign buckets of the leading PCA coefficients,
+//! multi-probe), not a scan of the category; a device holds at most
+//! `max_lone_per_device` aggregates alone (the oldest evicted past it); and
+//! only the `max_globals_per_category` best supported aggregates of a
+//! category are published (the others withdrawn).
+//!
 //! Trend activity is counted only from contributions to a global pattern
 //! that has at least `k` distinct devices, so no trend signal stems from
 //! fewer than `k` households.
@@ -35,7 +42,7 @@
 
 pub mod accountant;
 pub mod dp;
-mod index;
+pub mod index;
 mod model;
 mod pass;
 mod release;
