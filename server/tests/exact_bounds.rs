@@ -231,5 +231,30 @@ async fn a_category_publishes_only_its_best_supported_globals() {
         rm.iter().map(|id| group_of(&aggs, *id)).collect::<Vec<_>>(),
         vec![3]
     );
+    // Group 3 grows to 6 devices: as many as group 4 (published), the same
+    // weight, and older; a published global keeps its place unless the
+    // other's weight is 25% more, so nothing changes.
+    let codes3 = quantize(&v[groups[3]]);
+    let r = post_sync(addr, "tv-g3-5", "0", &upload(1, 0, &[Up::abs("p", codes3)]));
+    assert_eq!(r.status, 200);
+    srv.aggregate_now().await.unwrap();
+    let published_now = |aggs: &[(u32, GlobalAggregate)]| {
+        let mut p: Vec<usize> = aggs
+            .iter()
+            .filter(|(_, a)| a.published)
+            .map(|(id, _)| group_of(aggs, *id))
+            .collect();
+        p.sort_unstable();
+        p
+    };
+    assert_eq!(published_now(&aggregates(&srv)), vec![0, 4, 5]);
+    // One of its devices adds a pattern of 200 samples: group 3 now weighs
+    // 2.5 times group 4 and takes its place.
+    let mut heavy = Up::abs("q", codes3);
+    heavy.samples = 200;
+    let r = post_sync(addr, "tv-g3-5", "0", &upload(2, 0, &[heavy]));
+    assert_eq!(r.status, 200);
+    srv.aggregate_now().await.unwrap();
+    assert_eq!(published_now(&aggregates(&srv)), vec![0, 3, 5]);
     srv.shutdown().await;
 }

@@ -459,9 +459,14 @@ fn compute_pass(
     }))
 }
 
+/// In the ranking for publication, a published aggregate's weight counts
+/// this many times (a margin against churn at the boundary).
+const PUBLISHED_EDGE: f64 = 1.25;
+
 /// Exact mode: for every category of `touched`, its candidates for
 /// publication (at least `k` devices, some weight) ranked by contributors,
-/// then weight, then age (smaller id), and the first
+/// then weight (a published one's times [`PUBLISHED_EDGE`]), then age
+/// (smaller id), and the first
 /// `max_globals_per_category` of them: the set allowed to be published,
 /// and the aggregates whose publication must change although the pass did
 /// not touch them (published but no longer allowed, allowed but not
@@ -487,10 +492,19 @@ fn best_supported(
             published.push((a.category.as_str(), *id));
         }
         if a.devices.len() >= k && a.weight > 0.0 {
+            // A published one keeps its place against as many contributors
+            // unless their weight is PUBLISHED_EDGE times more: weights
+            // drifting at the boundary do not withdraw and republish (both
+            // downloaded by every device) pass after pass.
+            let w = if a.published {
+                a.weight * PUBLISHED_EDGE
+            } else {
+                a.weight
+            };
             ranked
                 .entry(a.category.as_str())
                 .or_default()
-                .push((a.devices.len(), a.weight, *id));
+                .push((a.devices.len(), w, *id));
         }
     }
     let n = cfg.max_globals_per_category as usize;
