@@ -359,7 +359,12 @@ pub struct DeviceState {
 
 /// Reads back one device's stored state.
 pub fn device_state(store: &dyn Store, device: &str) -> StoreResult<DeviceState> {
-    store::read(store, |t| {
+    store::read(store, |t| device_state_in(t, device))
+}
+
+/// Reads back one device's stored state in read transaction `t`.
+pub fn device_state_in(t: &dyn store::ReadTxn, device: &str) -> StoreResult<DeviceState> {
+    {
         let rec = t.device(device)?;
         let patterns = t
             .device_patterns(device)?
@@ -380,7 +385,7 @@ pub fn device_state(store: &dyn Store, device: &str) -> StoreResult<DeviceState>
             syncs: rec.as_ref().map_or(0, |r| r.syncs),
             patterns,
         })
-    })
+    }
 }
 
 /// The server, as a library.

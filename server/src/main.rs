@@ -178,6 +178,16 @@ struct ServeArgs {
     /// Keep tombstones for this many versions (0 = forever).
     #[arg(long, default_value_t = 0)]
     retention_versions: u64,
+    /// Exact mode (--no-dp): most aggregates one device may hold alone
+    /// (no second device in them); the oldest are evicted past it; 0 = no
+    /// bound.
+    #[arg(long, default_value_t = constellation::aggregate::DEFAULT_MAX_LONE_PER_DEVICE)]
+    max_lone_aggregates_per_device: u32,
+    /// Exact mode (--no-dp): most global patterns published per category
+    /// (the best supported: most contributors, then weight); others are
+    /// withdrawn; 0 = no bound.
+    #[arg(long, default_value_t = constellation::aggregate::DEFAULT_MAX_GLOBALS_PER_CATEGORY)]
+    max_globals_per_category: u32,
     /// Turn differential privacy off: publish exact aggregates of `k`
     /// devices (k-anonymity only; closed test fleets).
     #[arg(long)]
@@ -458,6 +468,8 @@ fn main() -> std::process::ExitCode {
     config.aggregate.similarity = args.similarity;
     config.aggregate.interval = Duration::from_millis(args.aggregate_interval_ms.max(1));
     config.aggregate.retention_versions = args.retention_versions;
+    config.aggregate.max_lone_per_device = args.max_lone_aggregates_per_device;
+    config.aggregate.max_globals_per_category = args.max_globals_per_category;
     config.aggregate.dp = constellation::aggregate::dp::DpConfig {
         enabled: !args.no_dp,
         epoch: Duration::from_secs(args.dp_epoch_min.max(1) * 60),

@@ -21,6 +21,13 @@
 //!    (device, global) pair the pass touched, over the device's current
 //!    contributions, so the result does not depend on the order of changes.
 //!
+//! In the exact mode the most similar centroid is found through
+//! [`index::CentroidIndex`] (sign buckets of the leading PCA coefficients,
+//! multi-probe), not a scan of the category; a device holds at most
+//! `max_lone_per_device` aggregates alone (the oldest evicted past it); and
+//! only the `max_globals_per_category` best supported aggregates of a
+//! category are published (the others withdrawn).
+//!
 //! Trend activity is counted only from contributions to a global pattern
 //! that has at least `k` distinct devices, so no trend signal stems from
 //! fewer than `k` households.
@@ -35,6 +42,7 @@
 
 pub mod accountant;
 pub mod dp;
+pub mod index;
 mod model;
 mod pass;
 mod release;
@@ -79,11 +87,34 @@ pub struct AggregateConfig {
     /// (`GlobalAggregate::material_change`). Default 2e-4, about three times
     /// the codec's own error.
     pub republish_turn: f32,
+    /// Exact mode: most aggregates one device may hold alone (no second
+    /// device in them); past it the oldest (smallest id) are evicted: the
+    /// device's contributions to them are dropped until those patterns
+    /// change again. 0: no bound. Default [`DEFAULT_MAX_LONE_PER_DEVICE`].
+    pub max_lone_per_device: u32,
+    /// Exact mode: most global patterns published per category, the best
+    /// supported ones (most contributors, then most weight, then the
+    /// older); one falling out of them is withdrawn. 0: no bound. Default
+    /// [`DEFAULT_MAX_GLOBALS_PER_CATEGORY`].
+    pub max_globals_per_category: u32,
     /// Differential privacy of what is published (on by default; see
     /// [`dp`]). When on, `k`, `similarity` and `max_weight_samples` give way
     /// to the cohort keys, the noisy threshold and `full_weight_samples`.
     pub dp: dp::DpConfig,
 }
+
+/// Default of [`AggregateConfig::max_lone_per_device`]: above the tens of
+/// patterns a device keeps, so an honest device's patterns all stay in
+/// aggregation, while a device flooding fresh patterns holds at most this
+/// many aggregates (about 1.6 KB each in memory and on disk).
+pub const DEFAULT_MAX_LONE_PER_DEVICE: u32 = 64;
+
+/// Default of [`AggregateConfig::max_globals_per_category`]: a new device's
+/// catch-up is at most this many absolute-coded globals per category
+/// (about 41 KB per category at ~322 B each, `docs/server.md`): two
+/// download pages of the default 64 globals, where a fleet of 1,000 to
+/// 20,000 devices publishes ~600 to ~1,600 without the bound.
+pub const DEFAULT_MAX_GLOBALS_PER_CATEGORY: u32 = 128;
 
 impl AggregateConfig {
     /// The most samples one device counts for in one global pattern.
@@ -108,6 +139,8 @@ impl Default for AggregateConfig {
             batch: 4096,
             retention_versions: 0,
             republish_turn: 2e-4,
+            max_lone_per_device: DEFAULT_MAX_LONE_PER_DEVICE,
+            max_globals_per_category: DEFAULT_MAX_GLOBALS_PER_CATEGORY,
             dp: dp::DpConfig::default(),
         }
     }
@@ -119,8 +152,8 @@ pub struct Aggregator {
     loaded: bool,
     aggs: HashMap<u32, GlobalAggregate>,
     /// Unit centroids of the aggregates with weight, per category: the
-    /// candidates a changed pattern is compared with.
-    units: HashMap<String, HashMap<u32, Vec<f32>>>,
+    /// candidates a changed pattern is compared with (exact mode).
+    index: index::CentroidIndex,
     next_id: u32,
     trends: TrendTracker,
     /// The leadership term this state was loaded in (`Store::aggregation_term`).
@@ -131,6 +164,8 @@ pub struct Aggregator {
     released_epoch: u64,
     /// The aggregates each device contributes to (bounded by `dp.max_globals`).
     device_globals: HashMap<String, BTreeSet<u32>>,
+    /// Lone aggregates evicted so far (exact mode, `max_lone_per_device`).
+    lone_evicted: u64,
 }
 
 impl Aggregator {
@@ -162,19 +197,12 @@ impl Aggregator {
     /// Refreshes the cached unit centroid of aggregate `id`.
     fn refresh(&mut self, id: u32) {
         let Some(a) = self.aggs.get(&id) else {
-            for m in self.units.values_mut() {
-                m.remove(&id);
-            }
+            self.index.remove(id);
             return;
         };
-        let m = self.units.entry(a.category.clone()).or_default();
         match unit(&a.sum).filter(|_| a.weight > 0.0) {
-            Some(u) => {
-                m.insert(id, u);
-            }
-            None => {
-                m.remove(&id);
-            }
+            Some(u) => self.index.set(&a.category, id, u),
+            None => self.index.remove(id),
         }
     }
 }

@@ -118,14 +118,16 @@ async fn device_patterns(
     if let Err(e) = sync::check_device_id(Some(id.as_bytes())) {
         return e.into_response();
     }
-    let store = st.store.clone();
-    let read = tokio::task::spawn_blocking(move || crate::device_state(&*store, &id)).await;
+    // On the blocking pool, like the feed's reads: a device's patterns are
+    // up to `max_patterns_per_device` records read from the disk.
+    let read =
+        crate::store::read_blocking(st.store.clone(), move |t| crate::device_state_in(t, &id))
+            .await;
     match read {
-        Ok(Ok(s)) => Json(s).into_response(),
-        Ok(Err(e)) => {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => {
             error::storage_unavailable(e, st.config.overload_retry_after_s.max(1)).into_response()
         }
-        Err(_) => error::internal("reading the device state").into_response(),
     }
 }
 
