@@ -439,7 +439,7 @@ pub async fn run(args: Args) -> Result<Report, String> {
             }),
         }
     });
-    let mut result = sim::run(
+    let mut result = sim::run_with_passes(
         cat.clone(),
         cb,
         args.sim.clone(),

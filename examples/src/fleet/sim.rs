@@ -139,9 +139,24 @@ pub struct Passes {
 
 /// Runs the fleet. `transport` makes the transport of each step (clones of
 /// one HTTP client share its connection pool). `progress` is called with the
-/// number of scheduled syncs applied so far. With `passes`, the server
-/// aggregates on the simulation's clock ([`Passes`]).
+/// number of scheduled syncs applied so far. The server aggregates on its
+/// own (see [`run_with_passes`]).
 pub async fn run<F>(
+    cat: Arc<Catalog>,
+    cb: Codebook<'static>,
+    cfg: SimConfig,
+    transport: F,
+    progress: &(dyn Fn(u64) + Sync),
+) -> SimResult
+where
+    F: Fn() -> Net,
+{
+    run_with_passes(cat, cb, cfg, transport, progress, None).await
+}
+
+/// [`run`], with the server's aggregation on the simulation's clock when
+/// `passes` is given ([`Passes`]).
+pub async fn run_with_passes<F>(
     cat: Arc<Catalog>,
     cb: Codebook<'static>,
     cfg: SimConfig,
