@@ -340,6 +340,18 @@ pub fn table(r: &Report) -> String {
                 .map_or("-".to_string(), |c| format!("{c:.4}")),
         ),
         (
+            "published globals: cos to exact centroid mean / min, recall@10",
+            r.fidelity
+                .as_ref()
+                .filter(|f| f.globals > 0)
+                .map_or("-".to_string(), |f| {
+                    format!(
+                        "{:.4} / {:.4}, {:.3}",
+                        f.cos_mean, f.cos_min, f.recall10_mean
+                    )
+                }),
+        ),
+        (
             "aggregation passes on the simulation's clock",
             r.aggregation_passes.to_string(),
         ),
