@@ -249,6 +249,17 @@ mod tests {
     }
 
     #[test]
+    fn compare_dp_and_the_pass_interval() {
+        let a = parse(&["--compare-dp", "--pass-interval-s", "30"]).unwrap();
+        assert!(a.compare_dp && !a.no_dp);
+        assert_eq!(a.pass_interval_ms, 30_000);
+        assert_eq!(parse(&[]).unwrap().pass_interval_ms, 60_000);
+        assert!(parse(&["--compare-dp", "--no-dp"]).is_err());
+        assert!(parse(&["--compare-dp", "--server", "http://h:1"]).is_err());
+        assert!(parse(&["--pass-interval-s", "0"]).is_err());
+    }
+
+    #[test]
     fn no_faults_zeroes_the_rates_given_before_it() {
         let a = parse(&["--drop", "0.5", "--no-faults", "--twin", "0.3"]).unwrap();
         assert_eq!(
