@@ -220,6 +220,17 @@ pub(crate) fn now(state: &AppState) -> Duration {
     }
 }
 
+/// With [`crate::AggregationClock::External`], puts a pass's changes in a
+/// canonical order, (device, pattern), instead of commit order: concurrent
+/// syncs commit in an order that depends on the machine, and the exact
+/// mode's grouping (join the nearest centroid, else start one) on the order
+/// of changes. The served binary keeps commit order.
+pub(crate) fn canonical_order<P, C>(state: &AppState, items: &mut [(String, String, P, C)]) {
+    if state.config.aggregation_clock == crate::AggregationClock::External {
+        items.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    }
+}
+
 /// One pass; returns the changelog entries published. With differential
 /// privacy on, global patterns and trends are published only when an epoch
 /// begins (see [`dp::DpConfig::epoch`]).

@@ -208,7 +208,7 @@ fn compute_pass(
             let old = t.contribution(&c.device, &c.pattern)?;
             items.push((c.device, c.pattern, p, old));
         }
-        items.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1))); // not commit order: a canonical one
+        super::canonical_order(state, &mut items);
         Ok((last, items))
     })?;
     let now = super::now(state);
