@@ -66,14 +66,9 @@ async fn small_fleet_loses_nothing_and_applies_nothing_twice() {
         assert!(body.len() > 200, "{f} is written");
     }
 }
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_seed_same_device_side_counts() {
-    let a = fleet::run(args(11)).await.expect("first run");
-    let b = fleet::run(args(11)).await.expect("second run");
-    // What the TVs do is a function of the seed (pacing is a hash of the
-    // seed, device and sequence; faults come from each TV's own stream).
-    // Timings, and what the server's background aggregation published by
-    // when (global patterns, download bytes), are not.
+/// The figures one seed must reproduce on any machine: device-side counts,
+/// the published global set (ids and versions) and every byte count.
+fn assert_same_run(a: &fleet::Report, b: &fleet::Report) {
     assert_eq!(a.syncs, b.syncs);
     assert_eq!(a.patterns_uploaded, b.patterns_uploaded);
     assert_eq!(
@@ -87,6 +82,71 @@ async fn same_seed_same_device_side_counts() {
     assert_eq!(a.conflicts_detected, b.conflicts_detected);
     assert_eq!(a.checked_patterns, b.checked_patterns);
     assert_eq!(a.virtual_s, b.virtual_s);
+    // What the server published, and so what the TVs downloaded.
+    assert_eq!(a.aggregation_passes, b.aggregation_passes);
+    assert_eq!(a.published, b.published, "the same global set");
+    assert_eq!(a.global_version, b.global_version);
+    assert_eq!(
+        (a.up_bytes_total, a.down_bytes_total, a.extra_exchanges),
+        (b.up_bytes_total, b.down_bytes_total, b.extra_exchanges),
+        "the same bytes up and down"
+    );
+    assert_eq!(a.down_bytes_per_sync_mean, b.down_bytes_per_sync_mean);
+}
+
+/// What the TVs do is a function of the seed (pacing is a hash of the
+/// seed, device and sequence; faults come from each TV's own stream), and
+/// so is what the embedded server publishes: it aggregates on the
+/// simulation's clock, behind a barrier, not on the wall clock. Two runs,
+/// the second with one exchange in flight instead of 8 (a slower run, with
+/// another interleaving of the syncs), give the same published set and
+/// byte counts. Exact mode (k = 5), 100 TVs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_seed_same_published_set_and_bytes_exact() {
+    let mut a = args(11);
+    a.no_dp = true;
+    // 100 TVs: enough for groups of 5 (50 publish none).
+    a.sim.devices = 100;
+    let mut b = a.clone();
+    b.sim.concurrency = 1;
+    let a = fleet::run(a).await.expect("first run");
+    let b = fleet::run(b).await.expect("second run");
+    assert_same_run(&a, &b);
+    assert!(a.global_patterns >= 3, "published {}", a.global_patterns);
+    assert!(a.down_bytes_total > 0);
+    assert!(a.aggregation_passes > 10, "{} passes", a.aggregation_passes);
+}
+
+/// The same with differential privacy: releases on the simulation's epoch
+/// (10 virtual minutes here) and noise seeded from the run seed. The noise
+/// and threshold are test values (a fleet of 50 TVs never reaches the
+/// default threshold of 180), so that releases publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_seed_same_published_set_and_bytes_with_dp() {
+    let mut a = args(11);
+    a.dp = Some(test_dp());
+    let mut b = a.clone();
+    b.sim.concurrency = 1;
+    let a = fleet::run(a).await.expect("first run");
+    let b = fleet::run(b).await.expect("second run");
+    assert_same_run(&a, &b);
+    assert!(a.global_patterns >= 2, "published {}", a.global_patterns);
+    assert!(a.down_bytes_total > 0);
+}
+
+/// Differential privacy weak enough for 50 TVs to publish: a threshold of
+/// 10 noisy devices, 2 cohorts per category, releases every 10 minutes.
+fn test_dp() -> constellation::aggregate::dp::DpConfig {
+    constellation::aggregate::dp::DpConfig {
+        epoch: std::time::Duration::from_secs(600),
+        sigma_vector: 0.5,
+        sigma_scalar: 1.0,
+        threshold: 10.0,
+        delta: 1e-6,
+        budget_epsilon: 1e9,
+        cell_bits: 1,
+        ..Default::default()
+    }
 }
 
 /// Lowest cosine accepted between a global pattern as a small-profile TV

@@ -126,6 +126,27 @@ pub struct Config {
     pub tls: Option<tls::TlsConfig>,
     /// Connection limits of the listener (timeouts, sizes, caps).
     pub limits: Limits,
+    /// Where aggregation takes its time from: the wall clock (default), or
+    /// the embedder's clock ([`AggregationClock::External`], a simulation).
+    pub aggregation_clock: AggregationClock,
+}
+
+/// Where aggregation passes and differentially private releases take their
+/// time from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AggregationClock {
+    /// The wall clock: a background task runs a pass every
+    /// `aggregate.interval` and releases when a new epoch begins (the
+    /// served binary).
+    #[default]
+    Wall,
+    /// The embedder's clock: no background task; a pass (and the release of
+    /// an epoch that began) runs only when the embedder calls
+    /// [`ServerHandle::aggregate_at`] or [`ServerHandle::release_at`] with
+    /// its own time, e.g. a simulation on virtual time, so that what is
+    /// published does not depend on how fast the machine runs it. Trend
+    /// decay, release epochs and the accountant's window follow that time.
+    External,
 }
 
 impl Config {
@@ -151,6 +172,7 @@ impl Config {
             auth: AuthConfig::new(),
             tls: None,
             limits: Limits::default(),
+            aggregation_clock: AggregationClock::Wall,
         }
     }
 }
@@ -202,6 +224,9 @@ pub struct AppState {
     pub(crate) aggregator: tokio::sync::Mutex<aggregate::Aggregator>,
     /// Noise source and privacy accountant of the releases.
     pub(crate) dp: Mutex<aggregate::DpState>,
+    /// With [`AggregationClock::External`]: the embedder's time of the
+    /// current (or last) pass, milliseconds since the Unix epoch.
+    pub(crate) external_ms: AtomicU64,
     /// Per device: when its last sync was applied, whether it asked for
     /// more, and its sequence.
     limiter: Mutex<std::collections::HashMap<String, (Instant, bool, u64)>>,
@@ -222,6 +247,7 @@ impl AppState {
             pace_seed: seed,
             aggregator: Default::default(),
             dp: Mutex::new(dp),
+            external_ms: AtomicU64::new(0),
             limiter: Mutex::new(Default::default()),
         }
     }
@@ -298,21 +324,32 @@ impl AppState {
     /// Current gauges.
     pub fn gauges(&self) -> Gauges {
         let (commits, commit_items) = self.store.commit_stats();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let now = aggregate::now(self).as_secs_f64();
+        // The releases of the deployment, as the store records them (every
+        // node reports the same; a restarted node continues the count).
+        let window = self.config.aggregate.dp.window;
+        let persisted = self
+            .config
+            .aggregate
+            .dp
+            .enabled
+            .then(|| store::read(&*self.store, aggregate::accountant::ReleaseLog::read).ok())
+            .flatten();
         let privacy = self.dp.lock().ok().and_then(|mut d| {
             let a = d.accountant.as_mut()?;
+            let here = a.releases_in_window(now);
+            let k = persisted
+                .as_ref()
+                .map_or(here, |p| p.releases_in_window(now, window).max(here));
             Some(metrics::PrivacyGauges {
                 epsilon_release: a.epsilon_release(),
                 epsilon_window: a.epsilon_window(),
-                epsilon_spent: a.epsilon_spent(now),
+                epsilon_spent: a.epsilon_of(k),
                 rho_release: a.rho_release(),
                 rho_window: a.rho_window(),
                 delta: a.conversion_delta(),
-                window_s: self.config.aggregate.dp.window.as_secs_f64(),
-                releases_in_window: a.releases_in_window(now),
+                window_s: window.as_secs_f64(),
+                releases_in_window: k,
             })
         });
         Gauges {
@@ -498,7 +535,9 @@ impl Server {
                 stop_rx.clone(),
             )));
         }
-        tasks.push(tokio::spawn(aggregate::run(state.clone(), stop_rx)));
+        if state.config.aggregation_clock == AggregationClock::Wall {
+            tasks.push(tokio::spawn(aggregate::run(state.clone(), stop_rx)));
+        }
         tracing::info!(addr = %local_addr, db = ?state.config.db, "constellation listening");
         if let Some(a) = admin_addr {
             tracing::info!(
@@ -594,7 +633,9 @@ impl ServerHandle {
     }
 
     /// Runs one aggregation pass now (aggregation also runs on its own every
-    /// `aggregate.interval`); returns the changelog entries published.
+    /// `aggregate.interval`; with [`AggregationClock::External`], at the
+    /// time of the last [`ServerHandle::aggregate_at`]); returns the
+    /// changelog entries published.
     pub async fn aggregate_now(&self) -> StoreResult<usize> {
         aggregate::run_once(&self.state).await
     }
@@ -605,6 +646,23 @@ impl ServerHandle {
     /// simulations whose clock does not follow the schedule.
     pub async fn release_now(&self) -> StoreResult<usize> {
         aggregate::release_now(&self.state).await
+    }
+
+    /// With [`AggregationClock::External`]: runs one aggregation pass at
+    /// time `at` (since the Unix epoch), and the differentially private
+    /// release of the epoch `at` falls in when it was not released yet;
+    /// returns the changelog entries published. Everything of the pass
+    /// (trend decay, `calculated_at`, the release epoch, the accountant's
+    /// window) is at `at`; a time before the last one given counts as the
+    /// last one. With the wall clock, `at` is ignored (a pass now).
+    pub async fn aggregate_at(&self, at: Duration) -> StoreResult<usize> {
+        aggregate::run_at(&self.state, at, false).await
+    }
+
+    /// [`ServerHandle::aggregate_at`] followed by a release at `at` whatever
+    /// the schedule (counted by the accountant like any release).
+    pub async fn release_at(&self, at: Duration) -> StoreResult<usize> {
+        aggregate::run_at(&self.state, at, true).await
     }
 
     /// Metrics in the Prometheus text format.

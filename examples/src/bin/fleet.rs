@@ -9,6 +9,30 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if args.compare_dp {
+        let started = std::time::Instant::now();
+        match rt.block_on(fleet::compare_dp(args)) {
+            Ok((dp, exact)) => {
+                println!("{}", fleet::report::compare_table(&dp, &exact));
+                println!(
+                    "wall clock of both runs: {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                let bad = [&dp, &exact].iter().any(|r| {
+                    r.lost_updates + r.duplicates_applied + r.stuck > 0 || r.unsettled > 0
+                });
+                if bad {
+                    eprintln!("fleet: CHECK FAILED in one of the runs");
+                    std::process::exit(1);
+                }
+            }
+            Err(e) => {
+                eprintln!("fleet: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     match rt.block_on(fleet::run(args)) {
         Ok(report) => {
             println!("{}", fleet::report::table(&report));

@@ -17,8 +17,10 @@ struct Cli {
     /// Applied syncs per TV, at least
     #[arg(long, value_name = "R", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Run seed; the same seed gives the same TV behaviour and device-side
-    /// counts (timings and what the server published by when may differ)
+    /// Run seed; with the embedded server the same seed gives the same TV
+    /// behaviour, the same published global patterns and the same byte
+    /// counts on any machine (timings differ); with --server, what the
+    /// server published by when depends on its wall clock
     #[arg(long, value_name = "S", default_value_t = 42)]
     seed: u64,
     /// Use a running server instead of the embedded one; several nodes of
@@ -83,6 +85,15 @@ struct Cli {
     /// Embedded server without differential privacy (exact k-anonymous globals)
     #[arg(long)]
     no_dp: bool,
+    /// Virtual seconds between the embedded server's aggregation passes
+    /// (driven by the simulation's clock, not the wall clock)
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..86_400))]
+    pass_interval_s: u64,
+    /// Run twice on the same seed, with differential privacy and without
+    /// (--no-dp), and print one table of both (published globals, bytes
+    /// down per sync, fidelity to the exact centroids)
+    #[arg(long, conflicts_with_all = ["no_dp", "server"])]
+    compare_dp: bool,
 }
 
 fn probability(s: &str) -> Result<f64, String> {
@@ -146,6 +157,8 @@ where
     a.keys = cli.keys;
     a.quiet = cli.quiet;
     a.no_dp = cli.no_dp;
+    a.pass_interval_ms = cli.pass_interval_s * 1000;
+    a.compare_dp = cli.compare_dp;
     Ok(a)
 }
 
@@ -233,6 +246,17 @@ mod tests {
         );
         assert_eq!(a.sim.watch_rate, 3.5);
         assert!(a.quiet);
+    }
+
+    #[test]
+    fn compare_dp_and_the_pass_interval() {
+        let a = parse(&["--compare-dp", "--pass-interval-s", "30"]).unwrap();
+        assert!(a.compare_dp && !a.no_dp);
+        assert_eq!(a.pass_interval_ms, 30_000);
+        assert_eq!(parse(&[]).unwrap().pass_interval_ms, 60_000);
+        assert!(parse(&["--compare-dp", "--no-dp"]).is_err());
+        assert!(parse(&["--compare-dp", "--server", "http://h:1"]).is_err());
+        assert!(parse(&["--pass-interval-s", "0"]).is_err());
     }
 
     #[test]

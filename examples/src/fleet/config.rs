@@ -149,6 +149,12 @@ pub struct SimResult {
     pub wall_s: f64,
     /// Virtual seconds simulated.
     pub virtual_s: f64,
+    /// Aggregation passes run on the simulation's clock (0 when the server
+    /// aggregates on its own wall clock).
+    pub passes: u64,
+    /// With passes on the simulation's clock: the virtual time (ms) of the
+    /// next pass, the first after every step of the run.
+    pub next_pass_ms: Option<u64>,
 }
 
 /// The sync client configuration of TV `index` (device `id`) in a run

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod exchange;
 pub mod faults;
+pub mod fidelity;
 pub mod ledger;
 pub mod model;
 pub mod nodes;
@@ -69,6 +70,16 @@ pub struct Args {
     /// The embedded server publishes exact aggregates of k devices instead
     /// of differentially private releases (to measure what privacy costs).
     pub no_dp: bool,
+    /// The embedded server's aggregation passes, in virtual milliseconds
+    /// (the simulation's clock drives them: [`sim::Passes`]).
+    pub pass_interval_ms: u64,
+    /// The embedded server's differential-privacy settings, when not the
+    /// default (`no_dp` wins); library API only, e.g. a test fleet too small
+    /// for the default threshold. The noise seed is always the run's.
+    pub dp: Option<constellation::aggregate::dp::DpConfig>,
+    /// Run twice on the same seed, with differential privacy (the default)
+    /// and without (`--no-dp`), and print both in one table ([`compare_dp`]).
+    pub compare_dp: bool,
 }
 
 impl Default for Args {
@@ -99,8 +110,20 @@ impl Default for Args {
             keys: None,
             quiet: false,
             no_dp: false,
+            pass_interval_ms: 60_000,
+            dp: None,
+            compare_dp: false,
         }
     }
+}
+
+/// Unix time of the simulation's virtual time 0: 2026-01-01T00:00:00Z, a
+/// whole hour, so release epochs begin at whole virtual hours.
+pub const SIM_ORIGIN_S: u64 = 1_767_225_600;
+
+/// The Unix time of virtual time `t` (ms since the run's start).
+pub fn sim_time(t: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(SIM_ORIGIN_S) + std::time::Duration::from_millis(t)
 }
 
 /// The embedded server, when the run starts one.
@@ -111,7 +134,11 @@ struct Embedded {
     _dir: tempfile::TempDir,
 }
 
-async fn start_embedded(seed: u64, no_dp: bool) -> Result<Embedded, String> {
+async fn start_embedded(
+    seed: u64,
+    no_dp: bool,
+    dp: Option<constellation::aggregate::dp::DpConfig>,
+) -> Result<Embedded, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let mut cfg = constellation::Config::new();
     cfg.db = Some(dir.path().join("constellation.redb"));
@@ -123,9 +150,20 @@ async fn start_embedded(seed: u64, no_dp: bool) -> Result<Embedded, String> {
     cfg.min_sync_interval_s = 0;
     cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.pacing_seed = Some(seed);
+    if let Some(dp) = dp {
+        cfg.aggregate.dp = dp;
+    }
     if no_dp {
         cfg.aggregate.dp = constellation::aggregate::dp::DpConfig::disabled();
     }
+    // Aggregation on the simulation's clock ([`sim::Passes`]): no wall-clock
+    // loop; each pass takes every change since the last one (one batch, so
+    // the pass does not depend on the order the syncs were committed in);
+    // the privacy noise comes from the run seed (library API only: the
+    // served binary always seeds it from the operating system).
+    cfg.aggregation_clock = constellation::AggregationClock::External;
+    cfg.aggregate.batch = usize::MAX;
+    cfg.aggregate.dp.seed = Some(seed ^ 0xD1FF_5EED);
     let handle = constellation::Server::start(cfg)
         .await
         .map_err(|e| format!("starting the server: {e}"))?;
@@ -280,13 +318,26 @@ fn upstream_addr(url: &str) -> Result<std::net::SocketAddr, String> {
         .ok_or_else(|| format!("{url}: no address"))
 }
 
+/// Runs the fleet twice on the same seed and settings, with the default
+/// differential privacy and in the exact mode (`--no-dp`); returns both
+/// reports, the private one first.
+pub async fn compare_dp(args: Args) -> Result<(Report, Report), String> {
+    let mut dp = args.clone();
+    dp.no_dp = false;
+    let mut exact = args;
+    exact.no_dp = true;
+    let a = run(dp).await?;
+    let b = run(exact).await?;
+    Ok((a, b))
+}
+
 /// Runs the whole job: server, simulation, settle, checker, report.
 pub async fn run(args: Args) -> Result<Report, String> {
     let cat = Arc::new(model::Catalog::load().map_err(|e| format!("loading data/minilm: {e}"))?);
     let cb = omega_tv_sync::codec::minilm_v1().map_err(|e| format!("codebook: {e}"))?;
     let embedded = match &args.server {
         Some(_) => None,
-        None => Some(start_embedded(args.sim.seed, args.no_dp).await?),
+        None => Some(start_embedded(args.sim.seed, args.no_dp, args.dp.clone()).await?),
     };
     let mut args = args;
     let ids: Vec<String> = (0..args.sim.devices).map(device_id).collect();
@@ -373,9 +424,29 @@ pub async fn run(args: Args) -> Result<Report, String> {
     }
     let bar2 = bar.clone();
     let h = http.clone();
-    let mut result = sim::run(cat, cb, args.sim.clone(), move || h.clone(), &move |n| {
-        bar2.set_position(n.min(target))
-    })
+    let passes = embedded.as_ref().map(|e| {
+        let st = e.handle.state().clone();
+        sim::Passes {
+            every_ms: args.pass_interval_ms.max(1),
+            run: Box::new(move |t| {
+                let st = st.clone();
+                Box::pin(async move {
+                    constellation::aggregate::run_at(&st, sim_time(t), false)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        }
+    });
+    let mut result = sim::run_with_passes(
+        cat.clone(),
+        cb,
+        args.sim.clone(),
+        move || h.clone(),
+        &move |n| bar2.set_position(n.min(target)),
+        passes,
+    )
     .await;
     bar.finish_and_clear();
     if let Some(fatal) = &result.counters.fatal {
@@ -384,11 +455,14 @@ pub async fn run(args: Args) -> Result<Report, String> {
     let h = direct.clone();
     let unsettled = settle::settle(&mut result, move || h.clone(), 8).await;
     if let Some(e) = &embedded {
-        // Publish what the last syncs contributed before reading the totals
-        // (a release now: the simulated hours do not follow the server's
-        // epoch clock).
+        // Publish what the last syncs (and the settle phase) contributed
+        // before reading the totals: a pass and a release at the time of
+        // the next pass, whatever the epoch.
+        let end = result
+            .next_pass_ms
+            .unwrap_or((result.virtual_s * 1000.0) as u64);
         e.handle
-            .release_now()
+            .release_at(sim_time(end))
             .await
             .map_err(|e| format!("aggregation: {e}"))?;
     }
@@ -409,6 +483,20 @@ pub async fn run(args: Args) -> Result<Report, String> {
         global_version,
     );
     (rep.global_set_mismatches, rep.small_global_cos_min) = compare_globals(&result.tvs, &live);
+    rep.published = live.iter().map(|(id, (v, _))| (*id, *v)).collect();
+    if let Some(e) = &embedded {
+        // Each published global against the exact centroid of its group
+        // (the server's exact, clipped sums).
+        let st = e.handle.state();
+        let exact: Vec<(u32, Vec<f32>)> =
+            constellation::store::read(&*st.store, |t| t.aggregates())
+                .map_err(|e| format!("reading the aggregates: {e}"))?
+                .into_iter()
+                .filter(|(_, a)| a.published)
+                .map(|(id, a)| (id, a.sum))
+                .collect();
+        rep.fidelity = Some(fidelity::measure(&cat, &live, &exact));
+    }
     rep.proxy = proxy.as_ref().map(|p| p.totals());
     if let Some(dir) = &args.out {
         report::write_dir(dir, &args.sim, &rep, &result)

@@ -82,8 +82,15 @@ pub struct Report {
     pub latency_p50_ms: f64,
     /// 99th percentile exchange latency, ms.
     pub latency_p99_ms: f64,
+    /// Request bytes of all applied exchanges.
+    pub up_bytes_total: u64,
+    /// Response bytes of all applied exchanges.
+    pub down_bytes_total: u64,
     /// Global patterns published at the end.
     pub global_patterns: u64,
+    /// The live global set at the end: (id, version) of each, by id.
+    #[serde(skip)]
+    pub published: Vec<(u32, u64)>,
     /// Global version at the end.
     pub global_version: u64,
     /// TVs on the small-flash codebook (`minilm-small-v1`).
@@ -97,6 +104,13 @@ pub struct Report {
     /// into its codebook) and the source, the global as published in the
     /// primary codebook and reconstructed by it. `None` without such TVs.
     pub small_global_cos_min: Option<f64>,
+    /// The published globals against the exact centroids of the fleet
+    /// patterns they stand for (embedded server only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<super::fidelity::Fidelity>,
+    /// Aggregation passes the embedded server ran on the simulation's
+    /// clock (0 with an external server, which aggregates on its own).
+    pub aggregation_passes: u64,
     /// Wall-clock seconds of the run.
     pub wall_s: f64,
     /// Virtual (simulated) seconds.
@@ -178,14 +192,84 @@ pub fn build(
         syncs_per_sec: syncs as f64 / r.wall_s.max(1e-9),
         latency_p50_ms: percentile(&lat, 0.50),
         latency_p99_ms: percentile(&lat, 0.99),
+        up_bytes_total: applied.iter().map(|s| u64::from(s.up)).sum(),
+        down_bytes_total: applied.iter().map(|s| u64::from(s.down)).sum(),
         global_patterns,
+        published: Vec::new(),
         global_version,
         small_profile_tvs: r.tvs.iter().filter(|t| t.small_profile).count() as u64,
         global_set_mismatches: 0,
         small_global_cos_min: None,
+        fidelity: None,
+        aggregation_passes: r.passes,
         wall_s: r.wall_s,
         virtual_s: r.virtual_s,
     }
+}
+
+/// The table of a run with and without differential privacy on the same
+/// seed ([`super::compare_dp`]): what privacy costs the fleet.
+pub fn compare_table(dp: &Report, exact: &Report) -> String {
+    let fid = |r: &Report, f: &dyn Fn(&super::fidelity::Fidelity) -> String| {
+        r.fidelity
+            .as_ref()
+            .filter(|x| x.globals > 0)
+            .map_or("-".to_string(), f)
+    };
+    let rows: Vec<(&str, String, String)> = vec![
+        (
+            "scheduled syncs applied",
+            dp.syncs.to_string(),
+            exact.syncs.to_string(),
+        ),
+        (
+            "global patterns published (end) / version",
+            format!("{} / {}", dp.global_patterns, dp.global_version),
+            format!("{} / {}", exact.global_patterns, exact.global_version),
+        ),
+        (
+            "down bytes / sync (mean)",
+            format!("{:.1}", dp.down_bytes_per_sync_mean),
+            format!("{:.1}", exact.down_bytes_per_sync_mean),
+        ),
+        (
+            "up bytes / sync (mean)",
+            format!("{:.1}", dp.up_bytes_per_sync_mean),
+            format!("{:.1}", exact.up_bytes_per_sync_mean),
+        ),
+        (
+            "cos(published, exact centroid) mean / min",
+            fid(dp, &|f| format!("{:.4} / {:.4}", f.cos_mean, f.cos_min)),
+            fid(exact, &|f| format!("{:.4} / {:.4}", f.cos_mean, f.cos_min)),
+        ),
+        (
+            "recall@10 vs catalogue (mean)",
+            fid(dp, &|f| format!("{:.3}", f.recall10_mean)),
+            fid(exact, &|f| format!("{:.3}", f.recall10_mean)),
+        ),
+        (
+            "lost updates / duplicates applied",
+            format!("{} / {}", dp.lost_updates, dp.duplicates_applied),
+            format!("{} / {}", exact.lost_updates, exact.duplicates_applied),
+        ),
+        (
+            "wall / virtual time (s)",
+            format!("{:.1} / {:.0}", dp.wall_s, dp.virtual_s),
+            format!("{:.1} / {:.0}", exact.wall_s, exact.virtual_s),
+        ),
+    ];
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut s = format!(
+        "{} TVs, seed {}\n\n| {:w$} | DP (default) | exact (--no-dp) |\n|{}|---:|---:|\n",
+        dp.devices,
+        dp.seed,
+        "figure",
+        "-".repeat(w + 2)
+    );
+    for (k, a, b) in rows {
+        s.push_str(&format!("| {k:w$} | {a} | {b} |\n"));
+    }
+    s
 }
 
 /// The terminal and markdown table.
@@ -254,6 +338,22 @@ pub fn table(r: &Report) -> String {
             "small-profile globals: cos min vs source",
             r.small_global_cos_min
                 .map_or("-".to_string(), |c| format!("{c:.4}")),
+        ),
+        (
+            "published globals: cos to exact centroid mean / min, recall@10",
+            r.fidelity
+                .as_ref()
+                .filter(|f| f.globals > 0)
+                .map_or("-".to_string(), |f| {
+                    format!(
+                        "{:.4} / {:.4}, {:.3}",
+                        f.cos_mean, f.cos_min, f.recall10_mean
+                    )
+                }),
+        ),
+        (
+            "aggregation passes on the simulation's clock",
+            r.aggregation_passes.to_string(),
         ),
         (
             "wall / virtual time (s)",

@@ -6,6 +6,8 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -118,15 +120,49 @@ async fn step(mut tv: Box<Tv>, i: usize, due: u64, ctx: RunContext, net: Net) ->
     }
 }
 
+/// A pass of the server's aggregation at a virtual time (ms since the run's
+/// start): what [`Passes::run`] returns.
+pub type PassFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// The server's aggregation on the simulation's clock (the embedded server,
+/// its wall-clock loop off): a pass at every multiple of `every_ms` of
+/// virtual time, with a barrier. Every step due before a pass time `T` is
+/// done (its sync, retries, further pages) before the pass at `T` runs, and
+/// no step due at or after `T` starts before it: what is published, and so
+/// every download, is a function of the seed, not of the machine's speed.
+pub struct Passes {
+    /// Virtual milliseconds between passes.
+    pub every_ms: u64,
+    /// Runs the pass at virtual time `t` (ms).
+    pub run: Box<dyn Fn(u64) -> PassFuture + Send + Sync>,
+}
+
 /// Runs the fleet. `transport` makes the transport of each step (clones of
 /// one HTTP client share its connection pool). `progress` is called with the
-/// number of scheduled syncs applied so far.
+/// number of scheduled syncs applied so far. The server aggregates on its
+/// own (see [`run_with_passes`]).
 pub async fn run<F>(
     cat: Arc<Catalog>,
     cb: Codebook<'static>,
     cfg: SimConfig,
     transport: F,
     progress: &(dyn Fn(u64) + Sync),
+) -> SimResult
+where
+    F: Fn() -> Net,
+{
+    run_with_passes(cat, cb, cfg, transport, progress, None).await
+}
+
+/// [`run`], with the server's aggregation on the simulation's clock when
+/// `passes` is given ([`Passes`]).
+pub async fn run_with_passes<F>(
+    cat: Arc<Catalog>,
+    cb: Codebook<'static>,
+    cfg: SimConfig,
+    transport: F,
+    progress: &(dyn Fn(u64) + Sync),
+    passes: Option<Passes>,
 ) -> SimResult
 where
     F: Fn() -> Net,
@@ -153,8 +189,19 @@ where
     let mut synced_total = 0u64;
     let mut virtual_now = 0u64;
     let mut running = tokio::task::JoinSet::new();
+    let every = passes.as_ref().map(|p| p.every_ms.max(1));
+    let mut next_pass = every.unwrap_or(u64::MAX);
+    let mut pass_count = 0u64;
     loop {
         while running.len() < cfg.concurrency {
+            // The barrier: nothing due at or after the next pass starts
+            // before it.
+            if queue
+                .peek()
+                .is_none_or(|Reverse((due, _))| *due >= next_pass)
+            {
+                break;
+            }
             let Some(Reverse((due, i))) = queue.pop() else {
                 break;
             };
@@ -168,6 +215,21 @@ where
                 continue;
             }
             running.spawn(step(tv, i, due, ctx.clone(), transport()));
+        }
+        if running.is_empty() {
+            if queue.is_empty() {
+                break;
+            }
+            // Nothing in flight, nothing due before the pass: run it.
+            if let (Some(p), Some(every)) = (&passes, every) {
+                if let Err(e) = (p.run)(next_pass).await {
+                    tally.counters.fatal = Some(format!("aggregation pass: {e}"));
+                    break;
+                }
+                pass_count += 1;
+                next_pass += every;
+                continue;
+            }
         }
         let Some(done) = running.join_next().await else {
             break;
@@ -216,5 +278,7 @@ where
         counters: tally.counters,
         wall_s,
         virtual_s: virtual_now as f64 / 1000.0,
+        passes: pass_count,
+        next_pass_ms: every.map(|_| next_pass),
     }
 }

@@ -149,7 +149,7 @@ mod tests {
     /// with two different states is caught.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_application_acknowledged_to_two_sessions_is_not_a_lost_update() {
-        let server = crate::fleet::start_embedded(5, false).await.unwrap();
+        let server = crate::fleet::start_embedded(5, false, None).await.unwrap();
         let id = device_id(0);
         let keys = server
             .handle

@@ -23,8 +23,10 @@
 //!   one for the zCDP conversion (at which the epsilons are stated).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use super::dp::DpConfig;
+use crate::store::{Meta, ReadTxn, StoreResult, WriteTxn, DP_WINDOW_SLOTS};
 
 /// `eps` of `rho`-zCDP at `delta` (Bun & Steinke 2016, Prop. 1.3).
 pub fn zcdp_epsilon(rho: f64, delta: f64) -> f64 {
@@ -228,8 +230,92 @@ impl Accountant {
 
     /// Epsilon spent by the releases made in the window ending at `now`.
     pub fn epsilon_spent(&mut self, now: f64) -> f64 {
-        let k = self.releases_in_window(now) as f64;
-        zcdp_epsilon(k * self.rho_release(), self.conversion_delta())
+        let k = self.releases_in_window(now);
+        self.epsilon_of(k)
+    }
+
+    /// Epsilon of `k` releases at [`Accountant::conversion_delta`].
+    pub fn epsilon_of(&self, k: u64) -> f64 {
+        zcdp_epsilon(k as f64 * self.rho_release(), self.conversion_delta())
+    }
+}
+
+/// The releases of the trailing window as the store keeps them (the meta
+/// slots [`Meta::DpWindow`]), so that the privacy loss is the deployment's:
+/// a restarted server, or a new leader of a PostgreSQL deployment, continues
+/// the window's count.
+///
+/// Time is cut into buckets of `window / (slots - 1)`; a slot holds the end
+/// of one bucket (ms since the Unix epoch) and the releases made in it, and
+/// a release counts as made at the end of its bucket: it stays in the
+/// window up to one bucket (45 min for a day's window) longer than it
+/// would, never shorter. A bucket reuses its slot only after every release
+/// in it left the window; should a live bucket hold the slot (the window
+/// was changed between runs) the new release joins it and the later end is
+/// kept, which again only lengthens what is counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReleaseLog {
+    /// (bucket end in ms, releases) per slot; `(0, 0)` for an empty one.
+    slots: Vec<(u64, u64)>,
+}
+
+/// Bits of the release count in a slot's value (the bucket end above it).
+const COUNT_BITS: u32 = 20;
+const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
+
+impl ReleaseLog {
+    fn bucket_ms(window: Duration) -> u64 {
+        let w = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        (w / (DP_WINDOW_SLOTS as u64 - 1)).max(1)
+    }
+
+    fn decode(v: u64) -> (u64, u64) {
+        (v >> COUNT_BITS, v & COUNT_MAX)
+    }
+
+    fn encode(end_ms: u64, count: u64) -> u64 {
+        // Bucket ends up to 2^43 ms (year 2248) fit a PostgreSQL bigint.
+        (end_ms.min((1 << 43) - 1) << COUNT_BITS) | count.min(COUNT_MAX)
+    }
+
+    /// Reads the log from the store.
+    pub fn read(t: &dyn ReadTxn) -> StoreResult<Self> {
+        let mut slots = Vec::with_capacity(DP_WINDOW_SLOTS);
+        for i in 0..DP_WINDOW_SLOTS {
+            slots.push(Self::decode(t.meta(Meta::DpWindow(i as u8))?));
+        }
+        Ok(ReleaseLog { slots })
+    }
+
+    /// Records a release at `at` (since the Unix epoch) in the store, in
+    /// the transaction that writes the release.
+    pub fn record(t: &mut dyn WriteTxn, window: Duration, at: Duration) -> StoreResult<()> {
+        let len = Self::bucket_ms(window);
+        let at_ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
+        let bucket = at_ms / len;
+        let end = bucket.saturating_add(1).saturating_mul(len);
+        let slot = Meta::DpWindow((bucket % DP_WINDOW_SLOTS as u64) as u8);
+        let (old_end, old_n) = Self::decode(t.meta(slot)?);
+        let w = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let live = old_n > 0 && (old_end == end || old_end.saturating_add(w) > at_ms);
+        let v = if live {
+            Self::encode(old_end.max(end), old_n.saturating_add(1))
+        } else {
+            Self::encode(end, 1)
+        };
+        t.set_meta(slot, v)
+    }
+
+    /// Releases counted in the window of length `window` ending at `now`
+    /// (seconds since the Unix epoch).
+    pub fn releases_in_window(&self, now: f64, window: Duration) -> u64 {
+        let now_ms = (now * 1000.0).max(0.0) as u64;
+        let w = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.slots
+            .iter()
+            .filter(|(end, n)| *n > 0 && end.saturating_add(w) > now_ms)
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -270,6 +356,51 @@ mod tests {
         let two = zcdp_epsilon(2.0 * a.rho_release(), 5e-11);
         assert!((a.epsilon_spent(300.0) - two).abs() < 1e-12);
         assert_eq!(a.releases_in_window(100.0 + 86_400.0), 1);
+    }
+
+    /// The store's log: releases stay in the window for `window` after the
+    /// end of their bucket (never less than after the release itself), then
+    /// leave it; a bucket's slot is reused only once its releases left.
+    #[tokio::test]
+    async fn the_release_log_counts_the_window_conservatively() {
+        use crate::store::{self, mem::MemStore};
+        let s = std::sync::Arc::new(MemStore::new());
+        let day = Duration::from_secs(86_400);
+        let bucket = 86_400.0 / 31.0;
+        let at = |x: f64| Duration::from_secs_f64(x);
+        for t in [1000.0, 1001.0, 1000.0 + 3.0 * 3600.0] {
+            store::write(&*s, move |txn| ReleaseLog::record(txn, day, at(t)))
+                .await
+                .unwrap();
+        }
+        let log = store::read(&*s, ReleaseLog::read).unwrap();
+        assert_eq!(log.releases_in_window(1002.0, day), 3);
+        // A day after the first two: still counted until their bucket's end
+        // has aged a day, then gone.
+        assert_eq!(log.releases_in_window(1001.0 + 86_400.0, day), 3);
+        assert_eq!(log.releases_in_window(bucket + 86_400.0 + 1.0, day), 1);
+        assert_eq!(
+            log.releases_in_window(1000.0 + 4.0 * 3600.0 + 86_400.0, day),
+            0
+        );
+        // 40 releases an hour apart: never more than a window's worth, the
+        // 32 slots reused; every release of the trailing day is counted.
+        let s = std::sync::Arc::new(MemStore::new());
+        for i in 0..40u32 {
+            let t = 3600.0 * f64::from(i);
+            store::write(&*s, move |txn| ReleaseLog::record(txn, day, at(t)))
+                .await
+                .unwrap();
+            let log = store::read(&*s, ReleaseLog::read).unwrap();
+            let exact = (0..=i)
+                .filter(|j| 3600.0 * f64::from(*j) > t - 86_400.0)
+                .count() as u64;
+            let n = log.releases_in_window(t, day);
+            assert!(
+                n >= exact && n <= exact + 1,
+                "release {i}: {n} counted, {exact} in the day"
+            );
+        }
     }
 
     #[test]

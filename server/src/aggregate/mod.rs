@@ -234,22 +234,67 @@ fn epoch_of(cfg: &dp::DpConfig, unix_s: f64) -> u64 {
     (unix_s / cfg.epoch.as_secs_f64().max(1e-3)).floor() as u64 + 1
 }
 
+/// The time aggregation runs at, since the Unix epoch: the wall clock, or
+/// with [`crate::AggregationClock::External`] the embedder's time of the
+/// current (or last) pass.
+pub(crate) fn now(state: &AppState) -> Duration {
+    match state.config.aggregation_clock {
+        crate::AggregationClock::Wall => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+        crate::AggregationClock::External => {
+            Duration::from_millis(state.external_ms.load(std::sync::atomic::Ordering::Acquire))
+        }
+    }
+}
+
+/// With [`crate::AggregationClock::External`], puts a pass's changes in a
+/// canonical order, (device, pattern), instead of commit order: concurrent
+/// syncs commit in an order that depends on the machine, and the exact
+/// mode's grouping (join the nearest centroid, else start one) on the order
+/// of changes. The served binary keeps commit order.
+pub(crate) fn canonical_order<P, C>(state: &AppState, items: &mut [(String, String, P, C)]) {
+    if state.config.aggregation_clock == crate::AggregationClock::External {
+        items.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    }
+}
+
 /// One pass; returns the changelog entries published. With differential
 /// privacy on, global patterns and trends are published only when an epoch
 /// begins (see [`dp::DpConfig::epoch`]).
 pub async fn run_once(state: &Arc<AppState>) -> StoreResult<usize> {
-    pass_and_release(state, false).await
+    pass_and_release(state, false, None).await
 }
 
 /// One pass followed by a release now, whatever the schedule (differential
 /// privacy on; counted by the accountant like any release). For tests and
 /// simulations, whose clocks do not follow the epoch.
 pub async fn release_now(state: &Arc<AppState>) -> StoreResult<usize> {
-    pass_and_release(state, true).await
+    pass_and_release(state, true, None).await
 }
 
-async fn pass_and_release(state: &Arc<AppState>, force: bool) -> StoreResult<usize> {
+/// One pass at the embedder's time `at` (since the Unix epoch; see
+/// [`crate::AggregationClock::External`]), with a release when `force` or
+/// when `at` begins a new epoch. With the wall clock `at` is not used.
+pub async fn run_at(state: &Arc<AppState>, at: Duration, force: bool) -> StoreResult<usize> {
+    pass_and_release(state, force, Some(at)).await
+}
+
+async fn pass_and_release(
+    state: &Arc<AppState>,
+    force: bool,
+    at: Option<Duration>,
+) -> StoreResult<usize> {
     let mut guard = state.aggregator.lock().await;
+    // The embedder's clock moves under the aggregator's lock: every read of
+    // the time in this pass sees `at` (never earlier than a previous pass).
+    if let Some(at) = at {
+        let ms = u64::try_from(at.as_millis()).unwrap_or(u64::MAX);
+        state
+            .external_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::AcqRel);
+    }
+    let now_t = now(state);
     // Only the leader aggregates; a new term (this node took over) starts
     // from the stored state, which the previous leader may have changed.
     let Some(term) = state.store.aggregation_term()? else {
@@ -268,11 +313,7 @@ async fn pass_and_release(state: &Arc<AppState>, force: bool) -> StoreResult<usi
         let mut agg = agg;
         let r = pass::load(&st, &mut agg).and_then(|()| {
             let dpc = &st.config.aggregate.dp;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64();
-            let epoch = epoch_of(dpc, now);
+            let epoch = epoch_of(dpc, now_t.as_secs_f64());
             let release = (dpc.enabled && (force || epoch > agg.released_epoch))
                 .then_some(epoch.max(agg.released_epoch));
             pass::compute(&st, &mut agg, release)
@@ -295,6 +336,7 @@ async fn pass_and_release(state: &Arc<AppState>, force: bool) -> StoreResult<usi
     let n = plan.changes.len();
     let released = plan.epoch;
     let retention = state.config.aggregate.retention_versions;
+    let window = state.config.aggregate.dp.window;
     let r = store::write(&*state.store, move |txn| {
         for (d, p, c) in &plan.contributions {
             txn.put_contribution(d, p, c.as_ref())?;
@@ -310,6 +352,9 @@ async fn pass_and_release(state: &Arc<AppState>, force: bool) -> StoreResult<usi
         txn.set_meta(Meta::GlobalId, u64::from(plan.next_id))?;
         if let Some(e) = plan.epoch {
             txn.set_meta(Meta::DpEpoch, e)?;
+            // The deployment's privacy loss: counted in the store, with the
+            // release, so a restarted node or a new leader continues it.
+            accountant::ReleaseLog::record(txn, window, now_t)?;
         }
         if retention > 0 {
             let current = txn.meta(Meta::GlobalVersion)?;
@@ -331,12 +376,8 @@ async fn pass_and_release(state: &Arc<AppState>, force: bool) -> StoreResult<usi
                 agg.released_epoch = e;
                 state.metrics.dp_releases.fetch_add(1, Relaxed);
                 if let Ok(mut dp) = state.dp.lock() {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64();
                     if let Some(a) = dp.accountant.as_mut() {
-                        a.record(now);
+                        a.record(now_t.as_secs_f64());
                     }
                 }
             }

@@ -131,9 +131,7 @@ pub(super) fn compute(
             next_id: agg.next_id,
             epoch: None,
         });
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = super::now(state);
         let mut dp = state
             .dp
             .lock()
@@ -210,11 +208,10 @@ fn compute_pass(
             let old = t.contribution(&c.device, &c.pattern)?;
             items.push((c.device, c.pattern, p, old));
         }
+        super::canonical_order(state, &mut items);
         Ok((last, items))
     })?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = super::now(state);
     let (now_f, unix_s) = (now.as_secs_f64(), now.as_secs());
     agg.cursor = cursor;
     if items.is_empty() {

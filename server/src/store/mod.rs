@@ -67,7 +67,49 @@ pub enum Meta {
     GlobalId,
     /// Last differentially private release epoch (`aggregate::dp`).
     DpEpoch,
+    /// Slot `i` (below [`DP_WINDOW_SLOTS`]) of the releases the privacy
+    /// accountant counts (`aggregate::accountant::ReleaseLog`): a time
+    /// bucket's number and the releases made in it.
+    DpWindow(u8),
 }
+
+/// Slots of [`Meta::DpWindow`].
+pub const DP_WINDOW_SLOTS: usize = 32;
+
+const DP_WINDOW_KEYS: [&str; DP_WINDOW_SLOTS] = [
+    "dp_window_00",
+    "dp_window_01",
+    "dp_window_02",
+    "dp_window_03",
+    "dp_window_04",
+    "dp_window_05",
+    "dp_window_06",
+    "dp_window_07",
+    "dp_window_08",
+    "dp_window_09",
+    "dp_window_10",
+    "dp_window_11",
+    "dp_window_12",
+    "dp_window_13",
+    "dp_window_14",
+    "dp_window_15",
+    "dp_window_16",
+    "dp_window_17",
+    "dp_window_18",
+    "dp_window_19",
+    "dp_window_20",
+    "dp_window_21",
+    "dp_window_22",
+    "dp_window_23",
+    "dp_window_24",
+    "dp_window_25",
+    "dp_window_26",
+    "dp_window_27",
+    "dp_window_28",
+    "dp_window_29",
+    "dp_window_30",
+    "dp_window_31",
+];
 
 impl Meta {
     /// The key it is stored under.
@@ -79,6 +121,8 @@ impl Meta {
             Meta::AggregateCursor => "aggregate_cursor",
             Meta::GlobalId => "global_id",
             Meta::DpEpoch => "dp_epoch",
+            // Slot numbers are taken modulo the slot count.
+            Meta::DpWindow(i) => DP_WINDOW_KEYS[usize::from(i) % DP_WINDOW_SLOTS],
         }
     }
 }
