@@ -74,7 +74,9 @@ pub struct AggregateConfig {
     /// the most samples one device counts for in one global pattern, over
     /// all its pattern ids together (so its weight there is at most this).
     pub max_weight_samples: u32,
-    /// Pause between passes.
+    /// Pause between passes. A pass that read a full `batch` is followed
+    /// at once by the next, so a backlog drains as fast as the pass runs,
+    /// not at `batch` changes per `interval`.
     pub interval: Duration,
     /// Most device-pattern changes per pass.
     pub batch: usize,
@@ -160,6 +162,9 @@ pub struct Aggregator {
     term: u64,
     /// The aggregation cursor as of the last pass.
     cursor: u64,
+    /// The last pass read a full `batch` of changes: more may be waiting,
+    /// so [`run`] passes again at once instead of waiting `interval`.
+    full_batch: bool,
     /// The last release epoch written (`Meta::DpEpoch`).
     released_epoch: u64,
     /// The aggregates each device contributes to (bounded by `dp.max_globals`).
@@ -207,16 +212,30 @@ impl Aggregator {
     }
 }
 
-/// Runs aggregation passes every `interval` until `stop` turns true.
+/// Runs aggregation passes every `interval` until `stop` turns true; a pass
+/// that read a full batch is followed by the next at once (a backlog drains
+/// at the pass's own rate).
 pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut again = false;
     loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(state.config.aggregate.interval) => {}
+        if again {
+            if *stop.borrow() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        } else {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(state.config.aggregate.interval) => {}
+            }
         }
-        if let Err(e) = run_once(&state).await {
-            tracing::warn!(error = %e, "aggregation pass failed");
-        }
+        again = match run_once(&state).await {
+            Ok(_) => state.aggregator.lock().await.full_batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "aggregation pass failed");
+                false
+            }
+        };
     }
 }
 

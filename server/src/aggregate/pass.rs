@@ -187,10 +187,12 @@ fn compute_pass(
     type Snapshot = (
         u64,
         Vec<(String, String, Option<StoredPattern>, Option<Contribution>)>,
+        bool,
     );
-    let (cursor, items): Snapshot = store::read(&*state.store, |t| {
+    let (cursor, items, full): Snapshot = store::read(&*state.store, |t| {
         let cursor = t.meta(Meta::AggregateCursor)?;
         let changes = t.device_changes_after(cursor, cfg.batch.max(1))?;
+        let full = changes.len() >= cfg.batch.max(1);
         let last = changes.last().map_or(cursor, |c| c.seq);
         let mut seen = BTreeSet::new();
         let mut items = Vec::new();
@@ -209,11 +211,12 @@ fn compute_pass(
             items.push((c.device, c.pattern, p, old));
         }
         super::canonical_order(state, &mut items);
-        Ok((last, items))
+        Ok((last, items, full))
     })?;
     let now = super::now(state);
     let (now_f, unix_s) = (now.as_secs_f64(), now.as_secs());
     agg.cursor = cursor;
+    agg.full_batch = full;
     if items.is_empty() {
         if dp || releasing {
             // Trends come with releases only.
