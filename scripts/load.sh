@@ -5,7 +5,7 @@
 # process's own CPU time and peak RSS (VmHWM)
 # can be read from /proc. Prints the fleet's table and a summary line.
 #
-#   [FLEET_ARGS="--no-faults ..."] scripts/load.sh [DEVICES] [ROUNDS] [CONCURRENCY]
+#   [FLEET_ARGS="--no-faults ..."] [SERVE_ARGS="--no-dp ..."] scripts/load.sh [DEVICES] [ROUNDS] [CONCURRENCY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices=${1:-20000}
@@ -29,7 +29,7 @@ admin_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 # No minimum sync interval: the simulation compresses 5-15 min into milliseconds.
 "$bin/constellation" serve --db "$dir/load.redb" --listen "127.0.0.1:$port" \
     --admin-listen "127.0.0.1:$admin_port" --admin-token-file "$dir/admin-token" \
-    --min-sync-interval 0 --log-level warn >"$dir/server.out" &
+    --min-sync-interval 0 --log-level warn ${SERVE_ARGS:-} >"$dir/server.out" &
 srv=$!
 for _ in $(seq 100); do grep -q "^listening on" "$dir/server.out" 2>/dev/null && break; sleep 0.1; done
 ticks=$(getconf CLK_TCK)
