@@ -7,8 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p omega-tv-sync-bench --bin gen-codebook
+# The binary, wherever CARGO_TARGET_DIR puts it.
+target=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys;print(json.load(sys.stdin)["target_directory"])')
 for profile in minilm-v1 minilm-small-v1; do
-    ./target/release/gen-codebook \
+    "$target/release/gen-codebook" \
         --items data/minilm/items_public.f32 \
         --profile "$profile" \
         --out "core/codebooks/$profile.bin"
