@@ -42,6 +42,7 @@
 
 pub mod accountant;
 pub mod dp;
+mod exact;
 pub mod index;
 mod model;
 mod pass;

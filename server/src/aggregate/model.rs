@@ -44,6 +44,10 @@ impl GlobalAggregate {
     }
 }
 
+/// One contribution written by a pass: (device, pattern id, the new
+/// contribution, or `None` when it is withdrawn).
+pub(super) type ContributionUpdate = (String, String, Option<Contribution>);
+
 /// Dot product with eight independent accumulators (vectorises).
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];

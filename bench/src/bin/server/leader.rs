@@ -16,7 +16,8 @@
 use constellation::store::{self as cstore, Meta};
 use constellation::ServerHandle;
 
-use super::pg::{self, PgCpu};
+use super::cpu::{self, PgCpu};
+use super::pg;
 use super::*;
 
 /// Categories of the leader's backlog.
@@ -172,7 +173,7 @@ struct Drain {
 /// Runs passes until the queue is empty (at most 2,000 passes or 120 s).
 async fn drain(srv: &ServerHandle, ports: &[u16]) -> Drain {
     let pgc = PgCpu::start(ports);
-    let cpu0 = pg::self_cpu_s();
+    let cpu0 = cpu::self_cpu_s();
     let t0 = Instant::now();
     let mut passes = 0;
     while passes < 2000 && t0.elapsed() < Duration::from_secs(120) {
@@ -187,7 +188,7 @@ async fn drain(srv: &ServerHandle, ports: &[u16]) -> Drain {
     Drain {
         passes,
         wall: t0.elapsed().as_secs_f64(),
-        cpu: pg::self_cpu_s() - cpu0,
+        cpu: cpu::self_cpu_s() - cpu0,
         pg_cpu: pgc.elapsed(),
     }
 }
@@ -321,7 +322,7 @@ pub(super) async fn run(a: &Args, base: &Config, real: &Arc<Real>, codebook: u32
             }
             if dp {
                 let pgc = PgCpu::start(if url_is_pg(store) { &ports } else { &[] });
-                let cpu0 = pg::self_cpu_s();
+                let cpu0 = cpu::self_cpu_s();
                 let t0 = Instant::now();
                 let published = srv.release_now().await.unwrap_or_else(|e| {
                     eprintln!("[leader] release failed: {e}");
@@ -330,7 +331,7 @@ pub(super) async fn run(a: &Args, base: &Config, real: &Arc<Real>, codebook: u32
                 println!(
                     "| {mode} | {store} | release forced (release_now): {published} changelog entries | - | 1 | {:.2} | {:.2} | - | {} | - | {} |",
                     t0.elapsed().as_secs_f64(),
-                    pg::self_cpu_s() - cpu0,
+                    cpu::self_cpu_s() - cpu0,
                     if url_is_pg(store) { format!("{:.2}", pgc.elapsed()) } else { "-".into() },
                     feed(&url).await.globals,
                 );

@@ -61,6 +61,7 @@ use omega_tv_sync_http::HttpTransport;
 use std::path::Path;
 
 mod attack;
+mod cpu;
 mod leader;
 mod load;
 mod nodes;

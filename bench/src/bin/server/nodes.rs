@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use super::pg::{self, PgCpu, Wal};
+use super::cpu::{self, PgCpu};
+use super::pg::{self, Wal};
 use super::*;
 
 struct Node(Child, String);
@@ -94,15 +95,15 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
         let pids: Vec<u32> = nodes.iter().map(|n| n.0.id()).collect();
         let wal = Wal::start(&pg::one_per_cluster(&dbs)).await;
         let mut pg_cpu = PgCpu::start(&ports);
-        let node0: f64 = pids.iter().map(|&p| pg::cpu_s(p)).sum();
-        let (self0, machine0) = (pg::self_cpu_s(), pg::machine_busy_s());
+        let node0: f64 = pids.iter().map(|&p| cpu::cpu_s(p)).sum();
+        let (self0, machine0) = (cpu::self_cpu_s(), cpu::machine_busy_s());
         let wall0 = Instant::now();
-        let r = pg::polling(&mut pg_cpu, drive(&urls.join(","), &args, ch, codebook, 0)).await;
+        let r = cpu::polling(&mut pg_cpu, drive(&urls.join(","), &args, ch, codebook, 0)).await;
         // The CPU covers the initial uploads too: the cores are over the
         // whole drive's wall time.
         let wall = wall0.elapsed().as_secs_f64().max(1e-9);
-        let node1: f64 = pids.iter().map(|&p| pg::cpu_s(p)).sum();
-        let (self1, machine1) = (pg::self_cpu_s(), pg::machine_busy_s());
+        let node1: f64 = pids.iter().map(|&p| cpu::cpu_s(p)).sum();
+        let (self1, machine1) = (cpu::self_cpu_s(), cpu::machine_busy_s());
         // The nodes connect on first use: a backend started during the run
         // counts from 0. Backends that ended during the run are not counted.
         let pg = pg_cpu.elapsed();

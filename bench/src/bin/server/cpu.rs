@@ -1,0 +1,161 @@
+//! CPU time from `/proc`, the bench's only clock for cost: of a process,
+//! of this one and its children, of the PostgreSQL backends of given ports
+//! (polled while they come and go), and of the whole machine.
+
+/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on
+/// Linux on every architecture this runs on).
+const TICKS: f64 = 100.0;
+
+/// The fields of `/proc/PID/stat` after the command name.
+fn stat_fields(pid: &str) -> Vec<f64> {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Vec::new();
+    };
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+        return Vec::new();
+    };
+    rest.split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(0.0))
+        .collect()
+}
+
+/// utime + stime of `pid`, in seconds.
+pub(super) fn cpu_s(pid: u32) -> f64 {
+    let f = stat_fields(&pid.to_string());
+    // After the command: state(0) ppid(1) ... utime(11) stime(12).
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS
+}
+
+/// utime + stime of this process, in seconds.
+pub(super) fn self_cpu_s() -> f64 {
+    let f = stat_fields("self");
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS
+}
+
+/// cutime + cstime of this process (its children that were waited for),
+/// in seconds.
+pub(super) fn children_cpu_s() -> f64 {
+    let f = stat_fields("self");
+    (f.get(13).unwrap_or(&0.0) + f.get(14).unwrap_or(&0.0)) / TICKS
+}
+
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The PostgreSQL processes behind `ports`: each postmaster started with
+/// `-p PORT` and its children (backends, WAL writer, checkpointer ...).
+pub(super) fn pg_pids(ports: &[u16]) -> Vec<u32> {
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let masters: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|pid| {
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = cmd
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.first().is_some_and(|a| a.ends_with("postgres"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == "-p" && ports.iter().any(|p| w[1] == p.to_string()))
+        })
+        .collect();
+    all.into_iter()
+        .filter(|pid| masters.contains(pid) || ppid(*pid).is_some_and(|p| masters.contains(&p)))
+        .collect()
+}
+
+/// CPU of the PostgreSQL processes behind some ports, between two reads.
+pub(super) struct PgCpu {
+    ports: Vec<u16>,
+    before: Vec<(u32, f64)>,
+    /// The last CPU read of every process seen since the start.
+    last: std::collections::HashMap<u32, f64>,
+}
+
+impl PgCpu {
+    /// Reads the CPU of every current process of the clusters on `ports`.
+    pub(super) fn start(ports: &[u16]) -> Self {
+        let before: Vec<(u32, f64)> = pg_pids(ports).into_iter().map(|p| (p, cpu_s(p))).collect();
+        PgCpu {
+            ports: ports.to_vec(),
+            last: before.iter().copied().collect(),
+            before,
+        }
+    }
+
+    /// Reads the CPU of every current process again, so that a backend
+    /// that ends before [`PgCpu::elapsed`] still counts up to this read.
+    pub(super) fn poll(&mut self) {
+        for p in pg_pids(&self.ports) {
+            let c = cpu_s(p);
+            if c > 0.0 {
+                self.last.insert(p, c);
+            }
+        }
+    }
+
+    /// CPU seconds since [`PgCpu::start`]. A backend started since counts
+    /// from 0; one that ended since counts up to the last
+    /// [`PgCpu::poll`].
+    pub(super) fn elapsed(mut self) -> f64 {
+        self.poll();
+        self.last
+            .iter()
+            .map(|(p, c)| {
+                let was = self
+                    .before
+                    .iter()
+                    .find(|(q, _)| q == p)
+                    .map_or(0.0, |(_, c)| *c);
+                c - was
+            })
+            .sum()
+    }
+}
+
+/// Busy CPU seconds of the whole machine (every process, this bench's and
+/// any other's) from the first line of `/proc/stat`: user + nice + system +
+/// irq + softirq + steal.
+pub(super) fn machine_busy_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        / TICKS
+}
+
+/// Runs `fut`, polling `cpu` every 250 ms meanwhile.
+pub(super) async fn polling<T>(cpu: &mut PgCpu, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => cpu.poll(),
+        }
+    }
+}
