@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::model::{take_back, ContributionUpdate};
+use super::model::{current_contributions, take_back, update_index, ContributionUpdate};
 use super::Aggregator;
 use crate::store::{self, Contribution, GlobalAggregate, StoreResult};
 use crate::AppState;
@@ -118,29 +118,18 @@ pub(super) fn evict_lone(
             .map(|(d, _)| Ok((d.clone(), t.device_contributions(d)?)))
             .collect()
     })?;
-    let mut index: HashMap<(String, String), usize> = contributions
-        .iter()
-        .enumerate()
-        .map(|(i, (d, p, _))| ((d.clone(), p.clone()), i))
-        .collect();
+    let mut index = update_index(contributions);
     let mut evicted = 0u64;
     for (device, ids) in evict {
         let ids: HashSet<u32> = ids.into_iter().collect();
-        // The device's current contributions to them: this pass's, else
-        // the stored ones.
-        let mut members: Vec<(String, Contribution)> = Vec::new();
-        for (p, c) in stored.get(&device).into_iter().flatten() {
-            if !index.contains_key(&(device.clone(), p.clone())) && ids.contains(&c.global) {
-                members.push((p.clone(), c.clone()));
-            }
-        }
-        for (d, p, c) in contributions.iter() {
-            if *d == device {
-                if let Some(c) = c.as_ref().filter(|c| ids.contains(&c.global)) {
-                    members.push((p.clone(), c.clone()));
-                }
-            }
-        }
+        // The device's current contributions to them.
+        let members = current_contributions(
+            &device,
+            stored.get(&device).map_or(&[][..], Vec::as_slice),
+            contributions,
+            &index,
+            |g| ids.contains(&g),
+        );
         for (p, c) in members {
             if let Some(a) = agg.aggs.get_mut(&c.global) {
                 take_back(a, &c, clip);
@@ -193,17 +182,11 @@ mod tests {
     use crate::aggregate::model::unit;
     use omega_tv_sync::DIM;
 
+    /// The rows of `data/minilm/<file>` as vectors.
     fn real(file: &str) -> Vec<Vec<f32>> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../data/minilm")
-            .join(file);
-        let raw = std::fs::read(p).expect("real vectors");
-        raw.chunks_exact(DIM * 4)
-            .map(|r| {
-                r.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()
-            })
+        omega_tv_sync_testkit::rows(file)
+            .iter()
+            .map(|r| r.to_vec())
             .collect()
     }
 

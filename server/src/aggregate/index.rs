@@ -308,17 +308,11 @@ impl CentroidIndex {
 mod tests {
     use super::*;
 
+    /// The rows of `data/minilm/<file>` as vectors.
     fn real(file: &str) -> Vec<Vec<f32>> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../data/minilm")
-            .join(file);
-        let raw = std::fs::read(p).expect("real vectors");
-        raw.chunks_exact(DIM * 4)
-            .map(|r| {
-                r.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()
-            })
+        omega_tv_sync_testkit::rows(file)
+            .iter()
+            .map(|r| r.to_vec())
             .collect()
     }
 

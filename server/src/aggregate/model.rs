@@ -3,6 +3,7 @@
 //! has changed enough to be published again. Pure functions over the
 //! stored records.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::codebooks::Codes;
@@ -47,6 +48,45 @@ impl GlobalAggregate {
 /// One contribution written by a pass: (device, pattern id, the new
 /// contribution, or `None` when it is withdrawn).
 pub(super) type ContributionUpdate = (String, String, Option<Contribution>);
+
+/// This pass's updates by (device, pattern id): the index of each in
+/// `contributions`.
+pub(super) fn update_index(
+    contributions: &[ContributionUpdate],
+) -> HashMap<(String, String), usize> {
+    contributions
+        .iter()
+        .enumerate()
+        .map(|(i, (d, p, _))| ((d.clone(), p.clone()), i))
+        .collect()
+}
+
+/// The current contributions of `device` to the globals `keep` accepts:
+/// this pass's updates where it has one (`contributions`, indexed by
+/// `index`), else the stored ones (`stored`, the device's contributions as
+/// committed).
+pub(super) fn current_contributions(
+    device: &str,
+    stored: &[(String, Contribution)],
+    contributions: &[ContributionUpdate],
+    index: &HashMap<(String, String), usize>,
+    keep: impl Fn(u32) -> bool,
+) -> Vec<(String, Contribution)> {
+    let mut members: Vec<(String, Contribution)> = Vec::new();
+    for (p, c) in stored {
+        if !index.contains_key(&(device.to_string(), p.clone())) && keep(c.global) {
+            members.push((p.clone(), c.clone()));
+        }
+    }
+    for (d, p, c) in contributions {
+        if d == device {
+            if let Some(c) = c.as_ref().filter(|c| keep(c.global)) {
+                members.push((p.clone(), c.clone()));
+            }
+        }
+    }
+    members
+}
 
 /// Dot product with eight independent accumulators (vectorises).
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -7,7 +7,9 @@ use std::collections::{BTreeSet, HashMap};
 use omega_tv_sync::{Embedding, DIM};
 
 use super::exact::{best_supported, evict_lone, nearest_or_new};
-use super::model::{add, fingerprint, take_back, unit, ContributionUpdate};
+use super::model::{
+    add, current_contributions, fingerprint, take_back, unit, update_index, ContributionUpdate,
+};
 use super::Aggregator;
 use crate::store::{
     self, Contribution, GlobalAggregate, GlobalChange, Meta, StoreResult, StoredPattern,
@@ -49,27 +51,16 @@ fn cap_devices(
             .map(|d| Ok((d.to_string(), t.device_contributions(d)?)))
             .collect()
     })?;
-    // This pass's updates, by (device, pattern): index into `contributions`.
-    let mut index: HashMap<(String, String), usize> = contributions
-        .iter()
-        .enumerate()
-        .map(|(i, (d, p, _))| ((d.clone(), p.clone()), i))
-        .collect();
+    let mut index = update_index(contributions);
     for (device, global) in pairs {
         // The device's current contributions to `global`.
-        let mut members: Vec<(String, Contribution)> = Vec::new();
-        for (p, c) in stored.get(device).into_iter().flatten() {
-            if !index.contains_key(&(device.clone(), p.clone())) && c.global == *global {
-                members.push((p.clone(), c.clone()));
-            }
-        }
-        for (d, p, c) in contributions.iter() {
-            if d == device {
-                if let Some(c) = c.as_ref().filter(|c| c.global == *global) {
-                    members.push((p.clone(), c.clone()));
-                }
-            }
-        }
+        let members = current_contributions(
+            device,
+            stored.get(device).map_or(&[][..], Vec::as_slice),
+            contributions,
+            &index,
+            |g| g == *global,
+        );
         let total: u64 = members
             .iter()
             .map(|(_, c)| u64::from(c.sample_count.min(clip)))
