@@ -12,5 +12,6 @@ pub mod data;
 pub mod eig;
 pub mod fit;
 pub mod metrics;
+pub mod procfs;
 pub mod rng;
 pub mod synth;

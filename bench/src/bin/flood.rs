@@ -29,6 +29,7 @@ use omega_tv_sync::wire::{
     Caps, Coding, FrameWriter, Kind, PatternUpdate, Record, UploadHead, MAX_UPLOAD_FRAME,
 };
 use omega_tv_sync::{Category, DeviceKey, Embedding, Method, PatternId, Request, Transport};
+use omega_tv_sync_bench::procfs::status_kib;
 use omega_tv_sync_http::HttpTransport;
 use omega_tv_sync_testkit::data::rows;
 
@@ -61,19 +62,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-/// A `/proc/self/status` field in KiB.
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// An enrolled device signing its requests.

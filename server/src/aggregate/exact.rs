@@ -179,16 +179,9 @@ pub(super) fn nearest_or_new(
 mod tests {
     use super::*;
     use crate::aggregate::model::dot;
+    use crate::aggregate::model::tests::real;
     use crate::aggregate::model::unit;
     use omega_tv_sync::DIM;
-
-    /// The rows of `data/minilm/<file>` as vectors.
-    fn real(file: &str) -> Vec<Vec<f32>> {
-        omega_tv_sync_testkit::rows(file)
-            .iter()
-            .map(|r| r.to_vec())
-            .collect()
-    }
 
     /// Deterministic standard normal numbers (splitmix64, Box-Muller).
     struct Gauss(u64);

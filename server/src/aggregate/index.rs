@@ -307,14 +307,7 @@ impl CentroidIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The rows of `data/minilm/<file>` as vectors.
-    fn real(file: &str) -> Vec<Vec<f32>> {
-        omega_tv_sync_testkit::rows(file)
-            .iter()
-            .map(|r| r.to_vec())
-            .collect()
-    }
+    use crate::aggregate::model::tests::real;
 
     #[test]
     fn the_recovered_directions_are_orthonormal_and_match_the_codes_signs() {

@@ -142,8 +142,17 @@ pub(super) fn fingerprint(codes: &Codes, contributors: usize, rate: f32, samples
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use crate::store::GlobalAggregate;
+
+    /// The rows of `data/minilm/<file>` as vectors (the aggregation tests'
+    /// real data).
+    pub(in crate::aggregate) fn real(file: &str) -> Vec<Vec<f32>> {
+        omega_tv_sync_testkit::rows(file)
+            .iter()
+            .map(|r| r.to_vec())
+            .collect()
+    }
 
     #[test]
     fn only_material_changes_republish() {

@@ -18,6 +18,7 @@ use omega_tv_sync_http::HttpTransport;
 
 use super::load::{drive, Chains, RunResult};
 use super::Args;
+use omega_tv_sync_bench::procfs::status_kib;
 
 /// Changelog entries written before the runs.
 const CHANGELOG: u64 = 100_000;
@@ -27,19 +28,6 @@ const FEED_CLIENTS: usize = 20;
 const IDLE: usize = 400;
 /// Trickling connections.
 const TRICKLE: usize = 50;
-
-/// A `/proc/self/status` field in KiB.
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// The hostile clients, until `stop`; returns the feed requests answered.
 fn start_attack(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
