@@ -40,6 +40,9 @@ pub struct Metrics {
     pub feed_visit_cut: AtomicU64,
     /// Aggregation passes completed.
     pub aggregation_runs: AtomicU64,
+    /// 1 while this node holds the aggregation leadership (always with redb),
+    /// 0 otherwise; set at every pass attempt.
+    pub aggregation_leader: AtomicU64,
     /// Global changelog entries published by aggregation.
     pub published: AtomicU64,
     /// Device-pattern changes an aggregation pass did not read again
@@ -210,6 +213,12 @@ impl Metrics {
             "constellation_aggregation_runs_total",
             "Aggregation passes.",
             ld(&self.aggregation_runs),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP constellation_aggregation_leader 1 while this node is the aggregation leader.\n\
+             # TYPE constellation_aggregation_leader gauge\nconstellation_aggregation_leader {}",
+            ld(&self.aggregation_leader)
         );
         c(
             &mut s,

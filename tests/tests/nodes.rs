@@ -69,13 +69,14 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// `constellation_aggregation_runs_total` of the node whose admin listener is `addr`.
-fn runs(addr: SocketAddr) -> Option<f64> {
+/// `constellation_aggregation_leader` of the node whose admin listener is `addr`.
+fn leads(addr: SocketAddr) -> Option<bool> {
     let (st, body) = get(addr, "/metrics")?;
     (st == 200).then_some(())?;
     String::from_utf8_lossy(&body).lines().find_map(|l| {
-        l.strip_prefix("constellation_aggregation_runs_total ")
-            .and_then(|v| v.trim().parse().ok())
+        l.strip_prefix("constellation_aggregation_leader ")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|v| v == 1)
     })
 }
 
@@ -87,22 +88,15 @@ fn version(addr: SocketAddr) -> Option<u64> {
     v["version"].as_u64()
 }
 
-/// The node among `addrs` (admin listeners) whose aggregation passes advance (the leader),
-/// watched for up to 20 s.
+/// The node among `addrs` (admin listeners) that reports holding the
+/// aggregation leadership, watched for up to 20 s.
 fn leader(addrs: &[SocketAddr]) -> Option<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut before: Vec<Option<f64>> = addrs.iter().map(|&a| runs(a)).collect();
     while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1500));
-        let now: Vec<Option<f64>> = addrs.iter().map(|&a| runs(a)).collect();
-        for (i, (b, n)) in before.iter().zip(&now).enumerate() {
-            if let (Some(b), Some(n)) = (b, n) {
-                if n > b {
-                    return Some(i);
-                }
-            }
+        if let Some(i) = addrs.iter().position(|&a| leads(a) == Some(true)) {
+            return Some(i);
         }
-        before = now;
+        std::thread::sleep(Duration::from_millis(100));
     }
     None
 }
@@ -273,17 +267,18 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
     let list: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
     let net = Nodes::new(&list.join(",")).unwrap();
 
-    // The faults, each at a share of the run's applied syncs. The node and
-    // leader faults need the fleet running (a new leader shows by
-    // publishing what the fleet uploads); once they are done, the fleet is
-    // held before its last 5% until the database fault is done too, so
-    // every fault falls inside the run however fast the machine. Bounded:
-    // the thread gives up waiting after 240 s, and so does the hold.
+    // The faults, each at a share of the run's applied syncs, with the
+    // fleet gated so that none can fall after its end however fast the
+    // machine: the fleet may run up to `allowed` percent of its syncs; each
+    // fault, once started, lets it run on to the next fault's gate. The
+    // leader fault lets it on right after the kill, since a new leader shows
+    // by publishing what the fleet uploads after it; the last gate (95%)
+    // opens once the database fault is done. Bounded: the thread gives up
+    // waiting after 240 s, and so does every hold.
     let total = (cfg.devices as u64) * u64::from(cfg.rounds);
     let progress = Arc::new(AtomicU64::new(0));
-    let leader_done = Arc::new(AtomicBool::new(false));
-    let db_done = Arc::new(AtomicBool::new(false));
-    let (leader_done2, db_done2) = (leader_done.clone(), db_done.clone());
+    let allowed = Arc::new(AtomicU64::new(20));
+    let allowed2 = allowed.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (stop2, progress2, bin2, urls2, secret2, addrs2, pg1b) = (
         stop.clone(),
@@ -296,9 +291,18 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
     );
     let (admins2, token2) = (admins.clone(), token.clone());
     let faults = std::thread::spawn(move || {
+        // Opens every gate when the thread ends, by a panic too.
+        struct OpenOnDrop(Arc<AtomicU64>);
+        impl Drop for OpenOnDrop {
+            fn drop(&mut self) {
+                self.0.store(100, Ordering::Relaxed);
+            }
+        }
+        let _open = OpenOnDrop(allowed2.clone());
         let mut nodes = nodes;
         let mut done: Vec<&'static str> = Vec::new();
         let mut takeover_s: Option<f64> = None;
+        let mut lead_s: Option<f64> = None;
         let deadline = Instant::now() + Duration::from_secs(240);
         let wait_for = |pct: u64| {
             while progress2.load(Ordering::Relaxed) < total * pct / 100
@@ -314,6 +318,7 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
             let l = leader(&admins2).expect("a node aggregates");
             let victim = (l + 1) % 3;
             nodes[victim].kill();
+            allowed2.store(40, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(300));
             nodes[victim] = serve_pg(
                 &bin2,
@@ -333,20 +338,22 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
             let other = addrs2[(l + 1) % 3];
             let v0 = version(other).expect("the version answers");
             nodes[l].kill();
+            allowed2.store(95, Ordering::Relaxed);
             let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(60) {
+            let survivors: Vec<SocketAddr> =
+                (0..3).filter(|&i| i != l).map(|i| admins2[i]).collect();
+            while t0.elapsed() < Duration::from_secs(60) && takeover_s.is_none() {
+                if lead_s.is_none() && survivors.iter().any(|&a| leads(a) == Some(true)) {
+                    lead_s = Some(t0.elapsed().as_secs_f64());
+                }
                 if version(other).is_some_and(|v| v > v0) {
                     takeover_s = Some(t0.elapsed().as_secs_f64());
-                    break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let survivors: Vec<SocketAddr> =
-                (0..3).filter(|&i| i != l).map(|i| admins2[i]).collect();
-            assert!(leader(&survivors).is_some(), "a surviving node aggregates");
+            assert!(leader(&survivors).is_some(), "a surviving node leads");
             nodes[l] = serve_pg(&bin2, &urls2, &secret2, addrs2[l], admins2[l], &token2);
             done.push("leader");
-            leader_done2.store(true, Ordering::Relaxed);
         }
         // 3. Immediate stop of the cluster with the global tables (a crash,
         // as far as PostgreSQL is concerned), down 1 s, restarted.
@@ -356,8 +363,8 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
             pg1b.restart();
             done.push("database");
         }
-        db_done2.store(true, Ordering::Relaxed);
-        (nodes, done, takeover_s)
+        allowed2.store(100, Ordering::Relaxed);
+        (nodes, done, lead_s, takeover_s)
     });
 
     let h = net.clone();
@@ -365,17 +372,13 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
     let hold_deadline = Instant::now() + Duration::from_secs(240);
     let mut result = sim::run(cat, cb, cfg.clone(), move || h.clone(), &move |n| {
         p.store(n, Ordering::Relaxed);
-        while n > total * 95 / 100
-            && leader_done.load(Ordering::Relaxed)
-            && !db_done.load(Ordering::Relaxed)
-            && Instant::now() < hold_deadline
-        {
+        while n > total * allowed.load(Ordering::Relaxed) / 100 && Instant::now() < hold_deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     })
     .await;
     stop.store(true, Ordering::Relaxed);
-    let (nodes, done, takeover_s) = faults.join().unwrap();
+    let (nodes, done, lead_s, takeover_s) = faults.join().unwrap();
     assert!(
         result.counters.fatal.is_none(),
         "{:?}",
@@ -383,8 +386,10 @@ async fn three_nodes_on_two_databases_survive_node_leader_and_database_faults() 
     );
     let applied = result.samples.iter().filter(|s| s.applied).count();
     eprintln!(
-        "faults during the run: {done:?}; leader takeover to the next global version: {:?} s; \
+        "faults during the run: {done:?}; leader killed -> a survivor leads: {:?} s, \
+         -> the next global version: {:?} s; \
          applied {applied}; transport errors {}; retries {}; twins {}; wall {:.1} s",
+        lead_s.map(|s| (s * 10.0).round() / 10.0),
         takeover_s.map(|s| (s * 10.0).round() / 10.0),
         result.counters.transport_errors,
         result.counters.retries,

@@ -317,7 +317,13 @@ async fn pass_and_release(
     let now_t = now(state);
     // Only the leader aggregates; a new term (this node took over) starts
     // from the stored state, which the previous leader may have changed.
-    let Some(term) = state.store.aggregation_term()? else {
+    let term = state.store.aggregation_term();
+    let leads = matches!(term, Ok(Some(_)));
+    state
+        .metrics
+        .aggregation_leader
+        .store(u64::from(leads), std::sync::atomic::Ordering::Relaxed);
+    let Some(term) = term? else {
         *guard = Aggregator::default();
         return Ok(0);
     };
