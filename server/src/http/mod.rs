@@ -101,6 +101,15 @@ struct Synced {
 /// One sync, in order: headers, authentication header, enrolment, body, signature,
 /// validation, rate limit, pre-decoding, the write, the response. `signer`
 /// is set once the request's signature verified.
+/// Most records of an upload prepared on the async worker (each may be a
+/// delta to decode, ~10 µs); larger uploads go to the blocking pool.
+const INLINE_MAX_ITEMS: usize = 8;
+
+/// Most changelog entries a response page prepared on the async worker
+/// looks at (each may be a global pattern to transcode into the device's
+/// codebook, ~40 µs); a page that needs more is built on the blocking pool.
+const INLINE_MAX_VISITED: usize = 8;
+
 async fn sync_inner(
     st: &Arc<AppState>,
     headers: &HeaderMap,
@@ -141,21 +150,54 @@ async fn sync_inner(
     if let Some(wait) = st.rate_limited(&up.device, up.seq) {
         return Err(error::rate_limited(wait));
     }
-    // Off the async workers, from a read snapshot: deltas decoded and the
-    // response page built, so that the writer only checks and writes.
+    // From a read snapshot, deltas decoded and the response page built, so
+    // that the writer only checks and writes. A small upload from a device
+    // close to the current global version (the steady state) is prepared
+    // right here: the work is bounded (INLINE_MAX_ITEMS decodes,
+    // INLINE_MAX_VISITED changelog entries) and a hop to the blocking pool
+    // costs more than it. Anything larger, or a page the small budget cut,
+    // is prepared on the blocking pool, off the async workers.
     let next = st.pace(&up.device, up.seq);
     let books = st.config.codebooks.clone();
-    let mut slot = Some(up);
-    let prepared = store::read_blocking(st.store.clone(), move |t| {
-        let mut up = slot.take().ok_or(StoreError::Closed)?;
-        sync::predecode(t, &mut up, &books)?;
-        let pre = sync::prebuild(t, &up, &books, next)?;
-        Ok((up, pre))
-    })
-    .await;
-    let (up, prebuilt) = match prepared {
-        Ok(x) => x,
-        Err(e) => return Err(unavailable_or_internal(st, e)),
+    let mut up = up;
+    // `Some(page or none)` once settled here; `None`: go to the blocking pool.
+    let mut settled: Option<Option<sync::Prebuilt>> = None;
+    let mut decoded = false;
+    if up.items.len() <= INLINE_MAX_ITEMS {
+        let inline = store::read(&*st.store, |t| {
+            sync::predecode(t, &mut up, &books)?;
+            let pre = sync::prebuild(t, &up, &books, next, INLINE_MAX_VISITED)?;
+            Ok(match pre {
+                Some(p) if p.cut() => None,
+                other => Some(other),
+            })
+        });
+        match inline {
+            Ok(pre) => {
+                decoded = true;
+                settled = pre;
+            }
+            Err(e) => return Err(unavailable_or_internal(st, e)),
+        }
+    }
+    let (up, prebuilt) = match settled {
+        Some(pre) => (up, pre),
+        None => {
+            let mut slot = Some(up);
+            let prepared = store::read_blocking(st.store.clone(), move |t| {
+                let mut up = slot.take().ok_or(StoreError::Closed)?;
+                if !decoded {
+                    sync::predecode(t, &mut up, &books)?;
+                }
+                let pre = sync::prebuild(t, &up, &books, next, download::MAX_VISITED)?;
+                Ok((up, pre))
+            })
+            .await;
+            match prepared {
+                Ok(x) => x,
+                Err(e) => return Err(unavailable_or_internal(st, e)),
+            }
+        }
     };
     let (device, seq) = (up.device.clone(), up.seq);
     let accept_zstd = up.accept_zstd;

@@ -75,6 +75,14 @@ pub struct Prebuilt {
     sha256: Option<[u8; 32]>,
 }
 
+impl Prebuilt {
+    /// The visit budget of [`prebuild`] ended the page before the
+    /// changelog did.
+    pub fn cut(&self) -> bool {
+        self.page.cut
+    }
+}
+
 /// Decodes the upload's deltas against the stored codes visible in `txn`
 /// (a read transaction), outside the writer, so that the single writer
 /// thread only checks that the base is unchanged. Failures are left for
@@ -173,6 +181,7 @@ fn page_request<'a>(
     answers: &'a [Answer],
     next_sync_s: u32,
     snapshot_in: Option<u64>,
+    max_visited: usize,
 ) -> PageRequest<'a> {
     PageRequest {
         seq: up.seq,
@@ -183,7 +192,7 @@ fn page_request<'a>(
         answers,
         next_sync_s,
         snapshot_horizon: snapshot_in,
-        max_visited: download::MAX_VISITED,
+        max_visited,
         until: None,
     }
 }
@@ -191,11 +200,16 @@ fn page_request<'a>(
 /// Builds the response page of `up` from the read snapshot `txn`, with the
 /// answers the writer will give if nothing changes meanwhile. `None` when
 /// the upload is a replay or would be refused (the writer decides).
+/// `max_visited` bounds the changelog entries the page looks at
+/// ([`download::MAX_VISITED`] for a whole page; a smaller budget gives a
+/// page with [`download::Page::cut`] set when it ran out, which the caller
+/// may use or build again with the whole budget).
 pub fn prebuild(
     txn: &dyn ReadTxn,
     up: &Upload,
     codebooks: &Codebooks,
     next_sync_s: u32,
+    max_visited: usize,
 ) -> StoreResult<Option<Prebuilt>> {
     let prev = txn.device(&up.device)?;
     if prev.as_ref().is_some_and(|r| replay(r, up).is_some()) {
@@ -210,7 +224,14 @@ pub fn prebuild(
     let snapshot_in = prev.as_ref().and_then(|r| r.snapshot_horizon);
     let page = download::build(
         txn,
-        &page_request(up, codebooks, &answers, next_sync_s, snapshot_in),
+        &page_request(
+            up,
+            codebooks,
+            &answers,
+            next_sync_s,
+            snapshot_in,
+            max_visited,
+        ),
     )?;
     let sha256 = (page.frame.len() > REPLAY_INLINE).then(|| Sha256::digest(&page.frame).into());
     Ok(Some(Prebuilt {
@@ -296,7 +317,14 @@ pub fn apply_with(
         None => {
             let page = download::build(
                 &*txn,
-                &page_request(up, codebooks, &answers, next_sync_s, snapshot_in),
+                &page_request(
+                    up,
+                    codebooks,
+                    &answers,
+                    next_sync_s,
+                    snapshot_in,
+                    download::MAX_VISITED,
+                ),
             )?;
             let sha =
                 (page.frame.len() > REPLAY_INLINE).then(|| Sha256::digest(&page.frame).into());

@@ -26,6 +26,44 @@ pub(super) fn cpu_s(pid: u32) -> f64 {
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS
 }
 
+/// Name of the threads of the runtime the measured servers run on (the
+/// clients run on the bench's main runtime), so that [`split_cpu_s`] can
+/// tell the two apart.
+pub(super) const SERVER_THREADS: &str = "srv-rt";
+
+/// CPU seconds of this process's live threads, split into the servers'
+/// (the [`SERVER_THREADS`] runtime's workers and blocking pool, and the
+/// store's writer threads, `constellation-…`) and everyone else's (the
+/// clients'). Threads that ended are not counted: the server runtime keeps
+/// its blocking threads alive for the whole run.
+pub(super) fn split_cpu_s() -> (f64, f64) {
+    let mut server = 0.0;
+    let mut rest = 0.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return (0.0, 0.0);
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let f: Vec<f64> = stat[close + 1..]
+            .split_whitespace()
+            .map(|v| v.parse::<f64>().unwrap_or(0.0))
+            .collect();
+        let c = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS;
+        if comm.starts_with(SERVER_THREADS) || comm.starts_with("constellation") {
+            server += c;
+        } else {
+            rest += c;
+        }
+    }
+    (server, rest)
+}
+
 /// utime + stime of this process, in seconds.
 pub(super) fn self_cpu_s() -> f64 {
     let f = stat_fields("self");

@@ -222,6 +222,10 @@ pub(super) struct RunResult {
     pub(super) down: u64,
     pub(super) lat_us: Vec<u32>,
     pub(super) elapsed: f64,
+    /// CPU seconds of the server threads and of the rest (the clients)
+    /// from the clients' start gate to the end of the run
+    /// ([`super::cpu::split_cpu_s`]).
+    pub(super) cpu: (f64, f64),
 }
 
 /// Drives `url` with `clients` devices for `seconds` after their initial
@@ -239,10 +243,12 @@ pub(super) async fn drive(
     let mut tasks = Vec::new();
     let deadline_after = Duration::from_secs_f64(a.seconds);
     let start_gate = Arc::new(tokio::sync::Barrier::new(a.clients));
+    let cpu0 = Arc::new(std::sync::Mutex::new((0.0, 0.0)));
     for c in 0..a.clients {
         let url = urls[c % urls.len()].clone();
         let ch = ch.clone();
         let gate = start_gate.clone();
+        let cpu0 = cpu0.clone();
         let id_base = id_base + a.id_base;
         let (patterns, changed) = (a.patterns, a.changed);
         tasks.push(tokio::spawn(async move {
@@ -256,7 +262,11 @@ pub(super) async fn drive(
             if s == 200 {
                 dev.acked_all();
             }
-            gate.wait().await;
+            if gate.wait().await.is_leader() {
+                if let Ok(mut c) = cpu0.lock() {
+                    *c = super::cpu::split_cpu_s();
+                }
+            }
             // Everyone starts at the current global version: a steady-state sync.
             let v = t
                 .send(
@@ -312,6 +322,9 @@ pub(super) async fn drive(
             total.elapsed = total.elapsed.max(r.elapsed);
         }
     }
+    let (s1, r1) = super::cpu::split_cpu_s();
+    let (s0, r0) = cpu0.lock().map(|c| *c).unwrap_or_default();
+    total.cpu = (s1 - s0, r1 - r0);
     total.lat_us.sort_unstable();
     total
 }

@@ -12,7 +12,15 @@
 //!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
 //!     [--max-batch 1024] [--attack] [--leader-devices 1000] [--cohort-devices 400]
 //!     [--postgres URL2 --serve-bin target/release/constellation]
+//!     [--compare-changed 5,1]
 //! ```
+//!
+//! The comparison runs once per `--compare-changed` value (default: the
+//! `--changed` value, then 1). The servers run on a runtime of their own
+//! (threads named `srv-rt`) beside the clients' runtime, so the table also
+//! gives the server's CPU per sync and the clients', from
+//! `/proc/self/task` (the server runtime's threads and the store's writer
+//! thread vs the rest).
 //!
 //! With `--attack` it measures only the fleet under attack (`attack.rs`):
 //! the same server, fleet syncs/s without and then with 20 concurrent
@@ -71,6 +79,7 @@ use load::*;
 /// Versions in each pattern's drift chain (the chain wraps around).
 const CHAIN: usize = 8;
 
+#[derive(Clone)]
 struct Args {
     clients: usize,
     seconds: f64,
@@ -88,6 +97,8 @@ struct Args {
     /// Devices that fill cohorts past the private threshold before the
     /// bytes-per-sync table (0: none).
     cohort_devices: usize,
+    /// `--changed` values of the throughput comparison (`--compare-changed 5,1`).
+    compare_changed: Vec<usize>,
 }
 
 fn args() -> Args {
@@ -104,6 +115,7 @@ fn args() -> Args {
         id_base: 0,
         leader_devices: 1000,
         cohort_devices: 400,
+        compare_changed: Vec::new(),
     };
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = argv.iter().position(|s| s == "--attack") {
@@ -124,12 +136,22 @@ fn args() -> Args {
             "--max-batch" => a.max_batch = v.parse().unwrap_or(a.max_batch),
             "--leader-devices" => a.leader_devices = v.parse().unwrap_or(a.leader_devices),
             "--cohort-devices" => a.cohort_devices = v.parse().unwrap_or(a.cohort_devices),
+            "--compare-changed" => {
+                a.compare_changed = v.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+            }
             other => eprintln!("ignoring {other}"),
         }
         i += 2;
     }
     a.patterns = a.patterns.clamp(1, 64);
     a.changed = a.changed.clamp(1, a.patterns);
+    if a.compare_changed.is_empty() {
+        a.compare_changed = if a.changed == 1 {
+            vec![1]
+        } else {
+            vec![a.changed, 1]
+        };
+    }
     a
 }
 
@@ -166,10 +188,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run(a));
+    // The servers of the throughput comparison run on threads of their
+    // own, so that their CPU per sync reads apart from the clients'.
+    let srv_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(cpu::SERVER_THREADS)
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    rt.block_on(run(a, srv_rt.handle().clone()));
 }
 
-async fn run(a: Args) {
+async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     let dir = data_dir();
     let patterns = read_rows(&dir.join("patterns_public.f32")).expect("patterns");
     let items = read_rows(&dir.join("items_public.f32")).expect("items");
@@ -194,40 +224,57 @@ async fn run(a: Args) {
     // Its clients send hand-made frames without signatures: this measures
     // the sync path itself (one HMAC per request is not the bottleneck).
     cfg.auth = constellation::AuthConfig::disabled();
-    let srv = Server::start(cfg.clone()).await.expect("server");
+    let srv = srv_rt
+        .spawn(Server::start(cfg.clone()))
+        .await
+        .expect("server task")
+        .expect("server");
     if a.attack {
         attack::run(&a, &srv, &ch, codebook).await;
         srv.shutdown().await;
         return;
     }
 
-    // A representative response of the real server, for the bare handler.
-    let fixture = {
-        let mut t = HttpTransport::new(&srv.url()).expect("url");
-        let mut dev = Device::new(100_000, a.patterns);
-        let mut body = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
-        dev.initial(codebook, &ch[0], &mut body);
-        let (_, n) = post(&mut t, &dev, &body, &mut buf).await;
-        dev.acked_all();
-        dev.cursor(&buf[..n]);
-        let js = dev.next(codebook, &ch[0], a.changed, &mut body);
-        let (_, n) = post(&mut t, &dev, &body, &mut buf).await;
-        let _ = js;
-        buf[..n].to_vec()
-    };
-    let bare = bare_server(fixture.clone()).await;
-
-    println!(
-        "server throughput: {} clients (keep-alive), {} patterns per device, {} changed per sync (closed-loop deltas on real vectors), {} s per server",
-        a.clients, a.patterns, a.changed, a.seconds
-    );
-    eprintln!("[server] redb: {} s", a.seconds);
-    let real = drive(&srv.url(), &a, &ch, codebook, 0).await;
-    let real_globals = feed(&srv.url()).await.globals;
+    // Each `--changed` value of the comparison (5, then 1, by default):
+    // the real server, then a bare handler answering the real server's
+    // bytes for that sync, the same clients, fresh devices each time.
+    let mut compared = Vec::new();
+    for (k, &changed) in a.compare_changed.iter().enumerate() {
+        let mut ak = a.clone();
+        ak.changed = changed.clamp(1, a.patterns);
+        // A representative response of the real server, for the bare handler.
+        let fixture = {
+            let mut t = HttpTransport::new(&srv.url()).expect("url");
+            let mut dev = Device::new(100_000 + k, ak.patterns);
+            let mut body = Vec::new();
+            let mut buf = vec![0u8; 1 << 20];
+            dev.initial(codebook, &ch[0], &mut body);
+            let (_, n) = post(&mut t, &dev, &body, &mut buf).await;
+            dev.acked_all();
+            dev.cursor(&buf[..n]);
+            let _ = dev.next(codebook, &ch[0], ak.changed, &mut body);
+            let (_, n) = post(&mut t, &dev, &body, &mut buf).await;
+            buf[..n].to_vec()
+        };
+        let bare = srv_rt
+            .spawn(bare_server(fixture))
+            .await
+            .expect("bare server task");
+        println!(
+            "server throughput: {} clients (keep-alive), {} patterns per device, {} changed per sync (closed-loop deltas on real vectors), {} s per server",
+            ak.clients, ak.patterns, ak.changed, ak.seconds
+        );
+        eprintln!("[server] redb, {} changed: {} s", ak.changed, ak.seconds);
+        let real = drive(&srv.url(), &ak, &ch, codebook, 1_000 * k).await;
+        let real_globals = feed(&srv.url()).await.globals;
+        eprintln!(
+            "[server] bare axum, {} changed: {} s",
+            ak.changed, ak.seconds
+        );
+        let bare_r = drive(&format!("http://{bare}"), &ak, &ch, codebook, 1_000 * k).await;
+        compared.push((ak.changed, real, bare_r, real_globals));
+    }
     let (commits0, items0) = srv.state().store.commit_stats();
-    eprintln!("[server] bare axum: {} s", a.seconds);
-    let bare_r = drive(&format!("http://{bare}"), &a, &ch, codebook, 0).await;
     // The same load on a PostgreSQL node (give an empty database: device
     // ids repeat from run to run), with the WAL it writes.
     let pg = match a.postgres.first() {
@@ -248,37 +295,52 @@ async fn run(a: Args) {
         None => None,
     };
     let rate = |r: &RunResult| r.syncs as f64 / r.elapsed.max(1e-9);
+    let us_per_sync = |cpu: f64, r: &RunResult| cpu * 1e6 / r.syncs.max(1) as f64;
     println!();
-    println!("| server | syncs/s | p50 ms | p99 ms | up B/sync | down B/sync | errors | WAL B/sync | globals live |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut rows = vec![
-        (
+    println!("| server | changed | syncs/s | p50 ms | p99 ms | up B/sync | down B/sync | errors | server CPU µs/sync | client CPU µs/sync | WAL B/sync | globals live |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    for (changed, real, bare_r, real_globals) in &compared {
+        rows.push((
             "constellation (redb, group commit, aggregation on)",
-            &real,
+            *changed,
+            real,
             "-".to_string(),
             real_globals.to_string(),
-        ),
-        (
+        ));
+        rows.push((
             "bare axum handler, same response bytes",
-            &bare_r,
+            *changed,
+            bare_r,
             "-".to_string(),
             "-".to_string(),
-        ),
-    ];
+        ));
+    }
     if let Some((r, _, wal, globals)) = &pg {
         // WAL is charged to the timed syncs plus each client's initial
         // upload (both are in the WAL range).
         let charged = r.syncs as f64 + a.clients as f64;
         rows.push((
             "constellation (PostgreSQL, 1 node, aggregation on)",
+            a.changed,
             r,
             format!("{:.0}", *wal as f64 / charged),
             globals.to_string(),
         ));
     }
-    for (name, r, wal, globals) in rows {
+    for (name, changed, r, wal, globals) in rows {
+        // The PostgreSQL node runs on the clients' runtime: its CPU is not
+        // split from theirs.
+        let (srv_cpu, cli_cpu) = if name.contains("PostgreSQL") {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                format!("{:.0}", us_per_sync(r.cpu.0, r)),
+                format!("{:.0}", us_per_sync(r.cpu.1, r)),
+            )
+        };
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} | {wal} | {globals} |",
+            "| {name} | {changed} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} | {srv_cpu} | {cli_cpu} | {wal} | {globals} |",
             rate(r),
             pct(&r.lat_us, 0.5),
             pct(&r.lat_us, 0.99),
@@ -288,18 +350,29 @@ async fn run(a: Args) {
         );
     }
     println!();
+    for (changed, real, bare_r, _) in &compared {
+        println!(
+            "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs",
+            rate(real) / rate(bare_r).max(1e-9),
+            rate(bare_r) / rate(real).max(1e-9),
+            us_per_sync(real.cpu.0, real),
+            us_per_sync(bare_r.cpu.0, bare_r),
+            us_per_sync(real.cpu.0, real) / us_per_sync(bare_r.cpu.0, bare_r).max(1e-9),
+            us_per_sync(real.cpu.1, real),
+            us_per_sync(bare_r.cpu.1, bare_r),
+        );
+    }
     println!(
-        "ratio constellation / bare: {:.3} ({:.1}x slower); group commits: {} for {} writes (mean group {:.1})",
-        rate(&real) / rate(&bare_r).max(1e-9),
-        rate(&bare_r) / rate(&real).max(1e-9),
+        "group commits: {} for {} writes (mean group {:.1})",
         commits0,
         items0,
         items0 as f64 / commits0.max(1) as f64
     );
     if let Some((r, (commits, items), _, _)) = &pg {
         println!(
-            "ratio PostgreSQL / redb: {:.3}; PostgreSQL transactions: {} for {} writes (mean group {:.1})",
-            rate(r) / rate(&real).max(1e-9),
+            "ratio PostgreSQL / redb ({} changed): {:.3}; PostgreSQL transactions: {} for {} writes (mean group {:.1})",
+            a.changed,
+            rate(r) / rate(&compared[0].1).max(1e-9),
             commits,
             items,
             *items as f64 / (*commits).max(1) as f64

@@ -89,7 +89,7 @@ pub(super) async fn run(a: &Args, bin: &Path, ch: &Arc<Vec<Chains>>, codebook: u
         let mut args = Args {
             postgres: Vec::new(),
             serve_bin: None,
-            ..*a
+            ..a.clone()
         };
         args.id_base = 1_000_000 * (k + 1);
         let pids: Vec<u32> = nodes.iter().map(|n| n.0.id()).collect();

@@ -16,6 +16,7 @@
 //! or the first transaction keeps failing. A commit that failed stored
 //! nothing and was never acknowledged, so nothing acknowledged is lost.
 
+mod changes;
 mod txn;
 mod writer;
 

@@ -11,6 +11,7 @@ use ::redb::{
 use serde::Serialize;
 
 use super::be;
+use super::changes::{self, BLOCKS};
 use crate::store::{
     Contribution, DeviceChange, DeviceRecord, Enrolment, GlobalAggregate, GlobalChange, Meta,
     ReadTxn, StoreError, StoreResult, StoredPattern, WriteTxn,
@@ -21,7 +22,6 @@ const PATTERNS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("pat
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("global_log");
 const ITEMS: TableDefinition<&str, u64> = TableDefinition::new("global_items");
-const CHANGES: TableDefinition<u64, (&str, &str)> = TableDefinition::new("device_changes");
 const CONTRIB: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contributions");
 const AGG: TableDefinition<u32, &[u8]> = TableDefinition::new("aggregates");
 const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth_devices");
@@ -31,6 +31,7 @@ const FLOORS: TableDefinition<&str, u32> = TableDefinition::new("revision_floors
 pub(super) fn create_tables(db: &Database) -> StoreResult<()> {
     let txn = db.begin_write().map_err(be)?;
     RedbWrite::open(&txn)?;
+    changes::migrate(&txn)?;
     txn.commit().map_err(be)
 }
 
@@ -85,6 +86,9 @@ macro_rules! transactions {
 
         /// A write transaction with every table opened once for the whole group.
         pub(super) struct RedbWrite<'t> {
+            /// Changes of this transaction not yet stored as a block
+            /// ([`RedbWrite::store_changes`]).
+            pending: changes::Pending,
             items_t: Table<'t, Str, u64>,
             $($t: Table<'t, $k, $v>,)*
         }
@@ -92,6 +96,7 @@ macro_rules! transactions {
         impl<'t> RedbWrite<'t> {
             pub(super) fn open(txn: &'t WriteTransaction) -> StoreResult<Self> {
                 Ok(RedbWrite {
+                    pending: changes::Pending::default(),
                     items_t: txn.open_table(ITEMS).map_err(be)?,
                     $($t: txn.open_table($def).map_err(be)?,)*
                 })
@@ -111,7 +116,7 @@ transactions! {
     patterns_t: PATTERNS, Pair => Bytes;
     meta_t: META, Str => u64;
     log_t: LOG, u64 => Bytes;
-    changes_t: CHANGES, u64 => Pair;
+    blocks_t: BLOCKS, u64 => Bytes;
     contrib_t: CONTRIB, Pair => Bytes;
     agg_t: AGG, u32 => Bytes;
     auth_t: AUTH, Str => Bytes;
@@ -199,20 +204,8 @@ macro_rules! impl_read {
                 after: u64,
                 limit: usize,
             ) -> StoreResult<Vec<DeviceChange>> {
-                let Some(from) = after.checked_add(1) else {
-                    return Ok(Vec::new());
-                };
-                let t = self.changes_t()?;
-                let mut out = Vec::new();
-                for e in t.range(from..).map_err(be)?.take(limit) {
-                    let (k, v) = e.map_err(be)?;
-                    let (d, p) = v.value();
-                    out.push(DeviceChange {
-                        seq: k.value(),
-                        device: d.to_string(),
-                        pattern: p.to_string(),
-                    });
-                }
+                let mut out = changes::after(self.blocks_t()?, after, limit)?;
+                self.pending_after(after, limit, &mut out)?;
                 Ok(out)
             }
             fn contribution(
@@ -263,12 +256,40 @@ macro_rules! impl_read {
 impl_read!(RedbRead);
 impl_read!(RedbWrite<'_>);
 
+impl RedbRead {
+    /// A read transaction has no changes of its own.
+    fn pending_after(&self, _: u64, _: usize, _: &mut Vec<DeviceChange>) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
 impl RedbWrite<'_> {
+    /// Numbers a change and collects it for this transaction's block.
     fn record_change(&mut self, device: &str, pattern: &str) -> StoreResult<()> {
-        let seq = self.meta(Meta::ChangeSeq)? + 1;
-        self.set_meta(Meta::ChangeSeq, seq)?;
-        let t = &mut self.changes_t;
-        t.insert(seq, (device, pattern)).map_err(be)?;
+        let seq = self.pending.next_seq(|| self.meta(Meta::ChangeSeq))?;
+        if self.pending.push(seq, device, pattern)? {
+            self.pending.store(&mut self.blocks_t)?;
+        }
+        Ok(())
+    }
+
+    /// This transaction's changes not yet stored, numbered above `after`.
+    fn pending_after(
+        &self,
+        after: u64,
+        limit: usize,
+        out: &mut Vec<DeviceChange>,
+    ) -> StoreResult<()> {
+        self.pending.after(after, limit, out)
+    }
+
+    /// Stores the changes this transaction collected as a block and the
+    /// last sequence number given out; call before the commit.
+    pub(super) fn store_changes(&mut self) -> StoreResult<()> {
+        self.pending.store(&mut self.blocks_t)?;
+        if let Some(last) = self.pending.last() {
+            self.set_meta(Meta::ChangeSeq, last)?;
+        }
         Ok(())
     }
 }
@@ -357,7 +378,8 @@ impl WriteTxn for RedbWrite<'_> {
         Ok(())
     }
     fn drop_device_changes(&mut self, upto: u64) -> StoreResult<()> {
-        self.changes_t.retain_in(..=upto, |_, _| false).map_err(be)
+        self.pending.store(&mut self.blocks_t)?;
+        changes::drop_upto(&mut self.blocks_t, upto)
     }
     fn put_aggregate(&mut self, id: u32, a: Option<&GlobalAggregate>) -> StoreResult<()> {
         let t = &mut self.agg_t;

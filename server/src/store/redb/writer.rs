@@ -207,6 +207,13 @@ fn run_batch(
             }
         }
     }
+    if failure.is_none() {
+        if let Some(t) = tables.as_mut() {
+            if let Err(e) = t.store_changes() {
+                failure = Some(e);
+            }
+        }
+    }
     drop(tables);
     let unrun: Vec<Work> = rest.collect();
     for w in unrun.into_iter().rev() {
