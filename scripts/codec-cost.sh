@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per pattern of the codec's quantize and reconstruct on the host,
+# Instructions per pattern of the codec's quantize, reconstruct and entropy
+# decoder (absolute and delta streams) on the host,
 # counted by callgrind (exact, unaffected by machine load):
 #   scripts/codec-cost.sh [N]     (N patterns, default 200)
 set -euo pipefail
@@ -12,8 +13,8 @@ out="$(mktemp -d)"
 valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
     "$target/release/codec-cost" "$n" 2>/dev/null
 callgrind_annotate --inclusive=yes "$out/cg.out" 2>/dev/null |
-    awk -v n="$n" '/codec_cost::run_(quantize|reconstruct) \[/ {
+    awk -v n="$n" '/codec_cost::run_(quantize|reconstruct|decode_absolute|decode_delta) \[/ {
         gsub(",", "", $1);
-        match($0, /run_(quantize|reconstruct)/);
-        printf "%-12s %10.0f instructions per pattern\n", substr($0, RSTART + 4, RLENGTH - 4), $1 / n }'
+        match($0, /run_(quantize|reconstruct|decode_absolute|decode_delta)/);
+        printf "%-16s %10.0f instructions per pattern\n", substr($0, RSTART + 4, RLENGTH - 4), $1 / n }'
 rm -rf "$out"

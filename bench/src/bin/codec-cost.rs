@@ -9,11 +9,39 @@
 //! `reconstruct` on their codes, each in its own non-inlined function
 //! (`run_quantize`, `run_reconstruct`), so that callgrind's inclusive counts
 //! of those two functions divided by `N` are the instructions per pattern.
+//! Then the entropy decoder the server runs on every uploaded pattern:
+//! `decode` of each pattern's absolute stream (`run_decode_absolute`) and of
+//! its closed-loop delta to the pattern drifted by a real item
+//! (`run_decode_delta`, the benchmark drift of `--bin codec`).
 
-use omega_tv_sync::codec::{minilm_v1, Codebook, Codes};
+use omega_tv_sync::codec::{minilm_v1, Codebook, Codes, MAX_CODED_LEN};
 use omega_tv_sync::Embedding;
-use omega_tv_sync_bench::data::{data_dir, read_rows};
+use omega_tv_sync_bench::data::{data_dir, drift, read_rows};
 use std::hint::black_box;
+
+/// Coded streams with the base each decodes against.
+type Streams = Vec<(Vec<u8>, Option<Codes>)>;
+
+#[inline(never)]
+fn run_decode_absolute(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) {
+    for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
+        cb.decode(black_box(s), base.as_ref(), o).expect("decodes");
+    }
+}
+
+#[inline(never)]
+fn run_decode_delta(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) {
+    for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
+        cb.decode(black_box(s), base.as_ref(), o).expect("decodes");
+    }
+}
+
+/// Encodes `codes` (against `base`) into a stream.
+fn stream(cb: &Codebook<'_>, codes: &Codes, base: Option<&Codes>) -> (Vec<u8>, Option<Codes>) {
+    let mut buf = [0u8; MAX_CODED_LEN];
+    let n = cb.encode(codes, base, &mut buf).expect("encodes");
+    (buf[..n].to_vec(), base.copied())
+}
 
 #[inline(never)]
 fn run_quantize(cb: &Codebook<'_>, embs: &[Embedding], out: &mut [Codes]) {
@@ -57,6 +85,31 @@ fn main() {
         })
         .sum::<f64>()
         / n as f64;
+    // The decoder: absolute streams, and deltas to a drifted pattern.
+    let items = read_rows(&data_dir().join("items_public.f32")).expect("items");
+    let absolute: Streams = codes.iter().map(|c| stream(&cb, c, None)).collect();
+    let delta: Streams = rows
+        .iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .zip(codes.iter())
+        .map(|((i, r), c)| {
+            let moved = drift(r, &items[(7 * i + 3) % items.len()], (5 + i % 16) as f64);
+            let moved = cb.quantize(&Embedding::new(moved).expect("unit norm"));
+            stream(&cb, &moved, Some(c))
+        })
+        .collect();
+    let mut decoded = vec![[0i16; 384]; n];
+    run_decode_absolute(&cb, &absolute, &mut decoded);
+    assert_eq!(decoded, codes, "absolute streams decode to their codes");
+    run_decode_delta(&cb, &delta, &mut decoded);
+    let mean_len = |s: &Streams| s.iter().map(|(b, _)| b.len()).sum::<usize>() as f64 / n as f64;
+    println!(
+        "streams: absolute {:.1} B, delta {:.1} B on average",
+        mean_len(&absolute),
+        mean_len(&delta)
+    );
     let nonzero: usize = codes
         .iter()
         .map(|c| c.iter().filter(|&&q| q != 0).count())

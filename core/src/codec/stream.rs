@@ -245,24 +245,34 @@ impl<'a> Codebook<'a> {
         // (component, bits, base + value without its low bits).
         let mut deferred = [(0u16, 0u8, 0i32); MAX_PAYLOAD_BITS as usize];
         let (mut n_def, mut used, mut deferring) = (0usize, 0u32, true);
+        // Neighbouring components mostly share their logical table (indices
+        // follow the spread, which falls slowly along the basis): its
+        // physical table and raw bits are looked up again only on a change.
+        let (mut last, mut t, mut b): (u32, &[u8], u32) = (u32::MAX, &[], 0);
         for (j, ((r, &ix), &b0)) in res
             .iter_mut()
             .zip(self.indices(family).iter())
             .zip(base.iter())
             .enumerate()
         {
-            let (phys, b) = self.physical(self.logical(ix, class));
-            let t = self.table(family, phys);
+            let logical = self.logical(ix, class);
+            if logical != last {
+                let (phys, bits) = self.physical(logical);
+                (last, t, b) = (logical, self.table(family, phys), bits);
+            }
             let slot = dec.slot();
-            // Binary search: cum[lo] <= slot < cum[hi], cum[0] = 0, cum[n_sym] = 2^14.
-            let (mut lo, mut hi) = (0usize, n_sym);
-            while hi - lo > 1 {
-                let mid = (lo + hi) / 2;
-                if u16_at(t, mid) <= slot {
-                    lo = mid;
-                } else {
-                    hi = mid;
+            // The last symbol whose cumulative frequency is <= slot
+            // (cum[0] = 0, cum[n_sym] = 2^14), by a binary search whose
+            // steps depend only on n_sym: the answer stays in
+            // [lo, lo + len), each step keeps the half that holds it (a
+            // conditional move, not a branch the slot decides).
+            let (mut lo, mut len) = (0usize, n_sym);
+            while len > 1 {
+                let h = len / 2;
+                if u16_at(t, lo + h) <= slot {
+                    lo += h;
                 }
+                len -= h;
             }
             let start = u16_at(t, lo);
             let end = u16_at(t, lo + 1);
