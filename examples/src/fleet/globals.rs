@@ -101,12 +101,10 @@ pub fn compare_globals(tvs: &[tv::Tv], live: &LiveGlobals) -> (u64, Option<f64>)
                 );
             }
         }
-        if let Some(embs) = &tv.globals.embeddings {
-            for (id, e) in embs {
-                if let Some((_, src)) = live.get(id) {
-                    let c = f64::from(e.dot(src));
-                    cos_min = Some(cos_min.map_or(c, |m| m.min(c)));
-                }
+        for (id, e) in tv.globals.embeddings() {
+            if let Some((_, src)) = live.get(&id) {
+                let c = f64::from(e.dot(src));
+                cos_min = Some(cos_min.map_or(c, |m| m.min(c)));
             }
         }
     }
@@ -117,8 +115,9 @@ pub fn compare_globals(tvs: &[tv::Tv], live: &LiveGlobals) -> (u64, Option<f64>)
 mod tests {
     use super::*;
     use crate::fleet::{model, Args};
-    use omega_tv_sync::sync::GlobalSink;
-    use omega_tv_sync::{Category, Embedding, GlobalPattern, DIM};
+    use omega_tv_sync::codec::{minilm_small_v1, Codebook, Codes};
+    use omega_tv_sync::sync::{CodedGlobal, GlobalSink};
+    use omega_tv_sync::{Category, Embedding, DIM};
 
     fn unit(i: usize) -> Embedding {
         let mut v = [0f32; DIM];
@@ -126,25 +125,31 @@ mod tests {
         Embedding::new(v).unwrap()
     }
 
-    fn global(id: u32, version: u64, e: Embedding) -> GlobalPattern {
-        GlobalPattern {
+    /// Applies global `id` at `version`, `e` as codes of `cb`, to `g`.
+    fn apply(g: &mut tv::Globals, cb: &Codebook<'_>, id: u32, version: u64, e: &Embedding) {
+        let codes: Codes = cb.quantize(e);
+        let category = Category::new("drama").unwrap();
+        g.global_codes(&CodedGlobal {
             id,
-            embedding: e,
+            codes: &codes,
             success_rate: 0.8,
             sample_count: 100,
             contributors: 5,
-            category: Category::new("drama").unwrap(),
+            category: &category,
             version,
-        }
+            codebook: cb,
+        });
     }
 
     /// The comparison finds a TV that misses a global, one that holds an
     /// older version, and one with an extra (withdrawn) global; and it
-    /// measures the small-profile copies against their sources.
+    /// measures the small-profile copies (kept as codes, reconstructed for
+    /// the comparison) against their sources.
     #[test]
     fn global_sets_are_compared_exactly() {
         let cat = model::Catalog::load().unwrap();
         let cb = omega_tv_sync::codec::minilm_v1().unwrap();
+        let small_cb = minilm_small_v1().unwrap();
         let mut cfg = Args::default().sim;
         cfg.devices = 5;
         cfg.small_profile_share = 0.2;
@@ -152,25 +157,39 @@ mod tests {
         let mut tvs: Vec<tv::Tv> = (0..5).map(|i| tv::Tv::new(&cat, cb, &cfg, i)).collect();
         assert_eq!(tvs.iter().filter(|t| t.small_profile).count(), 1);
         for t in tvs.iter_mut() {
-            t.globals.global_upsert(&global(1, 10, unit(0)));
-            t.globals.global_upsert(&global(2, 12, unit(1)));
+            let book = if t.small_profile { &small_cb } else { &cb };
+            apply(&mut t.globals, book, 1, 10, &unit(0));
+            apply(&mut t.globals, book, 2, 12, &unit(1));
         }
         assert_eq!(compare_globals(&tvs, &live).0, 0);
-        // The small-profile TV's copy of global 2, a little off its source.
+        // Only the small-profile TV keeps codes; its copies are close to
+        // their sources.
         let small = tvs.iter().position(|t| t.small_profile).unwrap();
+        assert_eq!(tvs[small].globals.embeddings().len(), 2);
+        assert!(tvs[(small + 1) % 5].globals.embeddings().is_empty());
+        let close = compare_globals(&tvs, &live).1.unwrap();
+        assert!(close > 0.99, "{close}");
+        // Its copy of global 2, a little off its source: the comparison
+        // reports that copy's cosine (computed here through the codebook).
         let mut off = [0f32; DIM];
         off[1] = 0.96;
         off[2] = 0.28;
-        tvs[small]
-            .globals
-            .global_upsert(&global(2, 12, Embedding::new(off).unwrap()));
+        let off = Embedding::new(off).unwrap();
+        apply(&mut tvs[small].globals, &small_cb, 2, 12, &off);
+        let expect = f64::from(
+            small_cb
+                .reconstruct(&small_cb.quantize(&off))
+                .unwrap()
+                .dot(&unit(1)),
+        );
         let (m, cos) = compare_globals(&tvs, &live);
         assert_eq!(m, 0);
-        assert!((cos.unwrap() - 0.96).abs() < 1e-6, "{cos:?}");
+        assert!((cos.unwrap() - expect).abs() < 1e-9, "{cos:?} vs {expect}");
+        assert!((expect - 0.96).abs() < 0.01, "{expect}");
         // Missing, stale and extra.
         tvs[0].globals.global_remove(2, 13);
-        tvs[1].globals.global_upsert(&global(1, 9, unit(0)));
-        tvs[2].globals.global_upsert(&global(3, 14, unit(3)));
+        apply(&mut tvs[1].globals, &cb, 1, 9, &unit(0));
+        apply(&mut tvs[2].globals, &cb, 3, 14, &unit(3));
         assert_eq!(compare_globals(&tvs, &live).0, 3);
         // A reset empties the set.
         tvs[3].globals.reset();

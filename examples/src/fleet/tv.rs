@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use omega_tv_sync::codec::Codebook;
-use omega_tv_sync::sync::{GlobalSink, SyncClient};
+use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes};
+use omega_tv_sync::sync::{CodedGlobal, GlobalSink, SyncClient};
 use omega_tv_sync::types::DeviceId;
-use omega_tv_sync::{Embedding, GlobalPattern};
+use omega_tv_sync::Embedding;
 
 use super::config::{device_config, device_id, small_profile, SimConfig};
 use super::ledger::Ledger;
@@ -22,33 +22,57 @@ pub type Client = SyncClient<'static, CAPACITY>;
 
 /// The global patterns a TV holds, as its sessions applied them (its
 /// [`GlobalSink`]): the version of each live id and, when asked for (the
-/// small-profile TVs, whose copies are transcoded by the server), the
-/// decoded direction.
+/// small-profile TVs, whose copies are transcoded by the server), its codes.
+/// Like firmware that scores in the code domain, it takes globals as codes
+/// and reconstructs nothing while syncing ([`GlobalSink::RECONSTRUCT`] is
+/// `false`); [`Globals::embeddings`] reconstructs on request.
 #[derive(Clone, Debug, Default)]
 pub struct Globals {
     /// Live global pattern ids and the version of the state held.
     pub versions: BTreeMap<u32, u64>,
-    /// The decoded direction of each, when kept.
-    pub embeddings: Option<BTreeMap<u32, Embedding>>,
+    /// The codes of each, with the id of their codebook, when kept.
+    pub codes: Option<BTreeMap<u32, (u32, Box<Codes>)>>,
+}
+
+impl Globals {
+    /// The kept globals reconstructed, by id (those whose codebook is not
+    /// one of the shipped ones are left out).
+    pub fn embeddings(&self) -> Vec<(u32, Embedding)> {
+        let books: Vec<Codebook<'static>> = [minilm_v1(), minilm_small_v1()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let Some(codes) = &self.codes else {
+            return Vec::new();
+        };
+        codes
+            .iter()
+            .filter_map(|(&id, (book, c))| {
+                let cb = books.iter().find(|b| b.id() == *book)?;
+                Some((id, cb.reconstruct(c).ok()?))
+            })
+            .collect()
+    }
 }
 
 impl GlobalSink for Globals {
+    const RECONSTRUCT: bool = false;
     fn reset(&mut self) {
         self.versions.clear();
-        if let Some(e) = &mut self.embeddings {
-            e.clear();
+        if let Some(c) = &mut self.codes {
+            c.clear();
         }
     }
-    fn global_upsert(&mut self, p: &GlobalPattern) {
+    fn global_codes(&mut self, p: &CodedGlobal<'_, '_>) {
         self.versions.insert(p.id, p.version);
-        if let Some(e) = &mut self.embeddings {
-            e.insert(p.id, p.embedding.clone());
+        if let Some(c) = &mut self.codes {
+            c.insert(p.id, (p.codebook.id(), Box::new(*p.codes)));
         }
     }
     fn global_remove(&mut self, id: u32, _version: u64) {
         self.versions.remove(&id);
-        if let Some(e) = &mut self.embeddings {
-            e.remove(&id);
+        if let Some(c) = &mut self.codes {
+            c.remove(&id);
         }
     }
 }
@@ -101,7 +125,7 @@ impl Tv {
             ledger: Ledger::default(),
             globals: Globals {
                 versions: BTreeMap::new(),
-                embeddings: small.then(BTreeMap::new),
+                codes: small.then(BTreeMap::new),
             },
             small_profile: small,
             twin: None,
