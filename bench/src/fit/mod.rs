@@ -15,17 +15,24 @@ pub use tables::{family_tables, gg_table, write_blob};
 
 /// Table half-width: symbols are values `-HALF..HALF` plus an escape.
 pub const HALF: u8 = 40;
-/// Logical tables `0..N_SMALL + PERIOD` send no raw bits (scale below 4 steps).
+/// Default `P` (the blob header's): `P + PERIOD` physical tables per family;
+/// logical tables `0..P + PERIOD` send no raw bits (spread below 4 steps for
+/// `P = 20`, below 8 steps for `P = 24`).
 pub const N_SMALL: u8 = 20;
-/// Above `N_SMALL`, tables repeat every `PERIOD` indices (one octave) with one more raw bit.
+/// From `P` on, tables repeat every `PERIOD` indices (one octave) with one more raw bit.
 pub const PERIOD: u8 = 4;
-/// Logical tables: scales `2^(t/4 - 4)` for `t` in `0..N_LOGICAL` (1/16 to ~2^14.75 steps).
-pub const N_LOGICAL: u8 = N_SMALL + PERIOD * 13;
+/// Octaves of logical tables above `P`: `T = P + PERIOD * 13` logical tables,
+/// scales `2^(t/4 - 4)` (1/16 to ~2^14.75 steps for `P = 20`), raw bits up to 12.
+const RAW_OCTAVES: u8 = 13;
+
+/// Number of logical tables `T` for `P = p`.
+pub const fn n_logical(p: u8) -> u8 {
+    p + PERIOD * RAW_OCTAVES
+}
 /// Scale classes the encoder chooses from.
 pub const N_CLASSES: u8 = 16;
 /// Index offset of class 0: classes shift every index by `-8..=7` quarter octaves.
 pub const CLASS_BASE: i8 = -8;
-const N_PHYS: usize = (N_SMALL + PERIOD) as usize;
 const N_SYM: usize = 2 * HALF as usize + 1;
 const ESC: usize = N_SYM - 1;
 const M: f64 = 16384.0;
@@ -49,6 +56,9 @@ pub struct Options {
     /// product with items, whose variance is `sum_j lambda_j e_j^2`:
     /// `gamma = 0.5` equalises every component's share of it.
     pub gamma: f64,
+    /// The blob header's `P` (see [`N_SMALL`]): raw low bits start at a
+    /// spread of `2^(P/4 - 3)` steps (4 for `P = 20`, 8 for `P = 24`).
+    pub plain_tables: u8,
     /// Fit the basis to the synthetic training patterns (the vectors devices
     /// hold) instead of the catalogue items.
     pub pattern_basis: bool,
@@ -244,11 +254,12 @@ type FamilyChoice = (f64, f64, Vec<u8>, Vec<Vec<u16>>);
 
 /// Fits steps, indices and tables for given step parameters.
 pub fn fit(prep: &Prepared, step: f64, alpha: f64) -> Fitted {
-    fit_weighted(prep, step, alpha, 0.0)
+    fit_weighted(prep, step, alpha, 0.0, N_SMALL)
 }
 
-/// [`fit`] with the catalogue-variance weighting `gamma` (see [`Options`]).
-pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitted {
+/// [`fit`] with the catalogue-variance weighting `gamma` and the table
+/// layout `P = small` (see [`Options`]).
+pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64, small: u8) -> Fitted {
     let n = prep.train.len() as f64;
     let ys: Vec<[f64; DIM]> = prep.train.iter().map(|x| coefficients(prep, x)).collect();
     let sigma = spreads(&ys);
@@ -266,10 +277,10 @@ pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitte
         dec_mul[j] = (scale * sj) as f32;
     }
     let basis = prep.basis.as_ref().map(|(b, _)| b.as_slice());
-    let t0 = family_tables(2.0);
+    let t0 = family_tables(2.0, small);
     let idx0 = vec![40u8; DIM];
     let draft = write_blob(
-        basis, &prep.mean, &enc_mul, &dec_mul, &idx0, &idx0, &t0, &t0,
+        small, basis, &prep.mean, &enc_mul, &dec_mul, &idx0, &idx0, &t0, &t0,
     );
     let cb = Codebook::from_bytes(&draft).expect("draft codebook is valid");
     let abs: Vec<[i32; DIM]> = prep
@@ -293,8 +304,8 @@ pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitte
     let fam = |vals: &[[i32; DIM]]| {
         let mut best: Option<FamilyChoice> = None;
         for &beta in &BETAS {
-            let tables = family_tables(beta);
-            let (idx, bits) = fit_indices(vals, &CostModel::new(&tables), 3);
+            let tables = family_tables(beta, small);
+            let (idx, bits) = fit_indices(vals, &CostModel::new(&tables, small), 3);
             if best.as_ref().is_none_or(|b| bits < b.0) {
                 best = Some((bits, beta, idx, tables));
             }
@@ -304,7 +315,7 @@ pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitte
     let (abits, abeta, aidx, atab) = fam(&abs);
     let (dbits, dbeta, didx, dtab) = fam(&delta);
     let blob = write_blob(
-        basis, &prep.mean, &enc_mul, &dec_mul, &aidx, &didx, &atab, &dtab,
+        small, basis, &prep.mean, &enc_mul, &dec_mul, &aidx, &didx, &atab, &dtab,
     );
     Fitted {
         blob,
@@ -328,7 +339,7 @@ pub fn generate(items: &[Row], opts: &Options) -> Fitted {
         opts.n_train,
         opts.seed,
     );
-    fit_weighted(&prep, opts.step, opts.alpha, opts.gamma)
+    fit_weighted(&prep, opts.step, opts.alpha, opts.gamma, opts.plain_tables)
 }
 
 /// A shipped codebook: its name, its file under `core/codebooks/`, and the
@@ -343,8 +354,9 @@ pub struct Profile {
     pub opts: Options,
 }
 
-/// The shipped profiles. `step` and `alpha` were chosen with
-/// `gen-codebook --tune` on synthetic validation patterns (see `docs/codec.md`).
+/// The shipped profiles. `step`, `alpha`, `gamma` and `plain_tables` were
+/// chosen with `gen-codebook --tune` on synthetic validation patterns (see
+/// `docs/codec.md`).
 pub fn profiles() -> [Profile; 2] {
     [
         Profile {
@@ -352,9 +364,10 @@ pub fn profiles() -> [Profile; 2] {
             file: "minilm-v1.bin",
             opts: Options {
                 basis: true,
-                step: 1.0 / 512.0,
+                step: 1.15 / 512.0,
                 alpha: 0.25,
-                gamma: 0.1,
+                gamma: 0.25,
+                plain_tables: N_SMALL,
                 pattern_basis: false,
                 n_train: 8000,
                 seed: 1,
@@ -368,6 +381,7 @@ pub fn profiles() -> [Profile; 2] {
                 step: 0.95 / 512.0,
                 alpha: 0.0,
                 gamma: 0.0,
+                plain_tables: N_SMALL,
                 pattern_basis: false,
                 n_train: 8000,
                 seed: 1,
