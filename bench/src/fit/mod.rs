@@ -38,6 +38,9 @@ const ESC: usize = N_SYM - 1;
 const M: f64 = 16384.0;
 /// Smallest escape probability of a table.
 const ESC_FLOOR: f64 = 1.0 / 4096.0;
+/// Largest quantisation step: a coefficient of a unit vector minus a mean
+/// of unit vectors has magnitude below 2, so with a step of 4 its code is 0.
+const MAX_STEP: f64 = 4.0;
 /// Generalised-Gaussian shapes tried for each table family.
 pub const BETAS: [f64; 4] = [1.2, 1.5, 1.8, 2.1];
 
@@ -273,6 +276,11 @@ pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64, small: u
         if gamma != 0.0 {
             sj *= libm::pow(prep.item_var[j] / lmed, -gamma);
         }
+        // Components the catalogue barely spans (the last few PCA rows have
+        // a variance near 0) would get steps of 10^20 and more, whose squares
+        // overflow f32 in `CoefficientSpace`; any step above MAX_STEP
+        // already quantises every unit vector's coefficient to 0.
+        sj = sj.min(MAX_STEP);
         enc_mul[j] = (scale / sj) as f32;
         dec_mul[j] = (scale * sj) as f32;
     }
