@@ -222,7 +222,7 @@ fn run_tune(
             set.min300.set(1.0);
             let (ab, db, ra, rd, cs, cm) = set.run(&cb, items);
             println!(
-                "{name} {s:.3} {al:.2} {g:.2} {p} {ab:.1} {db:.1} {ra:.4} {rd:.4} {cs:.6} {cm:.6} {:.6}",
+                "{name} {s:.3} {al:.2} {g:.3} {p} {ab:.1} {db:.1} {ra:.4} {rd:.4} {cs:.6} {cm:.6} {:.6}",
                 set.min300.get()
             );
         }
