@@ -790,32 +790,56 @@ class Codebook:
         emitted.reverse()
         return struct.pack("<I", x) + bytes(emitted)
 
-    def ideal_bits(self, syms, family):
-        """Ideal code length of a symbol list: sum of 14 - log2(freq) per table
-        symbol plus the raw bits (f64, summed in stream order)."""
-        cum = self.cum[family]
-        tot = 0.0
-        for kind, a, b in syms:
-            if kind != "sym":
-                tot += b
+    # codec.md, "Class choice": the table L (about 256 * log2(1 + m/32); the
+    # listed integers, not that formula rounded, which differs at m = 4, 5, 9).
+    _LOG2_FRAC = [0, 11, 22, 33, 43, 53, 63, 73, 82, 91, 100, 109, 118, 126, 134, 142,
+                  150, 157, 165, 172, 179, 186, 193, 200, 207, 213, 220, 226, 232, 238, 244, 250]
+
+    @classmethod
+    def _cost_256(cls, f):
+        """Estimated cost in 1/256 bit of a table symbol of frequency f."""
+        f = max(f, 1)
+        e = f.bit_length() - 1
+        m = ((f >> (e - 5)) if e >= 5 else (f << (5 - e))) & 31
+        return max(0, (14 << 8) - (e * 256 + cls._LOG2_FRAC[m]))
+
+    def class_cost(self, vals, family, cls):
+        """codec.md, "Class choice": the integer cost estimate of a class (1/256
+        bit): per component, the table symbol's estimate plus its raw bits (the
+        payload's included) or the escape's 5 + n - 1 bits; the class's 4 bits
+        not counted."""
+        H = self.H
+        tot = 0
+        for j, v in enumerate(vals):
+            phys, b = self.table(family, j, cls)
+            c = self.cum[family][phys]
+            h = (v + (1 << (b - 1))) >> b if b else v
+            if -H <= h < H:
+                tot += self._cost_256(c[h + H + 1] - c[h + H]) + 256 * b
             else:
-                c = cum[a]
-                tot += self.prob_bits - math.log2(c[b + 1] - c[b])
+                n = zigzag(v).bit_length()
+                tot += self._cost_256(c[2 * H + 1] - c[2 * H]) + 256 * (5 + max(n - 1, 0))
         return tot
 
     def choose_class(self, vals, family):
-        """The scale class of least ideal code length of the stream, the raw
-        bits carried by the initial-state payload not counted (they cost
-        nothing); ties go to the lowest. (codec.md only said "the encoder picks
-        the cheapest": this rule is the one that reproduces every known-answer
-        vector; counting the payload bits picks another class for the
-        minilm-small-v1 delta vector.)"""
-        best, best_cost = 0, None
-        for cls in range(self.C):
-            stream, _p, _u = self._split_payload(self._symbols(vals, family, cls))
-            cost = self.ideal_bits(stream, family)
-            if best_cost is None or cost < best_cost:
-                best, best_cost = cls, cost
+        """codec.md, "Class choice": from class C div 2, step down while each
+        class is strictly cheaper than the best so far; if that found none,
+        step up the same way. (Until the minilm-v1 refit this file took the
+        least ideal length over all classes, ties to the lowest: the same
+        classes for every earlier vector, not for the refitted blob's
+        +-65535 deltas; GAPS.md item 33.)"""
+        mid = self.C // 2
+        best, best_cost = mid, self.class_cost(vals, family, mid)
+        for step in (-1, 1):
+            c = mid + step
+            while 0 <= c < self.C:
+                k = self.class_cost(vals, family, c)
+                if k >= best_cost:
+                    break
+                best, best_cost = c, k
+                c += step
+            if best != mid:
+                break
         return best
 
     def encode(self, codes, base=None, cls=None):

@@ -43,7 +43,7 @@ async fn small_fleet_loses_nothing_and_applies_nothing_twice() {
         r.checked_patterns
     );
     assert!(
-        r.server_cos_min >= 0.9999,
+        r.server_cos_min >= SERVER_COS_MIN,
         "server cos min {}",
         r.server_cos_min
     );
@@ -149,6 +149,13 @@ fn test_dp() -> constellation::aggregate::dp::DpConfig {
     }
 }
 
+/// Lowest cosine accepted between a pattern as the server holds it (its
+/// codes reconstructed) and the device's float pattern: one quantisation in
+/// the TV's codebook, no drift over the run's deltas. Measured: 0.99980
+/// (`minilm-v1`, both tests below); with that fit's step doubled the codec's
+/// own lowest cos is 0.99920 (`docs/codec.md`, "Cosine floors").
+const SERVER_COS_MIN: f64 = 0.9997;
+
 /// Lowest cosine accepted between a global pattern as a small-profile TV
 /// decoded it (published in `minilm-v1`, transcoded by the server into
 /// `minilm-small-v1`) and its source (the `minilm-v1` codes reconstructed):
@@ -195,7 +202,7 @@ async fn a_mixed_codebook_fleet_ends_with_one_global_set() {
     // The TVs' own patterns, in either codebook, are held by the server as
     // closely as before.
     assert!(
-        r.server_cos_min >= 0.9999,
+        r.server_cos_min >= SERVER_COS_MIN,
         "server cos min {}",
         r.server_cos_min
     );

@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! gen-codebook --items data/minilm/items_public.f32 --profile minilm-v1 --out core/codebooks/minilm-v1.bin
-//! gen-codebook --items ITEMS --out FILE [--small] [--step S] [--alpha A] [--n-train N] [--seed S]
+//! gen-codebook --items ITEMS --out FILE [--small] [--step S] [--alpha A] [--gamma G]
+//!     [--plain-tables P] [--n-train N] [--seed S]
 //! gen-codebook --items data/minilm/items_public.f32 --tune [--small] [--pattern-basis]
-//!     [--grid S:A:G,...] [--fit-items N] [--eval-patterns FILE]
+//!     [--grid S:A:G[:P],...] [--fit-items N] [--eval-patterns FILE]
 //! ```
 //!
 //! `--tune` fits codebooks for a grid of steps `S` (x 2^-9) and weightings
-//! `A` (alpha) and `G` (gamma) and prints bytes and recall@10 on *synthetic*
+//! `A` (alpha) and `G` (gamma), and table layouts `P` (raw bits from
+//! `2^(P/4 - 3)` steps; default 20), and prints bytes and recall@10 on *synthetic*
 //! validation patterns (another seed, never the public patterns), to choose
 //! the options of the shipped profiles (`fit::profiles`). `--fit-items N`
 //! fits on the first `N` items only (validation still ranks against all of
@@ -35,6 +37,7 @@ fn main() {
         step: 1.0 / 512.0,
         alpha: 0.0,
         gamma: 0.0,
+        plain_tables: fit::N_SMALL,
         pattern_basis: false,
         n_train: 8000,
         seed: 1,
@@ -61,6 +64,7 @@ fn main() {
             "--step" => opts.step = parse(&val()),
             "--alpha" => opts.alpha = parse(&val()),
             "--gamma" => opts.gamma = parse(&val()),
+            "--plain-tables" => opts.plain_tables = parse(&val()),
             "--pattern-basis" => opts.pattern_basis = true,
             "--grid" => grid = Some(val()),
             "--fit-items" => fit_items = Some(parse(&val())),
@@ -73,18 +77,23 @@ fn main() {
     let items_path = items.unwrap_or_else(|| die("--items is required"));
     let items = read_rows(&items_path).unwrap_or_else(|e| die(&e.to_string()));
     if tune {
-        let grid: Vec<(f64, f64, f64)> = match grid {
+        let grid: Vec<(f64, f64, f64, u8)> = match grid {
             None => [0.9, 1.0, 1.1, 1.2]
                 .iter()
-                .flat_map(|&s| [0.0, 0.15, 0.25, 0.35].map(|a| (s, a, opts.gamma)))
+                .flat_map(|&s| {
+                    [0.0, 0.15, 0.25, 0.35].map(|a| (s, a, opts.gamma, opts.plain_tables))
+                })
                 .collect(),
             Some(g) => g
                 .split(',')
                 .map(|t| {
                     let v: Vec<f64> = t.split(':').map(parse).collect();
                     match v[..] {
-                        [s, a, g] => (s, a, g),
-                        _ => die("--grid wants S:A:G,..."),
+                        [s, a, g] => (s, a, g, opts.plain_tables),
+                        [s, a, g, p] if matches!(p, 1.0..=64.0) && p.fract() == 0.0 => {
+                            (s, a, g, p as u8)
+                        }
+                        _ => die("--grid wants S:A:G[:P],..."),
                     }
                 })
                 .collect(),
@@ -170,7 +179,7 @@ fn run_tune(
     items: &[[f32; 384]],
     fit_items: &[[f32; 384]],
     opts: &Options,
-    grid: &[(f64, f64, f64)],
+    grid: &[(f64, f64, f64, u8)],
     eval: Option<&[[f32; 384]]>,
 ) {
     let prep = fit::prepare_with(
@@ -204,16 +213,16 @@ fn run_tune(
             "items"
         }
     );
-    println!("set step_x512 alpha gamma abs_B delta_B recall_abs recall_delta cos_mean cos_min cos_min_first300");
-    for &(s, al, g) in grid {
-        let f = fit::fit_weighted(&prep, s / 512.0, al, g);
+    println!("set step_x512 alpha gamma P abs_B delta_B recall_abs recall_delta cos_mean cos_min cos_min_first300");
+    for &(s, al, g, p) in grid {
+        let f = fit::fit_weighted(&prep, s / 512.0, al, g, p);
         let cb = Codebook::from_bytes(&f.blob).expect("valid");
         for (name, set) in [("val", Some(&val)), ("real", real.as_ref())] {
             let Some(set) = set else { continue };
             set.min300.set(1.0);
             let (ab, db, ra, rd, cs, cm) = set.run(&cb, items);
             println!(
-                "{name} {s:.3} {al:.2} {g:.2} {ab:.1} {db:.1} {ra:.4} {rd:.4} {cs:.6} {cm:.6} {:.6}",
+                "{name} {s:.3} {al:.2} {g:.3} {p} {ab:.1} {db:.1} {ra:.4} {rd:.4} {cs:.6} {cm:.6} {:.6}",
                 set.min300.get()
             );
         }

@@ -15,22 +15,32 @@ pub use tables::{family_tables, gg_table, write_blob};
 
 /// Table half-width: symbols are values `-HALF..HALF` plus an escape.
 pub const HALF: u8 = 40;
-/// Logical tables `0..N_SMALL + PERIOD` send no raw bits (scale below 4 steps).
+/// Default `P` (the blob header's): `P + PERIOD` physical tables per family;
+/// logical tables `0..P + PERIOD` send no raw bits (spread below 4 steps for
+/// `P = 20`, below 8 steps for `P = 24`).
 pub const N_SMALL: u8 = 20;
-/// Above `N_SMALL`, tables repeat every `PERIOD` indices (one octave) with one more raw bit.
+/// From `P` on, tables repeat every `PERIOD` indices (one octave) with one more raw bit.
 pub const PERIOD: u8 = 4;
-/// Logical tables: scales `2^(t/4 - 4)` for `t` in `0..N_LOGICAL` (1/16 to ~2^14.75 steps).
-pub const N_LOGICAL: u8 = N_SMALL + PERIOD * 13;
+/// Octaves of logical tables above `P`: `T = P + PERIOD * 13` logical tables,
+/// scales `2^(t/4 - 4)` (1/16 to ~2^14.75 steps for `P = 20`), raw bits up to 12.
+const RAW_OCTAVES: u8 = 13;
+
+/// Number of logical tables `T` for `P = p`.
+pub const fn n_logical(p: u8) -> u8 {
+    p + PERIOD * RAW_OCTAVES
+}
 /// Scale classes the encoder chooses from.
 pub const N_CLASSES: u8 = 16;
 /// Index offset of class 0: classes shift every index by `-8..=7` quarter octaves.
 pub const CLASS_BASE: i8 = -8;
-const N_PHYS: usize = (N_SMALL + PERIOD) as usize;
 const N_SYM: usize = 2 * HALF as usize + 1;
 const ESC: usize = N_SYM - 1;
 const M: f64 = 16384.0;
 /// Smallest escape probability of a table.
 const ESC_FLOOR: f64 = 1.0 / 4096.0;
+/// Largest quantisation step: a coefficient of a unit vector minus a mean
+/// of unit vectors has magnitude below 2, so with a step of 4 its code is 0.
+const MAX_STEP: f64 = 4.0;
 /// Generalised-Gaussian shapes tried for each table family.
 pub const BETAS: [f64; 4] = [1.2, 1.5, 1.8, 2.1];
 
@@ -49,6 +59,9 @@ pub struct Options {
     /// product with items, whose variance is `sum_j lambda_j e_j^2`:
     /// `gamma = 0.5` equalises every component's share of it.
     pub gamma: f64,
+    /// The blob header's `P` (see [`N_SMALL`]): raw low bits start at a
+    /// spread of `2^(P/4 - 3)` steps (4 for `P = 20`, 8 for `P = 24`).
+    pub plain_tables: u8,
     /// Fit the basis to the synthetic training patterns (the vectors devices
     /// hold) instead of the catalogue items.
     pub pattern_basis: bool,
@@ -244,11 +257,12 @@ type FamilyChoice = (f64, f64, Vec<u8>, Vec<Vec<u16>>);
 
 /// Fits steps, indices and tables for given step parameters.
 pub fn fit(prep: &Prepared, step: f64, alpha: f64) -> Fitted {
-    fit_weighted(prep, step, alpha, 0.0)
+    fit_weighted(prep, step, alpha, 0.0, N_SMALL)
 }
 
-/// [`fit`] with the catalogue-variance weighting `gamma` (see [`Options`]).
-pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitted {
+/// [`fit`] with the catalogue-variance weighting `gamma` and the table
+/// layout `P = small` (see [`Options`]).
+pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64, small: u8) -> Fitted {
     let n = prep.train.len() as f64;
     let ys: Vec<[f64; DIM]> = prep.train.iter().map(|x| coefficients(prep, x)).collect();
     let sigma = spreads(&ys);
@@ -262,14 +276,19 @@ pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitte
         if gamma != 0.0 {
             sj *= libm::pow(prep.item_var[j] / lmed, -gamma);
         }
+        // Components the catalogue barely spans (the last few PCA rows have
+        // a variance near 0) would get steps of 10^20 and more, whose squares
+        // overflow f32 in `CoefficientSpace`; any step above MAX_STEP
+        // already quantises every unit vector's coefficient to 0.
+        sj = sj.min(MAX_STEP);
         enc_mul[j] = (scale / sj) as f32;
         dec_mul[j] = (scale * sj) as f32;
     }
     let basis = prep.basis.as_ref().map(|(b, _)| b.as_slice());
-    let t0 = family_tables(2.0);
+    let t0 = family_tables(2.0, small);
     let idx0 = vec![40u8; DIM];
     let draft = write_blob(
-        basis, &prep.mean, &enc_mul, &dec_mul, &idx0, &idx0, &t0, &t0,
+        small, basis, &prep.mean, &enc_mul, &dec_mul, &idx0, &idx0, &t0, &t0,
     );
     let cb = Codebook::from_bytes(&draft).expect("draft codebook is valid");
     let abs: Vec<[i32; DIM]> = prep
@@ -293,8 +312,8 @@ pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitte
     let fam = |vals: &[[i32; DIM]]| {
         let mut best: Option<FamilyChoice> = None;
         for &beta in &BETAS {
-            let tables = family_tables(beta);
-            let (idx, bits) = fit_indices(vals, &CostModel::new(&tables), 3);
+            let tables = family_tables(beta, small);
+            let (idx, bits) = fit_indices(vals, &CostModel::new(&tables, small), 3);
             if best.as_ref().is_none_or(|b| bits < b.0) {
                 best = Some((bits, beta, idx, tables));
             }
@@ -304,7 +323,7 @@ pub fn fit_weighted(prep: &Prepared, step: f64, alpha: f64, gamma: f64) -> Fitte
     let (abits, abeta, aidx, atab) = fam(&abs);
     let (dbits, dbeta, didx, dtab) = fam(&delta);
     let blob = write_blob(
-        basis, &prep.mean, &enc_mul, &dec_mul, &aidx, &didx, &atab, &dtab,
+        small, basis, &prep.mean, &enc_mul, &dec_mul, &aidx, &didx, &atab, &dtab,
     );
     Fitted {
         blob,
@@ -328,7 +347,7 @@ pub fn generate(items: &[Row], opts: &Options) -> Fitted {
         opts.n_train,
         opts.seed,
     );
-    fit_weighted(&prep, opts.step, opts.alpha, opts.gamma)
+    fit_weighted(&prep, opts.step, opts.alpha, opts.gamma, opts.plain_tables)
 }
 
 /// A shipped codebook: its name, its file under `core/codebooks/`, and the
@@ -343,8 +362,9 @@ pub struct Profile {
     pub opts: Options,
 }
 
-/// The shipped profiles. `step` and `alpha` were chosen with
-/// `gen-codebook --tune` on synthetic validation patterns (see `docs/codec.md`).
+/// The shipped profiles. `step`, `alpha`, `gamma` and `plain_tables` were
+/// chosen with `gen-codebook --tune` on synthetic validation patterns (see
+/// `docs/codec.md`).
 pub fn profiles() -> [Profile; 2] {
     [
         Profile {
@@ -352,9 +372,10 @@ pub fn profiles() -> [Profile; 2] {
             file: "minilm-v1.bin",
             opts: Options {
                 basis: true,
-                step: 1.0 / 512.0,
+                step: 1.15 / 512.0,
                 alpha: 0.25,
-                gamma: 0.1,
+                gamma: 0.25,
+                plain_tables: N_SMALL,
                 pattern_basis: false,
                 n_train: 8000,
                 seed: 1,
@@ -368,6 +389,7 @@ pub fn profiles() -> [Profile; 2] {
                 step: 0.95 / 512.0,
                 alpha: 0.0,
                 gamma: 0.0,
+                plain_tables: N_SMALL,
                 pattern_basis: false,
                 n_train: 8000,
                 seed: 1,

@@ -45,16 +45,16 @@ pub fn gg_table(sigma: f64, beta: f64) -> Vec<u16> {
     cum
 }
 
-/// The tables of one family (`N_PHYS` cumulative arrays).
-pub fn family_tables(beta: f64) -> Vec<Vec<u16>> {
-    (0..N_PHYS)
+/// The tables of one family for `P = p` (`p + PERIOD` cumulative arrays).
+pub fn family_tables(beta: f64, p: u8) -> Vec<Vec<u16>> {
+    (0..usize::from(p + PERIOD))
         .map(|p| gg_table(libm::exp2(p as f64 / 4.0 - 4.0), beta))
         .collect()
 }
 
-/// Physical table and raw bits of a logical index (as in the core).
-pub(super) fn physical(t: usize) -> (usize, u32) {
-    let (s, p) = (usize::from(N_SMALL), usize::from(PERIOD));
+/// Physical table and raw bits of a logical index for `P = small` (as in the core).
+pub(super) fn physical(t: usize, small: u8) -> (usize, u32) {
+    let (s, p) = (usize::from(small), usize::from(PERIOD));
     if t < s {
         (t, 0)
     } else {
@@ -65,10 +65,15 @@ pub(super) fn physical(t: usize) -> (usize, u32) {
 /// Ideal code lengths (bits) of every symbol of every table.
 pub(super) struct CostModel {
     pub(super) cost: Vec<[f64; N_SYM]>,
+    /// `P` of the layout.
+    small: u8,
+    /// Logical tables `T`.
+    n_logical: u8,
 }
 
 impl CostModel {
-    pub(super) fn new(tables: &[Vec<u16>]) -> Self {
+    /// Cost model of `tables`, the `P + PERIOD` tables of a family for `P = small`.
+    pub(super) fn new(tables: &[Vec<u16>], small: u8) -> Self {
         let cost = tables
             .iter()
             .map(|cum| {
@@ -79,13 +84,17 @@ impl CostModel {
                 c
             })
             .collect();
-        CostModel { cost }
+        CostModel {
+            cost,
+            small,
+            n_logical: n_logical(small),
+        }
     }
 
     /// Bits to code `v` with logical table `t`.
     #[inline]
     pub(super) fn bits(&self, v: i32, t: usize) -> f64 {
-        let (phys, b) = physical(t);
+        let (phys, b) = physical(t, self.small);
         let c = &self.cost[phys];
         let half = i32::from(HALF);
         let h = if b == 0 { v } else { (v + (1 << (b - 1))) >> b };
@@ -99,8 +108,9 @@ impl CostModel {
     }
 }
 
-pub(super) fn logical(idx: usize, class: usize) -> usize {
-    (idx as i64 + i64::from(CLASS_BASE) + class as i64).clamp(0, i64::from(N_LOGICAL) - 1) as usize
+/// Logical table of index `idx` in class `class`, with `n_logical` tables.
+pub(super) fn logical(idx: usize, class: usize, n_logical: u8) -> usize {
+    (idx as i64 + i64::from(CLASS_BASE) + class as i64).clamp(0, i64::from(n_logical) - 1) as usize
 }
 
 /// Fits per-component indices for one family of values (`vals[p][j]`) by
@@ -108,6 +118,7 @@ pub(super) fn logical(idx: usize, class: usize) -> usize {
 /// Returns the indices and the total ideal cost in bits.
 pub(super) fn fit_indices(vals: &[[i32; DIM]], model: &CostModel, rounds: usize) -> (Vec<u8>, f64) {
     let n = vals.len() as f64;
+    let t_max = model.n_logical;
     let mut idx: Vec<usize> = (0..DIM)
         .map(|j| {
             let m = vals.iter().map(|v| f64::from(v[j])).sum::<f64>() / n;
@@ -118,7 +129,7 @@ pub(super) fn fit_indices(vals: &[[i32; DIM]], model: &CostModel, rounds: usize)
                 / n;
             let s = libm::sqrt(var).max(1.0 / 16.0);
             let t = libm::round(4.0 * libm::log2(s) + 16.0);
-            t.clamp(0.0, f64::from(N_LOGICAL) - 1.0) as usize
+            t.clamp(0.0, f64::from(t_max) - 1.0) as usize
         })
         .collect();
     let mut classes = vec![(-i64::from(CLASS_BASE)) as usize; vals.len()];
@@ -130,7 +141,7 @@ pub(super) fn fit_indices(vals: &[[i32; DIM]], model: &CostModel, rounds: usize)
             for c in 0..usize::from(N_CLASSES) {
                 let mut s = 0.0;
                 for (j, &x) in v.iter().enumerate() {
-                    s += model.bits(x, logical(idx[j], c));
+                    s += model.bits(x, logical(idx[j], c, t_max));
                 }
                 if s < best.0 {
                     best = (s, c);
@@ -141,13 +152,13 @@ pub(super) fn fit_indices(vals: &[[i32; DIM]], model: &CostModel, rounds: usize)
         }
         for (j, ij) in idx.iter_mut().enumerate() {
             let lo = ij.saturating_sub(3);
-            let hi = (*ij + 3).min(usize::from(N_LOGICAL) - 1);
+            let hi = (*ij + 3).min(usize::from(t_max) - 1);
             let mut best = (f64::INFINITY, *ij);
             for cand in lo..=hi {
                 let s: f64 = vals
                     .iter()
                     .zip(classes.iter())
-                    .map(|(v, &c)| model.bits(v[j], logical(cand, c)))
+                    .map(|(v, &c)| model.bits(v[j], logical(cand, c, t_max)))
                     .sum();
                 if s < best.0 {
                     best = (s, cand);
@@ -159,9 +170,11 @@ pub(super) fn fit_indices(vals: &[[i32; DIM]], model: &CostModel, rounds: usize)
     (idx.into_iter().map(|t| t as u8).collect(), total)
 }
 
-/// Serialises a blob and sets its id.
+/// Serialises a blob and sets its id; `small` is the header's `P` (the
+/// tables are its `P + PERIOD` per family).
 #[allow(clippy::too_many_arguments)]
 pub fn write_blob(
+    small: u8,
     basis: Option<&[i16]>,
     mean: &[f32],
     enc_mul: &[f32],
@@ -183,9 +196,9 @@ pub fn write_blob(
     b.extend_from_slice(&[0; 4]);
     b.push(14);
     b.push(HALF);
-    b.push(N_SMALL);
+    b.push(small);
     b.push(PERIOD);
-    b.push(N_LOGICAL);
+    b.push(n_logical(small));
     b.push(N_CLASSES);
     b.push(CLASS_BASE as u8);
     b.push(0);

@@ -4,7 +4,8 @@
 use super::rans::{Decoder, Encoder, PROB_BITS};
 use super::*;
 
-/// `round(log2(1 + i/32) * 256)` for the approximate cost model.
+/// About `256 * log2(1 + i/32)`, for the approximate cost model of the class
+/// choice (`docs/codec.md`, "Class choice", lists these exact integers).
 pub(super) const LOG2_FRAC: [u16; 32] = [
     0, 11, 22, 33, 43, 53, 63, 73, 82, 91, 100, 109, 118, 126, 134, 142, 150, 157, 165, 172, 179,
     186, 193, 200, 207, 213, 220, 226, 232, 238, 244, 250,
