@@ -188,6 +188,11 @@ struct ServeArgs {
     /// withdrawn; 0 = no bound.
     #[arg(long, default_value_t = constellation::aggregate::DEFAULT_MAX_GLOBALS_PER_CATEGORY)]
     max_globals_per_category: u32,
+    /// Exact mode (--no-dp): seconds a published global pattern waits
+    /// before it is republished (a change that comes sooner is held, then
+    /// sent); a first publication or a withdrawal never waits; 0 = no wait.
+    #[arg(long, default_value_t = constellation::aggregate::DEFAULT_REPUBLISH_INTERVAL.as_secs())]
+    republish_interval_s: u64,
     /// Turn differential privacy off: publish exact aggregates of `k`
     /// devices (k-anonymity only; closed test fleets).
     #[arg(long)]
@@ -470,6 +475,7 @@ fn main() -> std::process::ExitCode {
     config.aggregate.retention_versions = args.retention_versions;
     config.aggregate.max_lone_per_device = args.max_lone_aggregates_per_device;
     config.aggregate.max_globals_per_category = args.max_globals_per_category;
+    config.aggregate.republish_interval = Duration::from_secs(args.republish_interval_s);
     config.aggregate.dp = constellation::aggregate::dp::DpConfig {
         enabled: !args.no_dp,
         epoch: Duration::from_secs(args.dp_epoch_min.max(1) * 60),

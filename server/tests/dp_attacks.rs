@@ -287,7 +287,27 @@ async fn k_minus_1_sybils_recover_the_household_in_the_exact_mode() {
 /// without it.
 async fn differencing_attack(dp: DpConfig, extra: usize) -> (f32, f32, usize, usize) {
     let (_dir, db) = temp_db();
-    let srv = start_with(&db, dp).await;
+    let exact = !dp.enabled;
+    let mut cfg = server_config(&db, dp);
+    // The exact mode holds a republication for `republish_interval`: the
+    // attacker just waits, on the aggregation clock here, past it.
+    if exact {
+        cfg.aggregate.republish_interval = constellation::aggregate::DEFAULT_REPUBLISH_INTERVAL;
+        cfg.aggregation_clock = constellation::AggregationClock::External;
+    }
+    let wait = cfg.aggregate.republish_interval + std::time::Duration::from_secs(1);
+    let srv = Server::start(cfg).await.expect("server starts");
+    let t0 = std::time::Duration::from_secs(1_000_000);
+    let release = |at: std::time::Duration| {
+        let srv = &srv;
+        async move {
+            if exact {
+                srv.release_at(at).await
+            } else {
+                srv.release_now().await
+            }
+        }
+    };
     let addr = srv.local_addr();
     // Six households sharing a taste `u` near the newcomer's `v` (cosine
     // 0.925..0.95, same cohort; the exact mode merges them at 0.92).
@@ -305,10 +325,10 @@ async fn differencing_attack(dp: DpConfig, extra: usize) -> (f32, f32, usize, us
         }
     }
     let prior = cos(&sum, &bv);
-    srv.release_now().await.unwrap();
+    release(t0).await.unwrap();
     let (before, _) = feed(addr);
     contribute(addr, "newcomer", 1, "p", &v, 200, 0.8);
-    srv.release_now().await.unwrap();
+    release(t0 + wait).await.unwrap();
     let (after, _) = feed(addr);
     let mut best = f32::NEG_INFINITY;
     for a in &after {

@@ -258,3 +258,74 @@ async fn a_category_publishes_only_its_best_supported_globals() {
     assert_eq!(published_now(&aggregates(&srv)), vec![0, 3, 5]);
     srv.shutdown().await;
 }
+
+/// The contributors of each global upserted by a sync's response, by id.
+fn upserts(frame: &[u8]) -> Vec<(u32, u32)> {
+    records(frame)
+        .iter()
+        .filter_map(|r| match r {
+            Record::GlobalUpsert(g) => Some((g.id, g.contributors)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A published global's material change (its contributors 3 -> 8, across a
+/// power of two) within `republish_interval` of its publication is held:
+/// a device that syncs meanwhile gets nothing; the first pass after the
+/// interval sends it, with every contributor. Without the interval the
+/// change went out at once (the old behaviour, which fails the second
+/// assertion). On the aggregation clock, so the interval is not waited out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_global_is_republished_at_most_once_per_interval() {
+    let (_dir, db) = temp_db();
+    let mut c = config(&db);
+    c.aggregate.k = 2;
+    c.aggregate.republish_interval = Duration::from_secs(300);
+    c.aggregation_clock = constellation::AggregationClock::External;
+    let srv = Server::start(c).await.expect("server starts");
+    let addr = srv.local_addr();
+    let v = patterns();
+    let codes = quantize(&v[distinct(&v, 1, 0)[0]]);
+    let join = |from: usize, to: usize| {
+        for d in from..to {
+            let r = post_sync(
+                addr,
+                &format!("tv-{d}"),
+                "0",
+                &upload(1, 0, &[Up::abs("p", codes)]),
+            );
+            assert_eq!(r.status, 200);
+        }
+    };
+    let t0 = Duration::from_secs(1_000_000);
+    join(0, 3);
+    srv.aggregate_at(t0).await.unwrap();
+    let r = post_sync(addr, "tv-watch", "0", &upload(1, 0, &[]));
+    let first = upserts(&r.body);
+    assert_eq!(first.len(), 1, "published: {first:?}");
+    assert_eq!(first[0].1, 3);
+    let mut seen = head(&r.body).global_version;
+    // Five more devices, 10 s later: a material change, held.
+    join(3, 8);
+    srv.aggregate_at(t0 + Duration::from_secs(10))
+        .await
+        .unwrap();
+    let r = post_sync(addr, "tv-watch", &seen.to_string(), &upload(2, seen, &[]));
+    assert_eq!(upserts(&r.body), vec![], "republished within the interval");
+    seen = head(&r.body).global_version;
+    // A pass with nothing new, still inside the interval: still held.
+    srv.aggregate_at(t0 + Duration::from_secs(200))
+        .await
+        .unwrap();
+    let r = post_sync(addr, "tv-watch", &seen.to_string(), &upload(3, seen, &[]));
+    assert_eq!(upserts(&r.body), vec![]);
+    seen = head(&r.body).global_version;
+    // The first pass after the interval sends the latest state.
+    srv.aggregate_at(t0 + Duration::from_secs(301))
+        .await
+        .unwrap();
+    let r = post_sync(addr, "tv-watch", &seen.to_string(), &upload(4, seen, &[]));
+    assert_eq!(upserts(&r.body), vec![(first[0].0, 8)]);
+    srv.shutdown().await;
+}

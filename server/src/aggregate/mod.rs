@@ -90,6 +90,16 @@ pub struct AggregateConfig {
     /// (`GlobalAggregate::material_change`). Default 2e-4, about three times
     /// the codec's own error.
     pub republish_turn: f32,
+    /// Exact mode: a published global pattern is republished at most once
+    /// per this much aggregation time; a material change that comes sooner
+    /// is held and published once the time has passed (the latest state
+    /// then). A first publication and a withdrawal are never held. Devices
+    /// sync every 5-15 minutes and download only a global's latest state,
+    /// so republishing more often than they sync sends the same global to
+    /// the same device again for little news. Zero: no limit. Default
+    /// [`DEFAULT_REPUBLISH_INTERVAL`]. Kept in memory: a restarted node or
+    /// a new leader may republish each global once at once.
+    pub republish_interval: Duration,
     /// Exact mode: most aggregates one device may hold alone (no second
     /// device in them); past it the oldest (smallest id) are evicted: the
     /// device's contributions to them are dropped until those patterns
@@ -105,6 +115,10 @@ pub struct AggregateConfig {
     /// to the cohort keys, the noisy threshold and `full_weight_samples`.
     pub dp: dp::DpConfig,
 }
+
+/// Default of [`AggregateConfig::republish_interval`]: 5 minutes, the
+/// shortest sync interval of a device.
+pub const DEFAULT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Default of [`AggregateConfig::max_lone_per_device`]: above the tens of
 /// patterns a device keeps, so an honest device's patterns all stay in
@@ -142,6 +156,7 @@ impl Default for AggregateConfig {
             batch: 4096,
             retention_versions: 0,
             republish_turn: 2e-4,
+            republish_interval: DEFAULT_REPUBLISH_INTERVAL,
             max_lone_per_device: DEFAULT_MAX_LONE_PER_DEVICE,
             max_globals_per_category: DEFAULT_MAX_GLOBALS_PER_CATEGORY,
             dp: dp::DpConfig::default(),
@@ -172,6 +187,66 @@ pub struct Aggregator {
     device_globals: HashMap<String, BTreeSet<u32>>,
     /// Lone aggregates evicted so far (exact mode, `max_lone_per_device`).
     lone_evicted: u64,
+    /// Exact mode: when globals were republished, and the changes held.
+    republish: Republish,
+}
+
+/// Exact mode: the `republish_interval` bookkeeping (in memory).
+#[derive(Debug, Default)]
+struct Republish {
+    /// When each published global was last (re)published, in
+    /// aggregation-clock seconds.
+    at: HashMap<u32, f64>,
+    /// Published globals with a material change held back, published by
+    /// the first pass after their interval.
+    held: BTreeSet<u32>,
+}
+
+impl Republish {
+    /// Takes the held globals whose `interval` has passed at `now` (seconds).
+    fn due(&mut self, now: f64, interval: Duration) -> Vec<u32> {
+        let due: Vec<u32> = self
+            .held
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.at
+                    .get(id)
+                    .is_none_or(|t| now - t >= interval.as_secs_f64())
+            })
+            .collect();
+        for id in &due {
+            self.held.remove(id);
+        }
+        due
+    }
+
+    /// Whether global `id`, published, must wait before it is republished
+    /// at `now`; if so it is held for a later pass.
+    fn hold(&mut self, id: u32, now: f64, interval: Duration) -> bool {
+        let wait = !interval.is_zero()
+            && self
+                .at
+                .get(&id)
+                .is_some_and(|t| now - t < interval.as_secs_f64());
+        if wait {
+            self.held.insert(id);
+        }
+        wait
+    }
+
+    /// Notes that global `id` was published at `now`, or withdrawn (`None`).
+    fn settled(&mut self, id: u32, now: Option<f64>) {
+        self.held.remove(&id);
+        match now {
+            Some(t) => {
+                self.at.insert(id, t);
+            }
+            None => {
+                self.at.remove(&id);
+            }
+        }
+    }
 }
 
 impl Aggregator {

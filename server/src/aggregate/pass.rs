@@ -207,7 +207,13 @@ fn compute_pass(
     let (now_f, unix_s) = (now.as_secs_f64(), now.as_secs());
     agg.cursor = cursor;
     agg.full_batch = full;
-    if items.is_empty() {
+    // Exact mode: published globals whose held change may go out now.
+    let due = if dp {
+        Vec::new()
+    } else {
+        agg.republish.due(now_f, cfg.republish_interval)
+    };
+    if items.is_empty() && due.is_empty() {
         if dp || releasing {
             // Trends come with releases only.
             return Ok(None);
@@ -228,7 +234,7 @@ fn compute_pass(
     // The most samples one contribution counts for (weight, published
     // sample count, trend activity).
     let clip = cfg.clip();
-    let mut touched: BTreeSet<u32> = BTreeSet::new();
+    let mut touched: BTreeSet<u32> = due.into_iter().collect();
     let mut contributions = Vec::with_capacity(items.len());
     // (device, global) pairs whose contributions changed in this pass: the
     // per-device cap is settled for them at the end.
@@ -398,6 +404,12 @@ fn compute_pass(
                 let devs = u32::try_from(devices).unwrap_or(u32::MAX);
                 if !a.material_change(&u, devs, rate, cfg.republish_turn) {
                     // Published and still close enough: nothing to send.
+                    agg.republish.held.remove(&id);
+                    aggregates.push((id, Some(a.clone())));
+                    continue;
+                }
+                if a.published && agg.republish.hold(id, now_f, cfg.republish_interval) {
+                    // Republished too recently: sent by a later pass.
                     aggregates.push((id, Some(a.clone())));
                     continue;
                 }
@@ -429,9 +441,11 @@ fn compute_pass(
                 a.published_unit = u;
                 a.published_devices = devs;
                 a.published_rate = rate;
+                agg.republish.settled(id, Some(now_f));
             }
             None => {
                 changes.extend(a.withdraw(id));
+                agg.republish.settled(id, None);
             }
         }
         agg.keep_or_drop(id, &mut aggregates);

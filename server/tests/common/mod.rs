@@ -163,6 +163,9 @@ pub fn config(db: &Path) -> Config {
     // a download carries is predictable; `dp_attacks.rs` runs the default,
     // differentially private configuration.
     c.aggregate.dp = constellation::aggregate::dp::DpConfig::disabled();
+    // Every material change published by the next pass (the exact mode's
+    // republish interval is tested in `exact_bounds.rs`).
+    c.aggregate.republish_interval = Duration::ZERO;
     c.auth = constellation::AuthConfig::disabled();
     c
 }
