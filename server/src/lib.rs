@@ -126,6 +126,8 @@ pub struct Config {
     pub tls: Option<tls::TlsConfig>,
     /// Connection limits of the listener (timeouts, sizes, caps).
     pub limits: Limits,
+    /// Pace of the public read endpoints (feed, version, health).
+    pub public_reads: http::pacer::PublicReads,
     /// Where aggregation takes its time from: the wall clock (default), or
     /// the embedder's clock ([`AggregationClock::External`], a simulation).
     pub aggregation_clock: AggregationClock,
@@ -172,6 +174,7 @@ impl Config {
             auth: AuthConfig::new(),
             tls: None,
             limits: Limits::default(),
+            public_reads: http::pacer::PublicReads::default(),
             aggregation_clock: AggregationClock::Wall,
         }
     }
@@ -230,6 +233,8 @@ pub struct AppState {
     /// Per device: when its last sync was applied, whether it asked for
     /// more, and its sequence.
     limiter: Mutex<std::collections::HashMap<String, (Instant, bool, u64)>>,
+    /// The pace of the public read endpoints.
+    pub(crate) public_reads: http::pacer::Pacer,
 }
 
 impl AppState {
@@ -241,7 +246,6 @@ impl AppState {
         });
         AppState {
             store,
-            config,
             metrics: Metrics::default(),
             rng: AtomicU64::new(seed),
             pace_seed: seed,
@@ -249,6 +253,8 @@ impl AppState {
             dp: Mutex::new(dp),
             external_ms: AtomicU64::new(0),
             limiter: Mutex::new(Default::default()),
+            public_reads: http::pacer::Pacer::new(config.public_reads.clone()),
+            config,
         }
     }
 

@@ -262,6 +262,9 @@ struct ServeArgs {
     /// Connection limits.
     #[command(flatten)]
     limits: constellation::listen::LimitArgs,
+    /// Pace of the public reads.
+    #[command(flatten)]
+    public_reads: constellation::http::pacer::PublicReadArgs,
 }
 
 /// `--admin-listen`: an address, or `off`.
@@ -440,6 +443,7 @@ fn main() -> std::process::ExitCode {
         }
     }
     config.limits = args.limits.limits();
+    config.public_reads = args.public_reads.public_reads();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(constellation::tls::TlsConfig {
             cert: cert.clone(),

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub feed_visited_max: AtomicU64,
     /// Feed pages cut by the visit budget (`download::FEED_MAX_VISITED`).
     pub feed_visit_cut: AtomicU64,
+    /// Public reads (feed, version, health) that waited for their turn.
+    pub public_reads_delayed: AtomicU64,
+    /// Public reads answered `429`: their turn was too far off.
+    pub public_reads_refused: AtomicU64,
     /// Aggregation passes completed.
     pub aggregation_runs: AtomicU64,
     /// 1 while this node holds the aggregation leadership (always with redb),
@@ -207,6 +211,18 @@ impl Metrics {
             "constellation_feed_not_modified_total",
             "Global feed requests answered 304.",
             ld(&self.feed_not_modified),
+        );
+        c(
+            &mut s,
+            "constellation_public_reads_delayed_total",
+            "Public reads (feed, version, health) that waited for their turn.",
+            ld(&self.public_reads_delayed),
+        );
+        c(
+            &mut s,
+            "constellation_public_reads_refused_total",
+            "Public reads answered 429 (their turn too far off).",
+            ld(&self.public_reads_refused),
         );
         c(
             &mut s,

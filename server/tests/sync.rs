@@ -433,27 +433,36 @@ async fn a_full_write_queue_answers_503_with_retry_after() {
     cfg.overload_retry_after_s = 3;
     let srv = constellation::Server::start(cfg).await.unwrap();
     let addr = srv.local_addr();
-    // Hold the writer inside a transaction, and fill the one queue slot.
+    // Hold the writer inside a transaction, and fill the one queue slot
+    // (with our filler or with work the server queued meanwhile).
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
     let store = srv.state().store.clone();
     let hold: constellation::store::Work = Box::new(move |_txn| {
+        let _ = held_tx.send(());
         let _ = release_rx.recv_timeout(std::time::Duration::from_secs(30));
         let f: constellation::store::Finish = Box::new(|_| {});
         (f, Ok(()))
     });
     store.submit(hold).unwrap();
-    // Bounded wait until the writer has taken it and the slot is free again.
+    held_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the writer runs the hold");
+    // The writer is blocked: submissions fill the slot, then are refused.
     let mut filled = false;
-    for _ in 0..1000 {
+    for _ in 0..10 {
         let filler: constellation::store::Work = Box::new(|_txn| {
             let f: constellation::store::Finish = Box::new(|_| {});
             (f, Ok(()))
         });
-        if store.submit(filler).is_ok() && store.queue_depth() == 1 {
+        if let Err(e) = store.submit(filler) {
+            assert!(
+                matches!(e, constellation::store::StoreError::Overloaded),
+                "{e}"
+            );
             filled = true;
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert!(filled, "queue slot filled");
     let v = patterns();

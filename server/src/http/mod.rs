@@ -3,6 +3,7 @@
 //! admin listener ([`admin`]), never here.
 
 pub mod admin;
+pub mod pacer;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -163,7 +164,7 @@ async fn sync_inner(
     // `Some(page or none)` once settled here; `None`: go to the blocking pool.
     let mut settled: Option<Option<sync::Prebuilt>> = None;
     let mut decoded = false;
-    if up.items.len() <= INLINE_MAX_ITEMS {
+    if up.items.len() <= INLINE_MAX_ITEMS && st.store.local_reads() {
         let inline = store::read(&*st.store, |t| {
             sync::predecode(t, &mut up, &books)?;
             let pre = sync::prebuild(t, &up, &books, next, INLINE_MAX_VISITED)?;
@@ -383,7 +384,31 @@ fn unavailable_or_internal(st: &AppState, e: StoreError) -> ApiError {
     }
 }
 
+/// Waits for a public read's turn ([`pacer`]); `Err`: the `429` to send.
+async fn public_turn(st: &AppState) -> Result<(), Response> {
+    match st.public_reads.turn(Instant::now()) {
+        pacer::Turn::After(w) if w.is_zero() => Ok(()),
+        pacer::Turn::After(w) => {
+            st.metrics
+                .public_reads_delayed
+                .fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(w).await;
+            Ok(())
+        }
+        pacer::Turn::Refused(r) => {
+            st.metrics
+                .public_reads_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let secs = r.as_secs_f64().ceil().max(1.0) as u32;
+            Err(error::rate_limited(secs).into_response())
+        }
+    }
+}
+
 async fn version(State(st): St) -> Response {
+    if let Err(r) = public_turn(&st).await {
+        return r;
+    }
     match store::read_blocking(st.store.clone(), |t| t.meta(Meta::GlobalVersion)).await {
         Ok(v) => Json(serde_json::json!({ "version": v })).into_response(),
         Err(e) => {
@@ -393,6 +418,9 @@ async fn version(State(st): St) -> Response {
 }
 
 async fn health(State(st): St) -> Response {
+    if let Err(r) = public_turn(&st).await {
+        return r;
+    }
     match store::read_blocking(st.store.clone(), |t| t.meta(Meta::GlobalVersion)).await {
         Ok(_) => Json(serde_json::json!({
             "status": "ok",
@@ -433,6 +461,9 @@ async fn feed(
             return ApiError::new(400, "invalid_query", e.body_text()).into_response();
         }
     };
+    if let Err(r) = public_turn(&st).await {
+        return r;
+    }
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(256);
     let max_bytes = q.max_bytes.unwrap_or(MAX_DOWNLOAD_FRAME as u32);
@@ -451,12 +482,15 @@ async fn feed(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let next = *st.config.sync_interval.start();
-    // One read transaction on the blocking pool: the ETag from the current
-    // version and horizon, then (unless it matches) the page with a visit
-    // budget: anyone may ask for any `since`, uncached.
+    // One read transaction: the ETag from the current version and horizon,
+    // then (unless it matches) the page with a visit budget: anyone may ask
+    // for any `since`, uncached. As for a sync, a page that needs at most
+    // INLINE_MAX_VISITED changelog entries is built right here (a hop to the
+    // blocking pool costs more than it); one the small budget cut is built
+    // again on the blocking pool with the feed's budget.
     let books = st.config.codebooks.clone();
     let snap = q.horizon;
-    let built = store::read_blocking(st.store.clone(), move |t| {
+    let read = move |t: &dyn store::ReadTxn, max_visited: usize| {
         let (current, horizon) = (t.meta(Meta::GlobalVersion)?, t.meta(Meta::Horizon)?);
         // The page is a pure function of these; the changelog only grows past `current`.
         let etag = format!(
@@ -481,13 +515,29 @@ async fn feed(
                 answers: &[],
                 next_sync_s: next,
                 snapshot_horizon: snap,
-                max_visited: download::FEED_MAX_VISITED,
+                max_visited,
                 until: None,
             },
         )?;
         Ok((etag, Some(page)))
-    })
-    .await;
+    };
+    // `None`: build it on the blocking pool.
+    let inline = match st.store.local_reads() {
+        true => match store::read(&*st.store, |t| read(t, INLINE_MAX_VISITED)) {
+            Ok((_, Some(page))) if page.cut => None,
+            other => Some(other),
+        },
+        false => None,
+    };
+    let built = match inline {
+        Some(done) => done,
+        None => {
+            store::read_blocking(st.store.clone(), move |t| {
+                read(t, download::FEED_MAX_VISITED)
+            })
+            .await
+        }
+    };
     let (etag, page) = match built {
         Ok(x) => x,
         Err(e) => {

@@ -242,6 +242,12 @@ pub trait Store: Send + Sync + 'static {
     fn submit(&self, work: Work) -> StoreResult<()>;
     /// Runs `f` in a read transaction over the latest committed state.
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()>;
+    /// Whether a small read is cheap enough to run on an async worker: it
+    /// reads local memory or a local file's cache and never waits on a
+    /// network round trip. `false` sends every read to the blocking pool.
+    fn local_reads(&self) -> bool {
+        true
+    }
     /// Work items queued and not yet committed.
     fn queue_depth(&self) -> usize;
     /// Group commits and work items committed so far.

@@ -4,8 +4,12 @@
 //! of 100,000 entries, so each request has the most entries to pass over),
 //! 400 idle connections and 50 connections trickling a request head one
 //! byte every 500 ms (reconnecting when the server closes them). Prints
-//! both rates, their ratio and the process's peak RSS (`VmHWM`; server and
-//! clients share the process).
+//! both rates, their ratio, the CPU the server, the fleet's clients and the
+//! attackers each spent (the attackers run on a runtime of their own,
+//! threads `atk-rt`, so that their CPU reads apart: on this bench they share
+//! the machine's cores with the server, which a remote attacker would not)
+//! and the process's peak RSS (`VmHWM`; server and clients share the
+//! process).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use constellation::ServerHandle;
 use omega_tv_sync::{Method, Request, Transport};
 use omega_tv_sync_http::HttpTransport;
 
+use super::cpu::named_cpu_s;
 use super::load::{drive, Chains, RunResult};
 use super::Args;
 use omega_tv_sync_bench::procfs::status_kib;
@@ -28,13 +33,19 @@ const FEED_CLIENTS: usize = 20;
 const IDLE: usize = 400;
 /// Trickling connections.
 const TRICKLE: usize = 50;
+/// Name of the attackers' runtime threads.
+const ATTACK_THREADS: &str = "atk-rt";
 
 /// The hostile clients, until `stop`; returns the feed requests answered.
-fn start_attack(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
+fn start_attack(
+    rt: &tokio::runtime::Handle,
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Arc<AtomicU64> {
     let feeds = Arc::new(AtomicU64::new(0));
     for i in 0..FEED_CLIENTS {
         let (stop, feeds) = (stop.clone(), feeds.clone());
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let url = format!("http://{addr}");
             let mut t = HttpTransport::new(&url).expect("url");
             let mut buf = vec![0u8; 1 << 20];
@@ -64,7 +75,7 @@ fn start_attack(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Arc<Atomic
     }
     for _ in 0..IDLE {
         let stop = stop.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let _s = tokio::net::TcpStream::connect(addr).await;
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -73,7 +84,7 @@ fn start_attack(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> Arc<Atomic
     }
     for _ in 0..TRICKLE {
         let stop = stop.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let head = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
             while !stop.load(Ordering::Relaxed) {
                 let Ok(s) = tokio::net::TcpStream::connect(addr).await else {
@@ -118,15 +129,27 @@ pub(super) async fn run(a: &Args, srv: &ServerHandle, ch: &Arc<Vec<Chains>>, cod
     let rss_before = status_kib("VmHWM:");
     let quiet = drive(&srv.url(), a, ch, codebook, 10_000).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let feeds = start_attack(srv.local_addr(), stop.clone());
+    let atk_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(ATTACK_THREADS)
+        .enable_all()
+        .build()
+        .expect("attack runtime");
+    let feeds = start_attack(atk_rt.handle(), srv.local_addr(), stop.clone());
     // Let the idle and trickling connections open before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let atk0 = named_cpu_s(ATTACK_THREADS);
     let loud = drive(&srv.url(), a, ch, codebook, 20_000).await;
+    let atk = named_cpu_s(ATTACK_THREADS) - atk0;
     stop.store(true, Ordering::Relaxed);
+    atk_rt.shutdown_background();
     let fed = feeds.load(Ordering::Relaxed);
     let conns = srv.metrics_text();
     let shed = constellation::metrics::scrape(&conns, "constellation_connections_shed_total");
     let visited = constellation::metrics::scrape(&conns, "constellation_feed_visited_max");
+    let delayed =
+        constellation::metrics::scrape(&conns, "constellation_public_reads_delayed_total");
+    let refused =
+        constellation::metrics::scrape(&conns, "constellation_public_reads_refused_total");
     let rate = |r: &RunResult| r.syncs as f64 / r.elapsed.max(1e-9);
     let p99 = |r: &RunResult| {
         r.lat_us
@@ -150,11 +173,26 @@ pub(super) async fn run(a: &Args, srv: &ServerHandle, ch: &Arc<Vec<Chains>>, cod
     );
     println!();
     println!(
-        "ratio with / without: {:.3} (goal >= 0.8); feed requests answered during the attack: {fed} ({:.0}/s); most entries one feed page visited: {}; connections shed: {}",
+        "ratio with / without: {:.3} (goal >= 0.8); feed requests answered during the attack: {fed} ({:.0}/s; {} waited for their turn, {} refused 429); most entries one feed page visited: {}; connections shed: {}",
         rate(&loud) / rate(&quiet).max(1e-9),
         fed as f64 / loud.elapsed.max(1e-9),
+        delayed.unwrap_or(0.0),
+        refused.unwrap_or(0.0),
         visited.unwrap_or(0.0),
         shed.unwrap_or(0.0)
+    );
+    // CPU per run: the server's threads, the fleet's clients (the rest of
+    // the process but the attackers), the attackers'; in cores.
+    let cores = |c: f64, r: &RunResult| c / r.elapsed.max(1e-9);
+    println!(
+        "CPU in cores (server / fleet clients / attackers): without {:.2} / {:.2} / -, with {:.2} / {:.2} / {:.2}; server CPU per fleet sync {:.0} -> {:.0} µs",
+        cores(quiet.cpu.0, &quiet),
+        cores(quiet.cpu.1, &quiet),
+        cores(loud.cpu.0, &loud),
+        cores(loud.cpu.1 - atk, &loud),
+        cores(atk, &loud),
+        quiet.cpu.0 / (quiet.syncs.max(1) as f64) * 1e6,
+        loud.cpu.0 / (loud.syncs.max(1) as f64) * 1e6,
     );
     println!(
         "peak RSS (VmHWM, server and clients in one process): {:.1} MiB ({:.1} MiB before the runs)",

@@ -39,22 +39,7 @@ pub(super) const SERVER_THREADS: &str = "srv-rt";
 pub(super) fn split_cpu_s() -> (f64, f64) {
     let mut server = 0.0;
     let mut rest = 0.0;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return (0.0, 0.0);
-    };
-    for t in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let f: Vec<f64> = stat[close + 1..]
-            .split_whitespace()
-            .map(|v| v.parse::<f64>().unwrap_or(0.0))
-            .collect();
-        let c = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS;
+    for (comm, c) in thread_cpu_s() {
         if comm.starts_with(SERVER_THREADS) || comm.starts_with("constellation") {
             server += c;
         } else {
@@ -62,6 +47,30 @@ pub(super) fn split_cpu_s() -> (f64, f64) {
         }
     }
     (server, rest)
+}
+
+/// CPU seconds of this process's live threads whose name starts with
+/// `prefix`.
+pub(super) fn named_cpu_s(prefix: &str) -> f64 {
+    thread_cpu_s()
+        .filter(|(comm, _)| comm.starts_with(prefix))
+        .map(|(_, c)| c)
+        .sum()
+}
+
+/// Each live thread of this process: its name and CPU seconds.
+fn thread_cpu_s() -> impl Iterator<Item = (String, f64)> {
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    tasks.flatten().filter_map(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        let f: Vec<f64> = stat[close + 1..]
+            .split_whitespace()
+            .map(|v| v.parse::<f64>().unwrap_or(0.0))
+            .collect();
+        let c = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS;
+        Some((stat[open + 1..close].to_string(), c))
+    })
 }
 
 /// utime + stime of this process, in seconds.

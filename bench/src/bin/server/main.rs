@@ -12,7 +12,7 @@
 //!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
 //!     [--max-batch 1024] [--attack] [--leader-devices 1000] [--cohort-devices 400]
 //!     [--postgres URL2 --serve-bin target/release/constellation]
-//!     [--compare-changed 5,1]
+//!     [--compare-changed 5,1] [--public-read-rate 1000]
 //! ```
 //!
 //! The comparison runs once per `--compare-changed` value (default: the
@@ -25,7 +25,9 @@
 //! With `--attack` it measures only the fleet under attack (`attack.rs`):
 //! the same server, fleet syncs/s without and then with 20 concurrent
 //! `limit=0` feed requests at random `since`, 400 idle and 50 trickling
-//! connections, the ratio, and the process's peak RSS.
+//! connections, the ratio, and the process's peak RSS. `--public-read-rate`
+//! sets the server's pace of public reads (`0`: none, the server before it;
+//! default: the server's default).
 //!
 //! With `--postgres postgres://USER@HOST:PORT/DB` (an empty database) the
 //! same run also drives a node on that PostgreSQL database and reads the
@@ -99,6 +101,8 @@ struct Args {
     cohort_devices: usize,
     /// `--changed` values of the throughput comparison (`--compare-changed 5,1`).
     compare_changed: Vec<usize>,
+    /// The server's public read pace (`None`: its default).
+    public_read_rate: Option<u32>,
 }
 
 fn args() -> Args {
@@ -116,6 +120,7 @@ fn args() -> Args {
         leader_devices: 1000,
         cohort_devices: 400,
         compare_changed: Vec::new(),
+        public_read_rate: None,
     };
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = argv.iter().position(|s| s == "--attack") {
@@ -136,6 +141,7 @@ fn args() -> Args {
             "--max-batch" => a.max_batch = v.parse().unwrap_or(a.max_batch),
             "--leader-devices" => a.leader_devices = v.parse().unwrap_or(a.leader_devices),
             "--cohort-devices" => a.cohort_devices = v.parse().unwrap_or(a.cohort_devices),
+            "--public-read-rate" => a.public_read_rate = v.parse().ok(),
             "--compare-changed" => {
                 a.compare_changed = v.split(',').filter_map(|x| x.trim().parse().ok()).collect()
             }
@@ -221,6 +227,9 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.min_sync_interval_s = 0; // load clients sync back to back
     cfg.aggregate.interval = Duration::from_millis(a.aggregate_ms.max(1));
+    if let Some(rate) = a.public_read_rate {
+        cfg.public_reads.rate = rate;
+    }
     // Its clients send hand-made frames without signatures: this measures
     // the sync path itself (one HMAC per request is not the bottleneck).
     cfg.auth = constellation::AuthConfig::disabled();
