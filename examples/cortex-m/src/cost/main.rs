@@ -20,10 +20,12 @@
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
 use cortex_m_rt::entry;
-use cortex_m_semihosting::{debug, hprintln};
+use cortex_m_semihosting::hprintln;
 use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, MAX_CODED_LEN};
 use omega_tv_sync::{Embedding, DIM};
 
+#[path = "../exit.rs"]
+mod exit;
 #[allow(dead_code)]
 mod expected {
     include!(concat!(env!("OUT_DIR"), "/expected.rs"));
@@ -150,20 +152,8 @@ fn main() -> ! {
         }
         None => false,
     };
-    if ok {
-        debug::exit(debug::EXIT_SUCCESS);
-    } else {
+    if !ok {
         hprintln!("codec cost: a step failed (or not run with -icount shift=0)");
-        debug::exit(debug::EXIT_FAILURE);
     }
-    #[allow(clippy::empty_loop)]
-    loop {}
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    hprintln!("PANIC {}", info);
-    debug::exit(debug::EXIT_FAILURE);
-    #[allow(clippy::empty_loop)]
-    loop {}
+    exit::exit(ok)
 }

@@ -38,7 +38,7 @@ use core::task::{Context, Poll, Waker};
 
 use cortex_m as _;
 use cortex_m_rt::entry;
-use cortex_m_semihosting::{debug, hprintln};
+use cortex_m_semihosting::hprintln;
 use embassy_net::{Ipv4Cidr, StackResources, StaticConfigV4};
 use embassy_time::Duration;
 use static_cell::{ConstStaticCell, StaticCell};
@@ -46,6 +46,8 @@ use static_cell::{ConstStaticCell, StaticCell};
 mod cable;
 mod clock;
 mod device;
+#[path = "../exit.rs"]
+mod exit;
 mod peer;
 #[cfg(feature = "tls")]
 mod rng;
@@ -129,13 +131,7 @@ fn main() -> ! {
         checks.passed,
         checks.failed
     );
-    if checks.failed == 0 && checks.passed > 0 {
-        debug::exit(debug::EXIT_SUCCESS);
-    } else {
-        debug::exit(debug::EXIT_FAILURE);
-    }
-    #[allow(clippy::empty_loop)]
-    loop {}
+    exit::exit(checks.failed == 0 && checks.passed > 0)
 }
 
 #[inline(never)]
@@ -340,12 +336,4 @@ fn run(c: &mut Checks) {
         size_of::<peer::Memory>(),
         size_of::<cable::Cable>()
     );
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    hprintln!("PANIC {}", info);
-    debug::exit(debug::EXIT_FAILURE);
-    #[allow(clippy::empty_loop)]
-    loop {}
 }
