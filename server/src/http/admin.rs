@@ -1,5 +1,6 @@
 //! The admin listener's routes: `GET /metrics` (Prometheus text, no
-//! credentials) and, when an admin token is configured,
+//! credentials), `GET /api/v1/health` (the same answer as the sync
+//! listener's, never paced: for probes) and, when an admin token is configured,
 //! `GET /api/v1/devices/{id}/patterns` (raw device state) behind
 //! `Authorization: Bearer <token>`. Nothing here is mounted on the sync
 //! listener.
@@ -70,10 +71,12 @@ impl AdminToken {
     }
 }
 
-/// The admin router: `/metrics` always, the device read-back when
-/// `config.admin_token` is set (behind the bearer token).
+/// The admin router: `/metrics` and the health check always, the device
+/// read-back when `config.admin_token` is set (behind the bearer token).
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut r = Router::new().route("/metrics", get(metrics));
+    let mut r = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/health", get(health));
     if state.config.admin_token.is_some() {
         let devices = Router::new()
             .route("/api/v1/devices/{id}/patterns", get(device_patterns))
@@ -81,6 +84,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         r = r.merge(devices);
     }
     r.with_state(state)
+}
+
+/// The health check without the public reads' pace: a flood of public
+/// reads cannot make a probe wait or fail, and so cannot get a healthy
+/// node restarted.
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    super::public::check_health(&st).await
 }
 
 /// `401 unauthorized` (with `WWW-Authenticate: Bearer`) unless the request

@@ -100,9 +100,11 @@ impl Pacer {
         let step = Duration::from_secs(1) / self.cfg.rate;
         // The burst: `burst` requests at once find `tat` within this of now.
         let tolerance = step * (self.cfg.burst.max(1) - 1);
-        let Ok(mut tat) = self.tat.lock() else {
-            return Turn::After(Duration::ZERO);
-        };
+        // A poisoned lock still holds a valid time (nothing in it panics).
+        let mut tat = self
+            .tat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let due = tat.map_or(now, |t| t.max(now));
         let start = due.checked_sub(tolerance).map_or(now, |s| s.max(now));
         let wait = start - now;

@@ -38,7 +38,9 @@ async fn public_turn(st: &AppState) -> Result<(), Response> {
                 .public_reads_refused
                 .fetch_add(1, Ordering::Relaxed);
             let secs = r.as_secs_f64().ceil().max(1.0) as u32;
-            Err(error::rate_limited(secs).into_response())
+            let mut e = ApiError::new(429, "rate_limited", "public reads over the server's pace");
+            e.retry_after_s = Some(secs);
+            Err(e.into_response())
         }
     }
 }
@@ -59,6 +61,13 @@ pub(super) async fn health(State(st): St) -> Response {
     if let Err(r) = public_turn(&st).await {
         return r;
     }
+    check_health(&st).await
+}
+
+/// The health answer: `200` with the authentication mode when the store
+/// reads, `503` (no error text) when it does not. The admin listener
+/// serves it unpaced for probes ([`super::admin`]).
+pub(crate) async fn check_health(st: &Arc<AppState>) -> Response {
     match store::read_blocking(st.store.clone(), |t| t.meta(Meta::GlobalVersion)).await {
         Ok(_) => Json(serde_json::json!({
             "status": "ok",

@@ -210,6 +210,11 @@ impl Store for MemStore {
         let guard = self.state.lock().map_err(|_| StoreError::Closed)?;
         f(&*guard)
     }
+    /// Memory.
+    fn local_reads(&self) -> bool {
+        true
+    }
+
     fn queue_depth(&self) -> usize {
         0
     }

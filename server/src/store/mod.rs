@@ -244,9 +244,10 @@ pub trait Store: Send + Sync + 'static {
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()>;
     /// Whether a small read is cheap enough to run on an async worker: it
     /// reads local memory or a local file's cache and never waits on a
-    /// network round trip. `false` sends every read to the blocking pool.
+    /// network round trip. `false` (the default) sends every read to the
+    /// blocking pool.
     fn local_reads(&self) -> bool {
-        true
+        false
     }
     /// Work items queued and not yet committed.
     fn queue_depth(&self) -> usize;

@@ -33,30 +33,27 @@ pub(super) const SERVER_THREADS: &str = "srv-rt";
 
 /// CPU seconds of this process's live threads, split into the servers'
 /// (the [`SERVER_THREADS`] runtime's workers and blocking pool, and the
-/// store's writer threads, `constellation-…`) and everyone else's (the
-/// clients'). Threads that ended are not counted: the server runtime keeps
+/// store's writer threads, `constellation-…`), the clients' (every other
+/// thread) and the attackers' ([`ATTACK_THREADS`]): `(server, clients,
+/// attackers)`. Threads that ended are not counted: the server runtime keeps
 /// its blocking threads alive for the whole run.
-pub(super) fn split_cpu_s() -> (f64, f64) {
-    let mut server = 0.0;
-    let mut rest = 0.0;
+pub(super) fn split_cpu_s() -> (f64, f64, f64) {
+    let (mut server, mut attackers, mut rest) = (0.0, 0.0, 0.0);
     for (comm, c) in thread_cpu_s() {
         if comm.starts_with(SERVER_THREADS) || comm.starts_with("constellation") {
             server += c;
+        } else if comm.starts_with(ATTACK_THREADS) {
+            attackers += c;
         } else {
             rest += c;
         }
     }
-    (server, rest)
+    (server, rest, attackers)
 }
 
-/// CPU seconds of this process's live threads whose name starts with
-/// `prefix`.
-pub(super) fn named_cpu_s(prefix: &str) -> f64 {
-    thread_cpu_s()
-        .filter(|(comm, _)| comm.starts_with(prefix))
-        .map(|(_, c)| c)
-        .sum()
-}
+/// Name of the threads of the attackers' runtime (`--attack`), counted
+/// apart by [`split_cpu_s`].
+pub(super) const ATTACK_THREADS: &str = "atk-rt";
 
 /// Each live thread of this process: its name and CPU seconds.
 fn thread_cpu_s() -> impl Iterator<Item = (String, f64)> {

@@ -17,6 +17,8 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+use core::hint::black_box;
+
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::SYST;
 use cortex_m_rt::entry;
@@ -42,10 +44,11 @@ const RELOAD: u32 = 0x00FF_FFFF;
 const PER_TICK: u64 = 40;
 
 /// SysTick ticks `f` took (it counts down; one measured call must stay
-/// under 2^24 ticks, 671 M instructions).
+/// under 2^24 ticks, 671 M instructions). The result passes through
+/// `black_box` between the two reads, so the call cannot move past them.
 fn ticks<R>(f: impl FnOnce() -> R) -> (u64, R) {
     let t0 = SYST::get_current();
-    let r = f();
+    let r = black_box(f());
     let t1 = SYST::get_current();
     (u64::from(t0.wrapping_sub(t1) & RELOAD), r)
 }
@@ -75,9 +78,9 @@ fn measure(name: &str, cb: &Codebook<'_>) -> bool {
     let mut out: Codes = [0; DIM];
     for i in 0..ROWS {
         let Some(e) = row(i) else { return false };
-        let (t, codes) = ticks(|| cb.quantize(&e));
+        let (t, codes) = ticks(|| cb.quantize(black_box(&e)));
         q += t;
-        let (t, back) = ticks(|| cb.reconstruct(&codes));
+        let (t, back) = ticks(|| cb.reconstruct(black_box(&codes)));
         r += t;
         if back.is_err() {
             return false;
@@ -86,7 +89,7 @@ fn measure(name: &str, cb: &Codebook<'_>) -> bool {
             return false;
         };
         abs_len += n;
-        let (t, ok) = ticks(|| cb.decode(&buf[..n], None, &mut out));
+        let (t, ok) = ticks(|| cb.decode(black_box(&buf[..n]), None, &mut out));
         da += t;
         if ok.is_err() || out != codes {
             return false;
@@ -99,7 +102,7 @@ fn measure(name: &str, cb: &Codebook<'_>) -> bool {
             return false;
         };
         delta_len += n;
-        let (t, ok) = ticks(|| cb.decode(&buf[..n], Some(&codes), &mut out));
+        let (t, ok) = ticks(|| cb.decode(black_box(&buf[..n]), Some(&codes), &mut out));
         dd += t;
         if ok.is_err() || out != moved {
             return false;

@@ -297,11 +297,6 @@ impl Store for PgStore {
         self.depth.load(Ordering::Relaxed)
     }
 
-    /// Every read is a round trip to PostgreSQL: never on an async worker.
-    fn local_reads(&self) -> bool {
-        false
-    }
-
     fn commit_stats(&self) -> (u64, u64) {
         (
             self.stats.commits.load(Ordering::Relaxed),

@@ -181,6 +181,11 @@ impl Store for RedbStore {
         f(&txn::RedbRead::new(txn))
     }
 
+    /// A local file read through redb's page cache.
+    fn local_reads(&self) -> bool {
+        true
+    }
+
     fn queue_depth(&self) -> usize {
         self.depth.load(Ordering::Relaxed)
     }
