@@ -253,17 +253,33 @@ async fn idle_trickling_and_stalled_connections_are_closed_while_a_signed_device
     }
     assert_eq!(open, 0.0, "connections left open");
     assert!(peak_open <= 1000.0);
+    // Memory: the peak of this whole test process (the server, its 470
+    // hostile connections and their clients, and whatever other test of
+    // this file runs beside it) stays under the 200 MiB goal, so the
+    // server's own does too.
+    let hwm_kib: u64 = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    assert!(hwm_kib > 0, "VmHWM readable");
+    assert!(hwm_kib < 200 * 1024, "peak RSS {hwm_kib} KiB");
     latencies.sort();
     let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
     println!(
         "figures: {IDLE} idle, {TRICKLE} trickling, {STALLED} stalled; peak open {peak_open}; \
          closed within idle {:?}, trickling {:?}, stalled {:?}; {SYNCS} syncs ok, p99 {p99:?}, max {:?}; \
-         whole run {:?}",
+         whole run {:?}; peak RSS of the test process {:.1} MiB",
         worst[0],
         worst[1],
         worst[2],
         latencies.last().unwrap(),
-        started.elapsed()
+        started.elapsed(),
+        hwm_kib as f64 / 1024.0
     );
     srv.shutdown().await;
 }
