@@ -621,6 +621,10 @@ class Codebook:
                 raise WireError("bad_codebook", "non-finite")
         if any(v <= 0 for v in self.enc_mul + self.dec_mul):
             raise WireError("bad_codebook", "multiplier <= 0")
+        if any(abs(v) > 1.0 for v in self.mu):
+            raise WireError("bad_codebook", "|mean| > 1")
+        if any(v > 4.0 for v in self.dec_mul):
+            raise WireError("bad_codebook", "dec_mul > 4")
         self.abs_index = list(b[4628:5012])
         self.delta_index = list(b[5012:5396])
         if any(i >= self.T for i in self.abs_index + self.delta_index):

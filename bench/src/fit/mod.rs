@@ -40,7 +40,8 @@ const M: f64 = 16384.0;
 const ESC_FLOOR: f64 = 1.0 / 4096.0;
 /// Largest quantisation step: a coefficient of a unit vector minus a mean
 /// of unit vectors has magnitude below 2, so with a step of 4 its code is 0.
-const MAX_STEP: f64 = 4.0;
+/// The parser's bound on `dec_mul` (with no basis a step is its `dec_mul`).
+const MAX_STEP: f64 = omega_tv_sync::codec::MAX_DEC_MUL as f64;
 /// Generalised-Gaussian shapes tried for each table family.
 pub const BETAS: [f64; 4] = [1.2, 1.5, 1.8, 2.1];
 

@@ -90,6 +90,15 @@ const SLACK_BITS: usize = (DIM * MAX_STEPS_PER_COMPONENT + 1) * 29 / 10_000 + 1;
 pub const MAX_CODED_LEN: usize =
     STATE_BYTES + (DIM * MAX_COMPONENT_BITS + CLASS_BITS as usize + SLACK_BITS).div_ceil(8);
 
+/// Largest `dec_mul` a codebook may carry: one code step of a component
+/// in the reconstruction (with a basis, before the basis row's norm, at
+/// most `32768 x sqrt(DIM)`). The fitter caps steps at 4 (any larger step
+/// codes every coefficient of a unit vector as 0); the shipped codebooks
+/// use at most 1.9e-3. With it, the sums of squares in
+/// [`CoefficientSpace`] stay finite (below ~3e24) for any codes, so a
+/// code-domain cosine is never NaN.
+pub const MAX_DEC_MUL: f32 = 4.0;
+
 /// The default profile: PCA basis fitted on the MiniLM catalogue, ~296 KB.
 static MINILM_V1: &[u8] = include_bytes!("../../codebooks/minilm-v1.bin");
 /// The small-flash profile: identity basis, per-dimension tables.
@@ -186,8 +195,9 @@ impl<'a> Codebook<'a> {
     ///
     /// Checks the magic, version, flags and dimensions, every length, every
     /// parameter bound, that each frequency table is strictly increasing from
-    /// 0 to 2^14 (every frequency >= 1), that multipliers and the mean are
-    /// finite, and that the id matches the content. Any failure is
+    /// 0 to 2^14 (every frequency >= 1), that the mean is finite within
+    /// `[-1, 1]`, `enc_mul` finite and positive, `dec_mul` in
+    /// `(0, MAX_DEC_MUL]`, and that the id matches the content. Any failure is
     /// [`Error::BadCodebook`].
     pub fn from_bytes(blob: &'a [u8]) -> Result<Codebook<'a>> {
         let bad = Error::BadCodebook;
@@ -241,17 +251,29 @@ impl<'a> Codebook<'a> {
         if !rest.is_empty() {
             return Err(bad);
         }
-        if mean.chunks_exact(4).map(f32_le).any(|m| !m.is_finite()) {
+        // The mean of unit vectors has coordinates in [-1, 1]; a code step
+        // in the reconstruction is at most MAX_DEC_MUL. Both bounds keep
+        // every sum of `CoefficientSpace` finite for any codes.
+        if mean
+            .chunks_exact(4)
+            .map(f32_le)
+            .any(|m| !(m.is_finite() && m.abs() <= 1.0))
+        {
             return Err(bad);
         }
-        for muls in [enc_mul, dec_mul] {
-            if muls
-                .chunks_exact(4)
-                .map(f32_le)
-                .any(|m| !(m.is_finite() && m > 0.0))
-            {
-                return Err(bad);
-            }
+        if enc_mul
+            .chunks_exact(4)
+            .map(f32_le)
+            .any(|m| !(m.is_finite() && m > 0.0))
+        {
+            return Err(bad);
+        }
+        if dec_mul
+            .chunks_exact(4)
+            .map(f32_le)
+            .any(|m| !(m > 0.0 && m <= MAX_DEC_MUL))
+        {
+            return Err(bad);
         }
         if abs_idx
             .iter()

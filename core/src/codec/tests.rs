@@ -85,3 +85,54 @@ fn empty_blob_is_rejected() {
         Some(Error::BadCodebook)
     );
 }
+
+/// The small profile's blob with `f` applied to it, its id rewritten.
+fn patched_small(f: impl Fn(&mut [u8])) -> [u8; 13268] {
+    let mut b = [0u8; 13268];
+    b.copy_from_slice(MINILM_SMALL_V1);
+    f(&mut b);
+    let id = codebook_id(&b).to_le_bytes();
+    b[8..12].copy_from_slice(&id);
+    b
+}
+
+/// Writes `v` as the f32 at `offset`.
+fn put_f32(b: &mut [u8], offset: usize, v: f32) {
+    b[offset..offset + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn steps_and_means_that_overflow_the_code_domain_are_rejected() {
+    const MEAN: usize = HEADER_LEN;
+    const DEC_MUL: usize = HEADER_LEN + 8 * DIM;
+    // The bounds themselves are accepted, and the code domain stays finite
+    // for the most extreme codes there are.
+    let edge = patched_small(|b| {
+        for j in 0..DIM {
+            put_f32(b, DEC_MUL + 4 * j, MAX_DEC_MUL);
+            put_f32(b, MEAN + 4 * j, 1.0);
+        }
+    });
+    let cb = Codebook::from_bytes(&edge).expect("the bounds are valid");
+    let space = cb.coefficient_space();
+    let (hi, lo) = ([i16::MAX; DIM], [i16::MIN; DIM]);
+    for (a, b) in [(&hi, &hi), (&hi, &lo), (&lo, &lo)] {
+        let c = space.cosine(a, b);
+        assert!(c.is_finite() && c.abs() <= 1.0 + 1e-3, "{c}");
+    }
+    // Past them: refused (with 1e30, the old parser accepted the blob and
+    // the code-domain cosine of these codes was NaN).
+    for (at, v) in [
+        (DEC_MUL, 1e30),
+        (DEC_MUL, 2.0 * MAX_DEC_MUL),
+        (MEAN, 1.5),
+        (MEAN, -1.01),
+    ] {
+        let bad = patched_small(|b| put_f32(b, at + 4 * 7, v));
+        assert_eq!(
+            Codebook::from_bytes(&bad).err(),
+            Some(Error::BadCodebook),
+            "{at} {v}"
+        );
+    }
+}
