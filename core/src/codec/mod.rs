@@ -254,24 +254,10 @@ impl<'a> Codebook<'a> {
         // The mean of unit vectors has coordinates in [-1, 1]; a code step
         // in the reconstruction is at most MAX_DEC_MUL. Both bounds keep
         // every sum of `CoefficientSpace` finite for any codes.
-        if mean
-            .chunks_exact(4)
-            .map(f32_le)
-            .any(|m| !(m.is_finite() && m.abs() <= 1.0))
-        {
-            return Err(bad);
-        }
-        if enc_mul
-            .chunks_exact(4)
-            .map(f32_le)
-            .any(|m| !(m.is_finite() && m > 0.0))
-        {
-            return Err(bad);
-        }
-        if dec_mul
-            .chunks_exact(4)
-            .map(f32_le)
-            .any(|m| !(m > 0.0 && m <= MAX_DEC_MUL))
+        let all = |floats: &[u8], ok: fn(f32) -> bool| floats.chunks_exact(4).map(f32_le).all(ok);
+        if !(all(mean, |m| m.is_finite() && m.abs() <= 1.0)
+            && all(enc_mul, |m| m.is_finite() && m > 0.0)
+            && all(dec_mul, |m| m > 0.0 && m <= MAX_DEC_MUL))
         {
             return Err(bad);
         }

@@ -36,6 +36,7 @@ use cortex_m_semihosting::hprintln;
 mod exit;
 #[cfg(feature = "zstd")]
 mod libc_stubs;
+mod patterns;
 mod ramflash;
 mod scenario;
 mod stack;

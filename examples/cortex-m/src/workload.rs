@@ -14,13 +14,8 @@ use static_cell::StaticCell;
 use crate::ramflash::{RamFlash, PAGE, PAGES};
 use crate::Checks;
 
-mod expected {
-    include!(concat!(env!("OUT_DIR"), "/expected.rs"));
-}
-use expected::{NEAREST, NEXT_COS, ROWS};
-
-/// `ROWS` real pattern embeddings, little-endian f32, row-major.
-static PATTERNS: &[u8; ROWS * DIM * 4] = include_bytes!(concat!(env!("OUT_DIR"), "/patterns.bin"));
+use crate::patterns::expected::{NEAREST, NEXT_COS, ROWS};
+use crate::patterns::{row, PATTERNS};
 
 /// Prints the target's sizes of the core's per-pattern values (for
 /// `docs/memory.md`).
@@ -63,10 +58,6 @@ pub fn run(c: &mut Checks) {
     crate::stack::repaint();
     crate::sync_cycle::run(c, PATTERNS);
     cortex_m_semihosting::hprintln!("sync_cycle_stack_peak_bytes={}", crate::stack::peak_bytes());
-}
-
-fn row(i: usize) -> &'static [u8] {
-    &PATTERNS[i * DIM * 4..(i + 1) * DIM * 4]
 }
 
 /// Decodes row `i` (validated). Returns the error for a bad row.

@@ -60,7 +60,7 @@ impl PublicReadArgs {
     pub fn public_reads(&self) -> PublicReads {
         PublicReads {
             rate: self.public_read_rate,
-            burst: self.public_read_burst.max(1),
+            burst: self.public_read_burst,
             max_wait: Duration::from_millis(self.public_read_max_wait_ms),
         }
     }

@@ -28,14 +28,9 @@ use omega_tv_sync::{Embedding, DIM};
 
 #[path = "../exit.rs"]
 mod exit;
-#[allow(dead_code)]
-mod expected {
-    include!(concat!(env!("OUT_DIR"), "/expected.rs"));
-}
-use expected::ROWS;
-
-/// `ROWS` real pattern embeddings, little-endian f32, row-major.
-static PATTERNS: &[u8; ROWS * DIM * 4] = include_bytes!(concat!(env!("OUT_DIR"), "/patterns.bin"));
+#[path = "../patterns.rs"]
+mod patterns;
+use patterns::expected::ROWS;
 
 /// SysTick's reload: the whole 24-bit range.
 const RELOAD: u32 = 0x00FF_FFFF;
@@ -54,8 +49,7 @@ fn ticks<R>(f: impl FnOnce() -> R) -> (u64, R) {
 }
 
 fn row(i: usize) -> Option<Embedding> {
-    let b = PATTERNS.get(i * DIM * 4..(i + 1) * DIM * 4)?;
-    Embedding::from_le_bytes(b).ok()
+    Embedding::from_le_bytes(patterns::row(i)).ok()
 }
 
 /// Pattern `i` moved towards pattern `j` (`k x p_i + p_j`, normalised): a
