@@ -13,8 +13,8 @@ out="$(mktemp -d)"
 valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
     "$target/release/codec-cost" "$n" 2>/dev/null
 callgrind_annotate --inclusive=yes "$out/cg.out" 2>/dev/null |
-    awk -v n="$n" '/codec_cost::run_(quantize|reconstruct|decode_absolute|decode_delta) \[/ {
+    awk -v n="$n" '/codec_cost::run_(quantize|reconstruct|decode_absolute|decode_delta|decode_absolute_lut|decode_delta_lut) \[/ {
         gsub(",", "", $1);
-        match($0, /run_(quantize|reconstruct|decode_absolute|decode_delta)/);
-        printf "%-16s %10.0f instructions per pattern\n", substr($0, RSTART + 4, RLENGTH - 4), $1 / n }'
+        match($0, /run_(quantize|reconstruct|decode_absolute_lut|decode_delta_lut|decode_absolute|decode_delta)/);
+        printf "%-20s %10.0f instructions per pattern\n", substr($0, RSTART + 4, RLENGTH - 4), $1 / n }'
 rm -rf "$out"

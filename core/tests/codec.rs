@@ -1,6 +1,6 @@
 //! Codec tests on the shipped codebooks and the real MiniLM vectors.
 
-use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, MAX_CODED_LEN};
+use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, DecodeLut, MAX_CODED_LEN};
 use omega_tv_sync::{Embedding, Error, DIM};
 use omega_tv_sync_testkit::{rows, SplitMix64};
 
@@ -198,6 +198,71 @@ fn random_bytes_never_panic() {
         }
         assert!(ok < 10, "{ok} random inputs decoded");
     }
+}
+
+/// A [`DecodeLut`] changes how a symbol is found, never what a stream
+/// decodes to: for real streams, every truncation, every single-byte
+/// corruption and random bytes, `decode_with` gives `decode`'s result and
+/// codes (both codebooks, absolute and delta); a lut of another codebook
+/// is refused.
+#[test]
+fn the_lut_decodes_what_the_search_decodes() {
+    let mut rng = SplitMix64::new(7);
+    for cb in books() {
+        let mut cum = vec![0u16; cb.lut_cum_len()];
+        let mut index = vec![0u8; cb.lut_index_len()];
+        let lut: DecodeLut<'_> = cb.build_lut(&mut cum, &mut index).unwrap();
+        let same = |bytes: &[u8], base: Option<&Codes>| {
+            let (mut a, mut b) = ([3i16; DIM], [3i16; DIM]);
+            let ra = cb.decode(bytes, base, &mut a);
+            let rb = cb.decode_with(&lut, bytes, base, &mut b);
+            assert_eq!(ra, rb, "results differ for {} bytes", bytes.len());
+            assert_eq!(a, b, "codes differ for {} bytes", bytes.len());
+            ra.is_ok()
+        };
+        let (mut checked, mut decoded) = (0usize, 0usize);
+        for (bytes, base) in real_streams(&cb) {
+            assert!(same(&bytes, base.as_ref()));
+            for len in 0..bytes.len() {
+                same(&bytes[..len], base.as_ref());
+            }
+            let mut b = bytes.clone();
+            for pos in 0..b.len() {
+                for flip in [0x01u8, 0x10, 0x80, 0xff] {
+                    b[pos] ^= flip;
+                    checked += 1;
+                    decoded += usize::from(same(&b, base.as_ref()));
+                    b[pos] ^= flip;
+                }
+            }
+        }
+        for _ in 0..2000 {
+            let len = (rng.next_u64() % 300) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            let base = random_codes(&mut rng, 40);
+            same(&bytes, None);
+            same(&bytes, Some(&base));
+        }
+        // Corruptions late in a stream still decode (to other codes): the
+        // comparison covered successful decodes as well as errors.
+        assert!(decoded > 0 && decoded < checked, "{decoded} of {checked}");
+    }
+    let [a, b] = books();
+    let mut cum = vec![0u16; b.lut_cum_len()];
+    let mut index = vec![0u8; b.lut_index_len()];
+    let other = b.build_lut(&mut cum, &mut index).unwrap();
+    let (bytes, _) = real_streams(&a).remove(0);
+    let mut out = [0i16; DIM];
+    assert_eq!(
+        a.decode_with(&other, &bytes, None, &mut out),
+        Err(Error::BadCodebook)
+    );
+    let mut short = vec![0u16; a.lut_cum_len() - 1];
+    let mut index = vec![0u8; a.lut_index_len()];
+    assert_eq!(
+        a.build_lut(&mut short, &mut index).err(),
+        Some(Error::BufferTooSmall)
+    );
 }
 
 /// Lowest cosine between a real pattern and its reconstruction, over the

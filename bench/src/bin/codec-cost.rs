@@ -12,9 +12,12 @@
 //! Then the entropy decoder the server runs on every uploaded pattern:
 //! `decode` of each pattern's absolute stream (`run_decode_absolute`) and of
 //! its closed-loop delta to the pattern drifted by a real item
-//! (`run_decode_delta`, the benchmark drift of `--bin codec`).
+//! (`run_decode_delta`, the benchmark drift of `--bin codec`); then the
+//! same two with the server's slot-to-symbol index ([`DecodeLut`], built
+//! once: `run_decode_absolute_lut`, `run_decode_delta_lut`), checked to give
+//! the same codes.
 
-use omega_tv_sync::codec::{minilm_v1, Codebook, Codes, MAX_CODED_LEN};
+use omega_tv_sync::codec::{minilm_v1, Codebook, Codes, DecodeLut, MAX_CODED_LEN};
 use omega_tv_sync::Embedding;
 use omega_tv_sync_bench::data::{data_dir, drift, read_rows};
 use std::hint::black_box;
@@ -33,6 +36,32 @@ fn run_decode_absolute(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) 
 fn run_decode_delta(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) {
     for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
         cb.decode(black_box(s), base.as_ref(), o).expect("decodes");
+    }
+}
+
+#[inline(never)]
+fn run_decode_absolute_lut(
+    cb: &Codebook<'_>,
+    lut: &DecodeLut<'_>,
+    streams: &Streams,
+    out: &mut [Codes],
+) {
+    for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
+        cb.decode_with(lut, black_box(s), base.as_ref(), o)
+            .expect("decodes");
+    }
+}
+
+#[inline(never)]
+fn run_decode_delta_lut(
+    cb: &Codebook<'_>,
+    lut: &DecodeLut<'_>,
+    streams: &Streams,
+    out: &mut [Codes],
+) {
+    for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
+        cb.decode_with(lut, black_box(s), base.as_ref(), o)
+            .expect("decodes");
     }
 }
 
@@ -104,6 +133,16 @@ fn main() {
     run_decode_absolute(&cb, &absolute, &mut decoded);
     assert_eq!(decoded, codes, "absolute streams decode to their codes");
     run_decode_delta(&cb, &delta, &mut decoded);
+    let (mut cum, mut index) = (vec![0u16; cb.lut_cum_len()], vec![0u8; cb.lut_index_len()]);
+    let lut = cb.build_lut(&mut cum, &mut index).expect("lut");
+    let mut with_lut = vec![[0i16; 384]; n];
+    run_decode_delta_lut(&cb, &lut, &delta, &mut with_lut);
+    assert_eq!(with_lut, decoded, "the lut decodes the deltas alike");
+    run_decode_absolute_lut(&cb, &lut, &absolute, &mut with_lut);
+    assert_eq!(
+        with_lut, codes,
+        "the lut decodes the absolute streams alike"
+    );
     let mean_len = |s: &Streams| s.iter().map(|(b, _)| b.len()).sum::<usize>() as f64 / n as f64;
     println!(
         "streams: absolute {:.1} B, delta {:.1} B on average",

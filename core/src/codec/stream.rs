@@ -1,6 +1,7 @@
 //! The coded stream: scale classes, table symbols, raw bits and escapes
 //! over the rANS coder (`docs/codec.md`, "Entropy coding" and "Stream").
 
+use super::lut::DecodeLut;
 use super::rans::{Decoder, Encoder, PROB_BITS};
 use super::*;
 
@@ -231,6 +232,35 @@ impl<'a> Codebook<'a> {
     /// value (or `base` plus a delta) leaves `i16`. Never panics; on error
     /// `out` is left unchanged.
     pub fn decode(&self, bytes: &[u8], base: Option<&Codes>, out: &mut Codes) -> Result<()> {
+        self.decode_by(Bisect(self), bytes, base, out)
+    }
+
+    /// [`decode`](Self::decode) with the symbol search done by `lut` (built
+    /// by [`build_lut`](Self::build_lut) for this codebook) instead of a
+    /// binary search: the same codes and the same errors for every input,
+    /// in fewer instructions. [`Error::BadCodebook`] if `lut` was built for
+    /// another codebook.
+    pub fn decode_with(
+        &self,
+        lut: &DecodeLut<'_>,
+        bytes: &[u8],
+        base: Option<&Codes>,
+        out: &mut Codes,
+    ) -> Result<()> {
+        if lut.codebook_id() != self.id {
+            return Err(Error::BadCodebook);
+        }
+        self.decode_by(lut, bytes, base, out)
+    }
+
+    /// The decoder, over either symbol search.
+    fn decode_by<S: Search>(
+        &self,
+        search: S,
+        bytes: &[u8],
+        base: Option<&Codes>,
+        out: &mut Codes,
+    ) -> Result<()> {
         let family = usize::from(base.is_some());
         let mut dec = Decoder::new(bytes)?;
         let class = dec.get_bits(CLASS_BITS)?;
@@ -249,7 +279,7 @@ impl<'a> Codebook<'a> {
         // Neighbouring components mostly share their logical table (indices
         // follow the spread, which falls slowly along the basis): its
         // physical table and raw bits are looked up again only on a change.
-        let (mut last, mut t, mut b): (u32, &[u8], u32) = (u32::MAX, &[], 0);
+        let (mut last, mut t, mut b) = (u32::MAX, search.table(family, 0), 0);
         for (j, ((r, &ix), &b0)) in res
             .iter_mut()
             .zip(self.indices(family).iter())
@@ -259,25 +289,13 @@ impl<'a> Codebook<'a> {
             let logical = self.logical(ix, class);
             if logical != last {
                 let (phys, bits) = self.physical(logical);
-                (last, t, b) = (logical, self.table(family, phys), bits);
+                (last, t, b) = (logical, search.table(family, phys), bits);
             }
-            let slot = dec.slot();
-            // The last symbol whose cumulative frequency is <= slot
-            // (cum[0] = 0, cum[n_sym] = 2^14), by a binary search whose
-            // steps depend only on n_sym: the answer stays in
-            // [lo, lo + len), each step keeps the half that holds it (a
-            // conditional move, not a branch the slot decides).
-            let (mut lo, mut len) = (0usize, n_sym);
-            while len > 1 {
-                let h = len / 2;
-                if u16_at(t, lo + h) <= slot {
-                    lo += h;
-                }
-                len -= h;
+            let (lo, start, end) = S::find(t, dec.slot(), n_sym);
+            if end <= start {
+                return Err(Error::CorruptStream);
             }
-            let start = u16_at(t, lo);
-            let end = u16_at(t, lo + 1);
-            dec.advance(start, end.saturating_sub(start))?;
+            dec.advance(start, end - start)?;
             let v = if lo == n_sym - 1 {
                 let n = dec.get_bits(ESC_LEN_BITS)?;
                 if n > ESC_MAX_BITS {
@@ -324,5 +342,61 @@ impl<'a> Codebook<'a> {
         }
         *out = res;
         Ok(())
+    }
+}
+
+/// How the decoder finds the symbol whose cumulative range holds a slot.
+pub(super) trait Search: Copy {
+    /// One physical table, as the search reads it.
+    type Table: Copy;
+    /// Physical table `phys` of `family` (0 absolute, 1 delta).
+    fn table(self, family: usize, phys: u32) -> Self::Table;
+    /// `(symbol, start, end)` of the range of `t` (`n_sym` symbols) that
+    /// holds `slot`.
+    fn find(t: Self::Table, slot: u32, n_sym: usize) -> (usize, u32, u32);
+}
+
+/// A binary search over the blob's table: no memory of its own.
+#[derive(Clone, Copy)]
+pub(super) struct Bisect<'c, 'a>(&'c Codebook<'a>);
+
+impl<'a> Search for Bisect<'_, 'a> {
+    type Table = &'a [u8];
+
+    #[inline]
+    fn table(self, family: usize, phys: u32) -> &'a [u8] {
+        self.0.table(family, phys)
+    }
+
+    #[inline]
+    fn find(t: &'a [u8], slot: u32, n_sym: usize) -> (usize, u32, u32) {
+        // The last symbol whose cumulative frequency is <= slot
+        // (cum[0] = 0, cum[n_sym] = 2^14), by a binary search whose steps
+        // depend only on n_sym: the answer stays in [lo, lo + len), each
+        // step keeps the half that holds it (a conditional move, not a
+        // branch the slot decides).
+        let (mut lo, mut len) = (0usize, n_sym);
+        while len > 1 {
+            let h = len / 2;
+            if u16_at(t, lo + h) <= slot {
+                lo += h;
+            }
+            len -= h;
+        }
+        (lo, u16_at(t, lo), u16_at(t, lo + 1))
+    }
+}
+
+impl<'m> Search for &DecodeLut<'m> {
+    type Table = (&'m [u16], &'m [u8]);
+
+    #[inline]
+    fn table(self, family: usize, phys: u32) -> Self::Table {
+        DecodeLut::table(self, family * self.n_phys() + phys as usize)
+    }
+
+    #[inline]
+    fn find(t: Self::Table, slot: u32, _: usize) -> (usize, u32, u32) {
+        super::lut::find(t, slot)
     }
 }

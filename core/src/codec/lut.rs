@@ -1,0 +1,151 @@
+//! An optional slot-to-symbol index that replaces the entropy decoder's
+//! binary search, in memory the caller provides ([`DecodeLut`]).
+//!
+//! The decoder finds, for each coded value, the symbol whose cumulative
+//! frequency range `[cum[s], cum[s + 1])` holds the current 14-bit slot. By
+//! default that is a binary search over the codebook's table (no memory of
+//! its own: what a device uses). With a [`DecodeLut`] the decoder looks up
+//! the symbol at the start of the slot's bucket (`slot >> BUCKET_SHIFT`,
+//! 2^[`LUT_BITS`] buckets per table) and steps forward past the few
+//! boundaries inside the bucket, over cumulative frequencies copied out as
+//! aligned `u16`. Both searches give the same symbol for every slot (the
+//! range that holds it is unique), so a stream decodes to the same codes,
+//! or fails with the same error, either way (`tests::the_lut_decodes_what_the_search_decodes`).
+//!
+//! Memory: [`Codebook::lut_cum_len`] `u16` plus [`Codebook::lut_index_len`]
+//! bytes; for `minilm-v1` (48 tables of 81 symbols) 3,936 `u16` (7.7 KiB)
+//! and 49,152 bytes. A server builds one per codebook it serves; a device
+//! with that much RAM to spare can too.
+
+use super::{u16_at, Codebook};
+use crate::{Error, Result};
+
+/// Buckets per table: `2^LUT_BITS`.
+pub const LUT_BITS: u32 = 10;
+/// Slot bits below a bucket index.
+const BUCKET_SHIFT: u32 = super::PROB_BITS - LUT_BITS;
+
+/// The slot-to-symbol index of one codebook (module docs), over memory the
+/// caller provides; pass it to [`Codebook::decode_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLut<'m> {
+    /// Codebook it was built for.
+    id: u32,
+    /// Cumulative frequencies of every physical table of both families,
+    /// `n_sym + 1` each, in the blob's order.
+    cum: &'m [u16],
+    /// First symbol of every bucket, `2^LUT_BITS` per table.
+    index: &'m [u8],
+    /// `n_sym + 1`.
+    stride: usize,
+    /// Physical tables per family.
+    n_phys: usize,
+}
+
+impl Codebook<'_> {
+    /// Number of physical tables over both families.
+    fn lut_tables(&self) -> usize {
+        2 * (self.n_small + self.period) as usize
+    }
+
+    /// `u16` a [`DecodeLut`] of this codebook needs for its cumulative
+    /// frequencies.
+    pub fn lut_cum_len(&self) -> usize {
+        self.lut_tables() * (2 * self.half as usize + 2)
+    }
+
+    /// Bytes a [`DecodeLut`] of this codebook needs for its bucket index.
+    pub fn lut_index_len(&self) -> usize {
+        self.lut_tables() << LUT_BITS
+    }
+
+    /// Builds this codebook's [`DecodeLut`] in `cum` (at least
+    /// [`lut_cum_len`](Self::lut_cum_len) long) and `index` (at least
+    /// [`lut_index_len`](Self::lut_index_len)); longer buffers are used
+    /// only in part. [`Error::BufferTooSmall`] if either is shorter.
+    pub fn build_lut<'m>(&self, cum: &'m mut [u16], index: &'m mut [u8]) -> Result<DecodeLut<'m>> {
+        let stride = 2 * self.half as usize + 2;
+        let (nc, ni) = (self.lut_cum_len(), self.lut_index_len());
+        let cum = cum.get_mut(..nc).ok_or(Error::BufferTooSmall)?;
+        let index = index.get_mut(..ni).ok_or(Error::BufferTooSmall)?;
+        let tables = self.tables.chunks_exact(2 * stride);
+        for ((t, c), ix) in tables
+            .zip(cum.chunks_exact_mut(stride))
+            .zip(index.chunks_exact_mut(1 << LUT_BITS))
+        {
+            for (s, v) in c.iter_mut().enumerate() {
+                // Table entries are at most PROB_SCALE (checked when parsed).
+                *v = u16_at(t, s) as u16;
+            }
+            // The symbol holding each bucket's first slot: the last s with
+            // cum[s] <= slot (cum strictly increasing, cum[0] = 0).
+            let mut s = 0usize;
+            for (b, e) in ix.iter_mut().enumerate() {
+                let slot = (b as u32) << BUCKET_SHIFT;
+                while c.get(s + 1).is_some_and(|&n| u32::from(n) <= slot) {
+                    s += 1;
+                }
+                *e = s as u8;
+            }
+        }
+        Ok(DecodeLut {
+            id: self.id,
+            cum,
+            index,
+            stride,
+            n_phys: (self.n_small + self.period) as usize,
+        })
+    }
+}
+
+impl<'m> DecodeLut<'m> {
+    /// The id of the codebook this index was built for.
+    pub fn codebook_id(&self) -> u32 {
+        self.id
+    }
+
+    /// Physical tables per family.
+    #[inline]
+    pub(super) fn n_phys(&self) -> usize {
+        self.n_phys
+    }
+
+    /// Cumulative frequencies and bucket index of physical table `k`
+    /// (family-major, as in the blob).
+    #[inline]
+    pub(super) fn table(&self, k: usize) -> (&'m [u16], &'m [u8]) {
+        let n = 1usize << LUT_BITS;
+        (
+            self.cum
+                .get(k * self.stride..(k + 1) * self.stride)
+                .unwrap_or(&[]),
+            self.index.get(k * n..(k + 1) * n).unwrap_or(&[]),
+        )
+    }
+}
+
+/// `(symbol, start, end)` of the range holding `slot` in a table of
+/// [`DecodeLut::table`]: the bucket's first symbol, then forward while the
+/// next symbol starts at or below the slot. An empty table (never, for a
+/// lut built from the codebook) gives `(0, 0, 0)`, which the decoder
+/// refuses as a corrupt stream.
+#[inline]
+pub(super) fn find(t: (&[u16], &[u8]), slot: u32) -> (usize, u32, u32) {
+    let (cum, index) = t;
+    let mut s = usize::from(
+        index
+            .get((slot >> BUCKET_SHIFT) as usize)
+            .copied()
+            .unwrap_or(0),
+    );
+    loop {
+        match cum.get(s + 1) {
+            Some(&n) if u32::from(n) <= slot => s += 1,
+            Some(&n) => {
+                let start = cum.get(s).map_or(0, |&c| u32::from(c));
+                return (s, start, u32::from(n));
+            }
+            None => return (s, 0, 0),
+        }
+    }
+}
