@@ -1,5 +1,11 @@
 //! `constellation`: the server binary.
 
+/// The sync path allocates many small, short-lived buffers; mimalloc costs
+/// the server ~20% less CPU per sync than glibc's malloc (docs/benchmarks.md,
+/// "Server").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

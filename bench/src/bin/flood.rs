@@ -17,6 +17,11 @@
 //!
 //! `cargo run --release -p omega-tv-sync-bench --bin flood [-- --syncs N]`
 
+/// The `constellation` binary's allocator, so that the server in this
+/// process runs as it is deployed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -54,6 +54,11 @@
 //! and the exact mode, on redb and on a scratch database of the first
 //! PostgreSQL cluster.
 
+/// The `constellation` binary's allocator, so that the server in this
+/// process runs as it is deployed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
