@@ -87,60 +87,32 @@ impl CodeSpace for Codebook<'static> {
     }
 }
 
-/// A core codebook as the server serves it: every decode goes through the
-/// codebook's slot-to-symbol index ([`DecodeLut`]: the same codes and
-/// errors as the binary search, in ~45% fewer instructions per delta; see
-/// `docs/codec.md`). The index (57 KB for `minilm-v1`) is built once per
-/// codebook id and process and kept for the process's life.
-#[derive(Clone, Copy, Debug)]
-pub struct Served {
-    book: Codebook<'static>,
-    /// `None` only if the index could not be built (never for buffers of
-    /// the lengths the codebook asks for): then the binary search decodes.
-    lut: Option<DecodeLut<'static>>,
-}
-
-impl Served {
-    /// Serves `book`, building its index on first use in this process.
-    pub fn new(book: Codebook<'static>) -> Self {
-        static BUILT: OnceLock<Mutex<Vec<DecodeLut<'static>>>> = OnceLock::new();
-        let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
-        let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
-        let lut = match built.iter().find(|l| l.codebook_id() == book.id()) {
-            Some(l) => Some(*l),
-            None => {
-                // Once per distinct codebook id for the process's life, so
-                // the memory may live as long.
-                let cum = Box::leak(vec![0u16; book.lut_cum_len()].into_boxed_slice());
-                let index = Box::leak(vec![0u8; book.lut_index_len()].into_boxed_slice());
-                let lut = book.build_lut(cum, index).ok();
-                built.extend(lut);
-                lut
-            }
-        };
-        Served { book, lut }
-    }
-}
-
-impl CodeSpace for Served {
-    fn id(&self) -> u32 {
-        self.book.id()
-    }
-    fn decode(&self, bytes: &[u8], base: Option<&Codes>, out: &mut Codes) -> Result<()> {
-        match &self.lut {
-            Some(lut) => self.book.decode_with(lut, bytes, base, out),
-            None => self.book.decode(bytes, base, out),
+/// `book` decoding through its slot-to-symbol index ([`DecodeLut`]: the
+/// same codes and errors as the binary search, in ~45% fewer instructions
+/// per delta; `docs/codec.md`, "Decoder index"). The index (57 KB for
+/// `minilm-v1`) is built once per codebook id and process and kept for the
+/// process's life; `book` unchanged if it cannot be built (never, for the
+/// buffer lengths the codebook asks for).
+pub fn indexed(book: Codebook<'static>) -> Codebook<'static> {
+    static BUILT: OnceLock<Mutex<Vec<&'static DecodeLut<'static>>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    let lut = match built.iter().find(|l| l.codebook_id() == book.id()) {
+        Some(l) => Some(*l),
+        None => {
+            // Once per distinct codebook id for the process's life, so the
+            // memory may live as long.
+            let cum = Box::leak(vec![0u16; book.lut_cum_len()].into_boxed_slice());
+            let index = Box::leak(vec![0u8; book.lut_index_len()].into_boxed_slice());
+            let lut: Option<&'static DecodeLut<'static>> = book
+                .build_lut(cum, index)
+                .ok()
+                .map(|l| &*Box::leak(Box::new(l)));
+            built.extend(lut);
+            lut
         }
-    }
-    fn encode(&self, codes: &Codes, out: &mut [u8]) -> Result<usize> {
-        self.book.encode(codes, None, out)
-    }
-    fn reconstruct(&self, codes: &Codes) -> Result<Embedding> {
-        self.book.reconstruct(codes)
-    }
-    fn quantize(&self, e: &Embedding) -> Codes {
-        self.book.quantize(e)
-    }
+    };
+    lut.and_then(|l| book.with_lut(l).ok()).unwrap_or(book)
 }
 
 /// The codebooks this build ships: `minilm-v1` (the default, used to publish
@@ -149,7 +121,7 @@ pub fn default_codebooks() -> Codebooks {
     let mut books = Codebooks::empty();
     for book in [codec::minilm_v1(), codec::minilm_small_v1()] {
         match book {
-            Ok(b) => books = books.with(Arc::new(Served::new(b))),
+            Ok(b) => books = books.with(Arc::new(indexed(b))),
             Err(e) => tracing::error!(error = %e, "a shipped codebook does not load"),
         }
     }

@@ -27,6 +27,7 @@ type Streams = Vec<(Vec<u8>, Option<Codes>)>;
 
 #[inline(never)]
 fn run_decode_absolute(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) {
+    assert!(!cb.has_lut(), "the binary search");
     for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
         cb.decode(black_box(s), base.as_ref(), o).expect("decodes");
     }
@@ -34,34 +35,25 @@ fn run_decode_absolute(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) 
 
 #[inline(never)]
 fn run_decode_delta(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) {
+    assert!(!cb.has_lut(), "the binary search");
     for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
         cb.decode(black_box(s), base.as_ref(), o).expect("decodes");
     }
 }
 
 #[inline(never)]
-fn run_decode_absolute_lut(
-    cb: &Codebook<'_>,
-    lut: &DecodeLut<'_>,
-    streams: &Streams,
-    out: &mut [Codes],
-) {
+fn run_decode_absolute_lut(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) {
+    assert!(cb.has_lut(), "the index");
     for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
-        cb.decode_with(lut, black_box(s), base.as_ref(), o)
-            .expect("decodes");
+        cb.decode(black_box(s), base.as_ref(), o).expect("decodes");
     }
 }
 
 #[inline(never)]
-fn run_decode_delta_lut(
-    cb: &Codebook<'_>,
-    lut: &DecodeLut<'_>,
-    streams: &Streams,
-    out: &mut [Codes],
-) {
+fn run_decode_delta_lut(cb: &Codebook<'_>, streams: &Streams, out: &mut [Codes]) {
+    assert!(cb.has_lut(), "the index");
     for ((s, base), o) in streams.iter().zip(out.iter_mut()) {
-        cb.decode_with(lut, black_box(s), base.as_ref(), o)
-            .expect("decodes");
+        cb.decode(black_box(s), base.as_ref(), o).expect("decodes");
     }
 }
 
@@ -134,11 +126,12 @@ fn main() {
     assert_eq!(decoded, codes, "absolute streams decode to their codes");
     run_decode_delta(&cb, &delta, &mut decoded);
     let (mut cum, mut index) = (vec![0u16; cb.lut_cum_len()], vec![0u8; cb.lut_index_len()]);
-    let lut = cb.build_lut(&mut cum, &mut index).expect("lut");
+    let lut: DecodeLut<'_> = cb.build_lut(&mut cum, &mut index).expect("lut");
+    let fast = cb.with_lut(&lut).expect("same codebook");
     let mut with_lut = vec![[0i16; 384]; n];
-    run_decode_delta_lut(&cb, &lut, &delta, &mut with_lut);
+    run_decode_delta_lut(&fast, &delta, &mut with_lut);
     assert_eq!(with_lut, decoded, "the lut decodes the deltas alike");
-    run_decode_absolute_lut(&cb, &lut, &absolute, &mut with_lut);
+    run_decode_absolute_lut(&fast, &absolute, &mut with_lut);
     assert_eq!(
         with_lut, codes,
         "the lut decodes the absolute streams alike"

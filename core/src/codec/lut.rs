@@ -10,7 +10,8 @@
 //! boundaries inside the bucket, over cumulative frequencies copied out as
 //! aligned `u16`. Both searches give the same symbol for every slot (the
 //! range that holds it is unique), so a stream decodes to the same codes,
-//! or fails with the same error, either way (`tests::the_lut_decodes_what_the_search_decodes`).
+//! or fails with the same error, either way (`core/tests/codec.rs`,
+//! `the_lut_decodes_what_the_search_decodes`).
 //!
 //! Memory: [`Codebook::lut_cum_len`] `u16` plus [`Codebook::lut_index_len`]
 //! bytes; for `minilm-v1` (48 tables of 81 symbols) 3,936 `u16` (7.7 KiB)
@@ -18,6 +19,7 @@
 //! with that much RAM to spare can too.
 
 use super::{u16_at, Codebook};
+
 use crate::{Error, Result};
 
 /// Buckets per table: `2^LUT_BITS`.
@@ -26,7 +28,7 @@ pub const LUT_BITS: u32 = 10;
 const BUCKET_SHIFT: u32 = super::PROB_BITS - LUT_BITS;
 
 /// The slot-to-symbol index of one codebook (module docs), over memory the
-/// caller provides; pass it to [`Codebook::decode_with`].
+/// caller provides; attach it with [`Codebook::with_lut`].
 #[derive(Clone, Copy, Debug)]
 pub struct DecodeLut<'m> {
     /// Codebook it was built for.

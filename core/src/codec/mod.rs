@@ -156,6 +156,9 @@ pub struct Codebook<'a> {
     delta_idx: &'a [u8],
     tables: &'a [u8],
     basis: Option<&'a [u8]>,
+    /// The slot-to-symbol index [`decode`](Self::decode) uses, when one is
+    /// attached ([`with_lut`](Self::with_lut)); else a binary search.
+    lut: Option<&'a DecodeLut<'a>>,
 }
 
 impl core::fmt::Debug for Codebook<'_> {
@@ -164,6 +167,7 @@ impl core::fmt::Debug for Codebook<'_> {
             .field("id", &self.id)
             .field("bytes", &self.blob.len())
             .field("basis", &self.basis.is_some())
+            .field("lut", &self.lut.is_some())
             .finish()
     }
 }
@@ -297,7 +301,28 @@ impl<'a> Codebook<'a> {
             delta_idx,
             tables,
             basis,
+            lut: None,
         })
+    }
+
+    /// This codebook decoding through `lut` (built by
+    /// [`build_lut`](Self::build_lut) for it): the same codes and errors for
+    /// every input as the binary search, in fewer instructions
+    /// (`docs/codec.md`, "Decoder index"). [`Error::BadCodebook`] if `lut`
+    /// was built for another codebook.
+    pub fn with_lut(self, lut: &'a DecodeLut<'a>) -> Result<Self> {
+        if lut.codebook_id() != self.id {
+            return Err(Error::BadCodebook);
+        }
+        Ok(Codebook {
+            lut: Some(lut),
+            ..self
+        })
+    }
+
+    /// True if a [`DecodeLut`] is attached.
+    pub fn has_lut(&self) -> bool {
+        self.lut.is_some()
     }
 
     /// The codebook id, carried in every frame header: a hash of the blob.

@@ -231,26 +231,15 @@ impl<'a> Codebook<'a> {
     /// state that is not the initial one, [`Error::CodeOutOfRange`] if a
     /// value (or `base` plus a delta) leaves `i16`. Never panics; on error
     /// `out` is left unchanged.
+    ///
+    /// The symbol search is the attached [`DecodeLut`]'s when there is one
+    /// ([`with_lut`](Self::with_lut)), else a binary search; both give the
+    /// same result.
     pub fn decode(&self, bytes: &[u8], base: Option<&Codes>, out: &mut Codes) -> Result<()> {
-        self.decode_by(Bisect(self), bytes, base, out)
-    }
-
-    /// [`decode`](Self::decode) with the symbol search done by `lut` (built
-    /// by [`build_lut`](Self::build_lut) for this codebook) instead of a
-    /// binary search: the same codes and the same errors for every input,
-    /// in fewer instructions. [`Error::BadCodebook`] if `lut` was built for
-    /// another codebook.
-    pub fn decode_with(
-        &self,
-        lut: &DecodeLut<'_>,
-        bytes: &[u8],
-        base: Option<&Codes>,
-        out: &mut Codes,
-    ) -> Result<()> {
-        if lut.codebook_id() != self.id {
-            return Err(Error::BadCodebook);
+        match self.lut {
+            Some(lut) => self.decode_by(lut, bytes, base, out),
+            None => self.decode_by(Bisect(self), bytes, base, out),
         }
-        self.decode_by(lut, bytes, base, out)
     }
 
     /// The decoder, over either symbol search.
