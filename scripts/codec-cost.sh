@@ -16,5 +16,5 @@ callgrind_annotate --inclusive=yes "$out/cg.out" 2>/dev/null |
     awk -v n="$n" '/codec_cost::run_(quantize|reconstruct|decode_absolute|decode_delta|decode_absolute_lut|decode_delta_lut) \[/ {
         gsub(",", "", $1);
         match($0, /run_(quantize|reconstruct|decode_absolute_lut|decode_delta_lut|decode_absolute|decode_delta)/);
-        printf "%-20s %10.0f instructions per pattern\n", substr($0, RSTART + 4, RLENGTH - 4), $1 / n }'
+        printf "%-22s %10.0f instructions per pattern\n", substr($0, RSTART + 4, RLENGTH - 4), $1 / n }'
 rm -rf "$out"
