@@ -1,6 +1,8 @@
 //! Codec tests on the shipped codebooks and the real MiniLM vectors.
 
-use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, DecodeLut, MAX_CODED_LEN};
+#[cfg(feature = "lut")]
+use omega_tv_sync::codec::DecodeLut;
+use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, MAX_CODED_LEN};
 use omega_tv_sync::{Embedding, Error, DIM};
 use omega_tv_sync_testkit::{rows, SplitMix64};
 
@@ -206,6 +208,7 @@ fn random_bytes_never_panic() {
 /// the bare codebook's result and
 /// codes (both codebooks, absolute and delta); a lut of another codebook
 /// is refused.
+#[cfg(feature = "lut")]
 #[test]
 fn the_lut_decodes_what_the_search_decodes() {
     let mut rng = SplitMix64::new(7);

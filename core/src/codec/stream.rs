@@ -1,6 +1,7 @@
 //! The coded stream: scale classes, table symbols, raw bits and escapes
 //! over the rANS coder (`docs/codec.md`, "Entropy coding" and "Stream").
 
+#[cfg(feature = "lut")]
 use super::lut::DecodeLut;
 use super::rans::{Decoder, Encoder, PROB_BITS};
 use super::*;
@@ -232,20 +233,21 @@ impl<'a> Codebook<'a> {
     /// value (or `base` plus a delta) leaves `i16`. Never panics; on error
     /// `out` is left unchanged.
     ///
-    /// The symbol search is the attached [`DecodeLut`]'s when there is one
-    /// ([`with_lut`](Self::with_lut)), else a binary search; both give the
-    /// same result.
+    /// The symbol search is the attached decoder index's when there is one
+    /// (feature `lut`, `Codebook::with_lut`), else a binary search; both
+    /// give the same result.
     pub fn decode(&self, bytes: &[u8], base: Option<&Codes>, out: &mut Codes) -> Result<()> {
-        match self.lut {
-            Some(lut) => self.decode_by(lut, bytes, base, out),
-            None => self.decode_by(Bisect(self), bytes, base, out),
+        #[cfg(feature = "lut")]
+        if let Some(lut) = self.lut {
+            return self.decode_by(lut, bytes, base, out);
         }
+        self.decode_by(Bisect(self), bytes, base, out)
     }
 
-    /// The decoder, over either symbol search. Not inlined into
-    /// [`decode`](Self::decode): with both searches inlined there the
-    /// binary search's loop ran ~8% more instructions.
-    #[inline(never)]
+    /// The decoder, over either symbol search. With feature `lut` not
+    /// inlined into [`decode`](Self::decode): with both searches inlined
+    /// there the binary search's loop ran ~8% more instructions.
+    #[cfg_attr(feature = "lut", inline(never))]
     fn decode_by<S: Search>(
         &self,
         search: S,
@@ -379,6 +381,7 @@ impl<'a> Search for Bisect<'_, 'a> {
     }
 }
 
+#[cfg(feature = "lut")]
 impl<'m> Search for &DecodeLut<'m> {
     type Table = (&'m [u16], &'m [u8]);
 
