@@ -1,8 +1,9 @@
 //! `constellation`: the server binary.
 
-/// The sync path allocates many small, short-lived buffers; mimalloc costs
-/// the server ~20% less CPU per sync than glibc's malloc (docs/benchmarks.md,
-/// "Server").
+/// The sync path allocates many small, short-lived buffers: with mimalloc
+/// the server bench's CPU per sync is lower, at some peak RSS
+/// (docs/benchmarks.md, "Server"; feature `mimalloc`, on by default).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
