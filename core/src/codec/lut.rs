@@ -106,6 +106,15 @@ impl<'m> DecodeLut<'m> {
         self.id
     }
 
+    /// Built for `cb`: its id and its tables' shape.
+    pub(super) fn fits(&self, cb: &Codebook<'_>) -> bool {
+        self.id == cb.id
+            && self.stride == 2 * cb.half as usize + 2
+            && self.n_phys == (cb.n_small + cb.period) as usize
+            && self.cum.len() == cb.lut_cum_len()
+            && self.index.len() == cb.lut_index_len()
+    }
+
     /// Physical tables per family.
     #[inline]
     pub(super) fn n_phys(&self) -> usize {
