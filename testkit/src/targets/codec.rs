@@ -8,14 +8,30 @@ use crate::fixtures::{base_codes, book, small_book, EDGE_BASE, SMALL_BLOB};
 
 /// Decodes `code` with `cb` (against `base` when given); on success checks
 /// that encoding the result and decoding it again gives the same codes
-/// within [`MAX_CODED_LEN`] bytes, whatever the input was.
+/// within [`MAX_CODED_LEN`] bytes, whatever the input was. With feature
+/// `lut`, the same input decoded through the codebook's decoder index must
+/// give the same result and codes.
 pub fn decode_checked(
     cb: &Codebook<'_>,
     code: &[u8],
     base: Option<&Codes>,
 ) -> Result<Codes, Error> {
     let mut out: Codes = [0; DIM];
-    cb.decode(code, base, &mut out)?;
+    let result = cb.decode(code, base, &mut out);
+    #[cfg(feature = "lut")]
+    {
+        let mut cum = vec![0u16; cb.lut_cum_len()];
+        let mut index = vec![0u8; cb.lut_index_len()];
+        let lut = cb.build_lut(&mut cum, &mut index).expect("lut buffers fit");
+        let fast = cb.with_lut(&lut).expect("built for this codebook");
+        let mut via: Codes = [7; DIM];
+        let r = fast.decode(code, base, &mut via);
+        assert_eq!(r, result, "the index and the binary search disagree");
+        if r.is_ok() {
+            assert_eq!(via, out, "the index decoded other codes");
+        }
+    }
+    result?;
     let mut buf = [0u8; MAX_CODED_LEN];
     let n = cb
         .encode(&out, base, &mut buf)
