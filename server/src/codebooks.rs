@@ -88,11 +88,13 @@ impl CodeSpace for Codebook<'static> {
 }
 
 /// `book` decoding through its slot-to-symbol index ([`DecodeLut`]: the
-/// same codes and errors as the binary search, in ~45% fewer instructions
-/// per delta; `docs/codec.md`, "Decoder index"). The index (57 KB for
+/// same codes and errors as the binary search, in 33-43% fewer instructions
+/// per pattern; `docs/codec.md`, "Decoder index"). The index (57 KB for
 /// `minilm-v1`) is built once per codebook id and process and kept for the
-/// process's life; `book` unchanged if it cannot be built (never, for the
-/// buffer lengths the codebook asks for).
+/// process's life; `book` comes back unchanged if it cannot be built (never,
+/// for the buffer lengths the codebook asks for) or if the index cached
+/// under its id is another blob's (`Codebook::with_lut` compares the
+/// frequencies).
 pub fn indexed(book: Codebook<'static>) -> Codebook<'static> {
     static BUILT: OnceLock<Mutex<Vec<&'static DecodeLut<'static>>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));

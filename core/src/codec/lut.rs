@@ -18,9 +18,12 @@
 //! and 49,152 bytes. A server builds one per codebook it serves; a device
 //! with that much RAM to spare can too.
 
-use super::{u16_at, Codebook};
-
+use super::{u16_at, Codebook, MAX_HALF};
 use crate::{Error, Result};
+
+// A bucket's first symbol is kept in a byte: the alphabet (2H + 1 symbols,
+// the escape included) must fit.
+const _: () = assert!((2 * MAX_HALF as usize) < 256);
 
 /// Buckets per table: `2^LUT_BITS`.
 pub const LUT_BITS: u32 = 10;
@@ -29,7 +32,7 @@ const BUCKET_SHIFT: u32 = super::PROB_BITS - LUT_BITS;
 
 /// The slot-to-symbol index of one codebook (module docs), over memory the
 /// caller provides; attach it with [`Codebook::with_lut`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct DecodeLut<'m> {
     /// Codebook it was built for.
     id: u32,
@@ -42,6 +45,16 @@ pub struct DecodeLut<'m> {
     stride: usize,
     /// Physical tables per family.
     n_phys: usize,
+}
+
+impl core::fmt::Debug for DecodeLut<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DecodeLut")
+            .field("codebook", &self.id)
+            .field("cum", &self.cum.len())
+            .field("index", &self.index.len())
+            .finish()
+    }
 }
 
 impl Codebook<'_> {
@@ -106,13 +119,27 @@ impl<'m> DecodeLut<'m> {
         self.id
     }
 
-    /// Built for `cb`: its id and its tables' shape.
+    /// Built for `cb`: its id, its tables' shape and every cumulative
+    /// frequency equal to `cb`'s (one pass over 3,936 entries for
+    /// `minilm-v1`), so that an index of another blob with the same id
+    /// (a 32-bit hash) is refused rather than decoding differently. The
+    /// bucket index is a function of those frequencies ([`Codebook::build_lut`]);
+    /// an index whose memory was changed after it was built is not detected.
     pub(super) fn fits(&self, cb: &Codebook<'_>) -> bool {
         self.id == cb.id
             && self.stride == 2 * cb.half as usize + 2
             && self.n_phys == (cb.n_small + cb.period) as usize
             && self.cum.len() == cb.lut_cum_len()
             && self.index.len() == cb.lut_index_len()
+            && cb
+                .tables
+                .chunks_exact(2 * self.stride)
+                .zip(self.cum.chunks_exact(self.stride))
+                .all(|(t, c)| {
+                    c.iter()
+                        .enumerate()
+                        .all(|(s, &v)| u32::from(v) == u16_at(t, s))
+                })
     }
 
     /// Physical tables per family.
@@ -158,5 +185,36 @@ pub(super) fn find(t: (&[u16], &[u8]), slot: u32) -> (usize, u32, u32) {
             }
             None => return (s, 0, 0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index with the codebook's id and shape but other frequencies (what
+    /// an index of another blob with a colliding id would be) is refused.
+    #[test]
+    fn an_index_of_other_frequencies_is_refused() {
+        let cb = super::super::minilm_v1().unwrap();
+        let mut cum = [0u16; 4096];
+        let mut index = [0u8; 48 << LUT_BITS];
+        let lut = cb.build_lut(&mut cum, &mut index).unwrap();
+        assert!(lut.fits(&cb));
+        let (n, stride, n_phys, id) = (lut.cum.len(), lut.stride, lut.n_phys, lut.id);
+        let mut other = [0u16; 4096];
+        other[..n].copy_from_slice(lut.cum);
+        // One boundary of one table moved by one slot.
+        other[stride + 5] += 1;
+        let index_copy = [0u8; 48 << LUT_BITS];
+        let forged = DecodeLut {
+            id,
+            cum: &other[..n],
+            index: &index_copy,
+            stride,
+            n_phys,
+        };
+        assert!(!forged.fits(&cb));
+        assert_eq!(cb.with_lut(&forged).err(), Some(Error::BadCodebook));
     }
 }

@@ -313,8 +313,8 @@ impl<'a> Codebook<'a> {
     /// [`build_lut`](Self::build_lut) for it): the same codes and errors for
     /// every input as the binary search, in fewer instructions
     /// (`docs/codec.md`, "Decoder index"). [`Error::BadCodebook`] if `lut`
-    /// was built for another codebook (another id or table shape).
-    /// Feature `lut`.
+    /// was built for another codebook (another id, table shape or
+    /// frequencies). Feature `lut`.
     #[cfg(feature = "lut")]
     pub fn with_lut(self, lut: &'a DecodeLut<'a>) -> Result<Self> {
         if !lut.fits(&self) {
