@@ -88,7 +88,7 @@ impl CodeSpace for Codebook<'static> {
 }
 
 /// `book` decoding through its slot-to-symbol index ([`DecodeLut`]: the
-/// same codes and errors as the binary search, in 33-43% fewer instructions
+/// same codes and errors as the binary search, in 33-44% fewer instructions
 /// per pattern; `docs/codec.md`, "Decoder index"). The index (57 KB for
 /// `minilm-v1`) is built once per codebook id and process and kept for the
 /// process's life; `book` comes back unchanged if it cannot be built (never,

@@ -43,8 +43,6 @@ pub struct DecodeLut<'m> {
     index: &'m [u8],
     /// `n_sym + 1`.
     stride: usize,
-    /// Physical tables per family.
-    n_phys: usize,
 }
 
 impl core::fmt::Debug for DecodeLut<'_> {
@@ -108,7 +106,6 @@ impl Codebook<'_> {
             cum,
             index,
             stride,
-            n_phys: (self.n_small + self.period) as usize,
         })
     }
 }
@@ -128,7 +125,6 @@ impl<'m> DecodeLut<'m> {
     pub(super) fn fits(&self, cb: &Codebook<'_>) -> bool {
         self.id == cb.id
             && self.stride == 2 * cb.half as usize + 2
-            && self.n_phys == (cb.n_small + cb.period) as usize
             && self.cum.len() == cb.lut_cum_len()
             && self.index.len() == cb.lut_index_len()
             && cb
@@ -142,14 +138,8 @@ impl<'m> DecodeLut<'m> {
                 })
     }
 
-    /// Physical tables per family.
-    #[inline]
-    pub(super) fn n_phys(&self) -> usize {
-        self.n_phys
-    }
-
-    /// Cumulative frequencies and bucket index of physical table `k`
-    /// (family-major, as in the blob).
+    /// Cumulative frequencies and bucket index of the physical table at
+    /// position `k` (`Codebook::table_index`: family-major, as in the blob).
     #[inline]
     pub(super) fn table(&self, k: usize) -> (&'m [u16], &'m [u8]) {
         let n = 1usize << LUT_BITS;
@@ -201,7 +191,7 @@ mod tests {
         let mut index = [0u8; 48 << LUT_BITS];
         let lut = cb.build_lut(&mut cum, &mut index).unwrap();
         assert!(lut.fits(&cb));
-        let (n, stride, n_phys, id) = (lut.cum.len(), lut.stride, lut.n_phys, lut.id);
+        let (n, stride, id) = (lut.cum.len(), lut.stride, lut.id);
         let mut other = [0u16; 4096];
         other[..n].copy_from_slice(lut.cum);
         // One boundary of one table moved by one slot.
@@ -212,7 +202,6 @@ mod tests {
             cum: &other[..n],
             index: &index_copy,
             stride,
-            n_phys,
         };
         assert!(!forged.fits(&cb));
         assert_eq!(cb.with_lut(&forged).err(), Some(Error::BadCodebook));

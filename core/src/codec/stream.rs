@@ -73,10 +73,16 @@ impl<'a> Codebook<'a> {
     /// (0 absolute, 1 delta).
     #[inline]
     pub(super) fn table(&self, family: usize, phys: u32) -> &'a [u8] {
-        let n_phys = (self.n_small + self.period) as usize;
         let len = (2 * self.half as usize + 2) * 2;
-        let start = (family * n_phys + phys as usize) * len;
+        let start = self.table_index(family, phys) * len;
         self.tables.get(start..start + len).unwrap_or(&[])
+    }
+
+    /// Position of physical table `phys` of `family` among all tables
+    /// (family-major, as in the blob and in a decoder index).
+    #[inline]
+    pub(super) fn table_index(&self, family: usize, phys: u32) -> usize {
+        family * (self.n_small + self.period) as usize + phys as usize
     }
 
     pub(super) fn indices(&self, family: usize) -> &'a [u8] {
@@ -239,7 +245,7 @@ impl<'a> Codebook<'a> {
     pub fn decode(&self, bytes: &[u8], base: Option<&Codes>, out: &mut Codes) -> Result<()> {
         #[cfg(feature = "lut")]
         if let Some(lut) = self.lut {
-            return self.decode_by(lut, bytes, base, out);
+            return self.decode_by(Indexed(self, lut), bytes, base, out);
         }
         self.decode_by(Bisect(self), bytes, base, out)
     }
@@ -381,13 +387,19 @@ impl<'a> Search for Bisect<'_, 'a> {
     }
 }
 
+/// The attached decoder index, its tables found by the codebook's
+/// [`table_index`](Codebook::table_index).
 #[cfg(feature = "lut")]
-impl<'m> Search for &DecodeLut<'m> {
-    type Table = (&'m [u16], &'m [u8]);
+#[derive(Clone, Copy)]
+pub(super) struct Indexed<'c, 'a>(pub(super) &'c Codebook<'a>, pub(super) &'a DecodeLut<'a>);
+
+#[cfg(feature = "lut")]
+impl<'a> Search for Indexed<'_, 'a> {
+    type Table = (&'a [u16], &'a [u8]);
 
     #[inline]
     fn table(self, family: usize, phys: u32) -> Self::Table {
-        DecodeLut::table(self, family * self.n_phys() + phys as usize)
+        self.1.table(self.0.table_index(family, phys))
     }
 
     #[inline]
