@@ -195,12 +195,7 @@ pub(super) async fn feed(
     let Some(page) = page else {
         st.metrics.feed_not_modified.fetch_add(1, Relaxed);
         let mut r = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&etag) {
-            r.headers_mut().insert(header::ETAG, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&cache) {
-            r.headers_mut().insert(header::CACHE_CONTROL, v);
-        }
+        caching(r.headers_mut(), &etag, &cache);
         return r;
     };
     st.metrics.feed_pages.fetch_add(1, Relaxed);
@@ -216,16 +211,21 @@ pub(super) async fn feed(
         .fetch_add(page.frame.len() as u64, Relaxed);
     let mut r = octet(page.frame);
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&cache) {
-        h.insert(header::CACHE_CONTROL, v);
-    }
+    caching(h, &etag, &cache);
     if let Some(hz) = page.snapshot_horizon {
         if let Ok(v) = HeaderValue::from_str(&hz.to_string()) {
             h.insert("x-snapshot-horizon", v);
         }
     }
     r
+}
+
+/// The feed's `ETag` and `Cache-Control`, on a page and on a `304` alike.
+fn caching(h: &mut HeaderMap, etag: &str, cache: &str) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(cache) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
 }
