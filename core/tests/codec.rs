@@ -1,7 +1,7 @@
 //! Codec tests on the shipped codebooks and the real MiniLM vectors.
 
 #[cfg(feature = "lut")]
-use omega_tv_sync::codec::DecodeLut;
+use omega_tv_sync::codec::{DecodeLut, FloatBasis};
 use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, MAX_CODED_LEN};
 use omega_tv_sync::{Embedding, Error, DIM};
 use omega_tv_sync_testkit::{rows, SplitMix64};
@@ -262,6 +262,63 @@ fn the_lut_decodes_what_the_search_decodes() {
     let mut index = vec![0u8; a.lut_index_len()];
     assert_eq!(
         a.build_lut(&mut short, &mut index).err(),
+        Some(Error::BufferTooSmall)
+    );
+}
+
+/// `reconstruct` over an `f32` copy of the basis gives the embedding of the
+/// blob's `i16` rows bit for bit: real patterns (2,000 public ones), codes
+/// with 0 to 9 nonzero components (every remainder of the four-row
+/// passes), random codes up to the extremes of `i16`, and the all-zero
+/// codes (the mean alone); a codebook without a basis has none to attach,
+/// and a basis of another length is refused.
+#[cfg(feature = "lut")]
+#[test]
+fn the_float_basis_reconstructs_what_the_blob_reconstructs() {
+    let [cb, small] = books();
+    let mut rows_f32 = vec![0f32; cb.float_basis_len()];
+    let fb: FloatBasis<'_> = cb.build_float_basis(&mut rows_f32).unwrap();
+    let wide = cb.with_float_basis(&fb).unwrap();
+    assert!(wide.has_float_basis() && !cb.has_float_basis());
+    let same = |c: &Codes| {
+        let (a, b) = (cb.reconstruct(c), wide.reconstruct(c));
+        match (&a, &b) {
+            (Ok(x), Ok(y)) => {
+                let bits = |e: &Embedding| e.as_array().map(f32::to_bits);
+                assert_eq!(bits(x), bits(y), "embeddings differ");
+            }
+            _ => assert_eq!(a.err(), b.err()),
+        }
+    };
+    let mut rng = SplitMix64::new(11);
+    let pats = rows("patterns_public.f32");
+    for p in pats.iter().take(2000) {
+        same(&cb.quantize(&Embedding::new(*p).unwrap()));
+    }
+    for nonzero in 0..10 {
+        for _ in 0..20 {
+            let mut c = [0i16; DIM];
+            for _ in 0..nonzero {
+                c[(rng.next_u64() % DIM as u64) as usize] = (rng.next_u64() % 401) as i16 - 200;
+            }
+            same(&c);
+        }
+    }
+    for spread in [0, 3, 40, 3000] {
+        for _ in 0..200 {
+            same(&random_codes(&mut rng, spread));
+        }
+    }
+    same(&[i16::MAX; DIM]);
+    same(&[i16::MIN; DIM]);
+    // The small profile has no basis: nothing to build, nothing to attach.
+    assert_eq!(small.float_basis_len(), 0);
+    let none = small.build_float_basis(&mut []).unwrap();
+    assert_eq!(small.with_float_basis(&none).err(), Some(Error::BadCodebook));
+    assert_eq!(cb.with_float_basis(&none).err(), Some(Error::BadCodebook));
+    let mut short = vec![0f32; cb.float_basis_len() - 1];
+    assert_eq!(
+        cb.build_float_basis(&mut short).err(),
         Some(Error::BufferTooSmall)
     );
 }

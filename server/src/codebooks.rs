@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use omega_tv_sync::codec::{self, Codebook, DecodeLut};
+use omega_tv_sync::codec::{self, Codebook, DecodeLut, FloatBasis};
 use omega_tv_sync::{Embedding, Result};
 
 /// Integer codes of one embedding: one `i16` per basis component.
@@ -87,34 +87,55 @@ impl CodeSpace for Codebook<'static> {
     }
 }
 
-/// `book` decoding through its slot-to-symbol index ([`DecodeLut`]: the
-/// same codes and errors as the binary search, in 33-44% fewer instructions
-/// per pattern; `docs/codec.md`, "Decoder index"). The index (57 KB for
-/// `minilm-v1`) is built once per codebook id and process and kept for the
-/// process's life; `book` comes back unchanged if it cannot be built (never,
-/// for the buffer lengths the codebook asks for) or if the index cached
-/// under its id is another blob's (`Codebook::with_lut` compares the
-/// frequencies).
-pub fn indexed(book: Codebook<'static>) -> Codebook<'static> {
-    static BUILT: OnceLock<Mutex<Vec<&'static DecodeLut<'static>>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+/// A value built once per codebook id for the process's life (so its
+/// memory may live as long), in `cache`; `None` if `build` fails.
+fn once_per_codebook<T: Sync + 'static>(
+    cache: &'static OnceLock<Mutex<Vec<&'static T>>>,
+    id: u32,
+    id_of: fn(&T) -> u32,
+    build: impl FnOnce() -> Option<T>,
+) -> Option<&'static T> {
+    let built = cache.get_or_init(|| Mutex::new(Vec::new()));
     let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
-    let lut = match built.iter().find(|l| l.codebook_id() == book.id()) {
-        Some(l) => Some(*l),
-        None => {
-            // Once per distinct codebook id for the process's life, so the
-            // memory may live as long.
-            let cum = Box::leak(vec![0u16; book.lut_cum_len()].into_boxed_slice());
-            let index = Box::leak(vec![0u8; book.lut_index_len()].into_boxed_slice());
-            let lut: Option<&'static DecodeLut<'static>> = book
-                .build_lut(cum, index)
-                .ok()
-                .map(|l| &*Box::leak(Box::new(l)));
-            built.extend(lut);
-            lut
-        }
-    };
-    lut.and_then(|l| book.with_lut(l).ok()).unwrap_or(book)
+    if let Some(t) = built.iter().find(|t| id_of(t) == id) {
+        return Some(*t);
+    }
+    let t: &'static T = Box::leak(Box::new(build()?));
+    built.push(t);
+    Some(t)
+}
+
+/// `book` with the server's two caches attached, each built once per
+/// codebook id and process and kept for the process's life:
+/// - its slot-to-symbol index ([`DecodeLut`], 57 KB for `minilm-v1`): the
+///   same codes and errors as the binary search, in 33-44% fewer
+///   instructions per pattern (`docs/codec.md`, "Decoder index");
+/// - an `f32` copy of its basis ([`FloatBasis`], 576 KiB, none for a
+///   codebook without a basis): the same reconstructions bit for bit, in
+///   about half the instructions (`docs/codec.md`, "Float basis").
+///
+/// Either is left out if it cannot be built (never, for the buffer lengths
+/// the codebook asks for) or if the one cached under its id is another
+/// blob's (`Codebook::with_lut` and `with_float_basis` compare the values).
+pub fn indexed(book: Codebook<'static>) -> Codebook<'static> {
+    static LUTS: OnceLock<Mutex<Vec<&'static DecodeLut<'static>>>> = OnceLock::new();
+    static BASES: OnceLock<Mutex<Vec<&'static FloatBasis<'static>>>> = OnceLock::new();
+    let lut = once_per_codebook(&LUTS, book.id(), DecodeLut::codebook_id, || {
+        let cum = Box::leak(vec![0u16; book.lut_cum_len()].into_boxed_slice());
+        let index = Box::leak(vec![0u8; book.lut_index_len()].into_boxed_slice());
+        book.build_lut(cum, index).ok()
+    });
+    let book = lut.and_then(|l| book.with_lut(l).ok()).unwrap_or(book);
+    if book.float_basis_len() == 0 {
+        return book;
+    }
+    let basis = once_per_codebook(&BASES, book.id(), FloatBasis::codebook_id, || {
+        let rows = Box::leak(vec![0f32; book.float_basis_len()].into_boxed_slice());
+        book.build_float_basis(rows).ok()
+    });
+    basis
+        .and_then(|b| book.with_float_basis(b).ok())
+        .unwrap_or(book)
 }
 
 /// The codebooks this build ships: `minilm-v1` (the default, used to publish

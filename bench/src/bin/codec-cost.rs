@@ -15,9 +15,11 @@
 //! (`run_decode_delta`, the benchmark drift of `--bin codec`); then the
 //! same two with the server's slot-to-symbol index ([`DecodeLut`], built
 //! once: `run_decode_absolute_lut`, `run_decode_delta_lut`), checked to give
-//! the same codes.
+//! the same codes; and `reconstruct` over the server's `f32` copy of the
+//! basis ([`FloatBasis`]: `run_reconstruct_float`), checked to give the
+//! same embeddings bit for bit.
 
-use omega_tv_sync::codec::{minilm_v1, Codebook, Codes, DecodeLut, MAX_CODED_LEN};
+use omega_tv_sync::codec::{minilm_v1, Codebook, Codes, DecodeLut, FloatBasis, MAX_CODED_LEN};
 use omega_tv_sync::Embedding;
 use omega_tv_sync_bench::data::{data_dir, drift, read_rows};
 use std::hint::black_box;
@@ -73,6 +75,14 @@ fn run_quantize(cb: &Codebook<'_>, embs: &[Embedding], out: &mut [Codes]) {
 
 #[inline(never)]
 fn run_reconstruct(cb: &Codebook<'_>, codes: &[Codes], out: &mut [Embedding]) {
+    for (c, o) in codes.iter().zip(out.iter_mut()) {
+        *o = cb.reconstruct(black_box(c)).expect("nonzero");
+    }
+}
+
+#[inline(never)]
+fn run_reconstruct_float(cb: &Codebook<'_>, codes: &[Codes], out: &mut [Embedding]) {
+    assert!(cb.has_float_basis(), "the f32 basis");
     for (c, o) in codes.iter().zip(out.iter_mut()) {
         *o = cb.reconstruct(black_box(c)).expect("nonzero");
     }
@@ -136,6 +146,12 @@ fn main() {
         with_lut, codes,
         "the lut decodes the absolute streams alike"
     );
+    let mut rows_f32 = vec![0f32; cb.float_basis_len()];
+    let fb: FloatBasis<'_> = cb.build_float_basis(&mut rows_f32).expect("float basis");
+    let wide = cb.with_float_basis(&fb).expect("same codebook");
+    let mut out_f32 = out.clone();
+    run_reconstruct_float(&wide, &codes, &mut out_f32);
+    assert_eq!(out_f32, out, "the f32 basis reconstructs alike, bit for bit");
     let mean_len = |s: &Streams| s.iter().map(|(b, _)| b.len()).sum::<usize>() as f64 / n as f64;
     println!(
         "streams: absolute {:.1} B, delta {:.1} B on average",

@@ -1,0 +1,117 @@
+//! An optional `f32` copy of the codebook's basis that makes
+//! [`Codebook::reconstruct`] cheaper on a host, in memory the caller
+//! provides ([`FloatBasis`]).
+//!
+//! The blob keeps the basis rows as little-endian `i16` (half the flash of
+//! `f32`); `reconstruct` converts every entry of every row it adds. With a
+//! [`FloatBasis`] attached ([`Codebook::with_float_basis`]) it adds rows of
+//! `f32` that are the same values (every `i16` is exact in `f32`), in the
+//! same order, with the same multiplier: the result is bit for bit the
+//! same embedding (`core/tests/codec.rs`,
+//! `the_float_basis_reconstructs_what_the_blob_reconstructs`), for about
+//! a third of the instructions on x86-64 (docs/codec.md, "Float basis").
+//!
+//! Memory: [`Codebook::float_basis_len`] `f32`: `DIM x DIM` (576 KiB) for a
+//! codebook with a basis, 0 for one without (the small profile's identity,
+//! where reconstruction is already one pass). Meant for a server, which
+//! reconstructs every changed pattern it aggregates.
+
+use super::{Codebook, DIM};
+use crate::{Error, Result};
+
+/// A codebook's basis as `f32` rows, over memory the caller provides
+/// (module docs); attach it with [`Codebook::with_float_basis`].
+#[derive(Clone, Copy)]
+pub struct FloatBasis<'m> {
+    /// Codebook it was built for.
+    id: u32,
+    /// `DIM` rows of `DIM` values, row `j` the basis row of code `j`.
+    rows: &'m [f32],
+}
+
+impl core::fmt::Debug for FloatBasis<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FloatBasis")
+            .field("codebook", &self.id)
+            .field("values", &self.rows.len())
+            .finish()
+    }
+}
+
+impl Codebook<'_> {
+    /// `f32` values a [`FloatBasis`] of this codebook needs: `DIM x DIM`
+    /// with a basis, 0 without one.
+    pub fn float_basis_len(&self) -> usize {
+        if self.basis.is_some() {
+            DIM * DIM
+        } else {
+            0
+        }
+    }
+
+    /// Builds this codebook's [`FloatBasis`] in `rows` (at least
+    /// [`float_basis_len`](Self::float_basis_len) long; a longer buffer is
+    /// used only in part). [`Error::BufferTooSmall`] if it is shorter.
+    pub fn build_float_basis<'m>(&self, rows: &'m mut [f32]) -> Result<FloatBasis<'m>> {
+        let n = self.float_basis_len();
+        let rows = rows.get_mut(..n).ok_or(Error::BufferTooSmall)?;
+        if let Some(basis) = self.basis {
+            for (r, b) in rows.iter_mut().zip(basis.chunks_exact(2)) {
+                *r = f32::from(i16::from_le_bytes([b[0], b[1]]));
+            }
+        }
+        Ok(FloatBasis { id: self.id, rows })
+    }
+}
+
+impl<'m> FloatBasis<'m> {
+    /// The id of the codebook this basis was built for.
+    pub fn codebook_id(&self) -> u32 {
+        self.id
+    }
+
+    /// Built for `cb`: its id, and every value equal to `cb`'s basis (one
+    /// pass over `DIM x DIM` entries), so that a copy of another blob with
+    /// the same id (a 32-bit hash) is refused rather than reconstructing
+    /// differently.
+    pub(super) fn fits(&self, cb: &Codebook<'_>) -> bool {
+        self.id == cb.id
+            && self.rows.len() == cb.float_basis_len()
+            && cb.basis.is_some_and(|basis| {
+                self.rows
+                    .iter()
+                    .zip(basis.chunks_exact(2))
+                    .all(|(&r, b)| r == f32::from(i16::from_le_bytes([b[0], b[1]])))
+            })
+    }
+
+    /// The rows, `DIM` values each.
+    #[inline]
+    pub(super) fn rows(&self) -> core::slice::ChunksExact<'m, f32> {
+        self.rows.chunks_exact(DIM)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A basis with the codebook's id and length but one value changed
+    /// (what a copy of another blob with a colliding id would be) is refused.
+    #[test]
+    fn a_basis_of_other_values_is_refused() {
+        use std::vec;
+        // 576 KiB each: on the heap, not on the test thread's stack.
+        let cb = super::super::minilm_v1().unwrap();
+        let mut rows = vec![0f32; DIM * DIM];
+        let fb = cb.build_float_basis(&mut rows).unwrap();
+        assert!(fb.fits(&cb));
+        let id = fb.id;
+        let mut other = vec![0f32; DIM * DIM];
+        other.copy_from_slice(fb.rows);
+        other[DIM * 7 + 5] += 1.0;
+        let forged = FloatBasis { id, rows: &other };
+        assert!(!forged.fits(&cb));
+        assert_eq!(cb.with_float_basis(&forged).err(), Some(Error::BadCodebook));
+    }
+}
