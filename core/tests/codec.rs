@@ -1,8 +1,8 @@
 //! Codec tests on the shipped codebooks and the real MiniLM vectors.
 
+use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, MAX_CODED_LEN};
 #[cfg(feature = "lut")]
 use omega_tv_sync::codec::{DecodeLut, FloatBasis};
-use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codebook, Codes, MAX_CODED_LEN};
 use omega_tv_sync::{Embedding, Error, DIM};
 use omega_tv_sync_testkit::{rows, SplitMix64};
 
@@ -314,7 +314,10 @@ fn the_float_basis_reconstructs_what_the_blob_reconstructs() {
     // The small profile has no basis: nothing to build, nothing to attach.
     assert_eq!(small.float_basis_len(), 0);
     let none = small.build_float_basis(&mut []).unwrap();
-    assert_eq!(small.with_float_basis(&none).err(), Some(Error::BadCodebook));
+    assert_eq!(
+        small.with_float_basis(&none).err(),
+        Some(Error::BadCodebook)
+    );
     assert_eq!(cb.with_float_basis(&none).err(), Some(Error::BadCodebook));
     let mut short = vec![0f32; cb.float_basis_len() - 1];
     assert_eq!(

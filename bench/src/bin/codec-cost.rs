@@ -151,7 +151,10 @@ fn main() {
     let wide = cb.with_float_basis(&fb).expect("same codebook");
     let mut out_f32 = out.clone();
     run_reconstruct_float(&wide, &codes, &mut out_f32);
-    assert_eq!(out_f32, out, "the f32 basis reconstructs alike, bit for bit");
+    assert_eq!(
+        out_f32, out,
+        "the f32 basis reconstructs alike, bit for bit"
+    );
     let mean_len = |s: &Streams| s.iter().map(|(b, _)| b.len()).sum::<usize>() as f64 / n as f64;
     println!(
         "streams: absolute {:.1} B, delta {:.1} B on average",

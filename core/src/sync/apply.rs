@@ -327,9 +327,13 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         }
         let head = head.ok_or(Error::Truncated)?;
         // Acks decode our own deltas against the acked base: check them too.
+        // Request records whose code decodes to the slot's current codes
+        // (the pattern did not change while the upload was in flight, the
+        // usual case): pass 2 takes those codes instead of decoding again.
+        let mut decoded_current: u128 = 0;
         for r in resp.records() {
             if let Ok(Record::Ack(a)) = r {
-                if let Some(Record::Pattern(p)) = find_sent(&req, &a.id)? {
+                if let Record::Pattern(p) = find_sent(&req, &a.id)? {
                     let slot = self.slots.iter().find(|s| s.id == p.id);
                     let base = match (p.coding, slot) {
                         (Coding::Delta, Some(s)) => Some(&s.acked),
@@ -337,6 +341,9 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
                         (Coding::Absolute, _) => None,
                     };
                     self.cb.decode(p.code, base, &mut scratch)?;
+                    if slot.is_some_and(|s| s.current == scratch) {
+                        decoded_current |= record_bit(&req, &a.id)?;
+                    }
                 }
             }
         }
@@ -346,7 +353,8 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
             match r? {
                 Record::Ack(a) => {
                     let sent_rec = find_sent(&req, &a.id)?;
-                    self.apply_ack(sent_rec, a.revision, &mut scratch)?;
+                    let current = decoded_current & record_bit(&req, &a.id)? != 0;
+                    self.apply_ack(sent_rec, a.revision, current, &mut scratch)?;
                     self.stats.acked += 1;
                 }
                 Record::Conflict(c) => {
@@ -371,23 +379,31 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
         Ok(summary)
     }
 
+    /// Applies one ack of `sent`. `decoded_current`: pass 1 found that the
+    /// sent code decodes to the slot's current codes, so they are taken
+    /// as the acknowledged codes without decoding it again.
     fn apply_ack(
         &mut self,
-        sent: Option<Record<'_>>,
+        sent: Record<'_>,
         revision: u32,
+        decoded_current: bool,
         scratch: &mut Codes,
     ) -> Result<()> {
         match sent {
-            Some(Record::Pattern(p)) => {
+            Record::Pattern(p) => {
                 let Some(i) = self.slots.iter().position(|s| s.id == p.id) else {
                     return Ok(());
                 };
                 let s = &mut self.slots[i];
-                let base = match p.coding {
-                    Coding::Delta => Some(&s.acked),
-                    Coding::Absolute => None,
-                };
-                self.cb.decode(p.code, base, scratch)?;
+                if decoded_current {
+                    *scratch = s.current;
+                } else {
+                    let base = match p.coding {
+                        Coding::Delta => Some(&s.acked),
+                        Coding::Absolute => None,
+                    };
+                    self.cb.decode(p.code, base, scratch)?;
+                }
                 s.acked = *scratch;
                 s.acked_valid = true;
                 s.rev = revision;
@@ -399,7 +415,7 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
                     s.dirty = false;
                 }
             }
-            Some(Record::Removal(r)) => {
+            Record::Removal(r) => {
                 if let Some(i) = self.slots.iter().position(|s| s.id == r.id) {
                     if self.slots[i].removed {
                         self.slots.swap_remove(i);
@@ -457,21 +473,20 @@ impl<'cb, const N: usize> SyncClient<'cb, N> {
 }
 
 /// The record of the request that carried `id`, or a protocol violation.
-fn find_sent<'a>(req: &FrameReader<'a>, id: &PatternId) -> Result<Option<Record<'a>>> {
+fn find_sent<'a>(req: &FrameReader<'a>, id: &PatternId) -> Result<Record<'a>> {
     for r in req.records() {
         match r? {
-            Record::Pattern(p) if &p.id == id => return Ok(Some(Record::Pattern(p))),
-            Record::Removal(x) if &x.id == id => return Ok(Some(Record::Removal(x))),
+            Record::Pattern(p) if &p.id == id => return Ok(Record::Pattern(p)),
+            Record::Removal(x) if &x.id == id => return Ok(Record::Removal(x)),
             _ => {}
         }
     }
     Err(Error::ProtocolViolation)
 }
 
-/// Marks the request record that carried `id` as answered; an id the
-/// request does not carry, or one already answered, is a protocol
-/// violation. `req`'s records were checked before.
-fn answer(req: &FrameReader<'_>, id: &PatternId, answered: &mut u128) -> Result<()> {
+/// The bit of the request record that carried `id` (records by position);
+/// an id the request does not carry is a protocol violation.
+fn record_bit(req: &FrameReader<'_>, id: &PatternId) -> Result<u128> {
     let i = req
         .records()
         .position(|r| match r {
@@ -481,10 +496,17 @@ fn answer(req: &FrameReader<'_>, id: &PatternId, answered: &mut u128) -> Result<
         })
         .ok_or(Error::ProtocolViolation)?;
     // An upload holds at most 1 + MAX_UPLOAD_PATTERNS records.
-    let bit = u32::try_from(i)
+    u32::try_from(i)
         .ok()
         .and_then(|i| 1u128.checked_shl(i))
-        .ok_or(Error::ProtocolViolation)?;
+        .ok_or(Error::ProtocolViolation)
+}
+
+/// Marks the request record that carried `id` as answered; an id the
+/// request does not carry, or one already answered, is a protocol
+/// violation. `req`'s records were checked before.
+fn answer(req: &FrameReader<'_>, id: &PatternId, answered: &mut u128) -> Result<()> {
+    let bit = record_bit(req, id)?;
     if *answered & bit != 0 {
         return Err(Error::ProtocolViolation);
     }

@@ -10,7 +10,9 @@ use crate::fixtures::{base_codes, book, small_book, EDGE_BASE, SMALL_BLOB};
 /// that encoding the result and decoding it again gives the same codes
 /// within [`MAX_CODED_LEN`] bytes, whatever the input was. With feature
 /// `lut`, the same input decoded through the codebook's decoder index must
-/// give the same result and codes.
+/// give the same result and codes, and decoded codes must reconstruct to
+/// the same embedding, bit for bit, over the `f32` copy of the basis
+/// ([`float_basis`]).
 pub fn decode_checked(
     cb: &Codebook<'_>,
     code: &[u8],
@@ -29,6 +31,17 @@ pub fn decode_checked(
         assert_eq!(r, result, "the index and the binary search disagree");
         if r.is_ok() {
             assert_eq!(via, out, "the index decoded other codes");
+            // (Refused only for a blob of the default id and other values.)
+            if let Some(wide) = float_basis(cb).and_then(|fb| cb.with_float_basis(fb).ok()) {
+                let bits = |e: Result<omega_tv_sync::Embedding, Error>| {
+                    e.map(|e| e.as_array().map(f32::to_bits))
+                };
+                assert_eq!(
+                    bits(wide.reconstruct(&out)),
+                    bits(cb.reconstruct(&out)),
+                    "the f32 basis reconstructed another embedding"
+                );
+            }
         }
     }
     result?;
@@ -42,6 +55,25 @@ pub fn decode_checked(
         .expect("re-encoded codes decode");
     assert_eq!(out, again, "decode(encode(codes)) != codes");
     Ok(out)
+}
+
+/// The `f32` basis of the default codebook, built once (576 KiB: not per
+/// input); `None` for any other codebook (the small profile and the mutated
+/// blobs have no basis).
+#[cfg(feature = "lut")]
+fn float_basis(cb: &Codebook<'_>) -> Option<&'static codec::FloatBasis<'static>> {
+    use std::sync::OnceLock;
+    static BASIS: OnceLock<Option<codec::FloatBasis<'static>>> = OnceLock::new();
+    let default = book();
+    if cb.id() != default.id() {
+        return None;
+    }
+    BASIS
+        .get_or_init(|| {
+            let rows = Box::leak(vec![0f32; default.float_basis_len()].into_boxed_slice());
+            default.build_float_basis(rows).ok()
+        })
+        .as_ref()
 }
 
 /// Applies `(offset u24 LE, value)` patches to a copy of the small codebook

@@ -535,3 +535,72 @@ fn a_signed_quota_refusal_is_a_resource_error_that_waits_the_backoff_cap() {
     assert_eq!(r, Err(Error::Rejected));
     assert!(c.next_sync_at() < 1_000 + cap);
 }
+
+/// A pattern that changes while its upload is in flight: the ack makes the
+/// code that was sent the acknowledged codes (decoded, not the newer
+/// current ones), the server's codes agree, and the pattern stays dirty
+/// until the next sync uploads the newer codes. A pattern left alone while
+/// in flight is acknowledged as its current codes and is clean.
+#[test]
+fn a_pattern_changed_in_flight_is_acked_as_sent_and_stays_dirty() {
+    let v = vectors();
+    let items = items();
+    let cb = minilm_v1().unwrap();
+    let mut c = client("tv-flight");
+    let mut peer = Peer::default();
+    let mut tx = [0u8; 8192];
+    let (a, b) = (
+        PatternId::new("moving").unwrap(),
+        PatternId::new("still").unwrap(),
+    );
+    c.upsert(&pattern("moving", &v[0], 0.9, 20), 0).unwrap();
+    c.upsert(&pattern("still", &v[1], 0.9, 20), 0).unwrap();
+    sync(&mut c, &mut peer, &mut tx, 0).unwrap();
+    // Both change; the request carries both as deltas.
+    let sent_a = drift(&v[0], &items[3], 10.0);
+    let sent_b = drift(&v[1], &items[5], 10.0);
+    c.upsert(&pattern("moving", &sent_a, 0.9, 21), 1).unwrap();
+    c.upsert(&pattern("still", &sent_b, 0.9, 21), 1).unwrap();
+    let len = c.prepare(&mut tx).unwrap();
+    // "moving" changes again before the answer comes.
+    let newer = drift(&sent_a, &items[9], 10.0);
+    c.upsert(&pattern("moving", &newer, 0.9, 22), 2).unwrap();
+    let mut digits = [0u8; 20];
+    let version = crate::ascii::fmt_u64(c.global_version(), &mut digits);
+    let headers = [
+        ("X-Device-ID", "tv-flight"),
+        ("X-Sync-Version", version),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    let mut rx = [0u8; 16 * 1024];
+    let resp = block(Loop(&mut peer).send(
+        Request {
+            method: crate::Method::Post,
+            path: SYNC_PATH,
+            headers: &headers,
+            body: &tx[..len],
+        },
+        &mut rx,
+    ))
+    .unwrap();
+    let out = c
+        .apply(&tx[..len], resp, &rx[..resp.body_len], 3, &mut ())
+        .unwrap();
+    assert!(matches!(out, Outcome::Synced(_)), "{out:?}");
+    let (_, acked_a) = c.acked(&a).unwrap();
+    assert_eq!(acked_a, &cb.quantize(&sent_a), "acked = the codes sent");
+    assert_ne!(acked_a, &cb.quantize(&newer));
+    assert_eq!(&acked_a[..], &peer.patterns["moving"].codes[..]);
+    let (_, acked_b) = c.acked(&b).unwrap();
+    assert_eq!(acked_b, &cb.quantize(&sent_b));
+    assert_eq!(&acked_b[..], &peer.patterns["still"].codes[..]);
+    assert_eq!(c.pending(), 1, "only the pattern that moved in flight");
+    let len = c.prepare(&mut tx).unwrap();
+    assert_eq!(uploaded_ids(&tx[..len]), [("moving".into(), Coding::Delta)]);
+    // The request in flight is sent as prepared.
+    sync(&mut c, &mut peer, &mut tx, 4).unwrap();
+    let (_, acked_a) = c.acked(&a).unwrap();
+    assert_eq!(acked_a, &cb.quantize(&newer));
+    assert_eq!(&acked_a[..], &peer.patterns["moving"].codes[..]);
+    assert_eq!(c.pending(), 0);
+}
