@@ -108,7 +108,7 @@ fn once_per_codebook<T: Sync + 'static>(
 /// `book` with the server's two caches attached, each built once per
 /// codebook id and process and kept for the process's life:
 /// - its slot-to-symbol index ([`DecodeLut`], 57 KB for `minilm-v1`): the
-///   same codes and errors as the binary search, in 33-44% fewer
+///   same codes and errors as the binary search, in 39-44% fewer
 ///   instructions per pattern (`docs/codec.md`, "Decoder index");
 /// - an `f32` copy of its basis ([`FloatBasis`], 576 KiB, none for a
 ///   codebook without a basis): the same reconstructions bit for bit, in

@@ -138,6 +138,7 @@ impl<'i> Decoder<'i> {
     }
 
     /// Decodes `k <= PROB_BITS` raw bits.
+    #[cfg_attr(feature = "lut", inline)]
     pub(crate) fn get_bits(&mut self, k: u32) -> Result<u32> {
         if k == 0 {
             return Ok(0);
