@@ -151,8 +151,12 @@ fn main() {
     let wide = cb.with_float_basis(&fb).expect("same codebook");
     let mut out_f32 = out.clone();
     run_reconstruct_float(&wide, &codes, &mut out_f32);
+    let bits = |v: &[Embedding]| -> Vec<[u32; 384]> {
+        v.iter().map(|e| e.as_array().map(f32::to_bits)).collect()
+    };
     assert_eq!(
-        out_f32, out,
+        bits(&out_f32),
+        bits(&out),
         "the f32 basis reconstructs alike, bit for bit"
     );
     let mean_len = |s: &Streams| s.iter().map(|(b, _)| b.len()).sum::<usize>() as f64 / n as f64;

@@ -9,7 +9,7 @@
 //! same order, with the same multiplier: the result is bit for bit the
 //! same embedding (`core/tests/codec.rs`,
 //! `the_float_basis_reconstructs_what_the_blob_reconstructs`), for about
-//! a third of the instructions on x86-64 (docs/codec.md, "Float basis").
+//! half the instructions on x86-64 (docs/codec.md, "Float basis").
 //!
 //! Memory: [`Codebook::float_basis_len`] `f32`: `DIM x DIM` (576 KiB) for a
 //! codebook with a basis, 0 for one without (the small profile's identity,
@@ -113,5 +113,14 @@ mod tests {
         let forged = FloatBasis { id, rows: &other };
         assert!(!forged.fits(&cb));
         assert_eq!(cb.with_float_basis(&forged).err(), Some(Error::BadCodebook));
+        // The right id over too few values (an empty one would compare
+        // nothing) is refused as well.
+        for n in [0, DIM * DIM - 1] {
+            let short = FloatBasis {
+                id,
+                rows: &fb.rows[..n],
+            };
+            assert!(!short.fits(&cb), "{n} values");
+        }
     }
 }

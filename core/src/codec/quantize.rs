@@ -78,8 +78,8 @@ impl Codebook<'_> {
                                 *a = (((*a + k0 * b0) + k1 * b1) + k2 * b2) + k3 * b3;
                             }
                         }
-                        (a, b, c, _) => {
-                            for (k, row) in [a, b, c].into_iter().flatten() {
+                        (t0, t1, t2, _) => {
+                            for (k, row) in [t0, t1, t2].into_iter().flatten() {
                                 for (x, &v) in acc.iter_mut().zip(row) {
                                     *x += k * v;
                                 }

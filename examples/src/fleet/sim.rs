@@ -171,7 +171,9 @@ where
     // The TVs decode through each codebook's slot-to-symbol index (57 KB,
     // built once per process): the same codes as the binary search a device
     // without that RAM runs, in fewer instructions, so that a large run's
-    // limit is the server rather than the simulated TVs' decoding.
+    // limit is the server rather than the simulated TVs' decoding. The same
+    // call attaches the float basis (576 KiB, shared): reconstructions on
+    // request, bit for bit the blob's.
     let ctx = RunContext {
         cat,
         cb: constellation::codebooks::indexed(cb),

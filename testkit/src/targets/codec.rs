@@ -31,8 +31,10 @@ pub fn decode_checked(
         assert_eq!(r, result, "the index and the binary search disagree");
         if r.is_ok() {
             assert_eq!(via, out, "the index decoded other codes");
-            // (Refused only for a blob of the default id and other values.)
-            if let Some(wide) = float_basis(cb).and_then(|fb| cb.with_float_basis(fb).ok()) {
+            if let Some(fb) = float_basis(cb) {
+                let wide = cb
+                    .with_float_basis(fb)
+                    .expect("the default codebook takes its own float basis");
                 let bits = |e: Result<omega_tv_sync::Embedding, Error>| {
                     e.map(|e| e.as_array().map(f32::to_bits))
                 };
