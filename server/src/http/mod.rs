@@ -169,8 +169,10 @@ async fn sync_inner(
     let mut decoded = false;
     if up.items.len() <= INLINE_MAX_ITEMS && st.store.local_reads() {
         let inline = store::read(&*st.store, |t| {
-            sync::predecode(t, &mut up, &books)?;
-            let pre = sync::prebuild(t, &up, &books, next, INLINE_MAX_VISITED)?;
+            // Each uploaded pattern read once for both (store::memo).
+            let t = store::memo::Memo::new(t);
+            sync::predecode(&t, &mut up, &books)?;
+            let pre = sync::prebuild(&t, &up, &books, next, INLINE_MAX_VISITED)?;
             Ok(match pre {
                 Some(p) if p.cut() => None,
                 other => Some(other),
@@ -190,10 +192,11 @@ async fn sync_inner(
             let mut slot = Some(up);
             let prepared = store::read_blocking(st.store.clone(), move |t| {
                 let mut up = slot.take().ok_or(StoreError::Closed)?;
+                let t = store::memo::Memo::new(t);
                 if !decoded {
-                    sync::predecode(t, &mut up, &books)?;
+                    sync::predecode(&t, &mut up, &books)?;
                 }
-                let pre = sync::prebuild(t, &up, &books, next, download::MAX_VISITED)?;
+                let pre = sync::prebuild(&t, &up, &books, next, download::MAX_VISITED)?;
                 Ok((up, pre))
             })
             .await;

@@ -13,6 +13,7 @@
 //! [`Finish`] with the outcome.
 
 pub mod mem;
+pub mod memo;
 pub mod postgres;
 pub mod records;
 pub mod redb;
