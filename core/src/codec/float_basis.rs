@@ -16,7 +16,7 @@
 //! where reconstruction is already one pass). Meant for a server, which
 //! reconstructs every changed pattern it aggregates.
 
-use super::{Codebook, DIM};
+use super::{f32_le, Codebook, Codes, DIM};
 use crate::{Error, Result};
 
 /// A codebook's basis as `f32` rows, over memory the caller provides
@@ -61,6 +61,43 @@ impl Codebook<'_> {
             }
         }
         Ok(FloatBasis { id: self.id, rows })
+    }
+}
+
+impl Codebook<'_> {
+    /// Adds `q_j * d_j * B_j` for every nonzero code `q_j` to `acc`, over
+    /// `basis` (built for this codebook): the values of the `i16` rows
+    /// (each `i16` is exact in `f32`) in the same order as
+    /// [`reconstruct`](Codebook::reconstruct)'s loop over them, four rows
+    /// per pass over `acc` (each sum still rounded row by row): the same
+    /// sums, bit for bit.
+    pub(super) fn add_float_rows(&self, basis: &FloatBasis<'_>, c: &Codes, acc: &mut [f32; DIM]) {
+        let mut terms = c
+            .iter()
+            .zip(basis.rows())
+            .zip(self.dec_mul.chunks_exact(4))
+            .filter(|((&q, _), _)| q != 0)
+            .map(|((&q, row), dm)| (f32::from(q) * f32_le(dm), row))
+            .fuse();
+        loop {
+            match (terms.next(), terms.next(), terms.next(), terms.next()) {
+                (Some((k0, r0)), Some((k1, r1)), Some((k2, r2)), Some((k3, r3))) => {
+                    for ((((a, &b0), &b1), &b2), &b3) in
+                        acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
+                    {
+                        *a = (((*a + k0 * b0) + k1 * b1) + k2 * b2) + k3 * b3;
+                    }
+                }
+                (t0, t1, t2, _) => {
+                    for (k, row) in [t0, t1, t2].into_iter().flatten() {
+                        for (x, &v) in acc.iter_mut().zip(row) {
+                            *x += k * v;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 

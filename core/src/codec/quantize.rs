@@ -54,41 +54,13 @@ impl Codebook<'_> {
         for (a, m) in acc.iter_mut().zip(self.mean.chunks_exact(4)) {
             *a = f32_le(m);
         }
+        // An attached f32 copy of the basis (feature `lut`): the same sums.
+        #[cfg(feature = "lut")]
+        if let Some(fb) = self.float_basis {
+            self.add_float_rows(fb, c, &mut acc);
+            return Embedding::normalize(acc);
+        }
         match self.basis {
-            #[cfg(feature = "lut")]
-            Some(_) if self.float_basis.is_some() => {
-                // The same values (each `i16` is exact in `f32`) added in
-                // the same order as the `i16` rows below, four rows per
-                // pass over `acc` (each sum still rounded row by row): the
-                // same embedding, bit for bit.
-                let rows = self.float_basis.map(|b| b.rows());
-                let mut terms = c
-                    .iter()
-                    .zip(rows.into_iter().flatten())
-                    .zip(self.dec_mul.chunks_exact(4))
-                    .filter(|((&q, _), _)| q != 0)
-                    .map(|((&q, row), dm)| (f32::from(q) * f32_le(dm), row))
-                    .fuse();
-                loop {
-                    match (terms.next(), terms.next(), terms.next(), terms.next()) {
-                        (Some((k0, r0)), Some((k1, r1)), Some((k2, r2)), Some((k3, r3))) => {
-                            for ((((a, &b0), &b1), &b2), &b3) in
-                                acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
-                            {
-                                *a = (((*a + k0 * b0) + k1 * b1) + k2 * b2) + k3 * b3;
-                            }
-                        }
-                        (t0, t1, t2, _) => {
-                            for (k, row) in [t0, t1, t2].into_iter().flatten() {
-                                for (x, &v) in acc.iter_mut().zip(row) {
-                                    *x += k * v;
-                                }
-                            }
-                            break;
-                        }
-                    }
-                }
-            }
             Some(basis) => {
                 for ((&q, row), dm) in c
                     .iter()
