@@ -5,7 +5,9 @@
 //! runs all of it in one transaction with `Durability::Immediate`, commits
 //! (one fsync for the whole group) and only then calls each work's
 //! [`Finish`]. Throughput therefore does not stop at one fsync per sync.
-//! Reads use MVCC read transactions and never wait for the writer.
+//! Reads use MVCC read transactions and never wait for the writer. The
+//! commit's fsync is one append to a write-ahead log beside the file
+//! ([`wal`]), not a writeback of the pages where they live.
 //!
 //! Storage faults: redb refuses every later transaction ("Previous I/O
 //! error") once a write failed (disk full, file size limit, EIO). The writer
@@ -18,6 +20,7 @@
 
 mod changes;
 mod txn;
+pub mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +44,11 @@ pub const REOPEN_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to open the database again.
 pub const REOPEN_MAX: Duration = Duration::from_secs(8);
 
+/// Default [`RedbOptions::wal_checkpoint_bytes`]: 64 MiB, about 500 groups
+/// of ~30 pages, so that the database file is synced a few times a second
+/// at the most under full load.
+pub const WAL_CHECKPOINT_BYTES: u64 = 64 << 20;
+
 /// Group-commit statistics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
@@ -59,6 +67,8 @@ pub struct CommitStats {
 pub(super) struct Slot {
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    /// [`RedbOptions::wal_checkpoint_bytes`].
+    checkpoint_bytes: u64,
 }
 
 impl Slot {
@@ -83,9 +93,11 @@ impl Slot {
         }
     }
 
-    /// Opens the file (repairing it when a write was cut off) with every table.
+    /// Opens the file on its write-ahead log (replaying the log, then
+    /// repairing the file when a write was cut off) with every table.
     fn open(&self) -> StoreResult<Database> {
-        let db = Database::create(&self.path).map_err(be)?;
+        let file = wal::LoggedFile::open(&self.path, self.checkpoint_bytes).map_err(be)?;
+        let db = Database::builder().create_with_backend(file).map_err(be)?;
         txn::create_tables(&db)?;
         Ok(db)
     }
@@ -98,6 +110,10 @@ pub struct RedbOptions {
     pub queue_limit: usize,
     /// Most work items in one transaction.
     pub max_batch: usize,
+    /// Bytes of write-ahead log after which the database file is synced and
+    /// the log starts over ([`wal`]): the most the log holds, and replays
+    /// after a crash, is about this plus one group's pages.
+    pub wal_checkpoint_bytes: u64,
 }
 
 impl Default for RedbOptions {
@@ -105,6 +121,7 @@ impl Default for RedbOptions {
         RedbOptions {
             queue_limit: 4096,
             max_batch: 1024,
+            wal_checkpoint_bytes: WAL_CHECKPOINT_BYTES,
         }
     }
 }
@@ -124,6 +141,7 @@ impl RedbStore {
         let slot = Slot {
             db: RwLock::new(None),
             path: path.to_path_buf(),
+            checkpoint_bytes: opts.wal_checkpoint_bytes.max(1),
         };
         slot.put(slot.open()?);
         let slot = Arc::new(slot);
