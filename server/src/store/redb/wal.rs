@@ -2,15 +2,17 @@
 //!
 //! redb makes a commit durable by writing each dirty page where it lives in
 //! the file and calling `fdatasync` on the file: a group of ~13 syncs
-//! dirties ~30 pages scattered over the file, and the kernel writes each
-//! one back on its own. [`LoggedFile`] is the [`StorageBackend`] redb runs
-//! on instead. Every write still goes to the database file (so reads are
-//! plain reads of the file), and is also kept in memory; when redb asks for
-//! durability ([`StorageBackend::sync_data`]) the writes since the last
-//! request are appended to the log as one record (one `pwrite`, one
-//! `fdatasync` of one sequential range) instead of syncing the database
-//! file. Once the log holds [`LoggedFile::checkpoint_bytes`], the database
-//! file is synced once and the log starts over (a checkpoint).
+//! dirties ~30 pages scattered over the file, each written with a `pwrite`
+//! of its own and written back by the kernel on its own. [`LoggedFile`] is
+//! the [`StorageBackend`] redb runs on instead. A write is kept in memory,
+//! page by page (the overlay: reads see it over the file), and appended to
+//! the pending record; when redb asks for durability
+//! ([`StorageBackend::sync_data`]) the pending record goes to the log (one
+//! `pwrite`, one `fdatasync` of one sequential range). Once the log holds
+//! the checkpoint size ([`LoggedFile::open`]), the overlay's pages go to the
+//! database file (each page once however often it was written since, in
+//! runs of adjacent pages), the file is synced once and the log starts over
+//! (a checkpoint).
 //!
 //! A record: `magic u32 | epoch u64 | seq u64 | body length u32 | crc32 u32`
 //! then the body, a list of entries `1 | offset u64 | length u32 | bytes`
@@ -21,22 +23,22 @@
 //! Opening replays the log into the database file before redb sees it: the
 //! records from offset 0 while each is whole (its CRC holds), has the
 //! first record's epoch and the next seq; then the database file is synced
-//! and a new epoch begins. Every `sync_data` that returned had its record
+//! and the log emptied. Every `sync_data` that returned had its record
 //! durable, so the file after the replay holds every write redb was told is
-//! durable, in order; writes after the last such call may or may not be
-//! there, as on a disk without the log, and redb's own recovery (checksums,
-//! the previous commit slot) deals with them. Old records past the end of
-//! the current epoch (a longer previous epoch) fail the epoch or seq check
-//! and are never applied; a whole old epoch found at offset 0 (a checkpoint
+//! durable, in order; writes after the last such call are lost, as redb
+//! expects of a crash, and redb's own recovery (checksums, the previous
+//! commit slot) deals with the rest. Old records past the end of the
+//! current epoch (a longer previous epoch) fail the epoch or seq check and
+//! are never applied; a whole old epoch found at offset 0 (a checkpoint
 //! whose next record was never durable) holds only writes the synced
-//! database file already has, and replaying them in order changes nothing
-//! durable.
+//! database file already has, and replaying them in order changes nothing.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use ::redb::backends::FileBackend;
 use ::redb::StorageBackend;
@@ -49,6 +51,8 @@ const HEADER: usize = 4 + 8 + 8 + 4 + 4;
 const WRITE: u8 = 1;
 /// Entry kind: a new file length.
 const SET_LEN: u8 = 2;
+/// The overlay's unit: redb's page size.
+const PAGE: u64 = 4096;
 
 /// Where the log of the database file at `db` lives: `<db>-wal`.
 pub fn log_path(db: &Path) -> PathBuf {
@@ -57,8 +61,8 @@ pub fn log_path(db: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The log's state, behind one lock (redb writes from one thread at a time,
-/// but the trait is `Sync`).
+/// The log's state (redb writes from one thread at a time, but the trait
+/// is `Sync`).
 #[derive(Debug)]
 struct Log {
     file: File,
@@ -72,12 +76,28 @@ struct Log {
     record: Vec<u8>,
 }
 
-/// redb's storage: the database file plus its write-ahead log (module docs).
+/// The writes since the last checkpoint, by page, over the file.
+#[derive(Debug)]
+struct Overlay {
+    /// Page number -> its [`PAGE`] bytes as last written.
+    pages: HashMap<u64, Box<[u8]>>,
+    /// The storage's length as redb sees it.
+    len: u64,
+    /// The database file's length.
+    file_len: u64,
+}
+
+/// redb's storage: the database file, the writes since the last
+/// checkpoint in memory and its write-ahead log (module docs).
 #[derive(Debug)]
 pub struct LoggedFile {
-    /// The database file (redb's own backend: locked against a second opener).
-    main: FileBackend,
+    /// The database file through redb's own backend, which holds the lock
+    /// against a second opener; used for nothing else.
+    _lock: FileBackend,
+    /// The database file.
+    data: File,
     log: Mutex<Log>,
+    overlay: RwLock<Overlay>,
     /// Log size after which the next `sync_data` checkpoints.
     checkpoint_bytes: u64,
 }
@@ -86,34 +106,39 @@ fn corrupt(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
+fn poisoned() -> io::Error {
+    io::Error::other("write-ahead log lock poisoned")
+}
+
+fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
 impl LoggedFile {
     /// Opens (or creates) the database file `db` and its log, replays the
-    /// log into the file (module docs) and returns the backend.
-    /// `checkpoint_bytes` bounds the log between checkpoints (and so the
-    /// replay after a crash).
+    /// log into the file (module docs) and returns the backend. The log
+    /// reaching `checkpoint_bytes` starts a checkpoint: this bounds the log,
+    /// the overlay's memory and the replay after a crash.
     pub fn open(db: &Path, checkpoint_bytes: u64) -> io::Result<LoggedFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(db)?;
-        let main = FileBackend::new(file).map_err(io::Error::other)?;
-        let log_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(log_path(db))?;
-        let epoch = replay(&log_file, &main)?;
+        let lock = FileBackend::new(open_rw(db)?).map_err(io::Error::other)?;
+        let data = open_rw(db)?;
+        let log_file = open_rw(&log_path(db))?;
+        let epoch = replay(&log_file, &data)?;
         // The replayed writes are durable in the file: the log may go, and
         // with it any old record a later epoch could be mistaken for.
-        main.sync_data(false)?;
+        data.sync_data()?;
         log_file.set_len(0)?;
         log_file.sync_data()?;
+        let file_len = data.metadata()?.len();
         Ok(LoggedFile {
-            main,
+            _lock: lock,
+            data,
             log: Mutex::new(Log {
                 file: log_file,
                 pending: Vec::new(),
@@ -122,20 +147,49 @@ impl LoggedFile {
                 seq: 0,
                 record: Vec::new(),
             }),
+            overlay: RwLock::new(Overlay {
+                pages: HashMap::new(),
+                len: file_len,
+                file_len,
+            }),
             checkpoint_bytes,
         })
     }
 
-    fn log(&self) -> io::Result<std::sync::MutexGuard<'_, Log>> {
-        self.log
-            .lock()
-            .map_err(|_| io::Error::other("write-ahead log lock poisoned"))
+    /// Writes the overlay's pages to the database file, syncs it and
+    /// empties the overlay.
+    fn checkpoint(&self) -> io::Result<()> {
+        {
+            let ov = self.overlay.read().map_err(|_| poisoned())?;
+            let mut numbers: Vec<u64> = ov.pages.keys().copied().collect();
+            numbers.sort_unstable();
+            let mut run: Vec<u8> = Vec::new();
+            let mut i = 0;
+            while i < numbers.len() {
+                let first = numbers[i];
+                run.clear();
+                while i < numbers.len() && numbers[i] == first + (run.len() as u64 / PAGE) {
+                    run.extend_from_slice(&ov.pages[&numbers[i]]);
+                    i += 1;
+                }
+                // Nothing past the storage's length (a last, partial page).
+                let start = first * PAGE;
+                let keep = ov.len.saturating_sub(start).min(run.len() as u64) as usize;
+                self.data.write_all_at(&run[..keep], start)?;
+            }
+            self.data.sync_data()?;
+        }
+        let mut ov = self.overlay.write().map_err(|_| poisoned())?;
+        ov.pages.clear();
+        ov.file_len = self.data.metadata()?.len();
+        Ok(())
     }
 }
 
-/// Reads the records of the log's current epoch and applies them to `main`
-/// in order; returns that epoch (0 for an empty or unreadable log).
-fn replay(log: &File, main: &FileBackend) -> io::Result<u64> {
+/// Reads the records of the log's current epoch and applies them to the
+/// database file `data` in order; returns that epoch (0 for an empty or
+/// unreadable log).
+fn replay(log: &File, data: &File) -> io::Result<u64> {
     let size = log.metadata()?.len();
     let mut at = 0u64;
     let mut first: Option<u64> = None;
@@ -161,7 +215,7 @@ fn replay(log: &File, main: &FileBackend) -> io::Result<u64> {
         if checksum(&header[4..24], &body) != crc {
             break;
         }
-        apply(&body, main)?;
+        apply(&body, data)?;
         first = Some(epoch);
         seq += 1;
         at += HEADER as u64 + len;
@@ -169,9 +223,10 @@ fn replay(log: &File, main: &FileBackend) -> io::Result<u64> {
     Ok(first.unwrap_or(0))
 }
 
-/// Applies one record's entries to `main`. A record whose CRC holds was
-/// written by [`LoggedFile`]; entries that do not parse are refused whole.
-fn apply(mut body: &[u8], main: &FileBackend) -> io::Result<()> {
+/// Applies one record's entries to the database file. A record whose CRC
+/// holds was written by [`LoggedFile`]; entries that do not parse are
+/// refused whole.
+fn apply(mut body: &[u8], data: &File) -> io::Result<()> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> io::Result<&'a [u8]> {
         if b.len() < n {
             return Err(corrupt("write-ahead log entry cut short"));
@@ -190,9 +245,9 @@ fn apply(mut body: &[u8], main: &FileBackend) -> io::Result<()> {
             WRITE => {
                 let offset = u64_of(take(&mut body, 8)?);
                 let len = u64_of(take(&mut body, 4)?) as usize;
-                main.write(offset, take(&mut body, len)?)?;
+                data.write_all_at(take(&mut body, len)?, offset)?;
             }
-            SET_LEN => main.set_len(u64_of(take(&mut body, 8)?))?,
+            SET_LEN => data.set_len(u64_of(take(&mut body, 8)?))?,
             _ => return Err(corrupt("unknown write-ahead log entry")),
         }
     }
@@ -207,18 +262,62 @@ fn checksum(fields: &[u8], body: &[u8]) -> u32 {
     h.finalize()
 }
 
+impl Overlay {
+    /// Page `n` as the storage holds it: the overlay's, else the file's
+    /// (zeros past its end).
+    fn page(&self, n: u64, data: &File) -> io::Result<Box<[u8]>> {
+        if let Some(p) = self.pages.get(&n) {
+            return Ok(p.clone());
+        }
+        let mut p = vec![0u8; PAGE as usize].into_boxed_slice();
+        let start = n * PAGE;
+        let have = self.file_len.saturating_sub(start).min(PAGE) as usize;
+        data.read_exact_at(&mut p[..have], start)?;
+        Ok(p)
+    }
+}
+
 impl StorageBackend for LoggedFile {
     fn len(&self) -> io::Result<u64> {
-        self.main.len()
+        Ok(self.overlay.read().map_err(|_| poisoned())?.len)
     }
 
     fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        self.main.read(offset, len)
+        let ov = self.overlay.read().map_err(|_| poisoned())?;
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= ov.len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        let mut out = vec![0u8; len];
+        let pages = offset / PAGE..end.div_ceil(PAGE);
+        if ov.pages.is_empty() || !pages.clone().all(|n| ov.pages.contains_key(&n)) {
+            let from_file = ov.file_len.saturating_sub(offset).min(len as u64) as usize;
+            self.data.read_exact_at(&mut out[..from_file], offset)?;
+        }
+        if !ov.pages.is_empty() {
+            for n in pages {
+                if let Some(p) = ov.pages.get(&n) {
+                    let (start, stop) = ((n * PAGE).max(offset), ((n + 1) * PAGE).min(end));
+                    let src = &p[(start - n * PAGE) as usize..(stop - n * PAGE) as usize];
+                    out[(start - offset) as usize..(stop - offset) as usize].copy_from_slice(src);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut log = self.log()?;
-        self.main.set_len(len)?;
+        let mut log = self.log.lock().map_err(|_| poisoned())?;
+        let mut ov = self.overlay.write().map_err(|_| poisoned())?;
+        self.data.set_len(len)?;
+        ov.file_len = len;
+        ov.len = len;
+        // Pages past the new end go; the part of the last one past it reads
+        // as zeros should the storage grow again.
+        ov.pages.retain(|&n, _| n * PAGE < len);
+        if let Some(p) = ov.pages.get_mut(&(len / PAGE)) {
+            p[(len % PAGE) as usize..].fill(0);
+        }
         log.pending.push(SET_LEN);
         log.pending.extend_from_slice(&len.to_le_bytes());
         Ok(())
@@ -226,8 +325,30 @@ impl StorageBackend for LoggedFile {
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let len = u32::try_from(data.len()).map_err(|_| corrupt("write over 4 GiB"))?;
-        let mut log = self.log()?;
-        self.main.write(offset, data)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| corrupt("write past 2^64"))?;
+        let mut log = self.log.lock().map_err(|_| poisoned())?;
+        let mut ov = self.overlay.write().map_err(|_| poisoned())?;
+        let mut n = offset / PAGE;
+        while n * PAGE < end {
+            let (start, stop) = ((n * PAGE).max(offset), ((n + 1) * PAGE).min(end));
+            let src = &data[(start - offset) as usize..(stop - offset) as usize];
+            if src.len() as u64 == PAGE {
+                match ov.pages.get_mut(&n) {
+                    Some(p) => p.copy_from_slice(src),
+                    None => {
+                        ov.pages.insert(n, src.into());
+                    }
+                }
+            } else {
+                let mut p = ov.page(n, &self.data)?;
+                p[(start - n * PAGE) as usize..(stop - n * PAGE) as usize].copy_from_slice(src);
+                ov.pages.insert(n, p);
+            }
+            n += 1;
+        }
+        ov.len = ov.len.max(end);
         log.pending.push(WRITE);
         log.pending.extend_from_slice(&offset.to_le_bytes());
         log.pending.extend_from_slice(&len.to_le_bytes());
@@ -236,10 +357,9 @@ impl StorageBackend for LoggedFile {
     }
 
     /// Makes every write so far durable: one log record and one `fdatasync`
-    /// of the log; every [`checkpoint_bytes`](LoggedFile::open) of log, one
-    /// `fdatasync` of the database file and a new epoch.
+    /// of the log; at the checkpoint size, a checkpoint and a new epoch.
     fn sync_data(&self, _eventual: bool) -> io::Result<()> {
-        let mut guard = self.log()?;
+        let mut guard = self.log.lock().map_err(|_| poisoned())?;
         let log = &mut *guard;
         if log.pending.is_empty() {
             return Ok(());
@@ -261,9 +381,9 @@ impl StorageBackend for LoggedFile {
         log.end += log.record.len() as u64;
         log.seq += 1;
         if log.end >= self.checkpoint_bytes {
-            // Everything logged is in the database file; once that is
+            // Everything logged goes to the database file; once that is
             // durable, the log may start over.
-            self.main.sync_data(false)?;
+            self.checkpoint()?;
             log.epoch = log.epoch.wrapping_add(1);
             log.seq = 0;
             log.end = 0;
@@ -273,10 +393,10 @@ impl StorageBackend for LoggedFile {
 }
 
 impl Drop for LoggedFile {
-    /// A clean close: the database file synced, the log emptied. On failure
-    /// the log stays and the next open replays it.
+    /// A clean close: the writes in the database file, synced, and the log
+    /// emptied. On failure the log stays and the next open replays it.
     fn drop(&mut self) {
-        if self.main.sync_data(false).is_ok() {
+        if self.checkpoint().is_ok() {
             if let Ok(log) = self.log.get_mut() {
                 if log.file.set_len(0).is_ok() {
                     let _ = log.file.sync_data();
@@ -436,6 +556,79 @@ mod tests {
             .collect();
         assert_eq!(values(&copy), want);
         drop(db);
+    }
+
+    /// The storage against a plain vector: random writes (whole pages and
+    /// pieces of pages), lengths, reads and syncs with a checkpoint every
+    /// few records; after a sync, a cut (the database file and the log as
+    /// they are on disk) opens to exactly the vector.
+    #[test]
+    fn the_storage_reads_what_was_written_through_checkpoints_and_cuts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let file = LoggedFile::open(&path, 48 << 10).unwrap();
+        let mut model: Vec<u8> = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n.max(1)
+        };
+        let mut cuts = 0;
+        for step in 0..3000u64 {
+            match next(10) {
+                0..=4 => {
+                    let (offset, len) = if next(2) == 0 {
+                        (next(24) * PAGE, (1 + next(3)) * PAGE)
+                    } else {
+                        (next(100_000), 1 + next(9_000))
+                    };
+                    let bytes: Vec<u8> = (0..len).map(|i| (step + i) as u8 | 1).collect();
+                    file.write(offset, &bytes).unwrap();
+                    let end = (offset + len) as usize;
+                    if model.len() < end {
+                        model.resize(end, 0);
+                    }
+                    model[offset as usize..end].copy_from_slice(&bytes);
+                }
+                5 => {
+                    let len = next(110_000);
+                    file.set_len(len).unwrap();
+                    model.resize(len as usize, 0);
+                }
+                6..=8 => {
+                    let len = model.len() as u64;
+                    assert_eq!(file.len().unwrap(), len);
+                    let offset = next(len + 1);
+                    let n = next(len - offset + 1) as usize;
+                    let got = file.read(offset, n).unwrap();
+                    assert!(
+                        got == model[offset as usize..offset as usize + n],
+                        "step {step}"
+                    );
+                    assert!(file.read(len, 1).is_err(), "a read past the end");
+                }
+                _ => {
+                    file.sync_data(false).unwrap();
+                    if next(4) == 0 {
+                        cuts += 1;
+                        let d = dir.path().join(format!("cut{cuts}"));
+                        std::fs::create_dir(&d).unwrap();
+                        std::fs::copy(&path, d.join("db")).unwrap();
+                        std::fs::copy(log_path(&path), log_path(&d.join("db"))).unwrap();
+                        let copy = LoggedFile::open(&d.join("db"), u64::MAX).unwrap();
+                        assert_eq!(copy.len().unwrap(), model.len() as u64);
+                        assert!(copy.read(0, model.len()).unwrap() == model, "cut {cuts}");
+                    }
+                }
+            }
+        }
+        assert!(cuts > 20, "{cuts} cuts");
+        drop(file);
+        // A clean close: the file alone holds everything, the log is empty.
+        assert!(std::fs::read(&path).unwrap() == model);
+        assert_eq!(std::fs::metadata(log_path(&path)).unwrap().len(), 0);
     }
 
     #[test]
