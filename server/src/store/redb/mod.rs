@@ -60,6 +60,8 @@ pub struct CommitStats {
     pub faults: AtomicU64,
     /// Times the database was opened again after a fault.
     pub reopens: AtomicU64,
+    /// Bytes appended to the write-ahead log ([`wal`]).
+    pub wal_bytes: Arc<AtomicU64>,
 }
 
 /// The open database, shared by the readers and the writer: `None` while
@@ -69,6 +71,8 @@ pub(super) struct Slot {
     path: PathBuf,
     /// [`RedbOptions::wal_checkpoint_bytes`].
     checkpoint_bytes: u64,
+    /// [`CommitStats::wal_bytes`].
+    wal_bytes: Arc<AtomicU64>,
 }
 
 impl Slot {
@@ -96,7 +100,8 @@ impl Slot {
     /// Opens the file on its write-ahead log (replaying the log, then
     /// repairing the file when a write was cut off) with every table.
     fn open(&self) -> StoreResult<Database> {
-        let file = wal::LoggedFile::open(&self.path, self.checkpoint_bytes).map_err(be)?;
+        let file = wal::LoggedFile::open(&self.path, self.checkpoint_bytes, self.wal_bytes.clone())
+            .map_err(be)?;
         let db = Database::builder().create_with_backend(file).map_err(be)?;
         txn::create_tables(&db)?;
         Ok(db)
@@ -138,16 +143,17 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) the database at `path` and starts the writer.
     pub fn open(path: &Path, opts: RedbOptions) -> StoreResult<Self> {
+        let stats = Arc::new(CommitStats::default());
         let slot = Slot {
             db: RwLock::new(None),
             path: path.to_path_buf(),
             checkpoint_bytes: opts.wal_checkpoint_bytes.max(1),
+            wal_bytes: stats.wal_bytes.clone(),
         };
         slot.put(slot.open()?);
         let slot = Arc::new(slot);
         let (tx, rx) = sync_channel::<Work>(opts.queue_limit.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
-        let stats = Arc::new(CommitStats::default());
         let writer = {
             let (slot, depth, stats) = (slot.clone(), depth.clone(), stats.clone());
             std::thread::Builder::new()
@@ -213,5 +219,9 @@ impl Store for RedbStore {
             self.stats.commits.load(Ordering::Relaxed),
             self.stats.items.load(Ordering::Relaxed),
         )
+    }
+
+    fn log_bytes(&self) -> Option<u64> {
+        Some(self.stats.wal_bytes.load(Ordering::Relaxed))
     }
 }

@@ -38,7 +38,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ::redb::backends::FileBackend;
 use ::redb::StorageBackend;
@@ -66,14 +67,13 @@ pub fn log_path(db: &Path) -> PathBuf {
 #[derive(Debug)]
 struct Log {
     file: File,
-    /// Entries written since the last `sync_data`.
+    /// The next record: room for its header, then the entries written
+    /// since the last `sync_data`.
     pending: Vec<u8>,
     /// Where the next record goes.
     end: u64,
     epoch: u64,
     seq: u64,
-    /// A buffer for one record, kept between calls.
-    record: Vec<u8>,
 }
 
 /// The writes since the last checkpoint, by page, over the file.
@@ -100,6 +100,8 @@ pub struct LoggedFile {
     overlay: RwLock<Overlay>,
     /// Log size after which the next `sync_data` checkpoints.
     checkpoint_bytes: u64,
+    /// Bytes appended to the log so far, for the caller's statistics.
+    logged: Arc<AtomicU64>,
 }
 
 fn corrupt(what: &str) -> io::Error {
@@ -124,8 +126,13 @@ impl LoggedFile {
     /// Opens (or creates) the database file `db` and its log, replays the
     /// log into the file (module docs) and returns the backend. The log
     /// reaching `checkpoint_bytes` starts a checkpoint: this bounds the log,
-    /// the overlay's memory and the replay after a crash.
-    pub fn open(db: &Path, checkpoint_bytes: u64) -> io::Result<LoggedFile> {
+    /// the overlay's memory and the replay after a crash. Every record
+    /// appended adds its bytes to `logged`.
+    pub fn open(
+        db: &Path,
+        checkpoint_bytes: u64,
+        logged: Arc<AtomicU64>,
+    ) -> io::Result<LoggedFile> {
         let lock = FileBackend::new(open_rw(db)?).map_err(io::Error::other)?;
         let data = open_rw(db)?;
         let log_file = open_rw(&log_path(db))?;
@@ -141,11 +148,10 @@ impl LoggedFile {
             data,
             log: Mutex::new(Log {
                 file: log_file,
-                pending: Vec::new(),
+                pending: vec![0; HEADER],
                 end: 0,
                 epoch: epoch.wrapping_add(1),
                 seq: 0,
-                record: Vec::new(),
             }),
             overlay: RwLock::new(Overlay {
                 pages: HashMap::new(),
@@ -153,6 +159,7 @@ impl LoggedFile {
                 file_len,
             }),
             checkpoint_bytes,
+            logged,
         })
     }
 
@@ -361,25 +368,25 @@ impl StorageBackend for LoggedFile {
     fn sync_data(&self, _eventual: bool) -> io::Result<()> {
         let mut guard = self.log.lock().map_err(|_| poisoned())?;
         let log = &mut *guard;
-        if log.pending.is_empty() {
+        if log.pending.len() <= HEADER {
             return Ok(());
         }
-        let len = u32::try_from(log.pending.len()).map_err(|_| corrupt("record over 4 GiB"))?;
-        let mut fields = [0u8; 20];
-        fields[..8].copy_from_slice(&log.epoch.to_le_bytes());
-        fields[8..16].copy_from_slice(&log.seq.to_le_bytes());
-        fields[16..20].copy_from_slice(&len.to_le_bytes());
-        let crc = checksum(&fields, &log.pending);
-        log.record.clear();
-        log.record.extend_from_slice(&MAGIC.to_le_bytes());
-        log.record.extend_from_slice(&fields);
-        log.record.extend_from_slice(&crc.to_le_bytes());
-        log.record.extend_from_slice(&log.pending);
-        log.file.write_all_at(&log.record, log.end)?;
+        let len =
+            u32::try_from(log.pending.len() - HEADER).map_err(|_| corrupt("record over 4 GiB"))?;
+        let (header, body) = log.pending.split_at_mut(HEADER);
+        header[..4].copy_from_slice(&MAGIC.to_le_bytes());
+        header[4..12].copy_from_slice(&log.epoch.to_le_bytes());
+        header[12..20].copy_from_slice(&log.seq.to_le_bytes());
+        header[20..24].copy_from_slice(&len.to_le_bytes());
+        let crc = checksum(&header[4..24], body);
+        header[24..28].copy_from_slice(&crc.to_le_bytes());
+        log.file.write_all_at(&log.pending, log.end)?;
         log.file.sync_data()?;
-        log.pending.clear();
-        log.end += log.record.len() as u64;
+        let n = log.pending.len() as u64;
+        log.pending.truncate(HEADER);
+        log.end += n;
         log.seq += 1;
+        self.logged.fetch_add(n, Ordering::Relaxed);
         if log.end >= self.checkpoint_bytes {
             // Everything logged goes to the database file; once that is
             // durable, the log may start over.
@@ -419,7 +426,8 @@ mod tests {
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
 
     fn open(path: &Path, checkpoint: u64) -> Database {
-        let file = LoggedFile::open(path, checkpoint).expect("open the logged file");
+        let file =
+            LoggedFile::open(path, checkpoint, Arc::default()).expect("open the logged file");
         Database::builder()
             .create_with_backend(file)
             .expect("redb opens")
@@ -566,7 +574,7 @@ mod tests {
     fn the_storage_reads_what_was_written_through_checkpoints_and_cuts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let file = LoggedFile::open(&path, 48 << 10).unwrap();
+        let file = LoggedFile::open(&path, 48 << 10, Arc::default()).unwrap();
         let mut model: Vec<u8> = Vec::new();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut next = |n: u64| {
@@ -617,7 +625,8 @@ mod tests {
                         std::fs::create_dir(&d).unwrap();
                         std::fs::copy(&path, d.join("db")).unwrap();
                         std::fs::copy(log_path(&path), log_path(&d.join("db"))).unwrap();
-                        let copy = LoggedFile::open(&d.join("db"), u64::MAX).unwrap();
+                        let copy =
+                            LoggedFile::open(&d.join("db"), u64::MAX, Arc::default()).unwrap();
                         assert_eq!(copy.len().unwrap(), model.len() as u64);
                         assert!(copy.read(0, model.len()).unwrap() == model, "cut {cuts}");
                     }
@@ -636,6 +645,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let _db = open(&path, u64::MAX);
-        assert!(LoggedFile::open(&path, u64::MAX).is_err());
+        assert!(LoggedFile::open(&path, u64::MAX, Arc::default()).is_err());
     }
 }
