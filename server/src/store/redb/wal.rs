@@ -74,6 +74,8 @@ struct Log {
     end: u64,
     epoch: u64,
     seq: u64,
+    /// Log size at which the next checkpoint starts (later after one failed).
+    checkpoint_at: u64,
 }
 
 /// The writes since the last checkpoint, by page, over the file.
@@ -152,6 +154,7 @@ impl LoggedFile {
                 end: 0,
                 epoch: epoch.wrapping_add(1),
                 seq: 0,
+                checkpoint_at: checkpoint_bytes,
             }),
             overlay: RwLock::new(Overlay {
                 pages: HashMap::new(),
@@ -387,13 +390,24 @@ impl StorageBackend for LoggedFile {
         log.end += n;
         log.seq += 1;
         self.logged.fetch_add(n, Ordering::Relaxed);
-        if log.end >= self.checkpoint_bytes {
+        if log.end >= log.checkpoint_at {
             // Everything logged goes to the database file; once that is
-            // durable, the log may start over.
-            self.checkpoint()?;
-            log.epoch = log.epoch.wrapping_add(1);
-            log.seq = 0;
-            log.end = 0;
+            // durable, the log may start over. The record is durable
+            // whatever happens here: a failed checkpoint leaves the log
+            // whole (it is tried again one checkpoint size later), never
+            // fails this call.
+            match self.checkpoint() {
+                Ok(()) => {
+                    log.epoch = log.epoch.wrapping_add(1);
+                    log.seq = 0;
+                    log.end = 0;
+                    log.checkpoint_at = self.checkpoint_bytes;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, log_bytes = log.end, "write-ahead log checkpoint failed; the log keeps every write");
+                    log.checkpoint_at = log.end.saturating_add(self.checkpoint_bytes);
+                }
+            }
         }
         Ok(())
     }
@@ -401,9 +415,15 @@ impl StorageBackend for LoggedFile {
 
 impl Drop for LoggedFile {
     /// A clean close: the writes in the database file, synced, and the log
-    /// emptied. On failure the log stays and the next open replays it.
+    /// emptied. Only when every write was logged: writes after the last
+    /// `sync_data` (a commit that failed) never reach the file, and the log
+    /// stays for the next open to replay; so does it when this fails.
     fn drop(&mut self) {
-        if self.checkpoint().is_ok() {
+        let synced = self
+            .log
+            .get_mut()
+            .is_ok_and(|log| log.pending.len() <= HEADER);
+        if synced && self.checkpoint().is_ok() {
             if let Ok(log) = self.log.get_mut() {
                 if log.file.set_len(0).is_ok() {
                     let _ = log.file.sync_data();
@@ -634,10 +654,29 @@ mod tests {
             }
         }
         assert!(cuts > 20, "{cuts} cuts");
+        file.sync_data(false).unwrap();
         drop(file);
         // A clean close: the file alone holds everything, the log is empty.
         assert!(std::fs::read(&path).unwrap() == model);
         assert_eq!(std::fs::metadata(log_path(&path)).unwrap().len(), 0);
+    }
+
+    /// A commit whose `sync_data` never came (it failed, or redb never got
+    /// there) leaves nothing in the database file on close: the next open
+    /// finds the last durable state.
+    #[test]
+    fn writes_after_the_last_sync_never_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let file = LoggedFile::open(&path, u64::MAX, Arc::default()).unwrap();
+        file.write(0, &[1; 8192]).unwrap();
+        file.sync_data(false).unwrap();
+        file.write(4096, &[2; 8192]).unwrap();
+        file.set_len(100).unwrap();
+        drop(file);
+        let file = LoggedFile::open(&path, u64::MAX, Arc::default()).unwrap();
+        assert_eq!(file.len().unwrap(), 8192);
+        assert!(file.read(0, 8192).unwrap() == [1; 8192]);
     }
 
     #[test]
