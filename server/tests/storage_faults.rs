@@ -220,6 +220,12 @@ fn fault_and_recover(db: &Path, fsize: Option<u64>, fault: &mut dyn Fault) {
         std::thread::sleep(Duration::from_millis(250));
         let r = post_sync(addr, dev, "0", &body);
         if r.status == 200 {
+            // Applied now, not answered from a record of the failed
+            // commit: what failed stored nothing.
+            assert!(
+                r.header("x-replayed").is_none(),
+                "the sync answered 503 had been stored"
+            );
             recovered = true;
             break;
         }

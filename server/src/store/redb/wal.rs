@@ -18,7 +18,9 @@
 //! then the body, a list of entries `1 | offset u64 | length u32 | bytes`
 //! (a write) or `2 | length u64` (a new file length); integers little
 //! endian; the CRC (IEEE) covers epoch, seq, length and body. Each epoch
-//! starts at offset 0 with seq 0; a checkpoint starts the next epoch.
+//! starts at offset 0 with seq 0; the first epoch of an open is a random
+//! number, and a checkpoint starts the next one only after the old first
+//! header is zeroed and that is synced.
 //!
 //! Opening replays the log into the database file before redb sees it: the
 //! records from offset 0 while each is whole (its CRC holds), has the
@@ -28,10 +30,15 @@
 //! durable, in order; writes after the last such call are lost, as redb
 //! expects of a crash, and redb's own recovery (checksums, the previous
 //! commit slot) deals with the rest. Old records past the end of the
-//! current epoch (a longer previous epoch) fail the epoch or seq check and
-//! are never applied; a whole old epoch found at offset 0 (a checkpoint
-//! whose next record was never durable) holds only writes the synced
-//! database file already has, and replaying them in order changes nothing.
+//! current epoch fail the epoch or seq check and are never applied. After
+//! a checkpoint the old epoch cannot be replayed at all (its first header
+//! is gone): replaying a prefix of it over the checkpointed file would
+//! bring older pages back. A checkpoint whose file writes fail leaves the
+//! log whole and is tried again later; any other failed write makes every
+//! later call fail (redb then takes the database out of service and the
+//! server opens it again), and a record whose write failed is cut off the
+//! log, so that a commit redb was told failed is not replayed by that
+//! reopening.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -76,6 +83,10 @@ struct Log {
     seq: u64,
     /// Log size at which the next checkpoint starts (later after one failed).
     checkpoint_at: u64,
+    /// A write to the log or the overlay failed: every later call fails
+    /// (redb takes the database out of service and opens it again, which
+    /// replays what was durable) and closing writes nothing to the file.
+    failed: bool,
 }
 
 /// The writes since the last checkpoint, by page, over the file.
@@ -114,6 +125,14 @@ fn poisoned() -> io::Error {
     io::Error::other("write-ahead log lock poisoned")
 }
 
+fn failed() -> io::Error {
+    io::Error::other("an earlier write-ahead log write failed; reopen the database")
+}
+
+/// Largest offset the storage takes (redb's files are far smaller): keeps
+/// page arithmetic far from overflow.
+const MAX_LEN: u64 = 1 << 56;
+
 fn open_rw(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
@@ -138,13 +157,28 @@ impl LoggedFile {
         let lock = FileBackend::new(open_rw(db)?).map_err(io::Error::other)?;
         let data = open_rw(db)?;
         let log_file = open_rw(&log_path(db))?;
-        let epoch = replay(&log_file, &data)?;
-        // The replayed writes are durable in the file: the log may go, and
-        // with it any old record a later epoch could be mistaken for.
+        // Both names durable before anything is acknowledged through them.
+        let parent = match db.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+        let replayed = replay(&log_file, &data)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "write-ahead log replayed into the database file"
+            );
+        }
+        // The replayed writes are durable in the file: the log may go.
         data.sync_data()?;
         log_file.set_len(0)?;
         log_file.sync_data()?;
         let file_len = data.metadata()?.len();
+        // Epochs start at a random number: bytes left from another run or
+        // another epoch cannot continue this one's chain by chance.
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(LoggedFile {
             _lock: lock,
             data,
@@ -152,9 +186,10 @@ impl LoggedFile {
                 file: log_file,
                 pending: vec![0; HEADER],
                 end: 0,
-                epoch: epoch.wrapping_add(1),
+                epoch: u64::from_le_bytes(seed),
                 seq: 0,
                 checkpoint_at: checkpoint_bytes,
+                failed: false,
             }),
             overlay: RwLock::new(Overlay {
                 pages: HashMap::new(),
@@ -169,6 +204,7 @@ impl LoggedFile {
     /// Writes the overlay's pages to the database file, syncs it and
     /// empties the overlay.
     fn checkpoint(&self) -> io::Result<()> {
+        let mut written_end = 0;
         {
             let ov = self.overlay.read().map_err(|_| poisoned())?;
             let mut numbers: Vec<u64> = ov.pages.keys().copied().collect();
@@ -186,19 +222,152 @@ impl LoggedFile {
                 let start = first * PAGE;
                 let keep = ov.len.saturating_sub(start).min(run.len() as u64) as usize;
                 self.data.write_all_at(&run[..keep], start)?;
+                written_end = written_end.max(start + keep as u64);
             }
             self.data.sync_data()?;
         }
         let mut ov = self.overlay.write().map_err(|_| poisoned())?;
         ov.pages.clear();
-        ov.file_len = self.data.metadata()?.len();
+        ov.file_len = ov.file_len.max(written_end);
         Ok(())
+    }
+
+    /// [`StorageBackend::write`] under the log's lock.
+    fn write_logged(&self, log: &mut Log, offset: u64, data: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(data.len()).map_err(|_| corrupt("write over 4 GiB"))?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_LEN)
+            .ok_or_else(|| corrupt("write past the largest storage"))?;
+        log.pending.push(WRITE);
+        log.pending.extend_from_slice(&offset.to_le_bytes());
+        log.pending.extend_from_slice(&len.to_le_bytes());
+        log.pending.extend_from_slice(data);
+        let mut ov = self.overlay.write().map_err(|_| poisoned())?;
+        let mut n = offset / PAGE;
+        while n * PAGE < end {
+            let (start, stop) = ((n * PAGE).max(offset), ((n + 1) * PAGE).min(end));
+            let src = &data[(start - offset) as usize..(stop - offset) as usize];
+            if src.len() as u64 == PAGE {
+                match ov.pages.get_mut(&n) {
+                    Some(p) => p.copy_from_slice(src),
+                    None => {
+                        ov.pages.insert(n, src.into());
+                    }
+                }
+            } else {
+                let mut p = ov.page(n, &self.data)?;
+                p[(start - n * PAGE) as usize..(stop - n * PAGE) as usize].copy_from_slice(src);
+                ov.pages.insert(n, p);
+            }
+            n += 1;
+        }
+        ov.len = ov.len.max(end);
+        Ok(())
+    }
+
+    /// [`StorageBackend::set_len`] under the log's lock.
+    fn set_len_logged(&self, log: &mut Log, len: u64) -> io::Result<()> {
+        if len > MAX_LEN {
+            return Err(corrupt("length past the largest storage"));
+        }
+        log.pending.push(SET_LEN);
+        log.pending.extend_from_slice(&len.to_le_bytes());
+        let mut ov = self.overlay.write().map_err(|_| poisoned())?;
+        self.data.set_len(len)?;
+        ov.file_len = len;
+        ov.len = len;
+        // Pages past the new end go; the part of the last one past it reads
+        // as zeros should the storage grow again.
+        ov.pages.retain(|&n, _| n * PAGE < len);
+        if let Some(p) = ov.pages.get_mut(&(len / PAGE)) {
+            p[(len % PAGE) as usize..].fill(0);
+        }
+        Ok(())
+    }
+
+    /// [`StorageBackend::sync_data`] under the log's lock.
+    fn sync_logged(&self, log: &mut Log) -> io::Result<()> {
+        if log.pending.len() <= HEADER {
+            return Ok(());
+        }
+        let len =
+            u32::try_from(log.pending.len() - HEADER).map_err(|_| corrupt("record over 4 GiB"))?;
+        let (header, body) = log.pending.split_at_mut(HEADER);
+        header[..4].copy_from_slice(&MAGIC.to_le_bytes());
+        header[4..12].copy_from_slice(&log.epoch.to_le_bytes());
+        header[12..20].copy_from_slice(&log.seq.to_le_bytes());
+        header[20..24].copy_from_slice(&len.to_le_bytes());
+        let crc = checksum(&header[4..24], body);
+        header[24..28].copy_from_slice(&crc.to_le_bytes());
+        let written = log
+            .file
+            .write_all_at(&log.pending, log.end)
+            .and_then(|()| log.file.sync_data());
+        if let Err(e) = written {
+            // The record may sit whole in the page cache: cut it off, so
+            // that reopening in this process does not replay a commit redb
+            // was told failed.
+            let _ = log.file.set_len(log.end);
+            return Err(e);
+        }
+        let n = log.pending.len() as u64;
+        log.pending.truncate(HEADER);
+        log.end += n;
+        log.seq += 1;
+        self.logged.fetch_add(n, Ordering::Relaxed);
+        if log.end >= log.checkpoint_at {
+            // Everything logged goes to the database file; once that is
+            // durable, the log may start over. The record is durable
+            // whatever happens here: a failed checkpoint leaves the log
+            // whole (it is tried again one checkpoint size later), never
+            // fails this call.
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, log_bytes = log.end, "write-ahead log checkpoint failed; the log keeps every write");
+                log.checkpoint_at = log.end.saturating_add(self.checkpoint_bytes);
+                return Ok(());
+            }
+            // The old epoch made unreachable, durably, before the new one
+            // overwrites it from offset 0: a new record torn by a power cut
+            // could otherwise leave the old first record whole and the
+            // second broken, and replaying a prefix of the old epoch over
+            // the checkpointed file would bring older pages back.
+            let cleared = log
+                .file
+                .write_all_at(&[0; HEADER], 0)
+                .and_then(|()| log.file.sync_data());
+            if let Err(e) = cleared {
+                // This record is durable (log and file); the next one has
+                // nowhere safe to go.
+                tracing::warn!(error = %e, "write-ahead log reset failed");
+                log.failed = true;
+                return Ok(());
+            }
+            log.epoch = log.epoch.wrapping_add(1);
+            log.seq = 0;
+            log.end = 0;
+            log.checkpoint_at = self.checkpoint_bytes;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` under the log's lock unless a write failed before; a
+    /// failure makes every later call fail ([`Log::failed`]).
+    fn logged<R>(&self, f: impl FnOnce(&mut Log) -> io::Result<R>) -> io::Result<R> {
+        let mut log = self.log.lock().map_err(|_| poisoned())?;
+        if log.failed {
+            return Err(failed());
+        }
+        let r = f(&mut log);
+        if r.is_err() {
+            log.failed = true;
+        }
+        r
     }
 }
 
 /// Reads the records of the log's current epoch and applies them to the
-/// database file `data` in order; returns that epoch (0 for an empty or
-/// unreadable log).
+/// database file `data` in order; returns how many it applied.
 fn replay(log: &File, data: &File) -> io::Result<u64> {
     let size = log.metadata()?.len();
     let mut at = 0u64;
@@ -230,7 +399,7 @@ fn replay(log: &File, data: &File) -> io::Result<u64> {
         seq += 1;
         at += HEADER as u64 + len;
     }
-    Ok(first.unwrap_or(0))
+    Ok(seq)
 }
 
 /// Applies one record's entries to the database file. A record whose CRC
@@ -317,99 +486,17 @@ impl StorageBackend for LoggedFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut log = self.log.lock().map_err(|_| poisoned())?;
-        let mut ov = self.overlay.write().map_err(|_| poisoned())?;
-        self.data.set_len(len)?;
-        ov.file_len = len;
-        ov.len = len;
-        // Pages past the new end go; the part of the last one past it reads
-        // as zeros should the storage grow again.
-        ov.pages.retain(|&n, _| n * PAGE < len);
-        if let Some(p) = ov.pages.get_mut(&(len / PAGE)) {
-            p[(len % PAGE) as usize..].fill(0);
-        }
-        log.pending.push(SET_LEN);
-        log.pending.extend_from_slice(&len.to_le_bytes());
-        Ok(())
+        self.logged(|log| self.set_len_logged(log, len))
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(data.len()).map_err(|_| corrupt("write over 4 GiB"))?;
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| corrupt("write past 2^64"))?;
-        let mut log = self.log.lock().map_err(|_| poisoned())?;
-        let mut ov = self.overlay.write().map_err(|_| poisoned())?;
-        let mut n = offset / PAGE;
-        while n * PAGE < end {
-            let (start, stop) = ((n * PAGE).max(offset), ((n + 1) * PAGE).min(end));
-            let src = &data[(start - offset) as usize..(stop - offset) as usize];
-            if src.len() as u64 == PAGE {
-                match ov.pages.get_mut(&n) {
-                    Some(p) => p.copy_from_slice(src),
-                    None => {
-                        ov.pages.insert(n, src.into());
-                    }
-                }
-            } else {
-                let mut p = ov.page(n, &self.data)?;
-                p[(start - n * PAGE) as usize..(stop - n * PAGE) as usize].copy_from_slice(src);
-                ov.pages.insert(n, p);
-            }
-            n += 1;
-        }
-        ov.len = ov.len.max(end);
-        log.pending.push(WRITE);
-        log.pending.extend_from_slice(&offset.to_le_bytes());
-        log.pending.extend_from_slice(&len.to_le_bytes());
-        log.pending.extend_from_slice(data);
-        Ok(())
+        self.logged(|log| self.write_logged(log, offset, data))
     }
 
     /// Makes every write so far durable: one log record and one `fdatasync`
     /// of the log; at the checkpoint size, a checkpoint and a new epoch.
     fn sync_data(&self, _eventual: bool) -> io::Result<()> {
-        let mut guard = self.log.lock().map_err(|_| poisoned())?;
-        let log = &mut *guard;
-        if log.pending.len() <= HEADER {
-            return Ok(());
-        }
-        let len =
-            u32::try_from(log.pending.len() - HEADER).map_err(|_| corrupt("record over 4 GiB"))?;
-        let (header, body) = log.pending.split_at_mut(HEADER);
-        header[..4].copy_from_slice(&MAGIC.to_le_bytes());
-        header[4..12].copy_from_slice(&log.epoch.to_le_bytes());
-        header[12..20].copy_from_slice(&log.seq.to_le_bytes());
-        header[20..24].copy_from_slice(&len.to_le_bytes());
-        let crc = checksum(&header[4..24], body);
-        header[24..28].copy_from_slice(&crc.to_le_bytes());
-        log.file.write_all_at(&log.pending, log.end)?;
-        log.file.sync_data()?;
-        let n = log.pending.len() as u64;
-        log.pending.truncate(HEADER);
-        log.end += n;
-        log.seq += 1;
-        self.logged.fetch_add(n, Ordering::Relaxed);
-        if log.end >= log.checkpoint_at {
-            // Everything logged goes to the database file; once that is
-            // durable, the log may start over. The record is durable
-            // whatever happens here: a failed checkpoint leaves the log
-            // whole (it is tried again one checkpoint size later), never
-            // fails this call.
-            match self.checkpoint() {
-                Ok(()) => {
-                    log.epoch = log.epoch.wrapping_add(1);
-                    log.seq = 0;
-                    log.end = 0;
-                    log.checkpoint_at = self.checkpoint_bytes;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, log_bytes = log.end, "write-ahead log checkpoint failed; the log keeps every write");
-                    log.checkpoint_at = log.end.saturating_add(self.checkpoint_bytes);
-                }
-            }
-        }
-        Ok(())
+        self.logged(|log| self.sync_logged(log))
     }
 }
 
@@ -422,7 +509,7 @@ impl Drop for LoggedFile {
         let synced = self
             .log
             .get_mut()
-            .is_ok_and(|log| log.pending.len() <= HEADER);
+            .is_ok_and(|log| !log.failed && log.pending.len() <= HEADER);
         if synced && self.checkpoint().is_ok() {
             if let Ok(log) = self.log.get_mut() {
                 if log.file.set_len(0).is_ok() {
@@ -659,6 +746,47 @@ mod tests {
         // A clean close: the file alone holds everything, the log is empty.
         assert!(std::fs::read(&path).unwrap() == model);
         assert_eq!(std::fs::metadata(log_path(&path)).unwrap().len(), 0);
+    }
+
+    /// A power cut while the first record after a checkpoint is written,
+    /// the disk keeping some of its later sectors but not its first: the
+    /// old epoch's first record is then whole and its second broken. The
+    /// old epoch must not replay (a prefix of it would write older bytes
+    /// over the checkpointed file).
+    #[test]
+    fn a_torn_first_record_after_a_checkpoint_brings_nothing_old_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let file = LoggedFile::open(&path, 1024, Arc::default()).unwrap();
+        file.write(0, &[1; 8]).unwrap();
+        file.sync_data(false).unwrap();
+        let first = std::fs::metadata(log_path(&path)).unwrap().len();
+        assert!(first < 1024, "no checkpoint yet");
+        // Past 1 KiB of log: this record is followed by a checkpoint.
+        file.write(0, &[2; 8]).unwrap();
+        file.write(4096, &[3; 1000]).unwrap();
+        file.sync_data(false).unwrap();
+        let checkpointed = std::fs::read(&path).unwrap();
+        assert_eq!(checkpointed[..8], [2; 8], "the checkpoint wrote the file");
+        let old_log = std::fs::read(log_path(&path)).unwrap();
+        assert!(old_log.len() as u64 > first + 1000);
+        // The new epoch's first record, longer than the old first one.
+        file.write(8192, &[4; 900]).unwrap();
+        file.sync_data(false).unwrap();
+        let new_log = std::fs::read(log_path(&path)).unwrap();
+        assert!(new_log.len() >= 1024);
+        // The disk: the file as checkpointed, the log as after the
+        // checkpoint with bytes 512..1024 of the new record on top.
+        let mut disk_log = old_log.clone();
+        disk_log[512..1024].copy_from_slice(&new_log[512..1024]);
+        let d = dir.path().join("cut");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("db"), &checkpointed).unwrap();
+        std::fs::write(log_path(&d.join("db")), disk_log).unwrap();
+        let copy = LoggedFile::open(&d.join("db"), u64::MAX, Arc::default()).unwrap();
+        assert_eq!(copy.read(0, 8).unwrap(), [2; 8], "an old value came back");
+        assert_eq!(copy.read(4096, 1000).unwrap(), [3; 1000]);
+        drop(file);
     }
 
     /// A commit whose `sync_data` never came (it failed, or redb never got

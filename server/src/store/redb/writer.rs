@@ -43,7 +43,11 @@ impl Fault {
                 }
             }
         }
-        match slot.open().and_then(|db| usable(&db).map(|()| db)) {
+        // redb asserts on some damaged files while opening: a panic there
+        // is a failed attempt like an error.
+        let opened = catch_unwind(AssertUnwindSafe(|| slot.open()))
+            .unwrap_or_else(|_| Err(StoreError::Backend("redb panicked while opening".into())));
+        match opened.and_then(|db| usable(&db).map(|()| db)) {
             Ok(db) => {
                 slot.put(db);
                 stats.reopens.fetch_add(1, Ordering::Relaxed);
