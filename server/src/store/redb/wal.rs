@@ -83,6 +83,11 @@ struct Log {
     seq: u64,
     /// Log size at which the next checkpoint starts (later after one failed).
     checkpoint_at: u64,
+    /// Checkpoints failed in a row since the last one that succeeded.
+    checkpoint_failures: u32,
+    /// A checkpoint succeeded but could not clear the old epoch's first
+    /// header: the next sync clears it before writing at offset 0.
+    reset_pending: bool,
     /// A write to the log or the overlay failed: every later call fails
     /// (redb takes the database out of service and opens it again, which
     /// replays what was durable) and closing writes nothing to the file.
@@ -127,6 +132,27 @@ fn poisoned() -> io::Error {
 
 fn failed() -> io::Error {
     io::Error::other("an earlier write-ahead log write failed; reopen the database")
+}
+
+/// Checkpoints that may fail in a row before the next sync fails (and the
+/// database is opened again, which replays the log into the file).
+const MAX_CHECKPOINT_FAILURES: u32 = 8;
+
+/// Zeroes the log's first record header and syncs: an epoch that started
+/// at offset 0 can no longer be replayed.
+fn clear_start(log: &File) -> io::Result<()> {
+    log.write_all_at(&[0; HEADER], 0)?;
+    log.sync_data()
+}
+
+impl Log {
+    /// Starts the next epoch at offset 0.
+    fn restart(&mut self, checkpoint_bytes: u64) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.seq = 0;
+        self.end = 0;
+        self.checkpoint_at = checkpoint_bytes;
+    }
 }
 
 /// Largest offset the storage takes (redb's files are far smaller): keeps
@@ -189,6 +215,8 @@ impl LoggedFile {
                 epoch: u64::from_le_bytes(seed),
                 seq: 0,
                 checkpoint_at: checkpoint_bytes,
+                checkpoint_failures: 0,
+                reset_pending: false,
                 failed: false,
             }),
             overlay: RwLock::new(Overlay {
@@ -291,6 +319,20 @@ impl LoggedFile {
         if log.pending.len() <= HEADER {
             return Ok(());
         }
+        if log.checkpoint_failures >= MAX_CHECKPOINT_FAILURES {
+            // Nothing of this record is written; reopening replays the log
+            // into the file with bounded memory, or fails and is retried.
+            return Err(io::Error::other(
+                "write-ahead log checkpoints keep failing; reopen the database",
+            ));
+        }
+        if log.reset_pending {
+            // The last checkpoint could not clear the old epoch: clear it
+            // now, before anything is written at offset 0.
+            clear_start(&log.file)?;
+            log.reset_pending = false;
+            log.restart(self.checkpoint_bytes);
+        }
         let len =
             u32::try_from(log.pending.len() - HEADER).map_err(|_| corrupt("record over 4 GiB"))?;
         let (header, body) = log.pending.split_at_mut(HEADER);
@@ -305,10 +347,12 @@ impl LoggedFile {
             .write_all_at(&log.pending, log.end)
             .and_then(|()| log.file.sync_data());
         if let Err(e) = written {
-            // The record may sit whole in the page cache: cut it off, so
-            // that reopening in this process does not replay a commit redb
-            // was told failed.
-            let _ = log.file.set_len(log.end);
+            // The record may sit whole in the page cache: cut it off (or at
+            // least its header), so that reopening in this process does not
+            // replay a commit redb was told failed.
+            if log.file.set_len(log.end).is_err() {
+                let _ = log.file.write_all_at(&[0; HEADER], log.end);
+            }
             return Err(e);
         }
         let n = log.pending.len() as u64;
@@ -319,34 +363,31 @@ impl LoggedFile {
         if log.end >= log.checkpoint_at {
             // Everything logged goes to the database file; once that is
             // durable, the log may start over. The record is durable
-            // whatever happens here: a failed checkpoint leaves the log
-            // whole (it is tried again one checkpoint size later), never
-            // fails this call.
+            // whatever happens here, so this call succeeds: a failed
+            // checkpoint leaves the log whole and is tried again one
+            // checkpoint size later ([`MAX_CHECKPOINT_FAILURES`] in a row
+            // fail the next sync).
             if let Err(e) = self.checkpoint() {
                 tracing::warn!(error = %e, log_bytes = log.end, "write-ahead log checkpoint failed; the log keeps every write");
+                log.checkpoint_failures += 1;
                 log.checkpoint_at = log.end.saturating_add(self.checkpoint_bytes);
                 return Ok(());
             }
+            log.checkpoint_failures = 0;
             // The old epoch made unreachable, durably, before the new one
             // overwrites it from offset 0: a new record torn by a power cut
             // could otherwise leave the old first record whole and the
             // second broken, and replaying a prefix of the old epoch over
-            // the checkpointed file would bring older pages back.
-            let cleared = log
-                .file
-                .write_all_at(&[0; HEADER], 0)
-                .and_then(|()| log.file.sync_data());
-            if let Err(e) = cleared {
-                // This record is durable (log and file); the next one has
-                // nowhere safe to go.
-                tracing::warn!(error = %e, "write-ahead log reset failed");
-                log.failed = true;
-                return Ok(());
+            // the checkpointed file would bring older pages back. Should
+            // that fail, the first header's state is unknown: nothing more
+            // is appended after it, and the next sync clears it first.
+            match clear_start(&log.file) {
+                Ok(()) => log.restart(self.checkpoint_bytes),
+                Err(e) => {
+                    tracing::warn!(error = %e, "write-ahead log reset failed; retried at the next commit");
+                    log.reset_pending = true;
+                }
             }
-            log.epoch = log.epoch.wrapping_add(1);
-            log.seq = 0;
-            log.end = 0;
-            log.checkpoint_at = self.checkpoint_bytes;
         }
         Ok(())
     }
@@ -762,6 +803,7 @@ mod tests {
         file.sync_data(false).unwrap();
         let first = std::fs::metadata(log_path(&path)).unwrap().len();
         assert!(first < 1024, "no checkpoint yet");
+        let first_header = std::fs::read(log_path(&path)).unwrap()[..HEADER].to_vec();
         // Past 1 KiB of log: this record is followed by a checkpoint.
         file.write(0, &[2; 8]).unwrap();
         file.write(4096, &[3; 1000]).unwrap();
@@ -785,6 +827,18 @@ mod tests {
         std::fs::write(log_path(&d.join("db")), disk_log).unwrap();
         let copy = LoggedFile::open(&d.join("db"), u64::MAX, Arc::default()).unwrap();
         assert_eq!(copy.read(0, 8).unwrap(), [2; 8], "an old value came back");
+        assert_eq!(copy.read(4096, 1000).unwrap(), [3; 1000]);
+        // A cut after the checkpoint synced the file but before the old
+        // first header was cleared: the whole old epoch replays over the
+        // checkpointed file, and changes nothing.
+        let mut disk_log = old_log;
+        disk_log[..HEADER].copy_from_slice(&first_header);
+        let d = dir.path().join("cut-before-clear");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("db"), &checkpointed).unwrap();
+        std::fs::write(log_path(&d.join("db")), disk_log).unwrap();
+        let copy = LoggedFile::open(&d.join("db"), u64::MAX, Arc::default()).unwrap();
+        assert_eq!(copy.read(0, 8).unwrap(), [2; 8]);
         assert_eq!(copy.read(4096, 1000).unwrap(), [3; 1000]);
         drop(file);
     }
