@@ -486,7 +486,6 @@ impl Server {
                         store::redb::RedbOptions {
                             queue_limit: config.queue_limit,
                             max_batch: config.max_batch,
-                            ..Default::default()
                         },
                     )
                     .map_err(StartError::Store)?,

@@ -256,11 +256,6 @@ pub trait Store: Send + Sync + 'static {
     fn commit_stats(&self) -> (u64, u64) {
         (0, 0)
     }
-    /// Bytes this node's store appended to its write-ahead log so far, when
-    /// it keeps one of its own (redb: [`redb::wal`]); `None` otherwise.
-    fn log_bytes(&self) -> Option<u64> {
-        None
-    }
     /// Whether this node is the aggregation leader, and its term: `None`
     /// when another node aggregates (skip the pass). When the term changes,
     /// the aggregator reloads its state from the store. A single-process

@@ -29,10 +29,6 @@
 //! sets the server's pace of public reads (`0`: none, the server before it;
 //! default: the server's default).
 //!
-//! The redb rows' "WAL B/sync" is what the server appended to its
-//! write-ahead log (`store::redb::wal`) during the run, per sync (the
-//! aggregation passes' commits included).
-//!
 //! With `--postgres postgres://USER@HOST:PORT/DB` (an empty database) the
 //! same run also drives a node on that PostgreSQL database and reads the
 //! WAL it writes per sync (`pg_current_wal_lsn()` before and after,
@@ -283,21 +279,14 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
             ak.clients, ak.patterns, ak.changed, ak.seconds
         );
         eprintln!("[server] redb, {} changed: {} s", ak.changed, ak.seconds);
-        let logged0 = srv.state().store.log_bytes();
         let real = drive(&srv.url(), &ak, &ch, codebook, 1_000 * k).await;
-        let logged = srv
-            .state()
-            .store
-            .log_bytes()
-            .zip(logged0)
-            .map(|(b, a)| b.saturating_sub(a));
         let real_globals = feed(&srv.url()).await.globals;
         eprintln!(
             "[server] bare axum, {} changed: {} s",
             ak.changed, ak.seconds
         );
         let bare_r = drive(&format!("http://{bare}"), &ak, &ch, codebook, 1_000 * k).await;
-        compared.push((ak.changed, real, bare_r, real_globals, logged));
+        compared.push((ak.changed, real, bare_r, real_globals));
     }
     let (commits0, items0) = srv.state().store.commit_stats();
     // The same load on a PostgreSQL node (give an empty database: device
@@ -325,15 +314,12 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     println!("| server | changed | syncs/s | p50 ms | p99 ms | up B/sync | down B/sync | errors | server CPU µs/sync | client CPU µs/sync | WAL B/sync | globals live |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for (changed, real, bare_r, real_globals, logged) in &compared {
-        // The redb write-ahead log's bytes, charged like PostgreSQL's WAL
-        // below (aggregation's commits included).
-        let charged = real.syncs as f64 + a.clients as f64;
+    for (changed, real, bare_r, real_globals) in &compared {
         rows.push((
             "constellation (redb, group commit, aggregation on)",
             *changed,
             real,
-            logged.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / charged)),
+            "-".to_string(),
             real_globals.to_string(),
         ));
         rows.push((
@@ -378,7 +364,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
         );
     }
     println!();
-    for (changed, real, bare_r, _, _) in &compared {
+    for (changed, real, bare_r, _) in &compared {
         println!(
             "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs",
             rate(real) / rate(bare_r).max(1e-9),

@@ -5,9 +5,7 @@
 //! runs all of it in one transaction with `Durability::Immediate`, commits
 //! (one fsync for the whole group) and only then calls each work's
 //! [`Finish`]. Throughput therefore does not stop at one fsync per sync.
-//! Reads use MVCC read transactions and never wait for the writer. The
-//! commit's fsync is one append to a write-ahead log beside the file
-//! ([`wal`]), not a writeback of the pages where they live.
+//! Reads use MVCC read transactions and never wait for the writer.
 //!
 //! Storage faults: redb refuses every later transaction ("Previous I/O
 //! error") once a write failed (disk full, file size limit, EIO). The writer
@@ -20,7 +18,6 @@
 
 mod changes;
 mod txn;
-pub mod wal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -44,11 +41,6 @@ pub const REOPEN_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to open the database again.
 pub const REOPEN_MAX: Duration = Duration::from_secs(8);
 
-/// Default [`RedbOptions::wal_checkpoint_bytes`]: 64 MiB, about 500 groups
-/// of ~30 pages, so that the database file is synced a few times a second
-/// at the most under full load.
-pub const WAL_CHECKPOINT_BYTES: u64 = 64 << 20;
-
 /// Group-commit statistics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
@@ -60,8 +52,6 @@ pub struct CommitStats {
     pub faults: AtomicU64,
     /// Times the database was opened again after a fault.
     pub reopens: AtomicU64,
-    /// Bytes appended to the write-ahead log ([`wal`]).
-    pub wal_bytes: Arc<AtomicU64>,
 }
 
 /// The open database, shared by the readers and the writer: `None` while
@@ -69,10 +59,6 @@ pub struct CommitStats {
 pub(super) struct Slot {
     db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
-    /// [`RedbOptions::wal_checkpoint_bytes`].
-    checkpoint_bytes: u64,
-    /// [`CommitStats::wal_bytes`].
-    wal_bytes: Arc<AtomicU64>,
 }
 
 impl Slot {
@@ -97,12 +83,9 @@ impl Slot {
         }
     }
 
-    /// Opens the file on its write-ahead log (replaying the log, then
-    /// repairing the file when a write was cut off) with every table.
+    /// Opens the file (repairing it when a write was cut off) with every table.
     fn open(&self) -> StoreResult<Database> {
-        let file = wal::LoggedFile::open(&self.path, self.checkpoint_bytes, self.wal_bytes.clone())
-            .map_err(be)?;
-        let db = Database::builder().create_with_backend(file).map_err(be)?;
+        let db = Database::create(&self.path).map_err(be)?;
         txn::create_tables(&db)?;
         Ok(db)
     }
@@ -115,10 +98,6 @@ pub struct RedbOptions {
     pub queue_limit: usize,
     /// Most work items in one transaction.
     pub max_batch: usize,
-    /// Bytes of write-ahead log after which the database file is synced and
-    /// the log starts over ([`wal`]): the most the log holds, and replays
-    /// after a crash, is about this plus one group's pages.
-    pub wal_checkpoint_bytes: u64,
 }
 
 impl Default for RedbOptions {
@@ -126,7 +105,6 @@ impl Default for RedbOptions {
         RedbOptions {
             queue_limit: 4096,
             max_batch: 1024,
-            wal_checkpoint_bytes: WAL_CHECKPOINT_BYTES,
         }
     }
 }
@@ -143,17 +121,15 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) the database at `path` and starts the writer.
     pub fn open(path: &Path, opts: RedbOptions) -> StoreResult<Self> {
-        let stats = Arc::new(CommitStats::default());
         let slot = Slot {
             db: RwLock::new(None),
             path: path.to_path_buf(),
-            checkpoint_bytes: opts.wal_checkpoint_bytes.max(1),
-            wal_bytes: stats.wal_bytes.clone(),
         };
         slot.put(slot.open()?);
         let slot = Arc::new(slot);
         let (tx, rx) = sync_channel::<Work>(opts.queue_limit.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(CommitStats::default());
         let writer = {
             let (slot, depth, stats) = (slot.clone(), depth.clone(), stats.clone());
             std::thread::Builder::new()
@@ -219,9 +195,5 @@ impl Store for RedbStore {
             self.stats.commits.load(Ordering::Relaxed),
             self.stats.items.load(Ordering::Relaxed),
         )
-    }
-
-    fn log_bytes(&self) -> Option<u64> {
-        Some(self.stats.wal_bytes.load(Ordering::Relaxed))
     }
 }
