@@ -34,22 +34,30 @@ pub(super) const SERVER_THREADS: &str = "srv-rt";
 /// CPU seconds of this process's live threads, split into the servers'
 /// (the [`SERVER_THREADS`] runtime's workers and blocking pool, and the
 /// store's writer threads, `constellation-…`), the clients' (every other
-/// thread) and the attackers' ([`ATTACK_THREADS`]): `(server, clients,
-/// attackers)`. Threads that ended are not counted: the server runtime keeps
-/// its blocking threads alive for the whole run.
-pub(super) fn split_cpu_s() -> (f64, f64, f64) {
-    let (mut server, mut attackers, mut rest) = (0.0, 0.0, 0.0);
+/// thread) and the attackers' ([`ATTACK_THREADS`]), and the redb writer
+/// threads' alone ([`WRITER_THREADS`], part of the servers'): `(server,
+/// clients, attackers, writer)`. Threads that ended are not counted: the
+/// server runtime keeps its blocking threads alive for the whole run.
+pub(super) fn split_cpu_s() -> (f64, f64, f64, f64) {
+    let (mut server, mut attackers, mut rest, mut writer) = (0.0, 0.0, 0.0, 0.0);
     for (comm, c) in thread_cpu_s() {
         if comm.starts_with(SERVER_THREADS) || comm.starts_with("constellation") {
             server += c;
+            if comm.starts_with(WRITER_THREADS) {
+                writer += c;
+            }
         } else if comm.starts_with(ATTACK_THREADS) {
             attackers += c;
         } else {
             rest += c;
         }
     }
-    (server, rest, attackers)
+    (server, rest, attackers, writer)
 }
+
+/// Name prefix of the redb store's writer thread (`constellation-writer`,
+/// cut to 15 bytes by the kernel): the one thread every write goes through.
+pub(super) const WRITER_THREADS: &str = "constellation-w";
 
 /// Name of the threads of the attackers' runtime (`--attack`), counted
 /// apart by [`split_cpu_s`].

@@ -222,10 +222,11 @@ pub(super) struct RunResult {
     pub(super) down: u64,
     pub(super) lat_us: Vec<u32>,
     pub(super) elapsed: f64,
-    /// CPU seconds of the server threads, the clients' and the attackers'
-    /// (`--attack`) from the clients' start gate to the end of the run
+    /// CPU seconds of the server threads, the clients', the attackers'
+    /// (`--attack`) and the redb writer thread's (part of the server's) from
+    /// the clients' start gate to the end of the run
     /// ([`super::cpu::split_cpu_s`]).
-    pub(super) cpu: (f64, f64, f64),
+    pub(super) cpu: (f64, f64, f64, f64),
 }
 
 /// Drives `url` with `clients` devices for `seconds` after their initial
@@ -243,7 +244,7 @@ pub(super) async fn drive(
     let mut tasks = Vec::new();
     let deadline_after = Duration::from_secs_f64(a.seconds);
     let start_gate = Arc::new(tokio::sync::Barrier::new(a.clients));
-    let cpu0 = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0)));
+    let cpu0 = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0, 0.0)));
     for c in 0..a.clients {
         let url = urls[c % urls.len()].clone();
         let ch = ch.clone();
@@ -322,9 +323,9 @@ pub(super) async fn drive(
             total.elapsed = total.elapsed.max(r.elapsed);
         }
     }
-    let (s1, r1, a1) = super::cpu::split_cpu_s();
-    let (s0, r0, a0) = cpu0.lock().map(|c| *c).unwrap_or_default();
-    total.cpu = (s1 - s0, r1 - r0, a1 - a0);
+    let (s1, r1, a1, w1) = super::cpu::split_cpu_s();
+    let (s0, r0, a0, w0) = cpu0.lock().map(|c| *c).unwrap_or_default();
+    total.cpu = (s1 - s0, r1 - r0, a1 - a0, w1 - w0);
     total.lat_us.sort_unstable();
     total
 }

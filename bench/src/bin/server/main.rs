@@ -366,7 +366,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     println!();
     for (changed, real, bare_r, _) in &compared {
         println!(
-            "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs",
+            "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs; the writer thread {:.0} µs per sync, on a CPU {:.0}% of the run",
             rate(real) / rate(bare_r).max(1e-9),
             rate(bare_r) / rate(real).max(1e-9),
             us_per_sync(real.cpu.0, real),
@@ -374,6 +374,8 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
             us_per_sync(real.cpu.0, real) / us_per_sync(bare_r.cpu.0, bare_r).max(1e-9),
             us_per_sync(real.cpu.1, real),
             us_per_sync(bare_r.cpu.1, bare_r),
+            us_per_sync(real.cpu.3, real),
+            100.0 * real.cpu.3 / real.elapsed.max(1e-9),
         );
     }
     println!(
