@@ -45,8 +45,7 @@ impl Fault {
         }
         // redb asserts on some damaged files while opening: a panic there
         // is a failed attempt like an error.
-        let opened = catch_unwind(AssertUnwindSafe(|| slot.open()))
-            .unwrap_or_else(|_| Err(StoreError::Backend("redb panicked while opening".into())));
+        let opened = unpanicked("redb panicked while opening", || slot.open());
         match opened.and_then(|db| usable(&db).map(|()| db)) {
             Ok(db) => {
                 slot.put(db);
@@ -68,13 +67,19 @@ impl Fault {
 /// every transaction after an I/O error: "Previous I/O error").
 /// A panic in redb (it asserts after some I/O errors) counts as unusable.
 fn usable(db: &Database) -> StoreResult<()> {
-    catch_unwind(AssertUnwindSafe(|| {
+    unpanicked("redb panicked", || {
         let txn = db.begin_write().map_err(be)?;
         let r = RedbWrite::open(&txn).and_then(|t| t.meta(crate::store::Meta::GlobalVersion));
         txn.abort().map_err(be)?;
         r.map(|_| ())
-    }))
-    .unwrap_or_else(|_| Err(StoreError::Backend("redb panicked".into())))
+    })
+}
+
+/// `f`'s result, or [`StoreError::Backend`] with `what` when it panicked
+/// (redb asserts after some I/O errors: such a panic is a storage fault
+/// like the error itself).
+fn unpanicked<T>(what: &str, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(StoreError::Backend(what.into())))
 }
 
 /// The writer loop: runs until every sender is gone. After a failed
@@ -171,8 +176,7 @@ fn run_batch(
     stats: &CommitStats,
 ) -> (Vec<Finish>, StoreResult<()>) {
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-    let begun = catch_unwind(AssertUnwindSafe(|| db.begin_write().map_err(be)))
-        .unwrap_or_else(|_| Err(StoreError::Backend("redb panicked".into())));
+    let begun = unpanicked("redb panicked", || db.begin_write().map_err(be));
     let txn = match begun {
         Ok(mut t) => {
             t.set_durability(Durability::Immediate);
@@ -230,8 +234,7 @@ fn run_batch(
             let _ = catch_unwind(AssertUnwindSafe(|| txn.abort()));
             Err(e)
         }
-        None => catch_unwind(AssertUnwindSafe(|| txn.commit().map_err(be)))
-            .unwrap_or_else(|_| Err(StoreError::Backend("commit panicked".into()))),
+        None => unpanicked("commit panicked", || txn.commit().map_err(be)),
     };
     if outcome.is_ok() {
         stats.commits.fetch_add(1, Ordering::Relaxed);
