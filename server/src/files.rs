@@ -7,8 +7,15 @@ use std::path::Path;
 
 /// Creates the database file with mode 0600 when it does not exist (redb
 /// then initialises the empty file), or narrows an existing one to 0600
-/// when group or others may access it.
+/// when group or others may access it; the same for its sync journal
+/// ([`crate::store::redb::journal::journal_path`]), which holds the same
+/// rows.
 pub fn prepare_db(path: &Path) -> io::Result<()> {
+    prepare_private(path)?;
+    prepare_private(&crate::store::redb::journal::journal_path(path))
+}
+
+fn prepare_private(path: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -27,7 +34,7 @@ pub fn prepare_db(path: &Path) -> io::Result<()> {
             tracing::warn!(
                 path = %path.display(),
                 mode = format!("{:o}", mode & 0o777),
-                "the database was accessible to group or others; setting mode 0600"
+                "the database (or its journal) was accessible to group or others; setting mode 0600"
             );
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }

@@ -103,6 +103,10 @@ pub struct Config {
     pub queue_limit: usize,
     /// Most syncs in one group commit.
     pub max_batch: usize,
+    /// redb: make each group durable in the sync journal and fold it into
+    /// the file a few times a second (`store::redb::journal`), instead of
+    /// a commit per group. Default on.
+    pub journal: bool,
     /// `Retry-After` for `503`, in seconds.
     pub overload_retry_after_s: u32,
     /// `Cache-Control: max-age` of global feed pages, in seconds.
@@ -165,6 +169,7 @@ impl Config {
             max_patterns_per_device: DEFAULT_MAX_PATTERNS_PER_DEVICE,
             queue_limit: 4096,
             max_batch: 1024,
+            journal: true,
             overload_retry_after_s: 5,
             feed_max_age_s: 10,
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -486,6 +491,8 @@ impl Server {
                         store::redb::RedbOptions {
                             queue_limit: config.queue_limit,
                             max_batch: config.max_batch,
+                            journal: config.journal,
+                            ..Default::default()
                         },
                     )
                     .map_err(StartError::Store)?,

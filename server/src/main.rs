@@ -231,6 +231,11 @@ struct ServeArgs {
     /// Writes queued before syncs are answered 503.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
+    /// Commit every group of syncs to the redb file instead of appending it
+    /// to the sync journal (`<db>.journal`) and folding the journal into the
+    /// file twice a second.
+    #[arg(long)]
+    no_journal: bool,
     /// Address of the admin listener: GET /metrics, and GET
     /// /api/v1/devices/{id}/patterns (raw device state) when
     /// --admin-token-file is given; `off`: no admin listener. Keep it on
@@ -439,6 +444,7 @@ fn main() -> std::process::ExitCode {
     config.min_sync_interval_s = args.min_sync_interval;
     config.max_patterns_per_device = args.max_patterns_per_device;
     config.queue_limit = args.queue_limit;
+    config.journal = !args.no_journal;
     config.admin_listen = args.admin_listen.0;
     if let Some(path) = &args.admin_token_file {
         match constellation::AdminToken::load(path) {

@@ -560,9 +560,10 @@ fn serve_child(db: &std::path::Path) -> (std::process::Child, SocketAddr) {
     (child, addr)
 }
 
-/// Database and master secret are created 0600; SIGTERM drains and exits
-/// 0 with the acknowledged sync on disk; a master secret readable by group
-/// or others stops the server from starting.
+/// Database, its sync journal and master secret are created 0600; SIGTERM
+/// drains and exits 0 with the acknowledged sync on disk and the journal
+/// empty; a master secret readable by group or others stops the server
+/// from starting.
 #[test]
 fn sigterm_drains_files_are_0600_and_an_exposed_secret_is_refused() {
     let bin = env!("CARGO_BIN_EXE_constellation");
@@ -616,6 +617,15 @@ fn sigterm_drains_files_are_0600_and_an_exposed_secret_is_refused() {
     assert!(
         status.success(),
         "SIGTERM must drain and exit 0: {status:?}"
+    );
+    // The sync journal holds the same rows: private too; a clean stop
+    // folded it into the database and emptied it.
+    let journal = constellation::store::redb::journal::journal_path(&db);
+    assert_eq!(mode_of(&journal), 0o600, "journal mode");
+    assert_eq!(
+        std::fs::metadata(&journal).unwrap().len(),
+        0,
+        "journal after a clean stop"
     );
     // The store was closed cleanly and holds the sync.
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -108,6 +108,8 @@ struct Args {
     compare_changed: Vec<usize>,
     /// The server's public read pace (`None`: its default).
     public_read_rate: Option<u32>,
+    /// `--no-journal`: a redb commit per group instead of the sync journal.
+    no_journal: bool,
 }
 
 fn args() -> Args {
@@ -126,10 +128,15 @@ fn args() -> Args {
         cohort_devices: 400,
         compare_changed: Vec::new(),
         public_read_rate: None,
+        no_journal: false,
     };
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = argv.iter().position(|s| s == "--attack") {
         a.attack = true;
+        argv.remove(i);
+    }
+    if let Some(i) = argv.iter().position(|s| s == "--no-journal") {
+        a.no_journal = true;
         argv.remove(i);
     }
     let mut i = 0;
@@ -228,6 +235,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     let mut cfg = Config::new();
     cfg.db = Some(tmp.path().join("bench.redb"));
     cfg.max_batch = a.max_batch.max(1);
+    cfg.journal = !a.no_journal;
     cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.codebooks = constellation::codebooks::default_codebooks();
     cfg.min_sync_interval_s = 0; // load clients sync back to back

@@ -69,6 +69,12 @@ impl Pending {
         Ok(self.count >= BLOCK_MAX)
     }
 
+    /// The block [`Pending::store`] would store now: its first sequence
+    /// number and bytes (`None` when no change is collected).
+    pub(super) fn block(&self) -> Option<(u64, Vec<u8>)> {
+        (self.count > 0).then(|| (self.first, self.bytes.clone()))
+    }
+
     /// The last sequence number given out, when this transaction gave one.
     pub(super) fn last(&self) -> Option<u64> {
         self.last
@@ -135,7 +141,7 @@ fn entries(first: u64, mut b: &[u8]) -> impl Iterator<Item = StoreResult<(u64, &
 
 /// Appends the changes of a block numbered above `after` to `out`, up to
 /// `limit` in all.
-fn read_block(
+pub(super) fn read_block(
     first: u64,
     block: &[u8],
     after: u64,

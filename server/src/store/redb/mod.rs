@@ -7,6 +7,13 @@
 //! [`Finish`]. Throughput therefore does not stop at one fsync per sync.
 //! Reads use MVCC read transactions and never wait for the writer.
 //!
+//! In journal mode ([`RedbOptions::journal`], [`journal`]) a group of syncs
+//! is made durable by one small append to a journal beside the file
+//! instead of a commit, and the transaction stays open for the next groups
+//! until it is folded (committed) a few times a second; readers see the
+//! journaled rows through an in-memory overlay, and opening the file
+//! replays the journal's records that were not folded.
+//!
 //! Storage faults: redb refuses every later transaction ("Previous I/O
 //! error") once a write failed (disk full, file size limit, EIO). The writer
 //! then takes the database out of service (reads and writes answer
@@ -17,6 +24,9 @@
 //! nothing and was never acknowledged, so nothing acknowledged is lost.
 
 mod changes;
+pub mod journal;
+#[cfg(test)]
+mod tests;
 mod txn;
 mod writer;
 
@@ -26,6 +36,8 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use journal::{Journal, Overlay};
 
 use ::redb::Database;
 
@@ -52,6 +64,11 @@ pub struct CommitStats {
     pub faults: AtomicU64,
     /// Times the database was opened again after a fault.
     pub reopens: AtomicU64,
+    /// Write transactions committed (in journal mode, folds; otherwise one
+    /// per group, as `commits`).
+    pub folds: AtomicU64,
+    /// Bytes appended to the journal.
+    pub journal_bytes: AtomicU64,
 }
 
 /// The open database, shared by the readers and the writer: `None` while
@@ -83,11 +100,43 @@ impl Slot {
         }
     }
 
-    /// Opens the file (repairing it when a write was cut off) with every table.
-    fn open(&self) -> StoreResult<Database> {
+    /// Opens the file (repairing it when a write was cut off) with every
+    /// table, and folds into it the journal's records not yet folded
+    /// ([`journal`]); returns it with its journal epoch and salt.
+    fn open(&self) -> StoreResult<(Database, (u64, u64))> {
         let db = Database::create(&self.path).map_err(be)?;
         txn::create_tables(&db)?;
-        Ok(db)
+        let state = self.replay(&db)?;
+        Ok((db, state))
+    }
+
+    /// Writes the journal's records of the database's salt into it and
+    /// commits them with the next epoch and a new salt (at every open:
+    /// whatever is in the journal is then stale); then empties the journal.
+    fn replay(&self, db: &Database) -> StoreResult<(u64, u64)> {
+        let bytes = Journal::read_all(&self.path).map_err(be)?;
+        let txn = db.begin_write().map_err(be)?;
+        let (epoch, salt) = txn::journal_state(&txn)?;
+        let ops = if salt == 0 {
+            Vec::new()
+        } else {
+            journal::parse(&bytes, salt)
+        };
+        txn::RedbWrite::open(&txn)?.replay(&ops)?;
+        let next = (epoch + 1, journal::new_salt()?);
+        txn::set_journal_state(&txn, next.0, next.1)?;
+        txn.commit().map_err(be)?;
+        if !ops.is_empty() {
+            tracing::info!(rows = ops.len(), "journal replayed into the database");
+        }
+        if !bytes.is_empty() {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(journal::journal_path(&self.path))
+                .map_err(be)?;
+            f.set_len(0).and_then(|()| f.sync_data()).map_err(be)?;
+        }
+        Ok(next)
     }
 }
 
@@ -96,15 +145,31 @@ impl Slot {
 pub struct RedbOptions {
     /// Most work items queued before [`Store::submit`] reports overload.
     pub queue_limit: usize,
-    /// Most work items in one transaction.
+    /// Most work items in one group.
     pub max_batch: usize,
+    /// Journal mode ([`journal`]): a group of syncs is made durable by an
+    /// append to `<db>.journal` and folded into the file later, instead of
+    /// a commit per group.
+    pub journal: bool,
+    /// Longest a journaled group waits to be folded into the file.
+    pub fold_every: Duration,
+    /// Most journal bytes between two folds.
+    pub fold_bytes: u64,
 }
+
+/// Default [`RedbOptions::fold_every`].
+pub const FOLD_EVERY: Duration = Duration::from_millis(500);
+/// Default [`RedbOptions::fold_bytes`]: 16 MiB, what a restart replays at most.
+pub const FOLD_BYTES: u64 = 16 << 20;
 
 impl Default for RedbOptions {
     fn default() -> Self {
         RedbOptions {
             queue_limit: 4096,
             max_batch: 1024,
+            journal: true,
+            fold_every: FOLD_EVERY,
+            fold_bytes: FOLD_BYTES,
         }
     }
 }
@@ -112,6 +177,7 @@ impl Default for RedbOptions {
 /// The redb [`Store`].
 pub struct RedbStore {
     slot: Arc<Slot>,
+    overlay: Arc<Overlay>,
     tx: Mutex<Option<SyncSender<Work>>>,
     depth: Arc<AtomicUsize>,
     stats: Arc<CommitStats>,
@@ -125,20 +191,29 @@ impl RedbStore {
             db: RwLock::new(None),
             path: path.to_path_buf(),
         };
-        slot.put(slot.open()?);
+        let (db, (epoch, salt)) = slot.open()?;
+        slot.put(db);
+        let journal = if opts.journal {
+            Some(Journal::open(path, epoch, salt).map_err(be)?)
+        } else {
+            None
+        };
         let slot = Arc::new(slot);
+        let overlay = Arc::new(Overlay::default());
         let (tx, rx) = sync_channel::<Work>(opts.queue_limit.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(CommitStats::default());
         let writer = {
-            let (slot, depth, stats) = (slot.clone(), depth.clone(), stats.clone());
+            let (slot, depth, stats, overlay) =
+                (slot.clone(), depth.clone(), stats.clone(), overlay.clone());
             std::thread::Builder::new()
                 .name("constellation-writer".into())
-                .spawn(move || writer::run(slot, rx, depth, stats, opts.max_batch.max(1)))
+                .spawn(move || writer::run(slot, rx, depth, stats, overlay, opts, journal))
                 .map_err(be)?
         };
         Ok(RedbStore {
             slot,
+            overlay,
             tx: Mutex::new(Some(tx)),
             depth,
             stats,
@@ -177,8 +252,10 @@ impl Store for RedbStore {
     }
 
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> StoreResult<()>) -> StoreResult<()> {
-        let txn = self.slot.get()?.begin_read().map_err(be)?;
-        f(&txn::RedbRead::new(txn))
+        let (txn, gens) = self
+            .overlay
+            .pair(|| self.slot.get()?.begin_read().map_err(be))?;
+        f(&txn::RedbRead::new(txn, gens)?)
     }
 
     /// A local file read through redb's page cache.

@@ -1,6 +1,9 @@
 //! The writer thread: group commit. It takes the first queued [`Work`],
 //! drains what else is queued (up to a bound), runs it all in one
-//! transaction and calls each work's [`Finish`] once the commit is durable.
+//! transaction and calls each work's [`Finish`] once the group is durable:
+//! committed, or, in journal mode ([`journal`](super::journal)), appended
+//! to the journal with the transaction kept open for the next groups until
+//! it is folded.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,10 +12,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redb::{Database, Durability};
+use ::redb::{Database, Durability, WriteTransaction};
 
-use super::txn::RedbWrite;
-use super::{be, CommitStats, Slot, REOPEN_FIRST, REOPEN_MAX};
+use super::journal::{self, Journal, Op, Overlay};
+use super::txn::{self, RedbWrite};
+use super::{be, CommitStats, RedbOptions, Slot, REOPEN_FIRST, REOPEN_MAX};
 use crate::store::{Finish, ReadTxn, StoreError, StoreResult, Work};
 
 /// The database out of service after a storage fault.
@@ -29,7 +33,7 @@ impl Fault {
     /// Tries to put the database back in service: drops the failed one
     /// (once no reader holds it), opens the file again and checks that a
     /// write transaction works. `true` when it is back.
-    fn reopen(&mut self, slot: &Slot, stats: &CommitStats) -> bool {
+    fn reopen(&mut self, slot: &Slot, stats: &CommitStats) -> Option<(u64, u64)> {
         if let Some(old) = self.old.take() {
             match Arc::try_unwrap(old) {
                 Ok(db) => {
@@ -39,25 +43,25 @@ impl Fault {
                     // A read still runs on it: try again shortly.
                     self.old = Some(old);
                     self.next_try = Instant::now() + Duration::from_millis(50);
-                    return false;
+                    return None;
                 }
             }
         }
         // redb asserts on some damaged files while opening: a panic there
         // is a failed attempt like an error.
         let opened = unpanicked("redb panicked while opening", || slot.open());
-        match opened.and_then(|db| usable(&db).map(|()| db)) {
-            Ok(db) => {
+        match opened.and_then(|(db, state)| usable(&db).map(|()| (db, state))) {
+            Ok((db, state)) => {
                 slot.put(db);
                 stats.reopens.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("database reopened after a storage fault; serving again");
-                true
+                Some(state)
             }
             Err(e) => {
                 tracing::error!(error = %e, retry_in = ?self.backoff, "database still unusable");
                 self.next_try = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(REOPEN_MAX);
-                false
+                None
             }
         }
     }
@@ -82,54 +86,109 @@ fn unpanicked<T>(what: &str, f: impl FnOnce() -> StoreResult<T>) -> StoreResult<
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(StoreError::Backend(what.into())))
 }
 
-/// The writer loop: runs until every sender is gone. After a failed
-/// transaction it checks the database; when redb refuses it (an I/O
-/// error), it takes it out of service and reopens it (module docs), and
-/// the work queued meanwhile is dropped unrun (its callers see the store
-/// unavailable: nothing of it was stored).
+/// The write transaction kept open across journaled groups.
+struct Open {
+    txn: WriteTransaction,
+    /// When its first group ran.
+    since: Instant,
+}
+
+/// The writer's state between groups.
+struct Writer {
+    slot: Arc<Slot>,
+    stats: Arc<CommitStats>,
+    overlay: Arc<Overlay>,
+    opts: RedbOptions,
+    /// The journal, in journal mode.
+    journal: Option<Journal>,
+    open: Option<Open>,
+    fault: Option<Fault>,
+}
+
+/// The writer loop: runs until every sender is gone, then folds what is
+/// open. After a failed group it checks the database; when redb refuses
+/// it (an I/O error), it takes it out of service and reopens it (module
+/// docs of [`redb`](super)), and the work queued meanwhile is dropped
+/// unrun (its callers see the store unavailable: nothing of it was
+/// stored).
 pub(super) fn run(
     slot: Arc<Slot>,
     rx: Receiver<Work>,
     depth: Arc<AtomicUsize>,
     stats: Arc<CommitStats>,
-    max_batch: usize,
+    overlay: Arc<Overlay>,
+    opts: RedbOptions,
+    journal: Option<Journal>,
 ) {
+    let max_batch = opts.max_batch.max(1);
+    let mut w = Writer {
+        slot,
+        stats,
+        overlay,
+        opts,
+        journal,
+        open: None,
+        fault: None,
+    };
     let mut pending: VecDeque<Work> = VecDeque::new();
-    let mut fault: Option<Fault> = None;
     loop {
         if pending.is_empty() {
-            let got = match &fault {
+            let deadline = match (&w.fault, &w.open) {
+                (Some(f), _) => Some(f.next_try),
+                (None, Some(o)) => Some(o.since + w.opts.fold_every),
+                (None, None) => None,
+            };
+            let got = match deadline {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(f) => rx.recv_timeout(f.next_try.saturating_duration_since(Instant::now())),
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
             };
             match got {
-                Ok(w) => pending.push_back(w),
+                Ok(work) => pending.push_back(work),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    w.fold_open();
+                    if let Some(j) = &mut w.journal {
+                        j.clear();
+                    }
+                    return;
+                }
             }
         }
         while pending.len() < max_batch {
             match rx.try_recv() {
-                Ok(w) => pending.push_back(w),
+                Ok(work) => pending.push_back(work),
                 Err(_) => break,
             }
         }
-        if let Some(f) = &mut fault {
-            if Instant::now() >= f.next_try && f.reopen(&slot, &stats) {
-                fault = None;
-            } else {
+        if let Some(f) = &mut w.fault {
+            if Instant::now() >= f.next_try {
+                if let Some((epoch, salt)) = f.reopen(&w.slot, &w.stats) {
+                    w.fault = None;
+                    w.overlay.clear();
+                    if let Some(j) = &mut w.journal {
+                        j.folded(epoch, salt);
+                    }
+                }
+            }
+            if w.fault.is_some() {
                 depth.fetch_sub(pending.len(), Ordering::Relaxed);
                 pending.clear();
                 continue;
             }
         }
         if pending.is_empty() {
+            if w.open
+                .as_ref()
+                .is_some_and(|o| o.since.elapsed() >= w.opts.fold_every)
+            {
+                w.fold_open();
+            }
             continue;
         }
-        let db = match slot.get() {
+        let db = match w.slot.get() {
             Ok(db) => db,
             Err(_) => {
-                fault = Some(Fault {
+                w.fault = Some(Fault {
                     old: None,
                     next_try: Instant::now(),
                     backoff: REOPEN_FIRST,
@@ -140,64 +199,303 @@ pub(super) fn run(
         let n = pending.len().min(max_batch);
         let mut batch: Vec<Work> = pending.drain(..n).collect();
         depth.fetch_sub(n, Ordering::Relaxed);
-        let (finishes, outcome) = run_batch(&db, &mut batch, &mut pending, &stats);
-        if outcome.is_err() {
-            if let Err(e) = usable(&db) {
-                stats.faults.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    error = %e,
-                    retry_in = ?REOPEN_FIRST,
-                    "storage fault: database out of service until it opens again"
-                );
-                drop(db);
-                fault = Some(Fault {
-                    old: slot.take(),
-                    next_try: Instant::now() + REOPEN_FIRST,
-                    backoff: REOPEN_FIRST * 2,
-                });
-            }
+        let (finishes, outcome) = w.group(&db, &mut batch, &mut pending);
+        if outcome.is_err() && w.open.is_none() && w.fault.is_none() {
+            w.check(db);
         }
         // Told only now: a caller that sees the failure finds the database
         // already out of service.
         for f in finishes {
             f(outcome.clone());
         }
+        if w.open
+            .as_ref()
+            .is_some_and(|o| o.since.elapsed() >= w.opts.fold_every)
+        {
+            w.fold_open();
+        }
     }
 }
 
-/// Runs `batch` in one transaction. When one work fails, the transaction is
-/// abandoned, the works already run are told so, and the ones not yet run go
-/// back to the front of `pending` for the next transaction. Returns the
-/// works' [`Finish`]es, to be called with the outcome.
-fn run_batch(
-    db: &Database,
+impl Writer {
+    /// After a failure with no transaction open: takes the database out of
+    /// service when redb refuses it.
+    fn check(&mut self, db: Arc<Database>) {
+        if let Err(e) = usable(&db) {
+            self.stats.faults.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                error = %e,
+                retry_in = ?REOPEN_FIRST,
+                "storage fault: database out of service until it opens again"
+            );
+            drop(db);
+            self.fault = Some(Fault {
+                old: self.slot.take(),
+                next_try: Instant::now() + REOPEN_FIRST,
+                backoff: REOPEN_FIRST * 2,
+            });
+        }
+    }
+
+    /// Commits the open transaction, if any (a fold); on failure the
+    /// database goes out of service, and reopening it replays the journal.
+    fn fold_open(&mut self) {
+        let Some(open) = self.open.take() else { return };
+        if let Err(e) = self.fold(open.txn) {
+            tracing::error!(error = %e, "fold failed");
+            if let Ok(db) = self.slot.get() {
+                // The journal's groups are not in the file: into a new
+                // transaction, or the database is reopened (and the journal
+                // replayed) when that fails.
+                self.abandon(&db);
+                if self.open.is_none() && self.fault.is_none() {
+                    self.check(db);
+                }
+            }
+        }
+    }
+
+    /// Commits `txn` durably with the next journal epoch and a new salt;
+    /// the journal's records are then in the file, and stale.
+    fn fold(&mut self, txn: WriteTransaction) -> StoreResult<()> {
+        let next = match self.journal.as_ref() {
+            Some(j) => {
+                let set = journal::new_salt().and_then(|salt| {
+                    unpanicked("redb panicked", || {
+                        txn::set_journal_state(&txn, j.epoch + 1, salt)
+                    })
+                    .map(|()| (j.epoch, salt))
+                });
+                match set {
+                    Ok(x) => Some(x),
+                    Err(err) => {
+                        let _ = catch_unwind(AssertUnwindSafe(|| txn.abort()));
+                        return Err(err);
+                    }
+                }
+            }
+            None => None,
+        };
+        // redb asserts on a commit after an I/O error inside the
+        // transaction; such a panic is a storage fault like the error.
+        unpanicked("commit panicked", || txn.commit().map_err(be))?;
+        self.stats.folds.fetch_add(1, Ordering::Relaxed);
+        if let (Some(j), Some((e, salt))) = (&mut self.journal, next) {
+            j.folded(e + 1, salt);
+            self.overlay.retire(e);
+        }
+        Ok(())
+    }
+
+    /// The open transaction, or a new one.
+    fn begin(&mut self, db: &Database) -> StoreResult<&WriteTransaction> {
+        if self.open.is_none() {
+            let mut t = unpanicked("redb panicked", || db.begin_write().map_err(be))?;
+            t.set_durability(Durability::Immediate);
+            self.open = Some(Open {
+                txn: t,
+                since: Instant::now(),
+            });
+        }
+        self.open.as_ref().map(|o| &o.txn).ok_or(StoreError::Closed)
+    }
+
+    /// Abandons the open transaction (with the group that failed in it) and
+    /// writes the journal's acknowledged groups again into a new one; when
+    /// that fails, nothing is left open (the caller checks the database,
+    /// and reopening it replays the journal).
+    fn abandon(&mut self, db: &Database) {
+        if let Some(o) = self.open.take() {
+            let _ = catch_unwind(AssertUnwindSafe(|| o.txn.abort()));
+        }
+        let window = match &mut self.journal {
+            Some(j) if !j.window.is_empty() => std::mem::take(&mut j.window),
+            _ => return,
+        };
+        let restored = self.begin(db).map(|_| ()).and_then(|()| {
+            let txn = &self.open.as_ref().ok_or(StoreError::Closed)?.txn;
+            unpanicked("redb panicked", || {
+                // A fold that reported a failure (a panic after redb's
+                // durable commit) may have landed: the file then holds the
+                // window and the next epoch.
+                let (epoch, salt) = txn::journal_state(txn)?;
+                let current = self.journal.as_ref().map_or(0, |j| j.epoch);
+                if epoch == current + 1 {
+                    return Ok(Some((epoch, salt)));
+                }
+                let mut t = RedbWrite::open(txn)?;
+                t.replay(&window).map(|()| None)
+            })
+        });
+        let restored = match restored {
+            Ok(Some((epoch, salt))) => {
+                if let Some(j) = &mut self.journal {
+                    let old = j.epoch;
+                    j.folded(epoch, salt);
+                    self.overlay.retire(old);
+                }
+                return;
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match restored {
+            Ok(()) => {
+                if let Some(j) = &mut self.journal {
+                    j.window = window;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot restore the journaled groups after a failure");
+                if let Some(o) = self.open.take() {
+                    let _ = catch_unwind(AssertUnwindSafe(|| o.txn.abort()));
+                }
+                if let Some(j) = &mut self.journal {
+                    j.window = window;
+                }
+                // Nothing open and the journal not folded: the database
+                // must be reopened (the journal replayed) before serving.
+                self.stats.faults.fetch_add(1, Ordering::Relaxed);
+                self.fault = Some(Fault {
+                    old: self.slot.take(),
+                    next_try: Instant::now() + REOPEN_FIRST,
+                    backoff: REOPEN_FIRST * 2,
+                });
+            }
+        }
+    }
+
+    /// Runs `batch` as one group (module docs) and makes it durable. When
+    /// one work fails, the group is abandoned, the works already run are
+    /// told so, and the ones not yet run go back to the front of `pending`.
+    /// Returns the works' [`Finish`]es, to be called with the outcome.
+    fn group(
+        &mut self,
+        db: &Arc<Database>,
+        batch: &mut Vec<Work>,
+        pending: &mut VecDeque<Work>,
+    ) -> (Vec<Finish>, StoreResult<()>) {
+        let journaled = self.journal.is_some();
+        let txn = match self.begin(db) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot begin write transaction");
+                // Every work is dropped unrun: its caller sees the writer closed.
+                batch.clear();
+                return (Vec::new(), Err(e));
+            }
+        };
+        let (finishes, ran) = run_works(txn, journaled, batch, pending);
+        let (ops, unjournaled) = match ran {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, items = finishes.len(), "group failed");
+                self.recover(db);
+                return (finishes, Err(e));
+            }
+        };
+        let outcome = if !journaled || unjournaled || self.full(&ops) {
+            let open = self.open.take();
+            match open.map(|o| self.fold(o.txn)) {
+                Some(r) => r,
+                None => Err(StoreError::Closed),
+            }
+        } else {
+            self.append(&ops)
+        };
+        match &outcome {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .items
+                    .fetch_add(finishes.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, items = finishes.len(), "group commit failed");
+                // The journal append failed (the group is in the open
+                // transaction but not durable), or the fold did (nothing of
+                // the transaction is in the file): either way the
+                // journal's acknowledged groups go into a new transaction.
+                self.recover(db);
+            }
+        }
+        (finishes, outcome)
+    }
+
+    /// After a failed group, append or fold: the journal's acknowledged
+    /// groups into a new transaction ([`abandon`](Self::abandon)), folded at
+    /// once, so that a failed record that may be left in the journal is
+    /// stale before anything else is acknowledged, and a failure cannot
+    /// postpone the next fold.
+    fn recover(&mut self, db: &Database) {
+        self.abandon(db);
+        if self.open.is_some() {
+            self.fold_open();
+        }
+    }
+
+    /// Whether this group's record would take the journal past
+    /// [`RedbOptions::fold_bytes`]: then the group is folded instead.
+    fn full(&self, ops: &[Op]) -> bool {
+        let size: usize = ops.iter().map(op_size).sum();
+        self.journal
+            .as_ref()
+            .is_none_or(|j| j.len + size as u64 > self.opts.fold_bytes)
+    }
+
+    /// Appends the group's record to the journal and, once durable, shows
+    /// its rows to readers.
+    fn append(&mut self, ops: &[Op]) -> StoreResult<()> {
+        let Some(j) = &mut self.journal else {
+            return Err(StoreError::Closed);
+        };
+        let rec = journal::record(j.salt, ops)?;
+        j.append(&rec).map_err(be)?;
+        self.stats
+            .journal_bytes
+            .fetch_add(rec.len() as u64, Ordering::Relaxed);
+        j.window.extend_from_slice(ops);
+        self.overlay.publish(j.epoch, ops);
+        Ok(())
+    }
+}
+
+/// About the bytes an op takes in a record.
+fn op_size(op: &Op) -> usize {
+    match op {
+        Op::Device(a, v, _) | Op::Enrolment(a, v) => a.len() + v.len() + 8,
+        Op::Pattern(a, b, v) => a.len() + b.len() + v.as_ref().map_or(0, Vec::len) + 8,
+        Op::Floor(a, _) | Op::Meta(a, _) => a.len() + 12,
+        Op::Block(_, v) => v.len() + 12,
+    }
+}
+
+/// Runs the works of `batch` in `txn` (recording their rows when
+/// `journaled`) and stores the group's change block. When one work fails,
+/// the ones not yet run go back to the front of `pending`. Returns the
+/// [`Finish`]es of the works run, and the group's rows and whether it wrote
+/// a table the journal does not carry.
+type Ran = StoreResult<(Vec<Op>, bool)>;
+
+fn run_works(
+    txn: &WriteTransaction,
+    journaled: bool,
     batch: &mut Vec<Work>,
     pending: &mut VecDeque<Work>,
-    stats: &CommitStats,
-) -> (Vec<Finish>, StoreResult<()>) {
+) -> (Vec<Finish>, Ran) {
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-    let begun = unpanicked("redb panicked", || db.begin_write().map_err(be));
-    let txn = match begun {
-        Ok(mut t) => {
-            t.set_durability(Durability::Immediate);
-            t
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot begin write transaction");
-            // Every work is dropped unrun: its caller sees the writer closed.
-            batch.clear();
-            return (Vec::new(), Err(e));
-        }
-    };
     let mut failure: Option<StoreError> = None;
     let mut rest = batch.drain(..);
-    let mut tables = match RedbWrite::open(&txn) {
+    let mut tables = match unpanicked("redb panicked", || RedbWrite::open(txn)) {
         Ok(t) => Some(t),
         Err(e) => {
             failure = Some(e);
             None
         }
     };
+    if let (Some(t), true) = (tables.as_mut(), journaled) {
+        t.record();
+    }
     while let Some(w) = tables.as_mut() {
         let Some(work) = rest.next() else { break };
         match catch_unwind(AssertUnwindSafe(|| work(w))) {
@@ -215,10 +513,12 @@ fn run_batch(
             }
         }
     }
+    let mut out = (Vec::new(), false);
     if failure.is_none() {
         if let Some(t) = tables.as_mut() {
-            if let Err(e) = t.store_changes() {
-                failure = Some(e);
+            match unpanicked("redb panicked", || t.store_changes()) {
+                Ok(()) => out = t.take_ops(),
+                Err(e) => failure = Some(e),
             }
         }
     }
@@ -227,22 +527,8 @@ fn run_batch(
     for w in unrun.into_iter().rev() {
         pending.push_front(w);
     }
-    // redb asserts on an abort or commit after an I/O error inside the
-    // transaction; such a panic is a storage fault like the error itself.
-    let outcome = match failure {
-        Some(e) => {
-            let _ = catch_unwind(AssertUnwindSafe(|| txn.abort()));
-            Err(e)
-        }
-        None => unpanicked("commit panicked", || txn.commit().map_err(be)),
-    };
-    if outcome.is_ok() {
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats
-            .items
-            .fetch_add(finishes.len() as u64, Ordering::Relaxed);
-    } else if let Err(e) = &outcome {
-        tracing::error!(error = %e, items = finishes.len(), "group commit failed");
+    match failure {
+        Some(e) => (finishes, Err(e)),
+        None => (finishes, Ok(out)),
     }
-    (finishes, outcome)
 }
