@@ -34,18 +34,22 @@ grep -E "ratio" "$dir/out"
 echo "attributing samples (perf script)..." >&2
 perf script -i "$dir/perf.data" 2>/dev/null | python3 -c '
 import collections, re, sys
-# (part, thread name prefix, a frame anywhere in the stack; "" = any), first match wins.
+# (part, thread name prefix, frames that must all be in the stack; none = any),
+# first match wins.
+w = "constellation-w"
 parts = [
-    ("writer: commit, fdatasync", "constellation-w", r"fdatasync|sync_data"),
-    ("writer: commit, the rest", "constellation-w", r"WriteTransaction::commit"),
-    ("writer: applying the syncs", "constellation-w", r"apply_with|auth::guarded"),
-    ("writer: queue, wake-ups", "constellation-w", r""),
-    ("aggregation", "srv-rt", r"aggregate::"),
-    ("entropy decoder", "srv-rt", r"decode_by"),
+    ("writer: journal append, fdatasync", w, [r"Journal::append", r"fdatasync|sync_data"]),
+    ("writer: journal append, the rest", w, [r"Journal::append|journal::record|Overlay::publish"]),
+    ("writer: fold or commit, fdatasync", w, [r"fdatasync|sync_data"]),
+    ("writer: fold or commit, the rest", w, [r"WriteTransaction::commit"]),
+    ("writer: applying the syncs", w, [r"apply_with|auth::guarded"]),
+    ("writer: queue, wake-ups", w, []),
+    ("aggregation", "srv-rt", [r"aggregate::"]),
+    ("entropy decoder", "srv-rt", [r"decode_by"]),
     ("predecode and page: snapshot reads", "srv-rt",
-     r"sync::apply::predecode|sync::apply::prebuild|store::read"),
-    ("frame validation", "srv-rt", r"sync::validate"),
-    ("hyper, tokio, the socket, the allocator", "srv-rt", r""),
+     [r"sync::apply::predecode|sync::apply::prebuild|store::read"]),
+    ("frame validation", "srv-rt", [r"sync::validate"]),
+    ("hyper, tokio, the socket, the allocator", "srv-rt", []),
 ]
 count = collections.Counter()
 comm, stack = None, []
@@ -54,7 +58,7 @@ def flush():
         return
     joined = "\n".join(stack)
     for name, prefix, frame in parts:
-        if comm.startswith(prefix) and (not frame or re.search(frame, joined)):
+        if comm.startswith(prefix) and all(re.search(f, joined) for f in frame):
             count[name] += 1
             return
 for line in sys.stdin:

@@ -53,13 +53,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use serde::{Deserialize, Serialize};
-
-use super::be;
 use crate::store::{StoreError, StoreResult};
 
 /// One row written by a journaled group.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum Op {
     /// `devices[id] = bytes`; `new`: the id had no row before (counted by
     /// [`ReadTxn::device_count`](crate::store::ReadTxn::device_count)).
@@ -103,17 +100,105 @@ pub(super) fn new_salt() -> StoreResult<u64> {
     Ok(u64::from_le_bytes(b).max(1))
 }
 
+/// Appends `b` with its `u32` length.
+fn put(out: &mut Vec<u8>, b: &[u8]) -> StoreResult<()> {
+    let n = u32::try_from(b.len()).map_err(|_| StoreError::Backend("row too large".into()))?;
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+/// Appends the body of a record: per op a tag byte, then its fields;
+/// strings and bytes as `u32` length and data, integers little-endian.
+fn encode(ops: &[Op], out: &mut Vec<u8>) -> StoreResult<()> {
+    for op in ops {
+        match op {
+            Op::Device(id, v, new) => {
+                out.push(1);
+                put(out, id.as_bytes())?;
+                put(out, v)?;
+                out.push(u8::from(*new));
+            }
+            Op::Pattern(d, p, v) => {
+                out.push(if v.is_some() { 2 } else { 3 });
+                put(out, d.as_bytes())?;
+                put(out, p.as_bytes())?;
+                if let Some(v) = v {
+                    put(out, v)?;
+                }
+            }
+            Op::Floor(d, f) => {
+                out.push(4);
+                put(out, d.as_bytes())?;
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+            Op::Enrolment(d, v) => {
+                out.push(5);
+                put(out, d.as_bytes())?;
+                put(out, v)?;
+            }
+            Op::Meta(k, v) => {
+                out.push(6);
+                put(out, k.as_bytes())?;
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Op::Block(first, b) => {
+                out.push(7);
+                out.extend_from_slice(&first.to_le_bytes());
+                put(out, b)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ops of a body [`encode`] wrote; `None` when it is not one.
+fn decode(mut b: &[u8]) -> Option<Vec<Op>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (x, rest) = b.split_at_checked(n)?;
+        *b = rest;
+        Some(x)
+    }
+    fn int<const N: usize>(b: &mut &[u8]) -> Option<[u8; N]> {
+        take(b, N)?.try_into().ok()
+    }
+    fn bytes(b: &mut &[u8]) -> Option<Vec<u8>> {
+        let n = u32::from_le_bytes(int(b)?) as usize;
+        Some(take(b, n)?.to_vec())
+    }
+    fn string(b: &mut &[u8]) -> Option<String> {
+        String::from_utf8(bytes(b)?).ok()
+    }
+    let mut ops = Vec::new();
+    while let Some((&tag, rest)) = b.split_first() {
+        b = rest;
+        ops.push(match tag {
+            1 => Op::Device(string(&mut b)?, bytes(&mut b)?, int::<1>(&mut b)?[0] != 0),
+            2 => Op::Pattern(string(&mut b)?, string(&mut b)?, Some(bytes(&mut b)?)),
+            3 => Op::Pattern(string(&mut b)?, string(&mut b)?, None),
+            4 => Op::Floor(string(&mut b)?, u32::from_le_bytes(int(&mut b)?)),
+            5 => Op::Enrolment(string(&mut b)?, bytes(&mut b)?),
+            6 => Op::Meta(string(&mut b)?, u64::from_le_bytes(int(&mut b)?)),
+            7 => Op::Block(u64::from_le_bytes(int(&mut b)?), bytes(&mut b)?),
+            _ => return None,
+        });
+    }
+    Some(ops)
+}
+
 /// One record of `salt`: header, body and padding to [`ALIGN`].
 pub(super) fn record(salt: u64, ops: &[Op]) -> StoreResult<Vec<u8>> {
-    let body = postcard::to_stdvec(ops).map_err(be)?;
-    let len =
-        u32::try_from(body.len()).map_err(|_| StoreError::Backend("group too large".into()))?;
-    let mut out = Vec::with_capacity((HEADER + body.len()).next_multiple_of(ALIGN));
+    let mut out = Vec::with_capacity(ALIGN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&salt.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc(salt, len, &body).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&[0; 8]);
+    encode(ops, &mut out)?;
+    let body = &out[HEADER..];
+    let len =
+        u32::try_from(body.len()).map_err(|_| StoreError::Backend("group too large".into()))?;
+    let c = crc(salt, len, body);
+    out[12..16].copy_from_slice(&len.to_le_bytes());
+    out[16..20].copy_from_slice(&c.to_le_bytes());
     out.resize(out.len().next_multiple_of(ALIGN), 0);
     Ok(out)
 }
@@ -143,9 +228,9 @@ pub(super) fn parse(bytes: &[u8], salt: u64) -> Vec<Op> {
         if crc(s, len, body) != c {
             break;
         }
-        match postcard::from_bytes::<Vec<Op>>(body) {
-            Ok(group) => ops.extend(group),
-            Err(_) => break,
+        match decode(body) {
+            Some(group) => ops.extend(group),
+            None => break,
         }
         at = (start + body.len()).next_multiple_of(ALIGN);
     }
@@ -391,6 +476,8 @@ mod tests {
             Op::Pattern(format!("tv-{n}"), "q".into(), None),
             Op::Meta("change_seq".into(), u64::from(n)),
             Op::Block(u64::from(n), vec![1, 2, 3]),
+            Op::Floor(format!("tv-{n}"), u32::from(n) << 20),
+            Op::Enrolment(format!("tv-{n}"), vec![n; 70]),
         ]
     }
 
@@ -419,6 +506,26 @@ mod tests {
         // Zeros (a failed record's header cleared) end the records.
         let zeroed = [a.clone(), vec![0; ALIGN], c.clone()].concat();
         assert_eq!(parse(&zeroed, 7), ops(1));
+    }
+
+    #[test]
+    fn bodies_decode_to_their_ops_and_cut_or_bad_ones_to_none() {
+        let want = [ops(1), ops(2)].concat();
+        let mut body = Vec::new();
+        encode(&want, &mut body).unwrap();
+        assert_eq!(decode(&body), Some(want.clone()));
+        // Every cut inside an op, and every unknown tag, is refused; no
+        // input panics.
+        for n in 0..body.len() {
+            if let Some(got) = decode(&body[..n]) {
+                assert!(want.starts_with(&got), "a cut decoded to other ops");
+            }
+        }
+        assert_eq!(decode(&[9]), None);
+        let mut bad_utf8 = Vec::new();
+        encode(&[Op::Meta("k".into(), 1)], &mut bad_utf8).unwrap();
+        bad_utf8[5] = 0xff;
+        assert_eq!(decode(&bad_utf8), None);
     }
 
     #[test]

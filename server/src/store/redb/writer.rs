@@ -401,7 +401,7 @@ impl Writer {
                 None => Err(StoreError::Closed),
             }
         } else {
-            self.append(&ops)
+            self.append(ops)
         };
         match &outcome {
             Ok(()) => {
@@ -445,17 +445,17 @@ impl Writer {
 
     /// Appends the group's record to the journal and, once durable, shows
     /// its rows to readers.
-    fn append(&mut self, ops: &[Op]) -> StoreResult<()> {
+    fn append(&mut self, ops: Vec<Op>) -> StoreResult<()> {
         let Some(j) = &mut self.journal else {
             return Err(StoreError::Closed);
         };
-        let rec = journal::record(j.salt, ops)?;
+        let rec = journal::record(j.salt, &ops)?;
         j.append(&rec).map_err(be)?;
         self.stats
             .journal_bytes
             .fetch_add(rec.len() as u64, Ordering::Relaxed);
-        j.window.extend_from_slice(ops);
-        self.overlay.publish(j.epoch, ops);
+        self.overlay.publish(j.epoch, &ops);
+        j.window.extend(ops);
         Ok(())
     }
 }
