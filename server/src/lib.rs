@@ -107,6 +107,9 @@ pub struct Config {
     /// the file a few times a second (`store::redb::journal`), instead of
     /// a commit per group. Default on.
     pub journal: bool,
+    /// redb, journal mode: the longest a journaled group waits to be
+    /// folded into the file (`store::redb::FOLD_EVERY` by default).
+    pub fold_every: Duration,
     /// `Retry-After` for `503`, in seconds.
     pub overload_retry_after_s: u32,
     /// `Cache-Control: max-age` of global feed pages, in seconds.
@@ -170,6 +173,7 @@ impl Config {
             queue_limit: 4096,
             max_batch: 1024,
             journal: true,
+            fold_every: store::redb::FOLD_EVERY,
             overload_retry_after_s: 5,
             feed_max_age_s: 10,
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -492,6 +496,7 @@ impl Server {
                             queue_limit: config.queue_limit,
                             max_batch: config.max_batch,
                             journal: config.journal,
+                            fold_every: config.fold_every,
                             ..Default::default()
                         },
                     )

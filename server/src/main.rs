@@ -236,6 +236,11 @@ struct ServeArgs {
     /// file twice a second.
     #[arg(long)]
     no_journal: bool,
+    /// The longest a sync waits in the journal before it is folded into the
+    /// redb file, in milliseconds: a longer wait writes fewer pages per sync
+    /// but pauses the writer longer at each fold.
+    #[arg(long, default_value_t = constellation::store::redb::FOLD_EVERY.as_millis() as u64)]
+    fold_every_ms: u64,
     /// Address of the admin listener: GET /metrics, and GET
     /// /api/v1/devices/{id}/patterns (raw device state) when
     /// --admin-token-file is given; `off`: no admin listener. Keep it on
@@ -445,6 +450,7 @@ fn main() -> std::process::ExitCode {
     config.max_patterns_per_device = args.max_patterns_per_device;
     config.queue_limit = args.queue_limit;
     config.journal = !args.no_journal;
+    config.fold_every = Duration::from_millis(args.fold_every_ms.max(1));
     config.admin_listen = args.admin_listen.0;
     if let Some(path) = &args.admin_token_file {
         match constellation::AdminToken::load(path) {

@@ -370,8 +370,7 @@ fn merged<V>(
 
 impl RedbRead {
     /// The journal's changes numbered above `after` and above the last in
-    /// `out` (the snapshot's; a retired generation repeats some of them),
-    /// up to `limit` in all.
+    /// `out` (the snapshot's), up to `limit` in all.
     fn pending_after(
         &self,
         after: u64,
