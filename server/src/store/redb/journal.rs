@@ -22,7 +22,9 @@
 //!
 //! Record: `magic "OTJ1" | salt u64 | body length u32 | crc32 u32 | body`,
 //! zero-padded to the next multiple of [`ALIGN`] (little-endian; the CRC
-//! covers salt, length and body; the body is the group's ops, postcard).
+//! covers salt, length and body; the body is the group's ops, each a tag
+//! byte and its fields: strings and bytes as `u32` length and data,
+//! integers little-endian).
 //! On open, the records from offset 0 that carry the database's salt, up to
 //! the first torn, flipped, short or other-salt one, are the groups
 //! acknowledged since the last fold. They are written again in order and
@@ -250,6 +252,11 @@ pub(super) struct Journal {
     /// Ops of those records, to write again into a new transaction when the
     /// open one is abandoned.
     pub(super) window: Vec<Op>,
+    /// Tests: the next append writes its record whole and durably, then
+    /// fails as if its `fdatasync` had, and leaves it in place (as when
+    /// cutting it off failed too).
+    #[cfg(test)]
+    pub(super) fail_next: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Journal {
@@ -271,6 +278,8 @@ impl Journal {
             salt,
             len: 0,
             window: Vec::new(),
+            #[cfg(test)]
+            fail_next: Arc::default(),
         };
         // The file's name must survive a power cut with the records in it.
         if let Some(dir) = journal_path(db).parent() {
@@ -299,6 +308,17 @@ impl Journal {
     /// that nothing of `rec` is replayed; the caller then folds, which
     /// retires this salt whatever is left in the file.
     pub(super) fn append(&mut self, rec: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.file.write_all_at(rec, self.len)?;
+            self.file.sync_data()?;
+            return Err(io::Error::other(
+                "injected: the record is on disk, its append failed",
+            ));
+        }
         let r = self
             .file
             .write_all_at(rec, self.len)

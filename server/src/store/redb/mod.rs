@@ -178,6 +178,9 @@ impl Default for RedbOptions {
 pub struct RedbStore {
     slot: Arc<Slot>,
     overlay: Arc<Overlay>,
+    /// Tests: fails the journal's next append ([`Journal::fail_next`]).
+    #[cfg(test)]
+    fail_append: Arc<std::sync::atomic::AtomicBool>,
     tx: Mutex<Option<SyncSender<Work>>>,
     depth: Arc<AtomicUsize>,
     stats: Arc<CommitStats>,
@@ -198,6 +201,11 @@ impl RedbStore {
         } else {
             None
         };
+        #[cfg(test)]
+        let fail_append = journal
+            .as_ref()
+            .map(|j| j.fail_next.clone())
+            .unwrap_or_default();
         let slot = Arc::new(slot);
         let overlay = Arc::new(Overlay::default());
         let (tx, rx) = sync_channel::<Work>(opts.queue_limit.max(1));
@@ -214,6 +222,8 @@ impl RedbStore {
         Ok(RedbStore {
             slot,
             overlay,
+            #[cfg(test)]
+            fail_append,
             tx: Mutex::new(Some(tx)),
             depth,
             stats,

@@ -345,3 +345,43 @@ fn a_snapshot_after_a_fold_ignores_the_folded_generation() {
     assert_eq!(r.pattern("tv-1", "p").unwrap().map(|p| p.revision), Some(2));
     assert_eq!(r.device("tv-1").unwrap().map(|d| d.last_seq), Some(2));
 }
+
+/// An append that fails after its record reached the disk whole (and
+/// could not be cut off) is answered with an error, and its group is never
+/// applied: the writer folds at once, so the record's salt is stale before
+/// anything else is acknowledged, whether the epoch had acknowledged groups
+/// before it (re-applied from memory) or none (the fold is empty). Before
+/// the recovery folded an empty window, the second case replayed the
+/// failed group from a crash copy.
+#[test]
+fn a_failed_append_is_never_applied_and_the_acknowledged_groups_stay() {
+    for acked_before in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.redb");
+        let s = RedbStore::open(&db, opts()).unwrap();
+        if acked_before {
+            sync(&s, "tv-1", 1).unwrap();
+        }
+        s.fail_append.store(true, Ordering::Relaxed);
+        assert!(
+            sync(&s, "tv-2", 7).is_err(),
+            "the failed append is answered so"
+        );
+        assert_eq!(rev(&s, "tv-2"), None);
+        let crashed = tempfile::tempdir().unwrap();
+        let copy = crash_copy(&db, crashed.path());
+        // The live store goes on: the next sync is acknowledged.
+        sync(&s, "tv-3", 1).unwrap();
+        assert_eq!(rev(&s, "tv-3"), Some(1));
+        drop(s);
+        let b = RedbStore::open(&copy, opts()).unwrap();
+        assert_eq!(rev(&b, "tv-2"), None, "acked before: {acked_before}");
+        let want = acked_before.then_some(1);
+        assert_eq!(rev(&b, "tv-1"), want, "acked before: {acked_before}");
+        drop(b);
+        let c = RedbStore::open(&db, opts()).unwrap();
+        assert_eq!(rev(&c, "tv-2"), None);
+        assert_eq!(rev(&c, "tv-3"), Some(1));
+        assert_eq!(rev(&c, "tv-1"), want);
+    }
+}

@@ -218,40 +218,53 @@ pub(super) fn run(
 }
 
 impl Writer {
+    /// Takes the database out of service at once (aborting what is open):
+    /// reopening it replays the journal, which holds every acknowledged
+    /// group the file may lack.
+    fn out_of_service(&mut self, why: &str) {
+        if let Some(o) = self.open.take() {
+            let _ = catch_unwind(AssertUnwindSafe(|| o.txn.abort()));
+        }
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            retry_in = ?REOPEN_FIRST,
+            "{why}: database out of service until it opens again"
+        );
+        self.fault = Some(Fault {
+            old: self.slot.take(),
+            next_try: Instant::now() + REOPEN_FIRST,
+            backoff: REOPEN_FIRST * 2,
+        });
+    }
+
     /// After a failure with no transaction open: takes the database out of
     /// service when redb refuses it.
     fn check(&mut self, db: Arc<Database>) {
         if let Err(e) = usable(&db) {
-            self.stats.faults.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                error = %e,
-                retry_in = ?REOPEN_FIRST,
-                "storage fault: database out of service until it opens again"
-            );
+            tracing::error!(error = %e, "storage fault");
             drop(db);
-            self.fault = Some(Fault {
-                old: self.slot.take(),
-                next_try: Instant::now() + REOPEN_FIRST,
-                backoff: REOPEN_FIRST * 2,
-            });
+            self.out_of_service("storage fault");
         }
     }
 
-    /// Commits the open transaction, if any (a fold); on failure the
-    /// database goes out of service, and reopening it replays the journal.
+    /// Commits the open transaction, if any (a fold).
     fn fold_open(&mut self) {
         let Some(open) = self.open.take() else { return };
         if let Err(e) = self.fold(open.txn) {
-            tracing::error!(error = %e, "fold failed");
-            if let Ok(db) = self.slot.get() {
-                // The journal's groups are not in the file: into a new
-                // transaction, or the database is reopened (and the journal
-                // replayed) when that fails.
-                self.abandon(&db);
-                if self.open.is_none() && self.fault.is_none() {
-                    self.check(db);
-                }
-            }
+            self.fold_failed(&e);
+        }
+    }
+
+    /// After a failed fold in journal mode the database goes out of service
+    /// at once: whether the fold landed is not known (redb may panic after
+    /// its durable commit), and reopening settles it from the disk (the
+    /// file's salt says which journal records are still to be replayed).
+    /// Without the journal the caller checks the database as after any
+    /// failed commit.
+    fn fold_failed(&mut self, e: &StoreError) {
+        tracing::error!(error = %e, "fold failed");
+        if self.journal.is_some() {
+            self.out_of_service("fold failed");
         }
     }
 
@@ -302,8 +315,8 @@ impl Writer {
 
     /// Abandons the open transaction (with the group that failed in it) and
     /// writes the journal's acknowledged groups again into a new one; when
-    /// that fails, nothing is left open (the caller checks the database,
-    /// and reopening it replays the journal).
+    /// that fails, the database goes out of service (reopening it replays
+    /// the journal).
     fn abandon(&mut self, db: &Database) {
         if let Some(o) = self.open.take() {
             let _ = catch_unwind(AssertUnwindSafe(|| o.txn.abort()));
@@ -314,54 +327,14 @@ impl Writer {
         };
         let restored = self.begin(db).map(|_| ()).and_then(|()| {
             let txn = &self.open.as_ref().ok_or(StoreError::Closed)?.txn;
-            unpanicked("redb panicked", || {
-                // A fold that reported a failure (a panic after redb's
-                // durable commit) may have landed: the file then holds the
-                // window and the next epoch.
-                let (epoch, salt) = txn::journal_state(txn)?;
-                let current = self.journal.as_ref().map_or(0, |j| j.epoch);
-                if epoch == current + 1 {
-                    return Ok(Some((epoch, salt)));
-                }
-                let mut t = RedbWrite::open(txn)?;
-                t.replay(&window).map(|()| None)
-            })
+            unpanicked("redb panicked", || RedbWrite::open(txn)?.replay(&window))
         });
-        let restored = match restored {
-            Ok(Some((epoch, salt))) => {
-                if let Some(j) = &mut self.journal {
-                    let old = j.epoch;
-                    j.folded(epoch, salt);
-                    self.overlay.retire(old);
-                }
-                return;
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        match restored {
-            Ok(()) => {
-                if let Some(j) = &mut self.journal {
-                    j.window = window;
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot restore the journaled groups after a failure");
-                if let Some(o) = self.open.take() {
-                    let _ = catch_unwind(AssertUnwindSafe(|| o.txn.abort()));
-                }
-                if let Some(j) = &mut self.journal {
-                    j.window = window;
-                }
-                // Nothing open and the journal not folded: the database
-                // must be reopened (the journal replayed) before serving.
-                self.stats.faults.fetch_add(1, Ordering::Relaxed);
-                self.fault = Some(Fault {
-                    old: self.slot.take(),
-                    next_try: Instant::now() + REOPEN_FIRST,
-                    backoff: REOPEN_FIRST * 2,
-                });
-            }
+        if let Some(j) = &mut self.journal {
+            j.window = window;
+        }
+        if let Err(e) = restored {
+            tracing::error!(error = %e, "cannot restore the journaled groups after a failure");
+            self.out_of_service("restoring the journaled groups failed");
         }
     }
 
@@ -394,7 +367,8 @@ impl Writer {
                 return (finishes, Err(e));
             }
         };
-        let outcome = if !journaled || unjournaled || self.full(&ops) {
+        let fold = !journaled || unjournaled || self.full(&ops);
+        let outcome = if fold {
             let open = self.open.take();
             match open.map(|o| self.fold(o.txn)) {
                 Some(r) => r,
@@ -410,28 +384,36 @@ impl Writer {
                     .items
                     .fetch_add(finishes.len() as u64, Ordering::Relaxed);
             }
-            Err(e) => {
+            Err(e) if fold => {
                 tracing::error!(error = %e, items = finishes.len(), "group commit failed");
-                // The journal append failed (the group is in the open
-                // transaction but not durable), or the fold did (nothing of
-                // the transaction is in the file): either way the
-                // journal's acknowledged groups go into a new transaction.
+                self.fold_failed(e);
+            }
+            Err(e) => {
+                // The journal append failed: the group is in the open
+                // transaction but not durable.
+                tracing::error!(error = %e, items = finishes.len(), "journal append failed");
                 self.recover(db);
             }
         }
         (finishes, outcome)
     }
 
-    /// After a failed group, append or fold: the journal's acknowledged
-    /// groups into a new transaction ([`abandon`](Self::abandon)), folded at
-    /// once, so that a failed record that may be left in the journal is
-    /// stale before anything else is acknowledged, and a failure cannot
-    /// postpone the next fold.
+    /// After a failed group or append: the journal's acknowledged groups
+    /// into a new transaction ([`abandon`](Self::abandon)), folded at once
+    /// (an empty one too), so that a failed record that may be left in the
+    /// journal carries a stale salt before anything else is acknowledged,
+    /// and a failure cannot postpone the next fold.
     fn recover(&mut self, db: &Database) {
         self.abandon(db);
-        if self.open.is_some() {
-            self.fold_open();
+        if self.journal.is_none() || self.fault.is_some() {
+            return;
         }
+        if let Err(e) = self.begin(db).map(|_| ()) {
+            tracing::error!(error = %e, "cannot begin the recovery fold");
+            self.out_of_service("recovery failed");
+            return;
+        }
+        self.fold_open();
     }
 
     /// Whether this group's record would take the journal past
