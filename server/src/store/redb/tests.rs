@@ -177,7 +177,8 @@ fn a_fold_moves_the_epoch_and_old_records_are_not_replayed() {
         ..opts()
     };
     let s = RedbStore::open(&db, o.clone()).unwrap();
-    // Each group's record is ~1 KB: several folds by size.
+    // Each group's record is one 4 KiB block, and two do not fit: a fold
+    // every other group.
     for seq in 1..=20 {
         sync(&s, "tv-1", seq).unwrap();
     }
@@ -329,8 +330,9 @@ fn a_snapshot_after_a_fold_ignores_the_folded_generation() {
     use crate::store::ReadTxn;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.redb");
+    // One group's record (4 KiB) fits, a second does not.
     let o = RedbOptions {
-        fold_bytes: 1200,
+        fold_bytes: 6000,
         ..opts()
     };
     let s = RedbStore::open(&db, o).unwrap();

@@ -316,7 +316,7 @@ macro_rules! impl_read {
             }
             fn device_count(&self) -> StoreResult<u64> {
                 let t = self.devices_t()?;
-                Ok(t.len().map_err(be)? + self.unfolded_devices()?)
+                Ok(t.len().map_err(be)? + self.unfolded_devices())
             }
             fn enrolment(&self, device: &str) -> StoreResult<Option<Enrolment>> {
                 if let Some(v) = newest(self.gens(), |r| {
@@ -397,8 +397,8 @@ impl RedbRead {
 
     /// Devices stored for the first time by groups not yet folded into the
     /// snapshot (its generations are those of its epoch and later).
-    fn unfolded_devices(&self) -> StoreResult<u64> {
-        Ok(self.gens.iter().map(|g| read(&g.rows).new_devices).sum())
+    fn unfolded_devices(&self) -> u64 {
+        self.gens.iter().map(|g| read(&g.rows).new_devices).sum()
     }
 }
 
@@ -409,8 +409,8 @@ impl RedbWrite<'_> {
     }
 
     /// The writer's transaction holds every row it wrote.
-    fn unfolded_devices(&self) -> StoreResult<u64> {
-        Ok(0)
+    fn unfolded_devices(&self) -> u64 {
+        0
     }
 
     /// Records the rows this group writes from now on, for the journal.

@@ -32,7 +32,7 @@ struct Fault {
 impl Fault {
     /// Tries to put the database back in service: drops the failed one
     /// (once no reader holds it), opens the file again and checks that a
-    /// write transaction works. `true` when it is back.
+    /// write transaction works. Its journal epoch and salt when it is back.
     fn reopen(&mut self, slot: &Slot, stats: &CommitStats) -> Option<(u64, u64)> {
         if let Some(old) = self.old.take() {
             match Arc::try_unwrap(old) {
@@ -177,12 +177,7 @@ pub(super) fn run(
             }
         }
         if pending.is_empty() {
-            if w.open
-                .as_ref()
-                .is_some_and(|o| o.since.elapsed() >= w.opts.fold_every)
-            {
-                w.fold_open();
-            }
+            w.fold_if_due();
             continue;
         }
         let db = match w.slot.get() {
@@ -208,13 +203,14 @@ pub(super) fn run(
         for f in finishes {
             f(outcome.clone());
         }
-        if w.open
-            .as_ref()
-            .is_some_and(|o| o.since.elapsed() >= w.opts.fold_every)
-        {
-            w.fold_open();
-        }
+        w.fold_if_due();
     }
+}
+
+/// Abandons `txn`. redb asserts on an abort after an I/O error inside the
+/// transaction: such a panic changes nothing (the transaction is gone).
+fn abort(txn: WriteTransaction) {
+    let _ = catch_unwind(AssertUnwindSafe(|| txn.abort()));
 }
 
 impl Writer {
@@ -223,7 +219,7 @@ impl Writer {
     /// group the file may lack.
     fn out_of_service(&mut self, why: &str) {
         if let Some(o) = self.open.take() {
-            let _ = catch_unwind(AssertUnwindSafe(|| o.txn.abort()));
+            abort(o.txn);
         }
         self.stats.faults.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
@@ -244,6 +240,17 @@ impl Writer {
             tracing::error!(error = %e, "storage fault");
             drop(db);
             self.out_of_service("storage fault");
+        }
+    }
+
+    /// Folds the open transaction once it is `fold_every` old.
+    fn fold_if_due(&mut self) {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.since.elapsed() >= self.opts.fold_every)
+        {
+            self.fold_open();
         }
     }
 
@@ -282,7 +289,7 @@ impl Writer {
                 match set {
                     Ok(x) => Some(x),
                     Err(err) => {
-                        let _ = catch_unwind(AssertUnwindSafe(|| txn.abort()));
+                        abort(txn);
                         return Err(err);
                     }
                 }
@@ -319,7 +326,7 @@ impl Writer {
     /// the journal).
     fn abandon(&mut self, db: &Database) {
         if let Some(o) = self.open.take() {
-            let _ = catch_unwind(AssertUnwindSafe(|| o.txn.abort()));
+            abort(o.txn);
         }
         let window = match &mut self.journal {
             Some(j) if !j.window.is_empty() => std::mem::take(&mut j.window),
@@ -367,15 +374,22 @@ impl Writer {
                 return (finishes, Err(e));
             }
         };
-        let fold = !journaled || unjournaled || self.full(&ops);
-        let outcome = if fold {
-            let open = self.open.take();
-            match open.map(|o| self.fold(o.txn)) {
-                Some(r) => r,
+        // The group's record, unless the group is folded: without the
+        // journal, after a write the journal does not carry, or when the
+        // record would take the journal past `fold_bytes`.
+        let rec = match &self.journal {
+            Some(j) if !unjournaled => journal::record(j.salt, &ops)
+                .map(|r| (j.len + r.len() as u64 <= self.opts.fold_bytes).then_some(r)),
+            _ => Ok(None),
+        };
+        let fold = matches!(rec, Ok(None));
+        let outcome = match rec {
+            Ok(None) => match self.open.take() {
+                Some(o) => self.fold(o.txn),
                 None => Err(StoreError::Closed),
-            }
-        } else {
-            self.append(ops)
+            },
+            Ok(Some(rec)) => self.append(&rec, ops),
+            Err(e) => Err(e),
         };
         match &outcome {
             Ok(()) => {
@@ -416,39 +430,19 @@ impl Writer {
         self.fold_open();
     }
 
-    /// Whether this group's record would take the journal past
-    /// [`RedbOptions::fold_bytes`]: then the group is folded instead.
-    fn full(&self, ops: &[Op]) -> bool {
-        let size: usize = ops.iter().map(op_size).sum();
-        self.journal
-            .as_ref()
-            .is_none_or(|j| j.len + size as u64 > self.opts.fold_bytes)
-    }
-
-    /// Appends the group's record to the journal and, once durable, shows
-    /// its rows to readers.
-    fn append(&mut self, ops: Vec<Op>) -> StoreResult<()> {
+    /// Appends the group's record `rec` (of its rows `ops`) to the journal
+    /// and, once durable, shows the rows to readers.
+    fn append(&mut self, rec: &[u8], ops: Vec<Op>) -> StoreResult<()> {
         let Some(j) = &mut self.journal else {
             return Err(StoreError::Closed);
         };
-        let rec = journal::record(j.salt, &ops)?;
-        j.append(&rec).map_err(be)?;
+        j.append(rec).map_err(be)?;
         self.stats
             .journal_bytes
             .fetch_add(rec.len() as u64, Ordering::Relaxed);
         self.overlay.publish(j.epoch, &ops);
         j.window.extend(ops);
         Ok(())
-    }
-}
-
-/// About the bytes an op takes in a record.
-fn op_size(op: &Op) -> usize {
-    match op {
-        Op::Device(a, v, _) | Op::Enrolment(a, v) => a.len() + v.len() + 8,
-        Op::Pattern(a, b, v) => a.len() + b.len() + v.as_ref().map_or(0, Vec::len) + 8,
-        Op::Floor(a, _) | Op::Meta(a, _) => a.len() + 12,
-        Op::Block(_, v) => v.len() + 12,
     }
 }
 
