@@ -18,10 +18,19 @@
 //! the same codes; and `reconstruct` over the server's `f32` copy of the
 //! basis ([`FloatBasis`]: `run_reconstruct_float`), checked to give the
 //! same embeddings bit for bit.
+//!
+//! `codec-cost time [N] [SECONDS]` times the entropy decoder instead, on
+//! CPU time from `/proc` (not under callgrind): the `N` delta and absolute
+//! streams (default 2,000, distinct real patterns, so that the branch
+//! predictor cannot learn one stream) decoded over and over for about
+//! `SECONDS` each (default 2) with the binary search and with the index,
+//! and prints nanoseconds per pattern and the index's ratio to the binary
+//! search measured in the same run.
 
 use omega_tv_sync::codec::{minilm_v1, Codebook, Codes, DecodeLut, FloatBasis, MAX_CODED_LEN};
 use omega_tv_sync::Embedding;
 use omega_tv_sync_bench::data::{data_dir, drift, read_rows};
+use omega_tv_sync_bench::procfs::cpu_s;
 use std::hint::black_box;
 
 /// Coded streams with the base each decodes against.
@@ -94,9 +103,69 @@ fn run_reconstruct_float(cb: &Codebook<'_>, codes: &[Codes], out: &mut [Embeddin
     reconstruct_each(cb, codes, out);
 }
 
+/// CPU nanoseconds per stream of decoding `streams` over and over for
+/// about `secs` seconds of CPU time.
+fn time_decode(cb: &Codebook<'_>, streams: &Streams, secs: f64) -> f64 {
+    let mut out = vec![[0i16; 384]; streams.len()];
+    let start = cpu_s();
+    let mut rounds = 0u64;
+    while cpu_s() - start < secs {
+        decode_each(cb, streams, &mut out);
+        rounds += 1;
+    }
+    black_box(&out);
+    (cpu_s() - start) * 1e9 / (rounds as f64 * streams.len() as f64)
+}
+
+/// `codec-cost time [N] [SECONDS]` (module docs).
+fn time_mode(mut args: impl Iterator<Item = String>) {
+    let n: usize = args
+        .next()
+        .map_or(2000, |a| a.parse().expect("N is a number"));
+    let secs: f64 = args
+        .next()
+        .map_or(2.0, |a| a.parse().expect("SECONDS is a number"));
+    let rows = read_rows(&data_dir().join("patterns_public.f32")).expect("patterns");
+    let items = read_rows(&data_dir().join("items_public.f32")).expect("items");
+    let cb = minilm_v1().expect("default codebook");
+    let quantize = |v: &[f32; 384]| cb.quantize(&Embedding::new(*v).expect("unit norm"));
+    let codes: Vec<Codes> = rows.iter().cycle().take(n).map(quantize).collect();
+    let absolute: Streams = codes.iter().map(|c| stream(&cb, c, None)).collect();
+    let delta: Streams = rows
+        .iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .zip(codes.iter())
+        .map(|((i, r), c)| {
+            let moved = drift(r, &items[(7 * i + 3) % items.len()], (5 + i % 16) as f64);
+            stream(&cb, &quantize(&moved), Some(c))
+        })
+        .collect();
+    let (mut cum, mut index) = (vec![0u16; cb.lut_cum_len()], vec![0u8; cb.lut_index_len()]);
+    let lut: DecodeLut<'_> = cb.build_lut(&mut cum, &mut index).expect("lut");
+    let fast = cb.with_lut(&lut).expect("same codebook");
+    eprintln!("timing the decoder on {n} streams of each kind, ~{secs} s of CPU per row...");
+    println!("| stream | binary search, ns | with the index, ns | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (name, streams) in [("delta", &delta), ("absolute", &absolute)] {
+        let bisect = time_decode(&cb, streams, secs);
+        let indexed = time_decode(&fast, streams, secs);
+        println!(
+            "| {name} | {bisect:.0} | {indexed:.0} | {:.2} |",
+            indexed / bisect
+        );
+    }
+}
+
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("time") {
+        args.next();
+        return time_mode(args);
+    }
+    let n: usize = args
+        .next()
         .map_or(200, |a| a.parse().expect("N is a number"));
     let rows = read_rows(&data_dir().join("patterns_public.f32")).expect("patterns");
     let embs: Vec<Embedding> = rows
