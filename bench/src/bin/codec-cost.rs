@@ -76,6 +76,26 @@ fn stream(cb: &Codebook<'_>, codes: &Codes, base: Option<&Codes>) -> (Vec<u8>, O
     (buf[..n].to_vec(), base.copied())
 }
 
+/// The absolute stream of each of `codes` (the quantised `rows`), and the
+/// closed-loop delta from it to its row drifted by a real item (the
+/// benchmark drift of `--bin codec`).
+fn streams_of(cb: &Codebook<'_>, rows: &[[f32; 384]], codes: &[Codes]) -> (Streams, Streams) {
+    let items = read_rows(&data_dir().join("items_public.f32")).expect("items");
+    let absolute = codes.iter().map(|c| stream(cb, c, None)).collect();
+    let delta = rows
+        .iter()
+        .cycle()
+        .enumerate()
+        .zip(codes.iter())
+        .map(|((i, r), c)| {
+            let moved = drift(r, &items[(7 * i + 3) % items.len()], (5 + i % 16) as f64);
+            let moved = cb.quantize(&Embedding::new(moved).expect("unit norm"));
+            stream(cb, &moved, Some(c))
+        })
+        .collect();
+    (absolute, delta)
+}
+
 #[inline(never)]
 fn run_quantize(cb: &Codebook<'_>, embs: &[Embedding], out: &mut [Codes]) {
     for (e, o) in embs.iter().zip(out.iter_mut()) {
@@ -126,22 +146,10 @@ fn time_mode(mut args: impl Iterator<Item = String>) {
         .next()
         .map_or(2.0, |a| a.parse().expect("SECONDS is a number"));
     let rows = read_rows(&data_dir().join("patterns_public.f32")).expect("patterns");
-    let items = read_rows(&data_dir().join("items_public.f32")).expect("items");
     let cb = minilm_v1().expect("default codebook");
     let quantize = |v: &[f32; 384]| cb.quantize(&Embedding::new(*v).expect("unit norm"));
     let codes: Vec<Codes> = rows.iter().cycle().take(n).map(quantize).collect();
-    let absolute: Streams = codes.iter().map(|c| stream(&cb, c, None)).collect();
-    let delta: Streams = rows
-        .iter()
-        .cycle()
-        .take(n)
-        .enumerate()
-        .zip(codes.iter())
-        .map(|((i, r), c)| {
-            let moved = drift(r, &items[(7 * i + 3) % items.len()], (5 + i % 16) as f64);
-            stream(&cb, &quantize(&moved), Some(c))
-        })
-        .collect();
+    let (absolute, delta) = streams_of(&cb, &rows, &codes);
     let (mut cum, mut index) = (vec![0u16; cb.lut_cum_len()], vec![0u8; cb.lut_index_len()]);
     let lut: DecodeLut<'_> = cb.build_lut(&mut cum, &mut index).expect("lut");
     let fast = cb.with_lut(&lut).expect("same codebook");
@@ -192,20 +200,7 @@ fn main() {
         .sum::<f64>()
         / n as f64;
     // The decoder: absolute streams, and deltas to a drifted pattern.
-    let items = read_rows(&data_dir().join("items_public.f32")).expect("items");
-    let absolute: Streams = codes.iter().map(|c| stream(&cb, c, None)).collect();
-    let delta: Streams = rows
-        .iter()
-        .cycle()
-        .take(n)
-        .enumerate()
-        .zip(codes.iter())
-        .map(|((i, r), c)| {
-            let moved = drift(r, &items[(7 * i + 3) % items.len()], (5 + i % 16) as f64);
-            let moved = cb.quantize(&Embedding::new(moved).expect("unit norm"));
-            stream(&cb, &moved, Some(c))
-        })
-        .collect();
+    let (absolute, delta) = streams_of(&cb, &rows, &codes);
     let mut decoded = vec![[0i16; 384]; n];
     run_decode_absolute(&cb, &absolute, &mut decoded);
     assert_eq!(decoded, codes, "absolute streams decode to their codes");

@@ -6,24 +6,11 @@
 /// Linux on every architecture this runs on).
 const TICKS: f64 = 100.0;
 
-/// The fields of `/proc/PID/stat` after the command name.
-fn stat_fields(pid: &str) -> Vec<f64> {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Vec::new();
-    };
-    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
-        return Vec::new();
-    };
-    rest.split_whitespace()
-        .map(|v| v.parse::<f64>().unwrap_or(0.0))
-        .collect()
-}
+use omega_tv_sync_bench::procfs::{cpu_s_of, stat_fields};
 
 /// utime + stime of `pid`, in seconds.
 pub(super) fn cpu_s(pid: u32) -> f64 {
-    let f = stat_fields(&pid.to_string());
-    // After the command: state(0) ppid(1) ... utime(11) stime(12).
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS
+    cpu_s_of(&pid.to_string())
 }
 
 /// Name of the threads of the runtime the measured servers run on (the
@@ -80,8 +67,7 @@ fn thread_cpu_s() -> impl Iterator<Item = (String, f64)> {
 
 /// utime + stime of this process, in seconds.
 pub(super) fn self_cpu_s() -> f64 {
-    let f = stat_fields("self");
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS
+    omega_tv_sync_bench::procfs::cpu_s()
 }
 
 /// cutime + cstime of this process (its children that were waited for),
