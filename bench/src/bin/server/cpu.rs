@@ -42,6 +42,39 @@ pub(super) fn split_cpu_s() -> (f64, f64, f64, f64) {
     (server, rest, attackers, writer)
 }
 
+/// Voluntary context switches of the servers' live threads (the same
+/// threads as [`split_cpu_s`]'s server share) and of the writer thread
+/// among them: each is a thread that went to sleep waiting (for work, a
+/// wake-up, the disk), from `voluntary_ctxt_switches` of
+/// `/proc/self/task/*/status`.
+pub(super) fn server_switches() -> (u64, u64) {
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    let (mut server, mut writer) = (0, 0);
+    for t in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+        };
+        let comm = field("Name:").unwrap_or("");
+        if !(comm.starts_with(SERVER_THREADS) || comm.starts_with("constellation")) {
+            continue;
+        }
+        let n = field("voluntary_ctxt_switches:")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        server += n;
+        if comm.starts_with(WRITER_THREADS) {
+            writer += n;
+        }
+    }
+    (server, writer)
+}
+
 /// Name prefix of the redb store's writer thread (`constellation-writer`,
 /// cut to 15 bytes by the kernel): the one thread every write goes through.
 pub(super) const WRITER_THREADS: &str = "constellation-w";

@@ -227,6 +227,10 @@ pub(super) struct RunResult {
     /// the clients' start gate to the end of the run
     /// ([`super::cpu::split_cpu_s`]).
     pub(super) cpu: (f64, f64, f64, f64),
+    /// Voluntary context switches of the server threads, and of the writer
+    /// thread among them, over the same span
+    /// ([`super::cpu::server_switches`]).
+    pub(super) switches: (u64, u64),
 }
 
 /// Drives `url` with `clients` devices for `seconds` after their initial
@@ -244,7 +248,7 @@ pub(super) async fn drive(
     let mut tasks = Vec::new();
     let deadline_after = Duration::from_secs_f64(a.seconds);
     let start_gate = Arc::new(tokio::sync::Barrier::new(a.clients));
-    let cpu0 = Arc::new(std::sync::Mutex::new((0.0, 0.0, 0.0, 0.0)));
+    let cpu0 = Arc::new(std::sync::Mutex::new(((0.0, 0.0, 0.0, 0.0), (0u64, 0u64))));
     for c in 0..a.clients {
         let url = urls[c % urls.len()].clone();
         let ch = ch.clone();
@@ -265,7 +269,7 @@ pub(super) async fn drive(
             }
             if gate.wait().await.is_leader() {
                 if let Ok(mut c) = cpu0.lock() {
-                    *c = super::cpu::split_cpu_s();
+                    *c = (super::cpu::split_cpu_s(), super::cpu::server_switches());
                 }
             }
             // Everyone starts at the current global version: a steady-state sync.
@@ -324,8 +328,13 @@ pub(super) async fn drive(
         }
     }
     let (s1, r1, a1, w1) = super::cpu::split_cpu_s();
-    let (s0, r0, a0, w0) = cpu0.lock().map(|c| *c).unwrap_or_default();
+    let switches = super::cpu::server_switches();
+    let ((s0, r0, a0, w0), switches0) = cpu0.lock().map(|c| *c).unwrap_or_default();
     total.cpu = (s1 - s0, r1 - r0, a1 - a0, w1 - w0);
+    total.switches = (
+        switches.0.saturating_sub(switches0.0),
+        switches.1.saturating_sub(switches0.1),
+    );
     total.lat_us.sort_unstable();
     total
 }

@@ -20,7 +20,8 @@
 //! (threads named `srv-rt`) beside the clients' runtime, so the table also
 //! gives the server's CPU per sync and the clients', from
 //! `/proc/self/task` (the server runtime's threads and the store's writer
-//! thread vs the rest).
+//! thread vs the rest), and how often the server's threads slept per sync
+//! (their voluntary context switches, the writer's apart).
 //!
 //! With `--attack` it measures only the fleet under attack (`attack.rs`):
 //! the same server, fleet syncs/s without and then with 20 concurrent
@@ -374,7 +375,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     println!();
     for (changed, real, bare_r, _) in &compared {
         println!(
-            "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs; the writer thread {:.0} µs per sync, on a CPU {:.0}% of the run",
+            "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs; the writer thread {:.0} µs per sync, on a CPU {:.0}% of the run; the server threads slept {:.2} times per sync ({:.2} of them the writer's) vs {:.2}",
             rate(real) / rate(bare_r).max(1e-9),
             rate(bare_r) / rate(real).max(1e-9),
             us_per_sync(real.cpu.0, real),
@@ -384,6 +385,9 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
             us_per_sync(bare_r.cpu.1, bare_r),
             us_per_sync(real.cpu.3, real),
             100.0 * real.cpu.3 / real.elapsed.max(1e-9),
+            real.switches.0 as f64 / real.syncs.max(1) as f64,
+            real.switches.1 as f64 / real.syncs.max(1) as f64,
+            bare_r.switches.0 as f64 / bare_r.syncs.max(1) as f64,
         );
     }
     println!(
