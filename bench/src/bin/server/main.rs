@@ -12,7 +12,7 @@
 //!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
 //!     [--max-batch 1024] [--attack] [--leader-devices 1000] [--cohort-devices 400]
 //!     [--postgres URL2 --serve-bin target/release/constellation]
-//!     [--compare-changed 5,1] [--public-read-rate 1000]
+//!     [--compare-changed 5,1] [--public-read-rate 1000] [--no-journal] [--stores 1]
 //! ```
 //!
 //! The comparison runs once per `--compare-changed` value (default: the
@@ -22,6 +22,11 @@
 //! `/proc/self/task` (the server runtime's threads and the store's writer
 //! thread vs the rest), and how often the server's threads slept per sync
 //! (their voluntary context switches, the writer's apart).
+//!
+//! `--stores N` runs the comparison's real server as N servers, each on a
+//! database and writer of its own, the clients split over them: an upper
+//! bound of what a store sharded by device (N writers, N journals) would
+//! answer, against the same bare handler.
 //!
 //! With `--attack` it measures only the fleet under attack (`attack.rs`):
 //! the same server, fleet syncs/s without and then with 20 concurrent
@@ -111,6 +116,9 @@ struct Args {
     public_read_rate: Option<u32>,
     /// `--no-journal`: a redb commit per group instead of the sync journal.
     no_journal: bool,
+    /// `--stores N`: the comparison's real server as N servers on N
+    /// databases, the clients split over them (default 1).
+    stores: usize,
 }
 
 fn args() -> Args {
@@ -130,6 +138,7 @@ fn args() -> Args {
         compare_changed: Vec::new(),
         public_read_rate: None,
         no_journal: false,
+        stores: 1,
     };
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = argv.iter().position(|s| s == "--attack") {
@@ -155,6 +164,7 @@ fn args() -> Args {
             "--leader-devices" => a.leader_devices = v.parse().unwrap_or(a.leader_devices),
             "--cohort-devices" => a.cohort_devices = v.parse().unwrap_or(a.cohort_devices),
             "--public-read-rate" => a.public_read_rate = v.parse().ok(),
+            "--stores" => a.stores = v.parse().unwrap_or(a.stores).max(1),
             "--compare-changed" => {
                 a.compare_changed = v.split(',').filter_map(|x| x.trim().parse().ok()).collect()
             }
@@ -258,6 +268,30 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
         return;
     }
 
+    // `--stores N`: N - 1 more real servers, each on its own database, the
+    // clients of the comparison split over all N (client c talks to server
+    // c % N): what a store sharded by device, N writers and N journals,
+    // could answer at most.
+    let mut extra = Vec::new();
+    let mut extra_dirs = Vec::new();
+    for i in 1..a.stores.max(1) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut c = cfg.clone();
+        c.db = Some(d.path().join(format!("bench-{i}.redb")));
+        extra.push(
+            srv_rt
+                .spawn(Server::start(c))
+                .await
+                .expect("server task")
+                .expect("server"),
+        );
+        extra_dirs.push(d);
+    }
+    let urls = std::iter::once(srv.url())
+        .chain(extra.iter().map(|s| s.url()))
+        .collect::<Vec<_>>()
+        .join(",");
+
     // Each `--changed` value of the comparison (5, then 1, by default):
     // the real server, then a bare handler answering the real server's
     // bytes for that sync, the same clients, fresh devices each time.
@@ -284,11 +318,19 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
             .await
             .expect("bare server task");
         println!(
-            "server throughput: {} clients (keep-alive), {} patterns per device, {} changed per sync (closed-loop deltas on real vectors), {} s per server",
-            ak.clients, ak.patterns, ak.changed, ak.seconds
+            "server throughput: {} clients (keep-alive), {} patterns per device, {} changed per sync (closed-loop deltas on real vectors), {} s per server{}",
+            ak.clients,
+            ak.patterns,
+            ak.changed,
+            ak.seconds,
+            if a.stores > 1 {
+                format!("; the real server as {} stores, the clients split over them (globals live: the first store's)", a.stores)
+            } else {
+                String::new()
+            }
         );
         eprintln!("[server] redb, {} changed: {} s", ak.changed, ak.seconds);
-        let real = drive(&srv.url(), &ak, &ch, codebook, 1_000 * k).await;
+        let real = drive(&urls, &ak, &ch, codebook, 1_000 * k).await;
         let real_globals = feed(&srv.url()).await.globals;
         eprintln!(
             "[server] bare axum, {} changed: {} s",
@@ -297,7 +339,14 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
         let bare_r = drive(&format!("http://{bare}"), &ak, &ch, codebook, 1_000 * k).await;
         compared.push((ak.changed, real, bare_r, real_globals));
     }
-    let (commits0, items0) = srv.state().store.commit_stats();
+    let (commits0, items0) = std::iter::once(&srv)
+        .chain(extra.iter())
+        .map(|s| s.state().store.commit_stats())
+        .fold((0, 0), |(c, i), (c1, i1)| (c + c1, i + i1));
+    for s in extra {
+        s.shutdown().await;
+    }
+    drop(extra_dirs);
     // The same load on a PostgreSQL node (give an empty database: device
     // ids repeat from run to run), with the WAL it writes.
     let pg = match a.postgres.first() {
@@ -375,7 +424,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     println!();
     for (changed, real, bare_r, _) in &compared {
         println!(
-            "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs; the writer thread {:.0} µs per sync, on a CPU {:.0}% of the run; the server threads slept {:.2} times per sync ({:.2} of them the writer's) vs {:.2}",
+            "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs; the writer thread(s) {:.0} µs per sync, on a CPU {:.0}% of the run; the server threads slept {:.2} times per sync ({:.2} of them the writer(s)) vs {:.2}",
             rate(real) / rate(bare_r).max(1e-9),
             rate(bare_r) / rate(real).max(1e-9),
             us_per_sync(real.cpu.0, real),
