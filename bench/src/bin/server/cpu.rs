@@ -2,11 +2,7 @@
 //! of this one and its children, of the PostgreSQL backends of given ports
 //! (polled while they come and go), and of the whole machine.
 
-/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, 100 on
-/// Linux on every architecture this runs on).
-const TICKS: f64 = 100.0;
-
-use omega_tv_sync_bench::procfs::{cpu_s_of, stat_fields};
+use omega_tv_sync_bench::procfs::{cpu_of, cpu_s_of, stat, stat_fields, TICKS};
 
 /// utime + stime of `pid`, in seconds.
 pub(super) fn cpu_s(pid: u32) -> f64 {
@@ -28,7 +24,7 @@ pub(super) const SERVER_THREADS: &str = "srv-rt";
 pub(super) fn split_cpu_s() -> (f64, f64, f64, f64) {
     let (mut server, mut attackers, mut rest, mut writer) = (0.0, 0.0, 0.0, 0.0);
     for (comm, c) in thread_cpu_s() {
-        if comm.starts_with(SERVER_THREADS) || comm.starts_with("constellation") {
+        if is_server_thread(&comm) {
             server += c;
             if comm.starts_with(WRITER_THREADS) {
                 writer += c;
@@ -40,6 +36,12 @@ pub(super) fn split_cpu_s() -> (f64, f64, f64, f64) {
         }
     }
     (server, rest, attackers, writer)
+}
+
+/// A thread of the servers: the [`SERVER_THREADS`] runtime's, or the
+/// store's (`constellation-…`).
+fn is_server_thread(comm: &str) -> bool {
+    comm.starts_with(SERVER_THREADS) || comm.starts_with("constellation")
 }
 
 /// Voluntary context switches of the servers' live threads (the same
@@ -61,7 +63,7 @@ pub(super) fn server_switches() -> (u64, u64) {
                 .map(str::trim)
         };
         let comm = field("Name:").unwrap_or("");
-        if !(comm.starts_with(SERVER_THREADS) || comm.starts_with("constellation")) {
+        if !is_server_thread(comm) {
             continue;
         }
         let n = field("voluntary_ctxt_switches:")
@@ -87,14 +89,8 @@ pub(super) const ATTACK_THREADS: &str = "atk-rt";
 fn thread_cpu_s() -> impl Iterator<Item = (String, f64)> {
     let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
     tasks.flatten().filter_map(|t| {
-        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
-        let f: Vec<f64> = stat[close + 1..]
-            .split_whitespace()
-            .map(|v| v.parse::<f64>().unwrap_or(0.0))
-            .collect();
-        let c = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / TICKS;
-        Some((stat[open + 1..close].to_string(), c))
+        let (comm, f) = stat(&format!("self/task/{}", t.file_name().to_str()?))?;
+        Some((comm, cpu_of(&f)))
     })
 }
 
@@ -111,9 +107,9 @@ pub(super) fn children_cpu_s() -> f64 {
 }
 
 fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    // After the command: state(0) ppid(1).
+    let (_, f) = stat(&pid.to_string())?;
+    f.get(1).map(|&p| p as u32)
 }
 
 /// The PostgreSQL processes behind `ports`: each postmaster started with

@@ -22,6 +22,15 @@ fn opts() -> RedbOptions {
     }
 }
 
+/// [`opts`] with a journal that holds one group's record (one 4 KiB
+/// block) but not two: every second group is folded.
+fn opts_one_record() -> RedbOptions {
+    RedbOptions {
+        fold_bytes: 6000,
+        ..opts()
+    }
+}
+
 fn pattern(rev: u32) -> StoredPattern {
     let mut codes = Box::new([0i16; omega_tv_sync::DIM]);
     for (i, c) in codes.iter_mut().enumerate() {
@@ -172,13 +181,9 @@ fn a_torn_or_flipped_record_loses_only_its_own_group_and_later_ones() {
 fn a_fold_moves_the_epoch_and_old_records_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.redb");
-    let o = RedbOptions {
-        fold_bytes: 6000,
-        ..opts()
-    };
+    let o = opts_one_record();
     let s = RedbStore::open(&db, o.clone()).unwrap();
-    // Each group's record is one 4 KiB block, and two do not fit: a fold
-    // every other group.
+    // A fold every other group.
     for seq in 1..=20 {
         sync(&s, "tv-1", seq).unwrap();
     }
@@ -330,12 +335,7 @@ fn a_snapshot_after_a_fold_ignores_the_folded_generation() {
     use crate::store::ReadTxn;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.redb");
-    // One group's record (4 KiB) fits, a second does not.
-    let o = RedbOptions {
-        fold_bytes: 6000,
-        ..opts()
-    };
-    let s = RedbStore::open(&db, o).unwrap();
+    let s = RedbStore::open(&db, opts_one_record()).unwrap();
     sync(&s, "tv-1", 1).unwrap();
     // The generations as a reader pairing right after the commit gets them.
     let ((), gens) = s.overlay.pair(|| Ok(())).unwrap();
