@@ -326,6 +326,59 @@ fn the_float_basis_reconstructs_what_the_blob_reconstructs() {
     );
 }
 
+/// `reconstruct_many` gives `reconstruct`'s embeddings (or errors) bit for
+/// bit, with the float basis (eight patterns per pass over the basis) and
+/// without, for batches of every length around the batch of eight, and
+/// writes exactly as many results as both slices hold.
+#[test]
+fn reconstruct_many_is_reconstruct_one_by_one() {
+    let [cb, small] = books();
+    let mut rows_f32 = vec![0f32; cb.float_basis_len()];
+    let fb: FloatBasis<'_> = cb.build_float_basis(&mut rows_f32).unwrap();
+    let float = cb.with_float_basis(&fb).unwrap();
+    let mut rng = SplitMix64::new(23);
+    let pats = rows("patterns_public.f32");
+    // Real codes, sparse codes (every remainder of the four-row passes
+    // inside a block of rows), the extremes and the all-zero codes.
+    let mut codes: Vec<Codes> = pats
+        .iter()
+        .take(60)
+        .map(|p| cb.quantize(&Embedding::new(*p).unwrap()))
+        .collect();
+    for nonzero in 0..10 {
+        let mut c = [0i16; DIM];
+        for _ in 0..nonzero {
+            c[(rng.next_u64() % DIM as u64) as usize] = (rng.next_u64() % 401) as i16 - 200;
+        }
+        codes.push(c);
+    }
+    codes.extend([[i16::MAX; DIM], [i16::MIN; DIM], [0; DIM]]);
+    codes.extend((0..8).map(|_| random_codes(&mut rng, 3000)));
+    fn bits(r: &Result<Embedding, Error>) -> Result<[u32; DIM], Error> {
+        r.as_ref()
+            .map(|e| e.as_array().map(f32::to_bits))
+            .map_err(|e| *e)
+    }
+    for book in [&cb, &float, &small] {
+        for n in [0, 1, 7, 8, 9, 16, 17, codes.len()] {
+            let cs = &codes[..n];
+            let mut out = vec![Err(Error::Truncated); n + 2];
+            book.reconstruct_many(cs, &mut out);
+            for (c, o) in cs.iter().zip(&out) {
+                assert_eq!(bits(o), bits(&book.reconstruct(c)), "batch of {n}");
+            }
+            // Results past the codes are left alone.
+            assert!(out[n..].iter().all(|o| *o == Err(Error::Truncated)));
+            // A shorter output takes the first results only.
+            let mut short = vec![Err(Error::Truncated); n / 2];
+            book.reconstruct_many(cs, &mut short);
+            for (c, o) in cs.iter().zip(&short) {
+                assert_eq!(bits(o), bits(&book.reconstruct(c)), "batch of {n}, short");
+            }
+        }
+    }
+}
+
 /// Lowest cosine between a real pattern and its reconstruction, over the
 /// first 300 public patterns, for either codebook. The codec's contract is
 /// ranking fidelity (recall@10, measured by the codec bench); this floor

@@ -25,6 +25,14 @@ pub trait CodeSpace: Send + Sync + 'static {
     fn encode(&self, codes: &Codes, out: &mut [u8]) -> Result<usize>;
     /// The (unit-norm) embedding the codes stand for.
     fn reconstruct(&self, codes: &Codes) -> Result<Embedding>;
+    /// [`reconstruct`](Self::reconstruct) of every `codes[i]` into
+    /// `out[i]` (as many as the shorter holds): the same results, perhaps
+    /// in less time than one by one.
+    fn reconstruct_many(&self, codes: &[Codes], out: &mut [Result<Embedding>]) {
+        for (c, o) in codes.iter().zip(out.iter_mut()) {
+            *o = self.reconstruct(c);
+        }
+    }
     /// The codes of an embedding.
     fn quantize(&self, e: &Embedding) -> Codes;
 }
@@ -80,10 +88,168 @@ impl CodeSpace for Codebook<'static> {
         Codebook::encode(self, codes, None, out)
     }
     fn reconstruct(&self, codes: &Codes) -> Result<Embedding> {
-        Codebook::reconstruct(self, codes)
+        wide::reconstruct(self, codes)
+    }
+    fn reconstruct_many(&self, codes: &[Codes], out: &mut [Result<Embedding>]) {
+        wide::reconstruct_many(self, codes, out)
     }
     fn quantize(&self, e: &Embedding) -> Codes {
         Codebook::quantize(self, e)
+    }
+}
+
+/// [`Codebook::reconstruct`] compiled for the widest vector unit the CPU
+/// has (AVX-512, AVX2, else the build's baseline), chosen at run time.
+///
+/// Aggregation reconstructs every changed pattern it takes in, the
+/// server's main floating-point work (docs/benchmarks.md, "Load"); with a
+/// [`FloatBasis`] attached that is `DIM` rows of `DIM` `f32` added into an
+/// accumulator, which the baseline x86-64 build does four lanes at a time.
+/// The same function, inlined into a caller compiled with a wider unit,
+/// adds 8 or 16 lanes at a time. The sums are the same, bit for bit: each
+/// accumulator lane still adds the same products in the same order, and
+/// Rust never fuses a multiply and an add on its own (docs/codec.md,
+/// "Float basis"; the test is `bench/tests/wide.rs`, whose package the dev
+/// profile optimises enough to vectorise).
+pub mod wide {
+    use super::*;
+
+    /// A vector unit [`reconstruct`] can run on.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Unit {
+        /// AVX-512 (foundation), with the AVX2, FMA and F16C it implies.
+        Avx512,
+        /// AVX2 (with the AVX it implies).
+        Avx2,
+        /// The build's own code generation.
+        Baseline,
+    }
+
+    impl Unit {
+        /// Every unit, widest first.
+        pub const ALL: [Unit; 3] = [Unit::Avx512, Unit::Avx2, Unit::Baseline];
+
+        /// Its name in tables: `avx512`, `avx2`, `baseline`.
+        pub fn name(self) -> &'static str {
+            match self {
+                Unit::Avx512 => "avx512",
+                Unit::Avx2 => "avx2",
+                Unit::Baseline => "baseline",
+            }
+        }
+
+        /// Whether this CPU (and its OS) can run it. Each unit is asked for
+        /// with every feature `#[target_feature]` turns on with it, so that
+        /// nothing the compiler may emit there is missing.
+        pub fn available(self) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                match self {
+                    Unit::Avx512 => has!("avx512f") && has!("avx2") && has!("fma") && has!("f16c"),
+                    Unit::Avx2 => has!("avx2"),
+                    Unit::Baseline => true,
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                self == Unit::Baseline
+            }
+        }
+    }
+
+    /// The widest unit this CPU can run.
+    pub fn unit() -> Unit {
+        Unit::ALL
+            .into_iter()
+            .find(|u| u.available())
+            .unwrap_or(Unit::Baseline)
+    }
+
+    /// The embedding `codes` stand for in `book`, on the widest unit found.
+    pub fn reconstruct(book: &Codebook<'_>, codes: &Codes) -> Result<Embedding> {
+        on(unit(), book, codes).unwrap_or_else(|| book.reconstruct(codes))
+    }
+
+    /// The embedding `codes` stand for in `book`, on `unit`; `None` when
+    /// this CPU cannot run it. `#[inline]`, so that a caller's crate
+    /// compiles its own copy (the tests', optimised to vectorise).
+    #[inline]
+    pub fn on(unit: Unit, book: &Codebook<'_>, codes: &Codes) -> Option<Result<Embedding>> {
+        if !unit.available() {
+            return None;
+        }
+        Some(match unit {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available` found AVX-512F, AVX2, FMA and F16C, every
+            // feature `avx512f` enables.
+            Unit::Avx512 => unsafe { avx512(book, codes) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available` found AVX2 (which implies the AVX it enables).
+            Unit::Avx2 => unsafe { avx2(book, codes) },
+            _ => book.reconstruct(codes),
+        })
+    }
+
+    /// [`reconstruct`] of every `codes[i]` into `out[i]`, through
+    /// [`Codebook::reconstruct_many`] (the basis read once per eight
+    /// patterns) on the widest unit found.
+    pub fn reconstruct_many(book: &Codebook<'_>, codes: &[Codes], out: &mut [Result<Embedding>]) {
+        if !on_many(unit(), book, codes, out) {
+            book.reconstruct_many(codes, out);
+        }
+    }
+
+    /// [`reconstruct_many`] on `unit`; `false` (nothing written) when this
+    /// CPU cannot run it.
+    #[inline]
+    pub fn on_many(
+        unit: Unit,
+        book: &Codebook<'_>,
+        codes: &[Codes],
+        out: &mut [Result<Embedding>],
+    ) -> bool {
+        if !unit.available() {
+            return false;
+        }
+        match unit {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `on`.
+            Unit::Avx512 => unsafe { avx512_many(book, codes, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `on`.
+            Unit::Avx2 => unsafe { avx2_many(book, codes, out) },
+            _ => book.reconstruct_many(codes, out),
+        }
+        true
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn avx2_many(book: &Codebook<'_>, codes: &[Codes], out: &mut [Result<Embedding>]) {
+        book.reconstruct_many(codes, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn avx512_many(book: &Codebook<'_>, codes: &[Codes], out: &mut [Result<Embedding>]) {
+        book.reconstruct_many(codes, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn avx2(book: &Codebook<'_>, codes: &Codes) -> Result<Embedding> {
+        book.reconstruct(codes)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn avx512(book: &Codebook<'_>, codes: &Codes) -> Result<Embedding> {
+        book.reconstruct(codes)
     }
 }
 

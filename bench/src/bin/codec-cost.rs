@@ -19,14 +19,22 @@
 //! basis ([`FloatBasis`]: `run_reconstruct_float`), checked to give the
 //! same embeddings bit for bit.
 //!
+//! Last, the server's reconstruction (`constellation::codebooks::wide`):
+//! the same `f32` basis compiled for the widest vector unit the CPU has
+//! (`run_reconstruct_wide`; under valgrind, which offers no AVX-512, that is
+//! AVX2), checked to give the same embeddings bit for bit.
+//!
 //! `codec-cost time [N] [SECONDS]` times the entropy decoder instead, on
 //! CPU time from `/proc` (not under callgrind): the `N` delta and absolute
 //! streams (default 2,000, distinct real patterns, so that the branch
 //! predictor cannot learn one stream) decoded over and over for about
 //! `SECONDS` each (default 2) with the binary search and with the index,
 //! and prints nanoseconds per pattern and the index's ratio to the binary
-//! search measured in the same run.
+//! search measured in the same run; then the reconstruction over the
+//! `f32` basis, as the build compiles it and on the widest unit found
+//! (the same `N` patterns' codes), with the ratio of the two.
 
+use constellation::codebooks::wide::{self, Unit};
 use omega_tv_sync::codec::{minilm_v1, Codebook, Codes, DecodeLut, FloatBasis, MAX_CODED_LEN};
 use omega_tv_sync::Embedding;
 use omega_tv_sync_bench::data::{data_dir, drift, read_rows};
@@ -123,18 +131,33 @@ fn run_reconstruct_float(cb: &Codebook<'_>, codes: &[Codes], out: &mut [Embeddin
     reconstruct_each(cb, codes, out);
 }
 
+#[inline(never)]
+fn run_reconstruct_wide(cb: &Codebook<'_>, codes: &[Codes], out: &mut [Embedding]) {
+    assert!(cb.has_float_basis(), "the f32 basis");
+    for (c, o) in codes.iter().zip(out.iter_mut()) {
+        *o = wide::reconstruct(cb, black_box(c)).expect("nonzero");
+    }
+}
+
+/// CPU nanoseconds per pattern of `f` over `n` patterns, run over and
+/// over for about `secs` seconds of CPU time.
+fn time_per(n: usize, secs: f64, mut f: impl FnMut()) -> f64 {
+    let start = cpu_s();
+    let mut rounds = 0u64;
+    while cpu_s() - start < secs {
+        f();
+        rounds += 1;
+    }
+    (cpu_s() - start) * 1e9 / (rounds as f64 * n as f64)
+}
+
 /// CPU nanoseconds per stream of decoding `streams` over and over for
 /// about `secs` seconds of CPU time.
 fn time_decode(cb: &Codebook<'_>, streams: &Streams, secs: f64) -> f64 {
     let mut out = vec![[0i16; 384]; streams.len()];
-    let start = cpu_s();
-    let mut rounds = 0u64;
-    while cpu_s() - start < secs {
-        decode_each(cb, streams, &mut out);
-        rounds += 1;
-    }
+    let ns = time_per(streams.len(), secs, || decode_each(cb, streams, &mut out));
     black_box(&out);
-    (cpu_s() - start) * 1e9 / (rounds as f64 * streams.len() as f64)
+    ns
 }
 
 /// `codec-cost time [N] [SECONDS]` (module docs).
@@ -164,6 +187,57 @@ fn time_mode(mut args: impl Iterator<Item = String>) {
             indexed / bisect
         );
     }
+    let mut rows_f32 = vec![0f32; cb.float_basis_len()];
+    let fb: FloatBasis<'_> = cb.build_float_basis(&mut rows_f32).expect("float basis");
+    let float = cb.with_float_basis(&fb).expect("same codebook");
+    let mut out = vec![Embedding::new(rows[0]).expect("unit norm"); n];
+    let mut out_wide = out.clone();
+    let unit = wide::unit().name();
+    eprintln!("timing the reconstruction over the f32 basis, ~{secs} s of CPU per column...");
+    println!();
+    println!("| reconstruct ({n} patterns) | build's baseline, ns | {unit}, ns | ratio |");
+    println!("|---|---:|---:|---:|");
+    let mut baseline = || {
+        time_per(n, secs / 2.0, || {
+            for (c, o) in codes.iter().zip(out.iter_mut()) {
+                *o = wide::on(Unit::Baseline, &float, black_box(c))
+                    .expect("always available")
+                    .expect("nonzero");
+            }
+        })
+    };
+    // Each half of each column in the other order, so that neither always
+    // runs on a cache the other warmed.
+    let base_first = baseline();
+    let mut widest = || {
+        time_per(n, secs / 2.0, || {
+            run_reconstruct_wide(&float, &codes, &mut out_wide)
+        })
+    };
+    let widened = (widest() + widest()) / 2.0;
+    let base = (base_first + baseline()) / 2.0;
+    black_box((&out, &out_wide));
+    println!(
+        "| f32 basis | {base:.0} | {widened:.0} | {:.2} |",
+        widened / base
+    );
+    let mut many_out: Vec<omega_tv_sync::Result<Embedding>> = codes
+        .iter()
+        .map(|_| Err(omega_tv_sync::Error::Truncated))
+        .collect();
+    let mut many = |u: Unit| {
+        time_per(n, secs / 2.0, || {
+            wide::on_many(u, &float, black_box(&codes), &mut many_out);
+        })
+    };
+    let (m1, w1) = (many(Unit::Baseline), many(wide::unit()));
+    let (w2, m2) = (many(wide::unit()), many(Unit::Baseline));
+    let (m, w) = ((m1 + m2) / 2.0, (w1 + w2) / 2.0);
+    println!(
+        "| f32 basis, eight at a time | {m:.0} ({:.2}) | {w:.0} | {:.2} |",
+        m / base,
+        w / base
+    );
 }
 
 fn main() {
@@ -218,9 +292,9 @@ fn main() {
     );
     let mut rows_f32 = vec![0f32; cb.float_basis_len()];
     let fb: FloatBasis<'_> = cb.build_float_basis(&mut rows_f32).expect("float basis");
-    let wide = cb.with_float_basis(&fb).expect("same codebook");
+    let float = cb.with_float_basis(&fb).expect("same codebook");
     let mut out_f32 = out.clone();
-    run_reconstruct_float(&wide, &codes, &mut out_f32);
+    run_reconstruct_float(&float, &codes, &mut out_f32);
     let bits = |v: &[Embedding]| -> Vec<[u32; 384]> {
         v.iter().map(|e| e.as_array().map(f32::to_bits)).collect()
     };
@@ -228,6 +302,12 @@ fn main() {
         bits(&out_f32),
         bits(&out),
         "the f32 basis reconstructs alike, bit for bit"
+    );
+    run_reconstruct_wide(&float, &codes, &mut out_f32);
+    assert_eq!(
+        bits(&out_f32),
+        bits(&out),
+        "the wide unit reconstructs alike, bit for bit"
     );
     let mean_len = |s: &Streams| s.iter().map(|(b, _)| b.len()).sum::<usize>() as f64 / n as f64;
     println!(

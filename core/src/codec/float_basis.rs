@@ -64,38 +64,92 @@ impl Codebook<'_> {
     }
 }
 
+/// Patterns [`Codebook::reconstruct_many`] reconstructs together: their
+/// accumulators (`BATCH x DIM` `f32`, 12 KiB) and one block of rows stay
+/// in the L1 cache while each pattern adds its rows from the block.
+pub(super) const BATCH: usize = 8;
+
+/// Basis rows per block of the batched loop (`BLOCK x DIM` `f32`, 24 KiB).
+const BLOCK: usize = 16;
+
 impl Codebook<'_> {
     /// Adds `q_j * d_j * B_j` for every nonzero code `q_j` to `acc`, over
     /// `basis` (built for this codebook): the values of the `i16` rows
     /// (each `i16` is exact in `f32`) in the same order as
     /// [`reconstruct`](Codebook::reconstruct)'s loop over them, four rows
     /// per pass over `acc` (each sum still rounded row by row): the same
-    /// sums, bit for bit.
+    /// sums, bit for bit. Inlined with [`reconstruct`](Codebook::reconstruct)
+    /// into a caller compiled for a wider vector unit.
+    #[inline(always)]
     pub(super) fn add_float_rows(&self, basis: &FloatBasis<'_>, c: &Codes, acc: &mut [f32; DIM]) {
-        let mut terms = c
-            .iter()
-            .zip(basis.rows())
-            .zip(self.dec_mul.chunks_exact(4))
+        add_terms(self.terms(c, basis.rows(), self.dec_mul), acc);
+    }
+
+    /// [`add_float_rows`](Self::add_float_rows) for up to [`BATCH`]
+    /// patterns at once (`codes[i]` into `accs[i]`), block of rows by block
+    /// of rows: each block is read from memory once for all of them,
+    /// instead of the whole basis (576 KiB) once per pattern. Each
+    /// accumulator still adds its pattern's nonzero rows in order, each
+    /// product rounded into it one by one, so the sums are
+    /// [`add_float_rows`](Self::add_float_rows)'s, bit for bit.
+    #[inline(always)]
+    pub(super) fn add_float_rows_many(
+        &self,
+        basis: &FloatBasis<'_>,
+        codes: &[Codes],
+        accs: &mut [[f32; DIM]],
+    ) {
+        let blocks = basis
+            .rows
+            .chunks(BLOCK * DIM)
+            .zip(self.dec_mul.chunks(BLOCK * 4))
+            .enumerate();
+        for (b, (rows, dec_mul)) in blocks {
+            for (c, acc) in codes.iter().zip(accs.iter_mut()) {
+                let part = c.get(b * BLOCK..).unwrap_or(&[]);
+                add_terms(self.terms(part, rows.chunks_exact(DIM), dec_mul), acc);
+            }
+        }
+    }
+
+    /// `(q_j * d_j, B_j)` of every nonzero code of `c` over `rows` and
+    /// their multipliers.
+    #[inline(always)]
+    fn terms<'r>(
+        &self,
+        c: &'r [i16],
+        rows: core::slice::ChunksExact<'r, f32>,
+        dec_mul: &'r [u8],
+    ) -> impl Iterator<Item = (f32, &'r [f32])> + 'r {
+        c.iter()
+            .zip(rows)
+            .zip(dec_mul.chunks_exact(4))
             .filter(|((&q, _), _)| q != 0)
             .map(|((&q, row), dm)| (f32::from(q) * f32_le(dm), row))
-            .fuse();
-        loop {
-            match (terms.next(), terms.next(), terms.next(), terms.next()) {
-                (Some((k0, r0)), Some((k1, r1)), Some((k2, r2)), Some((k3, r3))) => {
-                    for ((((a, &b0), &b1), &b2), &b3) in
-                        acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
-                    {
-                        *a = (((*a + k0 * b0) + k1 * b1) + k2 * b2) + k3 * b3;
+            .fuse()
+    }
+}
+
+/// Adds `k * row` for every term to `acc`, four rows per pass over it, each
+/// product rounded into it in order.
+#[inline(always)]
+fn add_terms<'r>(terms: impl Iterator<Item = (f32, &'r [f32])>, acc: &mut [f32; DIM]) {
+    let mut terms = terms.fuse();
+    loop {
+        match (terms.next(), terms.next(), terms.next(), terms.next()) {
+            (Some((k0, r0)), Some((k1, r1)), Some((k2, r2)), Some((k3, r3))) => {
+                for ((((a, &b0), &b1), &b2), &b3) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3)
+                {
+                    *a = (((*a + k0 * b0) + k1 * b1) + k2 * b2) + k3 * b3;
+                }
+            }
+            (t0, t1, t2, _) => {
+                for (k, row) in [t0, t1, t2].into_iter().flatten() {
+                    for (x, &v) in acc.iter_mut().zip(row) {
+                        *x += k * v;
                     }
                 }
-                (t0, t1, t2, _) => {
-                    for (k, row) in [t0, t1, t2].into_iter().flatten() {
-                        for (x, &v) in acc.iter_mut().zip(row) {
-                            *x += k * v;
-                        }
-                    }
-                    return;
-                }
+                return;
             }
         }
     }

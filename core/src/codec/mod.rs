@@ -184,6 +184,7 @@ impl core::fmt::Debug for Codebook<'_> {
     }
 }
 
+#[cfg_attr(feature = "lut", inline)]
 fn f32_le(b: &[u8]) -> f32 {
     match b {
         [a, b, c, d, ..] => f32::from_le_bytes([*a, *b, *c, *d]),

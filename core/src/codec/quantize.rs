@@ -45,10 +45,47 @@ impl Codebook<'_> {
         out
     }
 
+    /// [`reconstruct`](Self::reconstruct) of every `codes[i]` into
+    /// `out[i]` (as many as the shorter of the two holds), the same
+    /// embeddings (or errors) bit for bit. With an attached
+    /// [`FloatBasis`](super::FloatBasis) the patterns go through the basis
+    /// eight at a time, each block of rows read once for all of them
+    /// (docs/codec.md, "Float basis"); otherwise
+    /// one by one. Feature `lut` (a host's build), inlined into its caller
+    /// like `reconstruct`.
+    #[cfg(feature = "lut")]
+    #[inline(always)]
+    pub fn reconstruct_many(&self, codes: &[Codes], out: &mut [Result<Embedding>]) {
+        let Some(fb) = self.float_basis else {
+            for (c, o) in codes.iter().zip(out.iter_mut()) {
+                *o = self.reconstruct(c);
+            }
+            return;
+        };
+        const B: usize = super::float_basis::BATCH;
+        for (cs, os) in codes.chunks(B).zip(out.chunks_mut(B)) {
+            let mut accs = [[0f32; DIM]; B];
+            for acc in accs.iter_mut() {
+                for (a, m) in acc.iter_mut().zip(self.mean.chunks_exact(4)) {
+                    *a = f32_le(m);
+                }
+            }
+            self.add_float_rows_many(fb, cs, &mut accs);
+            for (o, acc) in os.iter_mut().zip(accs).take(cs.len()) {
+                *o = Embedding::normalize(acc);
+            }
+        }
+    }
+
     /// The embedding that `codes` stand for, renormalised to unit norm.
     ///
     /// Fails with [`Error::NotUnitNorm`] only if the reconstruction is the
     /// zero vector (possible only for codes no encoder produces).
+    ///
+    /// With feature `lut` (a host's build) it is inlined into its caller,
+    /// so that a server can compile it for the wider vector unit it finds
+    /// at run time (the same sums: Rust fuses no multiply-add on its own).
+    #[cfg_attr(feature = "lut", inline(always))]
     pub fn reconstruct(&self, c: &Codes) -> Result<Embedding> {
         let mut acc = [0f32; DIM];
         for (a, m) in acc.iter_mut().zip(self.mean.chunks_exact(4)) {

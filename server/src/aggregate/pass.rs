@@ -166,6 +166,50 @@ pub(super) fn load(state: &AppState, agg: &mut Aggregator) -> StoreResult<()> {
     Ok(())
 }
 
+/// The embedding of each item's stored pattern, `None` for an item that
+/// counts nowhere: removed, below the quality filter (`min_success_rate`,
+/// `min_samples`), or in a codebook the server does not accept. The
+/// patterns of each codebook are reconstructed together
+/// ([`CodeSpace::reconstruct_many`](crate::codebooks::CodeSpace::reconstruct_many):
+/// the basis read once per eight patterns instead of once per pattern).
+fn reconstruct_all<D, C>(
+    state: &AppState,
+    items: &[(D, D, Option<StoredPattern>, C)],
+) -> Vec<Option<omega_tv_sync::Result<omega_tv_sync::Embedding>>> {
+    let cfg = &state.config.aggregate;
+    let mut out: Vec<_> = items.iter().map(|_| None).collect();
+    // Item indices to reconstruct, per codebook id (in order of first use).
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for (i, (_, _, p, _)) in items.iter().enumerate() {
+        let Some(p) = p else { continue };
+        if p.success_rate < cfg.min_success_rate || p.sample_count < cfg.min_samples {
+            continue;
+        }
+        match groups.iter_mut().find(|(id, _)| *id == p.codebook) {
+            Some((_, ix)) => ix.push(i),
+            None => groups.push((p.codebook, vec![i])),
+        }
+    }
+    for (id, ix) in groups {
+        let Some(book) = state.config.codebooks.get(id) else {
+            continue;
+        };
+        let codes: Vec<_> = ix
+            .iter()
+            .filter_map(|&i| items[i].2.as_ref().map(|p| *p.codes))
+            .collect();
+        let mut embs: Vec<_> = codes
+            .iter()
+            .map(|_| Err(omega_tv_sync::Error::NotUnitNorm))
+            .collect();
+        book.reconstruct_many(&codes, &mut embs);
+        for (i, e) in ix.into_iter().zip(embs) {
+            out[i] = Some(e);
+        }
+    }
+    out
+}
+
 /// The pass proper: device-pattern changes since the cursor into `agg`.
 fn compute_pass(
     state: &AppState,
@@ -239,7 +283,8 @@ fn compute_pass(
     // (device, global) pairs whose contributions changed in this pass: the
     // per-device cap is settled for them at the end.
     let mut recheck: BTreeSet<(String, u32)> = BTreeSet::new();
-    for (device, pattern, p, old) in items {
+    let embeddings = reconstruct_all(state, &items);
+    for ((device, pattern, p, old), e) in items.into_iter().zip(embeddings) {
         let old_samples = old.as_ref().map_or(0, |o| o.sample_count);
         if let Some(o) = &old {
             if let Some(a) = agg.aggs.get_mut(&o.global) {
@@ -258,19 +303,9 @@ fn compute_pass(
             }
             agg.refresh(o.global);
         }
-        let Some(p) = p else {
-            contributions.push((device, pattern, None));
-            continue;
-        };
-        if p.success_rate < cfg.min_success_rate || p.sample_count < cfg.min_samples {
-            contributions.push((device, pattern, None));
-            continue;
-        }
-        let Some(book) = state.config.codebooks.get(p.codebook) else {
-            contributions.push((device, pattern, None));
-            continue;
-        };
-        let Ok(e) = book.reconstruct(&p.codes) else {
+        let (Some(p), Some(Ok(e))) = (p, e) else {
+            // Removed, below the quality filter, in a codebook the server
+            // no longer accepts, or not reconstructible: counted nowhere.
             contributions.push((device, pattern, None));
             continue;
         };

@@ -491,7 +491,7 @@ mod tests {
 
     fn ops(n: u8) -> Vec<Op> {
         vec![
-            Op::Device(format!("tv-{n}"), vec![n; 40], n % 2 == 0),
+            Op::Device(format!("tv-{n}"), vec![n; 40], n.is_multiple_of(2)),
             Op::Pattern(format!("tv-{n}"), "p".into(), Some(vec![n; 900])),
             Op::Pattern(format!("tv-{n}"), "q".into(), None),
             Op::Meta("change_seq".into(), u64::from(n)),
@@ -508,7 +508,7 @@ mod tests {
             record(7, &ops(2)).unwrap(),
             record(7, &ops(3)).unwrap(),
         );
-        assert!([&a, &b, &c].iter().all(|r| r.len() % ALIGN == 0));
+        assert!([&a, &b, &c].iter().all(|r| r.len().is_multiple_of(ALIGN)));
         let mut all = [a.clone(), b.clone(), c.clone()].concat();
         let want: Vec<Op> = [ops(1), ops(2), ops(3)].concat();
         assert_eq!(parse(&all, 7), want);
