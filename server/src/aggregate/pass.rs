@@ -10,7 +10,8 @@ use super::exact::{best_supported, evict_lone, nearest_or_new};
 use super::model::{
     add, current_contributions, fingerprint, take_back, unit, update_index, ContributionUpdate,
 };
-use super::Aggregator;
+use super::{AggregateConfig, Aggregator};
+use crate::codebooks::Codebooks;
 use crate::store::{
     self, Contribution, GlobalAggregate, GlobalChange, Meta, StoreResult, StoredPattern,
 };
@@ -166,6 +167,40 @@ pub(super) fn load(state: &AppState, agg: &mut Aggregator) -> StoreResult<()> {
     Ok(())
 }
 
+/// Items whose embeddings are reconstructed together, a window at a time
+/// (32: four batches of eight per codebook; a pass holds up to
+/// `aggregate.batch` items, whose embeddings all at once would take 1.5 KB
+/// each in fresh memory).
+const WINDOW: usize = 32;
+
+/// The embeddings of the window of items being aggregated.
+#[derive(Default)]
+struct Ahead {
+    /// Index of the window's first item.
+    start: usize,
+    /// The window's embeddings ([`reconstruct_all`]), taken one by one.
+    embs: Vec<Option<omega_tv_sync::Result<Embedding>>>,
+}
+
+impl Ahead {
+    /// Item `i`'s embedding (`None`: it counts nowhere); past the window,
+    /// the window of items from `i` on is reconstructed first.
+    fn take<D, C>(
+        &mut self,
+        cfg: &AggregateConfig,
+        books: &Codebooks,
+        items: &[(D, D, Option<StoredPattern>, C)],
+        i: usize,
+    ) -> Option<omega_tv_sync::Result<Embedding>> {
+        if i < self.start || i >= self.start + self.embs.len() {
+            self.start = i;
+            let end = i.saturating_add(WINDOW).min(items.len());
+            self.embs = reconstruct_all(cfg, books, items.get(i..end).unwrap_or(&[]));
+        }
+        self.embs.get_mut(i - self.start).and_then(Option::take)
+    }
+}
+
 /// The embedding of each item's stored pattern, `None` for an item that
 /// counts nowhere: removed, below the quality filter (`min_success_rate`,
 /// `min_samples`), or in a codebook the server does not accept. The
@@ -173,10 +208,10 @@ pub(super) fn load(state: &AppState, agg: &mut Aggregator) -> StoreResult<()> {
 /// ([`CodeSpace::reconstruct_many`](crate::codebooks::CodeSpace::reconstruct_many):
 /// the basis read once per eight patterns instead of once per pattern).
 fn reconstruct_all<D, C>(
-    state: &AppState,
+    cfg: &AggregateConfig,
+    books: &Codebooks,
     items: &[(D, D, Option<StoredPattern>, C)],
-) -> Vec<Option<omega_tv_sync::Result<omega_tv_sync::Embedding>>> {
-    let cfg = &state.config.aggregate;
+) -> Vec<Option<omega_tv_sync::Result<Embedding>>> {
     let mut out: Vec<_> = items.iter().map(|_| None).collect();
     // Item indices to reconstruct, per codebook id (in order of first use).
     let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
@@ -191,7 +226,7 @@ fn reconstruct_all<D, C>(
         }
     }
     for (id, ix) in groups {
-        let Some(book) = state.config.codebooks.get(id) else {
+        let Some(book) = books.get(id) else {
             continue;
         };
         let codes: Vec<_> = ix
@@ -283,8 +318,11 @@ fn compute_pass(
     // (device, global) pairs whose contributions changed in this pass: the
     // per-device cap is settled for them at the end.
     let mut recheck: BTreeSet<(String, u32)> = BTreeSet::new();
-    let embeddings = reconstruct_all(state, &items);
-    for ((device, pattern, p, old), e) in items.into_iter().zip(embeddings) {
+    let mut items = items;
+    let mut ahead = Ahead::default();
+    for i in 0..items.len() {
+        let e = ahead.take(cfg, &state.config.codebooks, &items, i);
+        let (device, pattern, p, old) = std::mem::take(&mut items[i]);
         let old_samples = old.as_ref().map_or(0, |o| o.sample_count);
         if let Some(o) = &old {
             if let Some(a) = agg.aggs.get_mut(&o.global) {
@@ -496,4 +534,79 @@ fn compute_pass(
         next_id: agg.next_id,
         epoch: None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omega_tv_sync::codec::{minilm_small_v1, minilm_v1};
+    use omega_tv_sync_testkit::rows;
+
+    /// A window's embeddings are each item's own reconstruction, bit for
+    /// bit, whatever mixes in it: both shipped codebooks interleaved (two
+    /// batches going at once), a codebook the server does not accept, a
+    /// removed pattern, patterns under either quality threshold; over more
+    /// items than one window, taken one by one through `Ahead` as the pass
+    /// takes them.
+    #[test]
+    fn a_window_reconstructs_each_item_as_it_alone_would() {
+        let cfg = AggregateConfig::default();
+        let books = crate::codebooks::default_codebooks();
+        let (big, small) = (minilm_v1().unwrap(), minilm_small_v1().unwrap());
+        let pats = rows("patterns_public.f32");
+        let mut items = Vec::new();
+        for (i, v) in pats.iter().take(3 * WINDOW + 5).enumerate() {
+            let book = if i % 3 == 1 { &small } else { &big };
+            let codes = book.quantize(&Embedding::new(*v).unwrap());
+            let mut p = StoredPattern {
+                revision: 1,
+                codebook: book.id(),
+                success_rate: 0.9,
+                sample_count: 50,
+                category: "film".into(),
+                codes: Box::new(codes),
+            };
+            match i % 11 {
+                4 => p.codebook = 0x0bad_c0de,
+                6 => p.success_rate = cfg.min_success_rate / 2.0,
+                8 => p.sample_count = cfg.min_samples.saturating_sub(1),
+                _ => {}
+            }
+            let p = (i % 11 != 9).then_some(p);
+            items.push((format!("tv-{i}"), "p".to_string(), p, ()));
+        }
+        let mut ahead = Ahead::default();
+        let (mut counted, mut none) = (0, 0);
+        for i in 0..items.len() {
+            let got = ahead.take(&cfg, &books, &items, i);
+            let want = items[i].2.as_ref().and_then(|p| {
+                let ok =
+                    p.success_rate >= cfg.min_success_rate && p.sample_count >= cfg.min_samples;
+                let book = books.get(p.codebook).filter(|_| ok)?;
+                Some(book.reconstruct(&p.codes))
+            });
+            match (&want, &got) {
+                (Some(Ok(w)), Some(Ok(g))) => {
+                    counted += 1;
+                    assert_eq!(
+                        w.as_array().map(f32::to_bits),
+                        g.as_array().map(f32::to_bits),
+                        "item {i}"
+                    );
+                }
+                (None, None) => none += 1,
+                _ => panic!(
+                    "item {i}: want {:?}, got {:?}",
+                    want.is_some(),
+                    got.is_some()
+                ),
+            }
+            // Taken once.
+            assert!(ahead.take(&cfg, &books, &items, i).is_none());
+        }
+        assert!(
+            counted > 2 * WINDOW && none > 20,
+            "{counted} counted, {none} not"
+        );
+    }
 }
