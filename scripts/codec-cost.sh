@@ -14,8 +14,8 @@ out="$(mktemp -d)"
 valgrind --tool=callgrind --callgrind-out-file="$out/cg.out" \
     "$target/release/codec-cost" "$n" 2>/dev/null
 callgrind_annotate --inclusive=yes "$out/cg.out" 2>/dev/null |
-    awk -v n="$n" '/codec_cost::run_(quantize|reconstruct|reconstruct_float|reconstruct_wide|decode_absolute|decode_delta|decode_absolute_lut|decode_delta_lut) \[/ {
+    awk -v n="$n" '/codec_cost::run_(quantize|reconstruct|reconstruct_float|reconstruct_wide|reconstruct_many|decode_absolute|decode_delta|decode_absolute_lut|decode_delta_lut) \[/ {
         gsub(",", "", $1);
-        match($0, /run_(quantize|reconstruct_float|reconstruct_wide|reconstruct|decode_absolute_lut|decode_delta_lut|decode_absolute|decode_delta)/);
+        match($0, /run_(quantize|reconstruct_float|reconstruct_wide|reconstruct_many|reconstruct|decode_absolute_lut|decode_delta_lut|decode_absolute|decode_delta)/);
         printf "%-22s %10.0f instructions per pattern\n", substr($0, RSTART + 4, RLENGTH - 4), $1 / n }'
 rm -rf "$out"

@@ -22,7 +22,8 @@
 //! Last, the server's reconstruction (`constellation::codebooks::wide`):
 //! the same `f32` basis compiled for the widest vector unit the CPU has
 //! (`run_reconstruct_wide`; under valgrind, which offers no AVX-512, that is
-//! AVX2), checked to give the same embeddings bit for bit.
+//! AVX2), one pattern at a time and eight at a time
+//! (`run_reconstruct_many`), checked to give the same embeddings bit for bit.
 //!
 //! `codec-cost time [N] [SECONDS]` times the entropy decoder instead, on
 //! CPU time from `/proc` (not under callgrind): the `N` delta and absolute
@@ -137,6 +138,16 @@ fn run_reconstruct_wide(cb: &Codebook<'_>, codes: &[Codes], out: &mut [Embedding
     for (c, o) in codes.iter().zip(out.iter_mut()) {
         *o = wide::reconstruct(cb, black_box(c)).expect("nonzero");
     }
+}
+
+#[inline(never)]
+fn run_reconstruct_many(
+    cb: &Codebook<'_>,
+    codes: &[Codes],
+    out: &mut [omega_tv_sync::Result<Embedding>],
+) {
+    assert!(cb.has_float_basis(), "the f32 basis");
+    wide::reconstruct_many(cb, black_box(codes), out);
 }
 
 /// CPU nanoseconds per pattern of `f` over `n` patterns, run over and
@@ -308,6 +319,17 @@ fn main() {
         bits(&out_f32),
         bits(&out),
         "the wide unit reconstructs alike, bit for bit"
+    );
+    let mut many: Vec<omega_tv_sync::Result<Embedding>> = codes
+        .iter()
+        .map(|_| Err(omega_tv_sync::Error::Truncated))
+        .collect();
+    run_reconstruct_many(&float, &codes, &mut many);
+    let many: Vec<Embedding> = many.into_iter().map(|e| e.expect("nonzero")).collect();
+    assert_eq!(
+        bits(&many),
+        bits(&out),
+        "eight at a time on the wide unit reconstructs alike, bit for bit"
     );
     let mean_len = |s: &Streams| s.iter().map(|(b, _)| b.len()).sum::<usize>() as f64 / n as f64;
     println!(
