@@ -12,7 +12,7 @@
 //!     [--patterns 16] [--changed 5] [--aggregate-ms 1000] [--postgres URL]
 //!     [--max-batch 1024] [--attack] [--leader-devices 1000] [--cohort-devices 400]
 //!     [--postgres URL2 --serve-bin target/release/constellation]
-//!     [--compare-changed 5,1] [--public-read-rate 1000] [--no-journal] [--stores 1]
+//!     [--compare-changed 5,1] [--public-read-rate 1000] [--no-journal] [--stores 1] [--rounds 1]
 //! ```
 //!
 //! The comparison runs once per `--compare-changed` value (default: the
@@ -27,6 +27,12 @@
 //! database and writer of its own, the clients split over them: an upper
 //! bound of what a store sharded by device (N writers, N journals) would
 //! answer, against the same bare handler.
+//!
+//! `--rounds N` runs each comparison's two phases N times, alternating
+//! (real, bare, real, bare, ...), each round on fresh devices, and prints
+//! every round's ratio and server CPU per sync with their medians: on a
+//! shared machine the load drifts within a run, and one pair of phases
+//! can land on either side of a drift (the table is round 1).
 //!
 //! With `--attack` it measures only the fleet under attack (`attack.rs`):
 //! the same server, fleet syncs/s without and then with 20 concurrent
@@ -119,6 +125,10 @@ struct Args {
     /// `--stores N`: the comparison's real server as N servers on N
     /// databases, the clients split over them (default 1).
     stores: usize,
+    /// `--rounds N`: the comparison's two phases run N times each,
+    /// alternating (real, bare, real, bare, ...), each round's ratio
+    /// printed with their median (default 1).
+    rounds: usize,
 }
 
 fn args() -> Args {
@@ -139,6 +149,7 @@ fn args() -> Args {
         public_read_rate: None,
         no_journal: false,
         stores: 1,
+        rounds: 1,
     };
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = argv.iter().position(|s| s == "--attack") {
@@ -165,6 +176,7 @@ fn args() -> Args {
             "--cohort-devices" => a.cohort_devices = v.parse().unwrap_or(a.cohort_devices),
             "--public-read-rate" => a.public_read_rate = v.parse().ok(),
             "--stores" => a.stores = v.parse().unwrap_or(a.stores).max(1),
+            "--rounds" => a.rounds = v.parse().unwrap_or(a.rounds).clamp(1, 9),
             "--compare-changed" => {
                 a.compare_changed = v.split(',').filter_map(|x| x.trim().parse().ok()).collect()
             }
@@ -190,6 +202,16 @@ fn pct(v: &[u32], p: f64) -> f64 {
     }
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     f64::from(v[i.min(v.len() - 1)]) / 1000.0
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 async fn bare_server(reply: Vec<u8>) -> SocketAddr {
@@ -329,15 +351,30 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
                 String::new()
             }
         );
-        eprintln!("[server] redb, {} changed: {} s", ak.changed, ak.seconds);
-        let real = drive(&urls, &ak, &ch, codebook, 1_000 * k).await;
+        // Round r's devices are fresh: ids from 1,000 k + 10,000 r.
+        let mut rounds = Vec::new();
+        for r in 0..a.rounds {
+            let ids = 1_000 * k + 10_000 * r;
+            let of = if a.rounds > 1 {
+                format!(", round {} of {}", r + 1, a.rounds)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "[server] redb, {} changed: {} s{of}",
+                ak.changed, ak.seconds
+            );
+            let real = drive(&urls, &ak, &ch, codebook, ids).await;
+            eprintln!(
+                "[server] bare axum, {} changed: {} s{of}",
+                ak.changed, ak.seconds
+            );
+            let bare_r = drive(&format!("http://{bare}"), &ak, &ch, codebook, ids).await;
+            rounds.push((real, bare_r));
+        }
         let real_globals = feed(&srv.url()).await.globals;
-        eprintln!(
-            "[server] bare axum, {} changed: {} s",
-            ak.changed, ak.seconds
-        );
-        let bare_r = drive(&format!("http://{bare}"), &ak, &ch, codebook, 1_000 * k).await;
-        compared.push((ak.changed, real, bare_r, real_globals));
+        let (real, bare_r) = rounds.remove(0);
+        compared.push((ak.changed, real, bare_r, real_globals, rounds));
     }
     let (commits0, items0) = std::iter::once(&srv)
         .chain(extra.iter())
@@ -372,7 +409,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     println!("| server | changed | syncs/s | p50 ms | p99 ms | up B/sync | down B/sync | errors | server CPU µs/sync | client CPU µs/sync | WAL B/sync | globals live |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for (changed, real, bare_r, real_globals) in &compared {
+    for (changed, real, bare_r, real_globals, _) in &compared {
         rows.push((
             "constellation (redb, group commit, aggregation on)",
             *changed,
@@ -422,7 +459,25 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
         );
     }
     println!();
-    for (changed, real, bare_r, _) in &compared {
+    for (changed, real, bare_r, _, more) in &compared {
+        if !more.is_empty() {
+            // Every round's ratio and server CPU per sync, in run order,
+            // and their medians (the table and the line below are round 1).
+            let all: Vec<(f64, f64)> = std::iter::once((real, bare_r))
+                .chain(more.iter().map(|(r, b)| (r, b)))
+                .map(|(r, b)| (rate(r) / rate(b).max(1e-9), us_per_sync(r.cpu.0, r)))
+                .collect();
+            let list =
+                |f: fn(&(f64, f64)) -> String| all.iter().map(f).collect::<Vec<_>>().join(" / ");
+            println!(
+                "{changed} changed, {} alternating rounds: ratios {} (median {:.3}); server CPU µs per sync {} (median {:.0})",
+                all.len(),
+                list(|x| format!("{:.3}", x.0)),
+                median(all.iter().map(|x| x.0).collect()),
+                list(|x| format!("{:.0}", x.1)),
+                median(all.iter().map(|x| x.1).collect()),
+            );
+        }
         println!(
             "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs; the writer thread(s) {:.0} µs per sync, on a CPU {:.0}% of the run; the server threads slept {:.2} times per sync ({:.2} of them the writer(s)) vs {:.2}",
             rate(real) / rate(bare_r).max(1e-9),
