@@ -13,6 +13,19 @@ use omega_tv_sync::codec::{minilm_small_v1, minilm_v1, Codes};
 use omega_tv_sync::{Embedding, Error, DIM};
 use omega_tv_sync_testkit::{rows, SplitMix64};
 
+/// Asserts `got` is `want` bit for bit (or the same error); `what` names
+/// the case.
+fn assert_same(want: &Result<Embedding, Error>, got: &Result<Embedding, Error>, what: &str) {
+    match (want, got) {
+        (Ok(x), Ok(y)) => assert_eq!(
+            x.as_array().map(f32::to_bits),
+            y.as_array().map(f32::to_bits),
+            "{what}: embeddings differ"
+        ),
+        _ => assert_eq!(want, got, "{what}"),
+    }
+}
+
 #[test]
 fn the_wide_reconstruction_is_the_baseline_one() {
     let units: Vec<Unit> = [Unit::Avx512, Unit::Avx2]
@@ -38,15 +51,7 @@ fn the_wide_reconstruction_is_the_baseline_one() {
             let want = wide::on(Unit::Baseline, &book, c).expect("always available");
             for &u in &units {
                 let got = wide::on(u, &book, c).expect("available");
-                match (&want, &got) {
-                    (Ok(x), Ok(y)) => assert_eq!(
-                        x.as_array().map(f32::to_bits),
-                        y.as_array().map(f32::to_bits),
-                        "codebook {id:08x}, {}: embeddings differ",
-                        u.name()
-                    ),
-                    _ => assert_eq!(&want, &got, "codebook {id:08x}, {}", u.name()),
-                }
+                assert_same(&want, &got, &format!("codebook {id:08x}, {}", u.name()));
             }
             compared += 1;
         };
@@ -92,15 +97,8 @@ fn the_wide_reconstruction_is_the_baseline_one() {
             let mut got: Vec<_> = all.iter().map(|_| Err(Error::Truncated)).collect();
             assert!(wide::on_many(u, &book, &all, &mut got));
             for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-                match (w, g) {
-                    (Ok(x), Ok(y)) => assert_eq!(
-                        x.as_array().map(f32::to_bits),
-                        y.as_array().map(f32::to_bits),
-                        "codebook {id:08x}, {} batched: pattern {i} differs",
-                        u.name()
-                    ),
-                    _ => assert_eq!(w, g, "codebook {id:08x}, {} batched: pattern {i}", u.name()),
-                }
+                let what = format!("codebook {id:08x}, {} batched, pattern {i}", u.name());
+                assert_same(w, g, &what);
             }
         }
     }

@@ -11,6 +11,17 @@ fn books() -> [Codebook<'static>; 2] {
 }
 
 /// Random codes: any `i16` (`spread` 0) or uniform in `-spread..=spread`.
+/// Codes with `nonzero` random components set to values in `[-200, 200]`
+/// (fewer when a position repeats or a value is 0), the rest 0: every
+/// remainder of the reconstruction's four-row passes.
+fn sparse_codes(rng: &mut SplitMix64, nonzero: usize) -> Codes {
+    let mut c = [0i16; DIM];
+    for _ in 0..nonzero {
+        c[(rng.next_u64() % DIM as u64) as usize] = (rng.next_u64() % 401) as i16 - 200;
+    }
+    c
+}
+
 fn random_codes(rng: &mut SplitMix64, spread: u32) -> Codes {
     let mut c = [0i16; DIM];
     for x in c.iter_mut() {
@@ -297,11 +308,7 @@ fn the_float_basis_reconstructs_what_the_blob_reconstructs() {
     }
     for nonzero in 0..10 {
         for _ in 0..20 {
-            let mut c = [0i16; DIM];
-            for _ in 0..nonzero {
-                c[(rng.next_u64() % DIM as u64) as usize] = (rng.next_u64() % 401) as i16 - 200;
-            }
-            same(&c);
+            same(&sparse_codes(&mut rng, nonzero));
         }
     }
     for spread in [0, 3, 40, 3000] {
@@ -345,13 +352,7 @@ fn reconstruct_many_is_reconstruct_one_by_one() {
         .take(60)
         .map(|p| cb.quantize(&Embedding::new(*p).unwrap()))
         .collect();
-    for nonzero in 0..10 {
-        let mut c = [0i16; DIM];
-        for _ in 0..nonzero {
-            c[(rng.next_u64() % DIM as u64) as usize] = (rng.next_u64() % 401) as i16 - 200;
-        }
-        codes.push(c);
-    }
+    codes.extend((0..10).map(|nonzero| sparse_codes(&mut rng, nonzero)));
     codes.extend([[i16::MAX; DIM], [i16::MIN; DIM], [0; DIM]]);
     codes.extend((0..8).map(|_| random_codes(&mut rng, 3000)));
     fn bits(r: &Result<Embedding, Error>) -> Result<[u32; DIM], Error> {

@@ -224,6 +224,10 @@ pub mod wide {
         true
     }
 
+    // One function per unit and entry point: `#[target_feature]` reaches
+    // only code inlined into the function it is on, and a closure passed to
+    // one generic wrapper was compiled apart, for the baseline (no vector
+    // code in the binary).
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2")]

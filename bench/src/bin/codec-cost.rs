@@ -162,6 +162,15 @@ fn time_per(n: usize, secs: f64, mut f: impl FnMut()) -> f64 {
     (cpu_s() - start) * 1e9 / (rounds as f64 * n as f64)
 }
 
+/// CPU nanoseconds per pattern of `a` and of `b` (each from [`time_per`]
+/// over half the time), timed a, b, b, a: neither always runs on a cache
+/// the other warmed.
+fn abba(mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (f64, f64) {
+    let (a1, b1) = (a(), b());
+    let (b2, a2) = (b(), a());
+    ((a1 + a2) / 2.0, (b1 + b2) / 2.0)
+}
+
 /// CPU nanoseconds per stream of decoding `streams` over and over for
 /// about `secs` seconds of CPU time.
 fn time_decode(cb: &Codebook<'_>, streams: &Streams, secs: f64) -> f64 {
@@ -208,42 +217,35 @@ fn time_mode(mut args: impl Iterator<Item = String>) {
     println!();
     println!("| reconstruct ({n} patterns) | build's baseline, ns | {unit}, ns | ratio |");
     println!("|---|---:|---:|---:|");
-    let mut baseline = || {
-        time_per(n, secs / 2.0, || {
-            for (c, o) in codes.iter().zip(out.iter_mut()) {
-                *o = wide::on(Unit::Baseline, &float, black_box(c))
-                    .expect("always available")
-                    .expect("nonzero");
-            }
-        })
-    };
-    // Each half of each column in the other order, so that neither always
-    // runs on a cache the other warmed.
-    let base_first = baseline();
-    let mut widest = || {
-        time_per(n, secs / 2.0, || {
-            run_reconstruct_wide(&float, &codes, &mut out_wide)
-        })
-    };
-    let widened = (widest() + widest()) / 2.0;
-    let base = (base_first + baseline()) / 2.0;
+    let (base, widened) = abba(
+        || time_per(n, secs / 2.0, || reconstruct_each(&float, &codes, &mut out)),
+        || {
+            time_per(n, secs / 2.0, || {
+                run_reconstruct_wide(&float, &codes, &mut out_wide)
+            })
+        },
+    );
     black_box((&out, &out_wide));
     println!(
         "| f32 basis | {base:.0} | {widened:.0} | {:.2} |",
         widened / base
     );
-    let mut many_out: Vec<omega_tv_sync::Result<Embedding>> = codes
-        .iter()
-        .map(|_| Err(omega_tv_sync::Error::Truncated))
-        .collect();
-    let mut many = |u: Unit| {
+    let unset = || -> Vec<omega_tv_sync::Result<Embedding>> {
+        codes
+            .iter()
+            .map(|_| Err(omega_tv_sync::Error::Truncated))
+            .collect()
+    };
+    let (mut many_base, mut many_wide) = (unset(), unset());
+    let many = |u: Unit, out: &mut Vec<_>| {
         time_per(n, secs / 2.0, || {
-            wide::on_many(u, &float, black_box(&codes), &mut many_out);
+            wide::on_many(u, &float, black_box(&codes), out);
         })
     };
-    let (m1, w1) = (many(Unit::Baseline), many(wide::unit()));
-    let (w2, m2) = (many(wide::unit()), many(Unit::Baseline));
-    let (m, w) = ((m1 + m2) / 2.0, (w1 + w2) / 2.0);
+    let (m, w) = abba(
+        || many(Unit::Baseline, &mut many_base),
+        || many(wide::unit(), &mut many_wide),
+    );
     println!(
         "| f32 basis, eight at a time | {m:.0} ({:.2}) | {w:.0} | {:.2} |",
         m / base,

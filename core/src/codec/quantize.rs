@@ -63,13 +63,12 @@ impl Codebook<'_> {
             return;
         };
         const B: usize = super::float_basis::BATCH;
+        let mut mean = [0f32; DIM];
+        for (a, m) in mean.iter_mut().zip(self.mean.chunks_exact(4)) {
+            *a = f32_le(m);
+        }
         for (cs, os) in codes.chunks(B).zip(out.chunks_mut(B)) {
-            let mut accs = [[0f32; DIM]; B];
-            for acc in accs.iter_mut() {
-                for (a, m) in acc.iter_mut().zip(self.mean.chunks_exact(4)) {
-                    *a = f32_le(m);
-                }
-            }
+            let mut accs = [mean; B];
             self.add_float_rows_many(fb, cs, &mut accs);
             for (o, acc) in os.iter_mut().zip(accs).take(cs.len()) {
                 *o = Embedding::normalize(acc);

@@ -11,7 +11,7 @@ use super::model::{
     add, current_contributions, fingerprint, take_back, unit, update_index, ContributionUpdate,
 };
 use super::{AggregateConfig, Aggregator};
-use crate::codebooks::Codebooks;
+use crate::codebooks::{Codebooks, Codes};
 use crate::store::{
     self, Contribution, GlobalAggregate, GlobalChange, Meta, StoreResult, StoredPattern,
 };
@@ -213,26 +213,26 @@ fn reconstruct_all<D, C>(
     items: &[(D, D, Option<StoredPattern>, C)],
 ) -> Vec<Option<omega_tv_sync::Result<Embedding>>> {
     let mut out: Vec<_> = items.iter().map(|_| None).collect();
-    // Item indices to reconstruct, per codebook id (in order of first use).
-    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    // Item indices to reconstruct and their codes, per codebook id (in
+    // order of first use).
+    let mut groups: Vec<(u32, Vec<usize>, Vec<Codes>)> = Vec::new();
     for (i, (_, _, p, _)) in items.iter().enumerate() {
         let Some(p) = p else { continue };
         if p.success_rate < cfg.min_success_rate || p.sample_count < cfg.min_samples {
             continue;
         }
-        match groups.iter_mut().find(|(id, _)| *id == p.codebook) {
-            Some((_, ix)) => ix.push(i),
-            None => groups.push((p.codebook, vec![i])),
+        match groups.iter_mut().find(|(id, _, _)| *id == p.codebook) {
+            Some((_, ix, codes)) => {
+                ix.push(i);
+                codes.push(*p.codes);
+            }
+            None => groups.push((p.codebook, vec![i], vec![*p.codes])),
         }
     }
-    for (id, ix) in groups {
+    for (id, ix, codes) in groups {
         let Some(book) = books.get(id) else {
             continue;
         };
-        let codes: Vec<_> = ix
-            .iter()
-            .filter_map(|&i| items[i].2.as_ref().map(|p| *p.codes))
-            .collect();
         let mut embs: Vec<_> = codes
             .iter()
             .map(|_| Err(omega_tv_sync::Error::NotUnitNorm))

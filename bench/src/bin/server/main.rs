@@ -373,8 +373,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
             rounds.push((real, bare_r));
         }
         let real_globals = feed(&srv.url()).await.globals;
-        let (real, bare_r) = rounds.remove(0);
-        compared.push((ak.changed, real, bare_r, real_globals, rounds));
+        compared.push((ak.changed, rounds, real_globals));
     }
     let (commits0, items0) = std::iter::once(&srv)
         .chain(extra.iter())
@@ -409,7 +408,8 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
     println!("| server | changed | syncs/s | p50 ms | p99 ms | up B/sync | down B/sync | errors | server CPU µs/sync | client CPU µs/sync | WAL B/sync | globals live |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
-    for (changed, real, bare_r, real_globals, _) in &compared {
+    for (changed, rounds, real_globals) in &compared {
+        let (real, bare_r) = &rounds[0];
         rows.push((
             "constellation (redb, group commit, aggregation on)",
             *changed,
@@ -459,12 +459,12 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
         );
     }
     println!();
-    for (changed, real, bare_r, _, more) in &compared {
-        if !more.is_empty() {
+    for (changed, rounds, _) in &compared {
+        if rounds.len() > 1 {
             // Every round's ratio and server CPU per sync, in run order,
             // and their medians (the table and the line below are round 1).
-            let all: Vec<(f64, f64)> = std::iter::once((real, bare_r))
-                .chain(more.iter().map(|(r, b)| (r, b)))
+            let all: Vec<(f64, f64)> = rounds
+                .iter()
                 .map(|(r, b)| (rate(r) / rate(b).max(1e-9), us_per_sync(r.cpu.0, r)))
                 .collect();
             let list =
@@ -478,6 +478,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
                 median(all.iter().map(|x| x.1).collect()),
             );
         }
+        let (real, bare_r) = &rounds[0];
         println!(
             "{changed} changed: ratio constellation / bare {:.3} ({:.1}x slower); server CPU per sync {:.0} µs vs {:.0} µs (x{:.1}), clients' {:.0} µs vs {:.0} µs; the writer thread(s) {:.0} µs per sync, on a CPU {:.0}% of the run; the server threads slept {:.2} times per sync ({:.2} of them the writer(s)) vs {:.2}",
             rate(real) / rate(bare_r).max(1e-9),
@@ -504,7 +505,7 @@ async fn run(a: Args, srv_rt: tokio::runtime::Handle) {
         println!(
             "ratio PostgreSQL / redb ({} changed): {:.3}; PostgreSQL transactions: {} for {} writes (mean group {:.1})",
             a.changed,
-            rate(r) / rate(&compared[0].1).max(1e-9),
+            rate(r) / rate(&compared[0].1[0].0).max(1e-9),
             commits,
             items,
             *items as f64 / (*commits).max(1) as f64
